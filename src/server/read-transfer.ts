@@ -1,0 +1,186 @@
+/**
+ * RRQ state machine: the server sends DATA, the client ACKs. RFC 1350 with the window of
+ * RFC 7440 (windowsize 1 is exactly RFC 1350's lock-step).
+ */
+import { decodePacket, encodeError, encodeOack, writeDataHeader } from "../protocol/codec.ts";
+import { DATA_HEADER_SIZE, ErrorCode, Opcode } from "../protocol/packet.ts";
+import type { FileSource } from "../storage/source.ts";
+import type { TransferChannel } from "./transport.ts";
+import {
+  absoluteBlock,
+  RetransmitClock,
+  type RetransmitPolicy,
+  type TransferOutcome,
+  type TransferResult,
+} from "./transfer.ts";
+
+export interface ReadTransferParams {
+  blksize: number;
+  windowsize: number;
+  oack: [string, string][] | null;
+  retransmit: RetransmitPolicy;
+  receivedAt: number;
+}
+
+export class ReadTransfer {
+  /** highest block the client acknowledged */
+  private acked = 0;
+  /** highest block sent so far */
+  private sentUpTo = 0;
+  private readonly lastBlock: number;
+  private phase: "oack" | "data" | "done" = "data";
+  private retransmits = 0;
+  private firstResponseMs = -1;
+  private readonly clock: RetransmitClock;
+  private readonly windowBuffer: Uint8Array;
+  private readonly packets: Uint8Array[] = [];
+
+  constructor(
+    private readonly channel: TransferChannel,
+    private readonly source: FileSource,
+    private readonly params: ReadTransferParams,
+    private readonly onEnd: (outcome: TransferOutcome) => void,
+  ) {
+    // RFC 1350 §6: a block shorter than blksize ends the transfer, so a size that is an exact
+    // multiple needs one more, empty block; an empty file is a single empty block.
+    this.lastBlock = Math.floor(source.size / params.blksize) + 1;
+    const window = Math.min(params.windowsize, this.lastBlock);
+    this.windowBuffer = new Uint8Array(window * (params.blksize + DATA_HEADER_SIZE));
+    this.clock = new RetransmitClock(
+      params.retransmit,
+      () => this.retransmit(),
+      () => this.finish("timeout"),
+    );
+  }
+
+  start(): void {
+    if (this.params.oack) {
+      this.phase = "oack";
+      this.markFirstResponse();
+      this.channel.send(encodeOack(this.params.oack));
+      this.clock.progress();
+    } else {
+      this.sendWindow(1);
+      this.clock.progress();
+    }
+  }
+
+  handle(bytes: Uint8Array): void {
+    if (this.phase === "done") return;
+    const decoded = decodePacket(bytes);
+    if (!decoded.ok) {
+      if (decoded.reply !== null) this.fail(decoded.reply, decoded.message);
+      return;
+    }
+    const packet = decoded.packet;
+    switch (packet.op) {
+      case Opcode.ACK:
+        this.onAck(packet.block);
+        return;
+      case Opcode.ERROR:
+        // RFC 2347: an ERROR 8 in answer to the OACK is how firmware probes tsize.
+        this.finish(this.phase === "oack" && packet.code === ErrorCode.OPTION_REFUSED ? "probe" : "client-error", {
+          code: packet.code,
+          message: packet.message,
+          from: "client",
+        });
+        return;
+      default:
+        this.fail(ErrorCode.ILLEGAL_OPERATION, "illegal TFTP operation");
+    }
+  }
+
+  private onAck(wire: number): void {
+    if (this.phase === "oack") {
+      if (wire !== 0) return;
+      this.phase = "data";
+      this.sendWindow(1);
+      this.clock.progress();
+      return;
+    }
+    const block = absoluteBlock(wire, this.sentUpTo);
+    // RFC 1123 §4.2.3.1 (Sorcerer's Apprentice): a duplicate or stale ACK never triggers a send.
+    if (block <= this.acked) return;
+    this.acked = block;
+    if (block === this.lastBlock) {
+      this.finish("ok");
+      return;
+    }
+    // RFC 7440 §4: a full window ACKed moves on; an ACK inside the window means the blocks
+    // after it were lost, and the sender resumes right after the acknowledged block.
+    if (block < this.sentUpTo) this.retransmits += this.sentUpTo - block;
+    this.sendWindow(block + 1);
+    this.clock.progress();
+  }
+
+  private retransmit(): void {
+    if (this.phase === "oack") {
+      this.retransmits++;
+      if (this.params.oack) this.channel.send(encodeOack(this.params.oack));
+      return;
+    }
+    this.retransmits += this.sentUpTo - this.acked;
+    this.sendWindow(this.acked + 1);
+  }
+
+  private sendWindow(first: number): void {
+    const { blksize, windowsize } = this.params;
+    const last = Math.min(first + windowsize - 1, this.lastBlock);
+    const stride = blksize + DATA_HEADER_SIZE;
+    this.packets.length = 0;
+    for (let block = first, slot = 0; block <= last; block++, slot++) {
+      const packet = this.windowBuffer.subarray(slot * stride, (slot + 1) * stride);
+      const position = (block - 1) * blksize;
+      const want = Math.max(0, Math.min(blksize, this.source.size - position));
+      let got: number;
+      try {
+        got = want === 0 ? 0 : this.source.read(position, packet, DATA_HEADER_SIZE, want);
+      } catch (error) {
+        this.fail(ErrorCode.NOT_DEFINED, `read error: ${(error as Error).message}`);
+        return;
+      }
+      if (got !== want) {
+        // The file shrank under us: a short block would end the transfer with wrong content.
+        this.fail(ErrorCode.NOT_DEFINED, "file changed during transfer");
+        return;
+      }
+      writeDataHeader(packet, block & 0xffff);
+      this.packets.push(packet.subarray(0, DATA_HEADER_SIZE + got));
+    }
+    this.markFirstResponse();
+    if (this.packets.length === 1) this.channel.send(this.packets[0]!);
+    else this.channel.sendMany(this.packets);
+    this.sentUpTo = last;
+  }
+
+  private markFirstResponse(): void {
+    if (this.firstResponseMs < 0) this.firstResponseMs = performance.now() - this.params.receivedAt;
+  }
+
+  /** Ends the transfer from our side (server stopping): the client is told why. */
+  cancel(): void {
+    if (this.phase === "done") return;
+    this.fail(ErrorCode.NOT_DEFINED, "server shutting down");
+  }
+
+  private fail(code: number, message: string): void {
+    this.channel.send(encodeError(code, message));
+    this.finish("error", { code, message, from: "server" });
+  }
+
+  private finish(result: TransferResult, error?: TransferOutcome["error"]): void {
+    if (this.phase === "done") return;
+    this.phase = "done";
+    this.clock.stop();
+    this.channel.close();
+    this.source.close();
+    const bytes = result === "ok" ? this.source.size : Math.min(this.acked * this.params.blksize, this.source.size);
+    this.onEnd({
+      result,
+      bytes,
+      retransmits: this.retransmits,
+      firstResponseMs: Math.max(0, this.firstResponseMs),
+      ...(error ? { error } : {}),
+    });
+  }
+}

@@ -1,0 +1,175 @@
+/**
+ * The network seam of the server. Transfer state machines see only `TransferChannel`
+ * (send to my peer); this module binds the Bun UDP sockets behind it.
+ *
+ * RFC 1350 §4: every transfer gets its own server port (TID). The socket is bound to the
+ * very address the request arrived on, so replies leave from it. It stays unconnected so
+ * that a datagram from a foreign TID still reaches us and can be answered with ERROR 5.
+ */
+import type { udp } from "bun";
+import { encodeError } from "../protocol/codec.ts";
+import { ErrorCode } from "../protocol/packet.ts";
+import type { LossPlan } from "./loss.ts";
+
+export interface Peer {
+  address: string;
+  port: number;
+}
+
+export interface TransferChannel {
+  readonly localPort: number;
+  send(packet: Uint8Array): void;
+  /** One sendmmsg for a whole window. */
+  sendMany(packets: readonly Uint8Array[]): void;
+  close(): void;
+}
+
+export interface PortRange {
+  low: number;
+  high: number;
+}
+
+export type PacketHandler = (bytes: Uint8Array) => void;
+
+const unknownTid = encodeError(ErrorCode.UNKNOWN_TID, "unknown transfer ID");
+
+class UdpTransferChannel implements TransferChannel {
+  private socket: udp.Socket<"uint8array"> | null = null;
+  private readonly flat: (Uint8Array | number | string)[] = [];
+  private closed = false;
+  handler: PacketHandler = () => {};
+
+  constructor(
+    private readonly peer: Peer,
+    private readonly loss: LossPlan | null,
+  ) {}
+
+  get localPort(): number {
+    return this.socket?.port ?? 0;
+  }
+
+  attach(socket: udp.Socket<"uint8array">): void {
+    this.socket = socket;
+  }
+
+  receive(bytes: Uint8Array, port: number, address: string): void {
+    if (this.closed) return;
+    if (port !== this.peer.port || address !== this.peer.address) {
+      // RFC 1350 §4: a packet from a foreign TID gets ERROR 5; the transfer goes on.
+      this.socket?.send(unknownTid, port, address);
+      return;
+    }
+    if (this.loss?.shouldDrop("in", bytes)) return;
+    this.handler(bytes);
+  }
+
+  send(packet: Uint8Array): void {
+    if (this.closed || this.loss?.shouldDrop("out", packet)) return;
+    this.socket?.send(packet, this.peer.port, this.peer.address);
+  }
+
+  sendMany(packets: readonly Uint8Array[]): void {
+    if (this.closed || !this.socket) return;
+    const flat = this.flat;
+    flat.length = 0;
+    for (const packet of packets) {
+      if (this.loss?.shouldDrop("out", packet)) continue;
+      flat.push(packet, this.peer.port, this.peer.address);
+    }
+    if (flat.length > 0) this.socket.sendMany(flat as never);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.socket?.close();
+  }
+}
+
+function bindSocket(
+  hostname: string,
+  port: number,
+  channel: UdpTransferChannel,
+): Promise<udp.Socket<"uint8array">> {
+  return Bun.udpSocket({
+    hostname,
+    port,
+    binaryType: "uint8array",
+    socket: {
+      data(_socket, bytes, port, address) {
+        channel.receive(bytes, port, address);
+      },
+    },
+  });
+}
+
+function isAddressInUse(error: unknown): boolean {
+  const code = (error as { code?: string } | null)?.code;
+  return code === "EADDRINUSE" || code === "EACCES";
+}
+
+/**
+ * Opens the socket of a new transfer on `localAddress`, on a port from `range` when one is
+ * configured (firewalls that only open a range), else on an ephemeral port.
+ */
+export async function openTransferChannel(
+  localAddress: string,
+  peer: Peer,
+  range: PortRange | null,
+  loss: LossPlan | null,
+  handler: PacketHandler,
+): Promise<TransferChannel> {
+  const channel = new UdpTransferChannel(peer, loss);
+  channel.handler = handler;
+  if (range === null) {
+    channel.attach(await bindSocket(localAddress, 0, channel));
+    return channel;
+  }
+  const span = range.high - range.low + 1;
+  const start = Math.floor(Math.random() * span);
+  for (let i = 0; i < span; i++) {
+    const port = range.low + ((start + i) % span);
+    try {
+      channel.attach(await bindSocket(localAddress, port, channel));
+      return channel;
+    } catch (error) {
+      if (!isAddressInUse(error)) throw error;
+    }
+  }
+  throw new Error(`no free transfer port in ${range.low}:${range.high} on ${localAddress}`);
+}
+
+export interface Listener {
+  readonly address: string;
+  readonly port: number;
+  reply(packet: Uint8Array, peer: Peer): void;
+  close(): void;
+}
+
+export type RequestHandler = (listener: Listener, bytes: Uint8Array, peer: Peer, receivedAt: number) => void;
+
+/** Binds a request socket (port 69 by default) on one local address. */
+export async function openListener(
+  address: string,
+  port: number,
+  onRequest: RequestHandler,
+): Promise<Listener> {
+  let listener: Listener | null = null;
+  const socket = await Bun.udpSocket({
+    hostname: address,
+    port,
+    binaryType: "uint8array",
+    socket: {
+      data(_socket, bytes, peerPort, peerAddress) {
+        if (listener) onRequest(listener, bytes, { address: peerAddress, port: peerPort }, performance.now());
+      },
+    },
+  });
+  listener = {
+    address,
+    port: socket.port,
+    reply: (packet, peer) => void socket.send(packet, peer.port, peer.address),
+    close: () => socket.close(),
+  };
+  return listener;
+}

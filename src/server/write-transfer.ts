@@ -1,0 +1,201 @@
+/**
+ * WRQ state machine: the client sends DATA, the server ACKs (RFC 1350), once per window of
+ * blocks when windowsize was negotiated (RFC 7440). Bytes go to an UploadSink that publishes
+ * the file atomically only when the last block has arrived.
+ */
+import { decodePacket, encodeAck, encodeError, encodeOack } from "../protocol/codec.ts";
+import { NetasciiDecoder } from "../protocol/netascii.ts";
+import { ErrorCode, Opcode, type TransferMode } from "../protocol/packet.ts";
+import type { UploadSink } from "../storage/upload.ts";
+import type { TransferChannel } from "./transport.ts";
+import { RetransmitClock, type RetransmitPolicy, type TransferOutcome, type TransferResult } from "./transfer.ts";
+
+export interface WriteTransferParams {
+  blksize: number;
+  windowsize: number;
+  mode: TransferMode;
+  oack: [string, string][] | null;
+  retransmit: RetransmitPolicy;
+  receivedAt: number;
+}
+
+export class WriteTransfer {
+  /** next block we expect */
+  private expected = 1;
+  /** last block we acknowledged (0 = the ACK 0 / OACK that opened the transfer) */
+  private lastAcked = 0;
+  private inWindow = 0;
+  /** a gap was reported with an ACK since the last progress; report it once, not per block */
+  private gapReported = false;
+  private phase: "receiving" | "dallying" | "done" = "receiving";
+  private retransmits = 0;
+  private firstResponseMs = -1;
+  private reported = false;
+  private readonly clock: RetransmitClock;
+  private readonly netascii: NetasciiDecoder | null;
+
+  constructor(
+    private readonly channel: TransferChannel,
+    private readonly sink: UploadSink,
+    private readonly params: WriteTransferParams,
+    private readonly onEnd: (outcome: TransferOutcome) => void,
+  ) {
+    this.netascii = params.mode === "netascii" ? new NetasciiDecoder() : null;
+    this.clock = new RetransmitClock(
+      params.retransmit,
+      () => this.retransmit(),
+      () => this.finish("timeout"),
+    );
+  }
+
+  start(): void {
+    this.firstResponseMs = performance.now() - this.params.receivedAt;
+    this.sendLastAck();
+    this.clock.progress();
+  }
+
+  handle(bytes: Uint8Array): void {
+    if (this.phase === "done") return;
+    const decoded = decodePacket(bytes);
+    if (!decoded.ok) {
+      if (decoded.reply !== null && this.phase === "receiving") this.fail(decoded.reply, decoded.message);
+      return;
+    }
+    const packet = decoded.packet;
+    if (packet.op === Opcode.DATA) {
+      this.onData(packet.block, packet.data);
+    } else if (packet.op === Opcode.ERROR) {
+      if (this.phase === "receiving") {
+        this.finish("client-error", { code: packet.code, message: packet.message, from: "client" });
+      } else {
+        this.close();
+      }
+    } else if (this.phase === "receiving") {
+      this.fail(ErrorCode.ILLEGAL_OPERATION, "illegal TFTP operation");
+    }
+  }
+
+  private onData(wire: number, data: Uint8Array): void {
+    if (this.phase === "dallying") {
+      // Our final ACK was lost and the client sent its last block again: answer it again.
+      if (wire === (this.lastAcked & 0xffff)) this.channel.send(encodeAck(wire));
+      return;
+    }
+    if (wire !== (this.expected & 0xffff)) {
+      this.onOutOfOrder(wire);
+      return;
+    }
+    if (data.length > this.params.blksize) {
+      this.fail(ErrorCode.ILLEGAL_OPERATION, `block larger than blksize ${this.params.blksize}`);
+      return;
+    }
+    if (!this.store(this.netascii ? this.netascii.push(data) : data)) return;
+
+    const block = this.expected++;
+    this.gapReported = false;
+    if (data.length < this.params.blksize) {
+      this.complete(block);
+      return;
+    }
+    if (++this.inWindow >= this.params.windowsize) {
+      this.lastAcked = block;
+      this.inWindow = 0;
+      this.sendLastAck();
+    }
+    this.clock.progress();
+  }
+
+  /** RFC 7440 §4: on a gap, acknowledge the last block received in order so the sender rewinds. */
+  private onOutOfOrder(wire: number): void {
+    const ahead = ((wire - this.expected) & 0xffff) < 0x8000;
+    if (ahead) {
+      if (this.gapReported) return;
+      this.gapReported = true;
+      this.lastAcked = this.expected - 1;
+      this.inWindow = 0;
+      this.sendLastAck();
+      return;
+    }
+    // A repeat of the block we last acknowledged means our ACK was lost: repeat it. Any other
+    // old block is a duplicate and must not trigger a send (RFC 1123 §4.2.3.1).
+    if (this.lastAcked > 0 && wire === (this.lastAcked & 0xffff)) {
+      this.retransmits++;
+      this.sendLastAck();
+    }
+  }
+
+  private store(bytes: Uint8Array): boolean {
+    if (bytes.length === 0) return true;
+    const refusal = this.sink.write(bytes);
+    if (refusal) {
+      this.fail(refusal.code, refusal.message);
+      return false;
+    }
+    return true;
+  }
+
+  private complete(block: number): void {
+    if (this.netascii && !this.store(this.netascii.end())) return;
+    const refusal = this.sink.commit();
+    if (refusal) {
+      this.fail(refusal.code, refusal.message);
+      return;
+    }
+    this.lastAcked = block;
+    this.sendLastAck();
+    this.report("ok");
+    // RFC 1350 §6: dally, so a client whose final ACK was lost can get it again.
+    this.phase = "dallying";
+    this.clock.stop();
+    setTimeout(() => this.close(), this.params.retransmit.timeoutMs * 2);
+  }
+
+  private sendLastAck(): void {
+    if (this.lastAcked === 0 && this.params.oack) this.channel.send(encodeOack(this.params.oack));
+    else this.channel.send(encodeAck(this.lastAcked & 0xffff));
+  }
+
+  private retransmit(): void {
+    this.retransmits++;
+    this.lastAcked = this.expected - 1;
+    this.inWindow = 0;
+    this.sendLastAck();
+  }
+
+  /** Ends the transfer from our side (server stopping): the client is told why. */
+  cancel(): void {
+    if (this.phase === "done") return;
+    if (this.phase === "dallying") return this.close();
+    this.fail(ErrorCode.NOT_DEFINED, "server shutting down");
+  }
+
+  private fail(code: number, message: string): void {
+    this.channel.send(encodeError(code, message));
+    this.finish("error", { code, message, from: "server" });
+  }
+
+  private finish(result: TransferResult, error?: TransferOutcome["error"]): void {
+    if (this.phase === "done") return;
+    this.sink.abort();
+    this.report(result, error);
+    this.close();
+  }
+
+  private report(result: TransferResult, error?: TransferOutcome["error"]): void {
+    if (this.reported) return;
+    this.reported = true;
+    this.onEnd({
+      result,
+      bytes: this.sink.written,
+      retransmits: this.retransmits,
+      firstResponseMs: Math.max(0, this.firstResponseMs),
+      ...(error ? { error } : {}),
+    });
+  }
+
+  private close(): void {
+    this.phase = "done";
+    this.clock.stop();
+    this.channel.close();
+  }
+}
