@@ -1,0 +1,27 @@
+/**
+ * `npm run build`: one self-contained executable, dist/tftpd, from src/main.ts.
+ * Worker entry points (when the engine grows workers) must be listed in ENTRYPOINTS, or
+ * they are missing from the binary.
+ */
+import { mkdirSync } from "node:fs";
+
+const ENTRYPOINTS = ["src/main.ts"];
+const OUTFILE = "dist/tftpd";
+
+function gitCommit(): string {
+  const out = Bun.spawnSync(["git", "rev-parse", "--short=12", "HEAD"], { stdout: "pipe", stderr: "ignore" });
+  return out.exitCode === 0 ? out.stdout.toString().trim() : "unknown";
+}
+
+mkdirSync("dist", { recursive: true });
+const commit = gitCommit();
+const build = Bun.spawnSync(
+  [
+    process.execPath, "build", "--compile", "--minify", "--target=bun",
+    `--define=TFTPD_BUILD_COMMIT=${JSON.stringify(commit)}`,
+    ...ENTRYPOINTS, "--outfile", OUTFILE,
+  ],
+  { stdout: "inherit", stderr: "inherit" },
+);
+if (build.exitCode !== 0) process.exit(build.exitCode ?? 1);
+console.log(`built ${OUTFILE} (commit ${commit})`);

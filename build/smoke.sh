@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Smoke test of a compiled binary: start it on loopback, fetch a file with curl, compare
+# the bytes, stop it. Usage: build/smoke.sh dist/tftpd
+set -euo pipefail
+bin=$(realpath "${1:-dist/tftpd}")
+work=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+mkdir -p "$work/root"
+head -c 3000000 /dev/urandom > "$work/root/kernel.img"
+port=$((20000 + RANDOM % 20000))
+
+"$bin" version
+"$bin" serve --root "$work/root" --listen "127.0.0.1:$port" --log-level info > "$work/log" 2>&1 &
+pid=$!
+for _ in $(seq 50); do grep -q '"ready' "$work/log" && break; sleep 0.1; done
+grep -q '"ready' "$work/log" || { cat "$work/log"; echo "smoke: server did not start"; exit 1; }
+
+curl -sS --tftp-blksize 1468 -o "$work/got.img" "tftp://127.0.0.1:$port/kernel.img"
+cmp "$work/root/kernel.img" "$work/got.img"
+kill -TERM "$pid"
+wait "$pid" || true
+echo "smoke: dist/tftpd served kernel.img byte-exact to curl"

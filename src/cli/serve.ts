@@ -1,0 +1,156 @@
+/**
+ * `tftpd serve`: load the config (file < TFTPD_* env < flags), start the server, log each
+ * address once it is listening, and stop cleanly on SIGINT/SIGTERM.
+ */
+import { defineCommand } from "citty";
+import { loadConfig } from "../config/load.ts";
+import { parseListenAddress } from "../config/net.ts";
+import type { Config } from "../config/schema.ts";
+import { createLogger } from "../log.ts";
+import { isWildcard, expandListenAddresses } from "../server/interfaces.ts";
+import { LossPlan } from "../server/loss.ts";
+import { formatAddress, TftpServer, type ServerOptions } from "../server/server.ts";
+import { loadRemapFile } from "../storage/remap.ts";
+import { fail, repeatedFlag, unknownOption } from "./args.ts";
+
+const args = {
+  config: { type: "string", description: "Config file (default /etc/tftpd/config.json when it exists)", valueHint: "FILE" },
+  root: { type: "string", description: "Directory to serve (default /srv/tftp)", valueHint: "DIR" },
+  listen: { type: "string", description: "ADDR:PORT to listen on, repeatable; IPv6 as [::1]:69", valueHint: "ADDR:PORT" },
+  write: { type: "string", description: "Uploads: off (default), create (new files only), overwrite", valueHint: "off|create|overwrite" },
+  "blksize-max": { type: "string", description: "Largest blksize granted (default 1468)", valueHint: "N" },
+  "windowsize-max": { type: "string", description: "Largest windowsize granted (default 64)", valueHint: "N" },
+  timeout: { type: "string", description: "Initial retransmit timeout in seconds (default 1)", valueHint: "S" },
+  retries: { type: "string", description: "Retransmissions before a transfer is given up (default 5)", valueHint: "N" },
+  "port-range": { type: "string", description: "Transfer ports LOW:HIGH (default: ephemeral)", valueHint: "LOW:HIGH" },
+  remap: { type: "string", description: "File of remap rules (tftpd-hpa style)", valueHint: "FILE" },
+  "log-level": { type: "string", description: "fatal|error|warn|info|debug|trace|silent", valueHint: "LEVEL" },
+} as const;
+
+/** Flags → config key paths. Numbers are passed through as numbers so zod reports them well. */
+function flagOverrides(values: Record<string, unknown>, rawArgs: string[]): Record<string, unknown> {
+  const overrides: Record<string, unknown> = {};
+  const numeric = (v: unknown): unknown => (typeof v === "string" && /^\d+(\.\d+)?$/.test(v) ? Number(v) : v);
+  const map: [string, string, (v: unknown) => unknown][] = [
+    ["root", "tftp.root", (v) => v],
+    ["write", "tftp.write", (v) => v],
+    ["blksize-max", "tftp.blksize_max", numeric],
+    ["windowsize-max", "tftp.windowsize_max", numeric],
+    ["timeout", "tftp.timeout", numeric],
+    ["retries", "tftp.retries", numeric],
+    ["port-range", "tftp.port_range", (v) => v],
+    ["remap", "tftp.remap", (v) => v],
+    ["log-level", "log.level", (v) => v],
+  ];
+  for (const [flag, key, convert] of map) {
+    if (values[flag] !== undefined) overrides[key] = convert(values[flag]);
+  }
+  const listen = repeatedFlag(rawArgs, "listen");
+  if (listen.length > 0) overrides["tftp.listen"] = listen;
+  return overrides;
+}
+
+export function serverOptions(config: Config, remap: ServerOptions["remap"]): ServerOptions {
+  const tftp = config.tftp;
+  return {
+    root: tftp.root,
+    listen: tftp.listen.map((text) => parseListenAddress(text)),
+    write: tftp.write,
+    uploadMax: tftp.max_upload_size,
+    blksizeMax: tftp.blksize_max,
+    windowsizeMax: tftp.windowsize_max,
+    windowBytesMax: tftp.window_bytes_max,
+    timeoutMs: tftp.timeout * 1000,
+    retries: tftp.retries,
+    portRange: tftp.port_range,
+    remap,
+    allow: tftp.allow,
+    deny: tftp.deny,
+  };
+}
+
+export default defineCommand({
+  meta: { name: "serve", description: "Run the TFTP server (the default command)" },
+  args,
+  async run({ args: values, rawArgs }) {
+    const unknown = unknownOption(args, rawArgs);
+    if (unknown) fail("serve", `unknown option ${unknown} (see tftpd serve --help)`, 2);
+
+    const loaded = loadConfig({ file: values.config, env: process.env, overrides: flagOverrides(values, rawArgs) });
+    if (!loaded.ok) {
+      for (const line of loaded.errors) process.stderr.write(`tftpd serve: ${line}\n`);
+      process.exit(1);
+    }
+    const config = loaded.config;
+    const log = createLogger(config.log.level);
+
+    let remap: ServerOptions["remap"] = [];
+    if (config.tftp.remap) {
+      const rules = loadRemapFile(config.tftp.remap);
+      if (!rules.ok) {
+        for (const line of rules.errors) process.stderr.write(`tftpd serve: ${line}\n`);
+        process.exit(1);
+      }
+      remap = rules.rules;
+    }
+
+    const options = serverOptions(config, remap);
+    const expanded = expandListenAddresses(options.listen);
+    options.listen = expanded.addresses;
+    for (const skipped of expanded.skipped) log.debug({ address: skipped }, "not listening on link-local address");
+    const dropSpec = process.env.TFTPD_TEST_DROP;
+    if (dropSpec) {
+      options.loss = LossPlan.parse(dropSpec);
+      log.warn({ drop: dropSpec }, "test loss injection is on");
+    }
+
+    const server = new TftpServer(options, {
+      listening: ({ host, port }) => log.info({ address: formatAddress(host, port) }, "listening"),
+      transferEnd: (r) => {
+        const level = r.result === "ok" || r.result === "probe" ? "info" : "warn";
+        log[level](
+          {
+            client: r.client,
+            file: r.file,
+            direction: r.direction,
+            mode: r.mode,
+            bytes: r.bytes,
+            blksize: r.blksize,
+            windowsize: r.windowsize,
+            tsize: r.tsize,
+            options: r.options,
+            duration_ms: Math.round(r.durationMs * 100) / 100,
+            first_response_ms: Math.round(r.firstResponseMs * 1000) / 1000,
+            retransmits: r.retransmits,
+            result: r.result,
+            ...(r.error ? { error: r.error } : {}),
+          },
+          "transfer",
+        );
+      },
+      refused: (peer, reason, code) => log.debug({ client: formatAddress(peer.address, peer.port), reason, code }, "request refused"),
+    });
+
+    try {
+      await server.start();
+    } catch (error) {
+      fail("serve", (error as Error).message);
+    }
+    const first = server.addresses.find((a) => !isWildcard(a.host));
+    if (first) {
+      log.info(
+        { root: config.tftp.root, config: loaded.source, write: config.tftp.write },
+        `ready: fetch a file with  curl -o FILE tftp://${formatAddress(first.host, first.port)}/FILE`,
+      );
+    }
+
+    const shutdown = async (signal: string): Promise<void> => {
+      log.info({ signal, active: server.activeTransfers }, "stopping");
+      await server.stop();
+      log.flush();
+      process.exit(0);
+    };
+    process.once("SIGINT", () => void shutdown("SIGINT"));
+    process.once("SIGTERM", () => void shutdown("SIGTERM"));
+  },
+});

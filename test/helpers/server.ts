@@ -1,0 +1,142 @@
+/**
+ * Test servers on loopback: the real TftpServer in-process (fast, and its transfer records
+ * can be inspected), or the real CLI as a child process (flags, config, logs, signals).
+ */
+import type { Subprocess } from "bun";
+import { TftpServer, type ServerOptions, type TransferRecord } from "../../src/server/server.ts";
+import { BUN, MAIN } from "./run.ts";
+
+export interface InProcessServer {
+  server: TftpServer;
+  host: string;
+  port: number;
+  records: TransferRecord[];
+  /** resolves with the next finished transfer record */
+  nextRecord(): Promise<TransferRecord>;
+  stop(): Promise<void>;
+}
+
+export const defaultOptions = (root: string): ServerOptions => ({
+  root,
+  listen: [{ host: "127.0.0.1", port: 0 }],
+  write: "off",
+  uploadMax: 1 << 30,
+  blksizeMax: 65464,
+  windowsizeMax: 64,
+  windowBytesMax: 8 << 20,
+  timeoutMs: 200,
+  retries: 3,
+  portRange: null,
+  remap: [],
+  allow: [],
+  deny: [],
+});
+
+export async function startServer(root: string, options: Partial<ServerOptions> = {}): Promise<InProcessServer> {
+  const records: TransferRecord[] = [];
+  const waiters: ((r: TransferRecord) => void)[] = [];
+  const server = new TftpServer({ ...defaultOptions(root), ...options }, {
+    transferEnd(record) {
+      records.push(record);
+      waiters.shift()?.(record);
+    },
+  });
+  await server.start();
+  const first = server.addresses[0]!;
+  return {
+    server,
+    host: first.host,
+    port: first.port,
+    records,
+    nextRecord: () => new Promise((resolve) => waiters.push(resolve)),
+    stop: () => server.stop(),
+  };
+}
+
+export interface ChildServer {
+  proc: Subprocess<"ignore", "pipe", "pipe">;
+  /** every address the server logged as listening, e.g. "127.0.0.1:40123" */
+  addresses: string[];
+  port: number;
+  /** parsed JSON log lines so far */
+  logs: Record<string, unknown>[];
+  stderr(): string;
+  waitForLog(predicate: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  stop(signal?: NodeJS.Signals): Promise<number>;
+}
+
+/** Starts `tftpd serve ARGS` (from source, or the binary given) and waits until it listens. */
+export async function spawnServer(
+  args: string[],
+  opts: { binary?: string; env?: Record<string, string | undefined>; expectListeners?: number } = {},
+): Promise<ChildServer> {
+  const cmd = opts.binary ? [opts.binary, "serve", ...args] : [BUN, MAIN, "serve", ...args];
+  const proc = Bun.spawn(cmd, { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...opts.env } });
+  const logs: Record<string, unknown>[] = [];
+  let stderrText = "";
+  const watchers: (() => void)[] = [];
+  const notify = (): void => {
+    for (const w of watchers.splice(0)) w();
+  };
+
+  (async () => {
+    const decoder = new TextDecoder();
+    let pending = "";
+    for await (const chunk of proc.stdout) {
+      pending += decoder.decode(chunk, { stream: true });
+      let nl: number;
+      while ((nl = pending.indexOf("\n")) >= 0) {
+        const line = pending.slice(0, nl);
+        pending = pending.slice(nl + 1);
+        try {
+          logs.push(JSON.parse(line));
+        } catch {
+          logs.push({ raw: line });
+        }
+      }
+      notify();
+    }
+    notify();
+  })();
+  (async () => {
+    stderrText = await new Response(proc.stderr).text();
+    notify();
+  })();
+
+  const waitForLog = (predicate: (line: Record<string, unknown>) => boolean, timeoutMs = 10_000) =>
+    new Promise<Record<string, unknown>>((resolve, reject) => {
+      const deadline = setTimeout(
+        () => reject(new Error(`timed out waiting for a log line; stderr: ${stderrText}; logs: ${JSON.stringify(logs.slice(-5))}`)),
+        timeoutMs,
+      );
+      const check = (): void => {
+        const hit = logs.find(predicate);
+        if (hit) {
+          clearTimeout(deadline);
+          resolve(hit);
+        } else if (proc.exitCode !== null && stderrText !== "") {
+          clearTimeout(deadline);
+          reject(new Error(`server exited ${proc.exitCode}: ${stderrText}`));
+        } else {
+          watchers.push(check);
+        }
+      };
+      check();
+    });
+
+  await waitForLog((l) => typeof l.msg === "string" && l.msg.startsWith("ready"));
+  const addresses = logs.filter((l) => l.msg === "listening").map((l) => String(l.address));
+  const port = Number(addresses[0]?.split(":").pop());
+  return {
+    proc,
+    addresses,
+    port,
+    logs,
+    stderr: () => stderrText,
+    waitForLog,
+    async stop(signal = "SIGTERM") {
+      if (proc.exitCode === null) proc.kill(signal);
+      return await proc.exited;
+    },
+  };
+}

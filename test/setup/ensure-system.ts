@@ -1,0 +1,45 @@
+/**
+ * Runs before `bun test` (see package.json): the end-to-end tests drive real TFTP clients
+ * from Debian. Installs what is missing when we are root and apt-get exists; otherwise says
+ * the one command to run, and fails.
+ */
+import { existsSync } from "node:fs";
+
+interface Requirement {
+  /** a file the package provides */
+  path: string;
+  /** the Debian package */
+  pkg: string;
+  /** optional check that the right program is installed under that name */
+  check?: () => boolean;
+}
+
+const isTftpHpa = (): boolean => {
+  const out = Bun.spawnSync(["tftp", "-V"], { stdout: "pipe", stderr: "pipe" });
+  return `${out.stdout}${out.stderr}`.includes("tftp-hpa");
+};
+
+const requirements: Requirement[] = [
+  { path: "/usr/bin/curl", pkg: "curl" },
+  { path: "/usr/bin/tftp", pkg: "tftp-hpa", check: isTftpHpa },
+  { path: "/usr/bin/atftp", pkg: "atftp" },
+];
+
+const missing = requirements.filter((r) => !existsSync(r.path) || (r.check && !r.check())).map((r) => r.pkg);
+if (missing.length === 0) process.exit(0);
+
+const command = `apt-get install -y ${missing.join(" ")}`;
+const isRoot = process.getuid?.() === 0;
+if (!isRoot || !existsSync("/usr/bin/apt-get")) {
+  console.error(`tests need ${missing.join(", ")}: run  sudo ${command}`);
+  process.exit(1);
+}
+console.error(`installing ${missing.join(" ")} for the end-to-end tests`);
+const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
+for (const cmd of [["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", ...missing]]) {
+  const result = Bun.spawnSync(cmd, { env, stdout: "inherit", stderr: "inherit" });
+  if (result.exitCode !== 0) {
+    console.error(`'${cmd.join(" ")}' failed (exit ${result.exitCode}); run  sudo ${command}`);
+    process.exit(1);
+  }
+}
