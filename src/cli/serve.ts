@@ -6,7 +6,7 @@ import { defineCommand } from "citty";
 import { loadConfig } from "../config/load.ts";
 import { parseListenAddress } from "../config/net.ts";
 import type { Config } from "../config/schema.ts";
-import { createLogger } from "../log.ts";
+import { createLogger, flushLogs } from "../log.ts";
 import { isWildcard, expandListenAddresses } from "../server/interfaces.ts";
 import { LossPlan } from "../server/loss.ts";
 import { formatAddress, TftpServer, type ServerOptions } from "../server/server.ts";
@@ -27,27 +27,36 @@ const args = {
   "log-level": { type: "string", description: "fatal|error|warn|info|debug|trace|silent", valueHint: "LEVEL" },
 } as const;
 
-/** Flags → config key paths. Numbers are passed through as numbers so zod reports them well. */
-function flagOverrides(values: Record<string, unknown>, rawArgs: string[]): Record<string, unknown> {
+/** Flags → config key paths; values are read like TFTPD_* env values ("8192" is a number). */
+const FLAG_KEYS: [flag: string, key: string][] = [
+  ["root", "tftp.root"],
+  ["write", "tftp.write"],
+  ["blksize-max", "tftp.blksize_max"],
+  ["windowsize-max", "tftp.windowsize_max"],
+  ["timeout", "tftp.timeout"],
+  ["retries", "tftp.retries"],
+  ["port-range", "tftp.port_range"],
+  ["remap", "tftp.remap"],
+  ["log-level", "log.level"],
+];
+
+function flagOverrides(
+  values: Record<string, unknown>,
+  rawArgs: string[],
+): { overrides: Record<string, unknown>; overrideSources: Record<string, string> } {
   const overrides: Record<string, unknown> = {};
-  const numeric = (v: unknown): unknown => (typeof v === "string" && /^\d+(\.\d+)?$/.test(v) ? Number(v) : v);
-  const map: [string, string, (v: unknown) => unknown][] = [
-    ["root", "tftp.root", (v) => v],
-    ["write", "tftp.write", (v) => v],
-    ["blksize-max", "tftp.blksize_max", numeric],
-    ["windowsize-max", "tftp.windowsize_max", numeric],
-    ["timeout", "tftp.timeout", numeric],
-    ["retries", "tftp.retries", numeric],
-    ["port-range", "tftp.port_range", (v) => v],
-    ["remap", "tftp.remap", (v) => v],
-    ["log-level", "log.level", (v) => v],
-  ];
-  for (const [flag, key, convert] of map) {
-    if (values[flag] !== undefined) overrides[key] = convert(values[flag]);
+  const overrideSources: Record<string, string> = {};
+  for (const [flag, key] of FLAG_KEYS) {
+    if (values[flag] === undefined) continue;
+    overrides[key] = values[flag];
+    overrideSources[key] = `--${flag}`;
   }
   const listen = repeatedFlag(rawArgs, "listen");
-  if (listen.length > 0) overrides["tftp.listen"] = listen;
-  return overrides;
+  if (listen.length > 0) {
+    overrides["tftp.listen"] = listen;
+    overrideSources["tftp.listen"] = "--listen";
+  }
+  return { overrides, overrideSources };
 }
 
 export function serverOptions(config: Config, remap: ServerOptions["remap"]): ServerOptions {
@@ -76,7 +85,7 @@ export default defineCommand({
     const unknown = unknownOption(args, rawArgs);
     if (unknown) fail("serve", `unknown option ${unknown} (see tftpd serve --help)`, 2);
 
-    const loaded = loadConfig({ file: values.config, env: process.env, overrides: flagOverrides(values, rawArgs) });
+    const loaded = loadConfig({ file: values.config, env: process.env, ...flagOverrides(values, rawArgs) });
     if (!loaded.ok) {
       for (const line of loaded.errors) process.stderr.write(`tftpd serve: ${line}\n`);
       process.exit(1);
@@ -147,7 +156,7 @@ export default defineCommand({
     const shutdown = async (signal: string): Promise<void> => {
       log.info({ signal, active: server.activeTransfers }, "stopping");
       await server.stop();
-      log.flush();
+      flushLogs();
       process.exit(0);
     };
     process.once("SIGINT", () => void shutdown("SIGINT"));

@@ -1,0 +1,362 @@
+// Loading the effective config: defaults < file < TFTPD_* environment < overrides (CLI flags).
+// Errors are values: one line each, "<source>: <key.path>: <message>".
+import { existsSync, readFileSync } from "node:fs";
+import { dirname, isAbsolute, resolve } from "node:path";
+import type { z } from "zod";
+import { describeValue } from "./bytes.ts";
+import { parseJson } from "./json.ts";
+import { CONFIG_KEYS, KEYS_BY_ENV, KEYS_BY_PATH, SECTION_KEYS, configSchema, type Config, type ConfigKey } from "./schema.ts";
+
+export { parseListenAddress, safeParseListenAddress, formatListenAddress, safeParseCidr, type ListenAddress, type Cidr } from "./net.ts";
+export { parseByteSize, formatByteSize } from "./bytes.ts";
+export type { Config } from "./schema.ts";
+
+export const DEFAULT_CONFIG_FILE = "/etc/tftpd/config.json";
+/** Env var naming the config file (when no file is passed explicitly). */
+export const CONFIG_FILE_ENV = "TFTPD_CONFIG";
+/** TFTPD_TEST_* variables are test-only switches, never config keys. */
+export const TEST_ENV_PREFIX = "TFTPD_TEST_";
+
+export interface LoadOptions {
+  /** Config file to read; a missing file is an error. */
+  file?: string;
+  /** Read when `file` is undefined and TFTPD_CONFIG is unset, if it exists. Default /etc/tftpd/config.json. */
+  defaultFile?: string;
+  /** Environment; default process.env. */
+  env?: Record<string, string | undefined>;
+  /** Dotted path -> value, e.g. {"tftp.root": "/x", "tftp.blksize_max": 8192}. Strings are read like env values. */
+  overrides?: Record<string, unknown>;
+  /** Dotted path -> name shown in errors, e.g. {"tftp.root": "--root"}; default "override". */
+  overrideSources?: Record<string, string>;
+  /** Base for relative paths given in env/overrides; default process.cwd(). */
+  cwd?: string;
+}
+
+/** A setting that came from the environment or an override. */
+export interface AppliedSetting {
+  source: string;
+  key: string;
+}
+
+export type LoadResult =
+  | { ok: true; config: Config; source: string | null; applied: AppliedSetting[] }
+  | { ok: false; errors: string[] };
+
+type Obj = Record<string, unknown>;
+
+function isPlainObject(v: unknown): v is Obj {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Provenance: dotted path -> the source that set it (last writer wins). */
+class Provenance {
+  private map = new Map<string, string>();
+  record(path: readonly (string | number)[], source: string, value: unknown) {
+    this.map.set(path.join("."), source);
+    if (isPlainObject(value)) for (const [k, v] of Object.entries(value)) this.record([...path, k], source, v);
+  }
+  lookup(path: readonly PropertyKey[]): string | undefined {
+    for (let n = path.length; n > 0; n--) {
+      const s = this.map.get(path.slice(0, n).map(String).join("."));
+      if (s !== undefined) return s;
+    }
+    return undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export function loadConfig(opts: LoadOptions = {}): LoadResult {
+  const env = opts.env ?? process.env;
+  const cwd = opts.cwd ?? process.cwd();
+  const errors: string[] = [];
+  const prov = new Provenance();
+  const applied: AppliedSetting[] = [];
+
+  // 1. Which file.
+  let file: string | null = null;
+  if (opts.file !== undefined) file = opts.file;
+  else if (env[CONFIG_FILE_ENV]) file = env[CONFIG_FILE_ENV] ?? null;
+  else {
+    const def = opts.defaultFile ?? DEFAULT_CONFIG_FILE;
+    if (existsSync(def)) file = def;
+  }
+
+  // 2. The file layer.
+  let fileLayer: Obj = {};
+  if (file !== null) {
+    const r = readConfigFile(file);
+    if (!r.ok) return { ok: false, errors: [r.error] };
+    fileLayer = r.value;
+    const base = dirname(resolve(cwd, file));
+    resolvePaths(fileLayer, base);
+    prov.record([], file, fileLayer);
+  }
+
+  // 3. The environment layer.
+  const envLayer: Obj = {};
+  for (const name of Object.keys(env).sort()) {
+    const text = env[name];
+    if (!name.startsWith("TFTPD_") || text === undefined) continue;
+    if (name === CONFIG_FILE_ENV || name.startsWith(TEST_ENV_PREFIX)) continue;
+    const key = KEYS_BY_ENV.get(name);
+    if (!key) {
+      const guess = suggest(name, [...KEYS_BY_ENV.keys(), CONFIG_FILE_ENV]);
+      errors.push(`${name}: unknown environment variable${guess ? ` (did you mean ${guess}?)` : ""}`);
+      continue;
+    }
+    let value = coerceText(key, text);
+    if (key.isPath && typeof value === "string" && value !== "" && !isAbsolute(value)) value = resolve(cwd, value);
+    setIn(envLayer, key.path, value);
+    prov.record(key.path, name, value);
+    applied.push({ source: name, key: key.dotted });
+  }
+
+  // 4. The override layer.
+  const overrideLayer: Obj = {};
+  for (const [dotted, raw] of Object.entries(opts.overrides ?? {})) {
+    if (raw === undefined) continue;
+    const source = opts.overrideSources?.[dotted] ?? "override";
+    const path = dotted.split(".");
+    const key = KEYS_BY_PATH.get(dotted);
+    if (!key && !(SECTION_KEYS.has(dotted) && dotted !== "")) {
+      errors.push(`${source}: ${dotted}: unknown key${didYouMean(path)}`);
+      continue;
+    }
+    let value = key && typeof raw === "string" ? coerceText(key, raw) : raw;
+    if (key?.isPath && typeof value === "string" && value !== "" && !isAbsolute(value)) value = resolve(cwd, value);
+    if (!key && isPlainObject(value)) resolvePaths(value, cwd, path);
+    setIn(overrideLayer, path, value);
+    prov.record(path, source, value);
+    applied.push({ source, key: dotted });
+  }
+
+  // 5. Merge and validate (also when some settings were already rejected: report everything).
+  const merged = deepMerge(deepMerge(fileLayer, envLayer), overrideLayer);
+  const result = validate(merged, (path) => prov.lookup(path), file ?? "config");
+  if (!result.ok) errors.push(...result.errors);
+  if (errors.length > 0 || !result.ok) return { ok: false, errors };
+  return { ok: true, config: result.config, source: file, applied };
+}
+
+/**
+ * Validate an already-parsed config object (e.g. one received from the fleet). Relative paths
+ * are not resolved here. Errors name `source`.
+ */
+export function validateConfig(raw: unknown, source: string): { ok: true; config: Config } | { ok: false; errors: string[] } {
+  if (!isPlainObject(raw)) return { ok: false, errors: [`${source}: the config must be a JSON object, got ${describeValue(raw)}`] };
+  return validate(raw, () => undefined, source);
+}
+
+function validate(
+  raw: Obj,
+  lookup: (path: readonly PropertyKey[]) => string | undefined,
+  fallback: string,
+): { ok: true; config: Config } | { ok: false; errors: string[] } {
+  // Cross-field issues carry params.related: blame whoever set either key.
+  const sourceOf = (path: readonly PropertyKey[], related?: string) =>
+    lookup(path) ?? (related ? lookup(related.split(".")) : undefined) ?? fallback;
+  const r = configSchema.safeParse(raw, { error: genericMessage });
+  if (r.success) return { ok: true, config: r.data };
+  const errors: string[] = [];
+  for (const issue of r.error.issues) {
+    if (issue.code === "unrecognized_keys") {
+      for (const k of issue.keys) {
+        const path = [...issue.path, k];
+        errors.push(`${sourceOf(path)}: ${formatPath(path)}: unknown key${didYouMean(path.map(String))}`);
+      }
+      continue;
+    }
+    const related = issue.code === "custom" ? (issue.params as { related?: string } | undefined)?.related : undefined;
+    const src = sourceOf(issue.path, related);
+    errors.push(issue.path.length > 0 ? `${src}: ${formatPath(issue.path)}: ${issue.message}` : `${src}: ${issue.message}`);
+  }
+  return { ok: false, errors: [...new Set(errors)] };
+}
+
+/** Messages for issues whose schema has no message of its own. */
+function genericMessage(iss: z.core.$ZodRawIssue): string {
+  const got = describeValue(iss.input);
+  switch (iss.code) {
+    case "invalid_type": {
+      const expected = String(iss.expected);
+      const what =
+        expected === "boolean" ? "true or false" : /^[aeiou]/.test(expected) ? `an ${expected}` : `a ${expected}`;
+      return `expected ${what}, got ${got}`;
+    }
+    case "invalid_value":
+      return `expected one of ${iss.values.map((v) => JSON.stringify(v)).join(", ")}, got ${got}`;
+    case "too_small":
+      return `must be ${iss.inclusive ? ">=" : ">"} ${String(iss.minimum)}, got ${got}`;
+    case "too_big":
+      return `must be ${iss.inclusive ? "<=" : "<"} ${String(iss.maximum)}, got ${got}`;
+    case "unrecognized_keys":
+      return `unknown key ${iss.keys.join(", ")}`;
+    default:
+      return `invalid value ${got}`;
+  }
+}
+
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = "";
+  for (const p of path) {
+    if (typeof p === "number") out += `[${p}]`;
+    else out += out === "" ? String(p) : `.${String(p)}`;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// File reading
+
+function readConfigFile(file: string): { ok: true; value: Obj } | { ok: false; error: string } {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why =
+      code === "ENOENT"
+        ? "no such file"
+        : code === "EACCES"
+          ? "permission denied"
+          : code === "EISDIR"
+            ? "is a directory, not a config file"
+            : `cannot read: ${e instanceof Error ? e.message : String(e)}`;
+    return { ok: false, error: `${file}: ${why}` };
+  }
+  const parsed = parseJson(text);
+  if (!parsed.ok) return { ok: false, error: `${file}:${parsed.line}:${parsed.column}: invalid JSON: ${parsed.message}` };
+  if (!isPlainObject(parsed.value)) {
+    return { ok: false, error: `${file}: the config must be a JSON object, got ${describeValue(parsed.value)}` };
+  }
+  return { ok: true, value: parsed.value };
+}
+
+/** Resolve relative path leaves inside `layer` (rooted at `prefix`) against `base`. */
+function resolvePaths(layer: Obj, base: string, prefix: string[] = []) {
+  for (const key of CONFIG_KEYS) {
+    if (!key.isPath) continue;
+    if (prefix.some((p, i) => key.path[i] !== p)) continue;
+    const rel = key.path.slice(prefix.length);
+    const parent = getIn(layer, rel.slice(0, -1));
+    const leaf = rel[rel.length - 1];
+    if (!isPlainObject(parent) || leaf === undefined) continue;
+    const v = parent[leaf];
+    if (typeof v === "string" && v !== "" && !isAbsolute(v)) parent[leaf] = resolve(base, v);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Env / flag text
+
+function tryJson(text: string): { ok: true; value: unknown } | { ok: false } {
+  try {
+    return { ok: true, value: JSON.parse(text) };
+  } catch {
+    return { ok: false };
+  }
+}
+
+/**
+ * Read a string from the environment or a flag for `key`: string keys keep the text; other keys
+ * take it as JSON when it parses (numbers, booleans, null, arrays), else as a string; array keys
+ * also accept a comma-separated list.
+ */
+export function coerceText(key: Pick<ConfigKey, "kind" | "nullable">, text: string): unknown {
+  if (key.kind === "string") {
+    if (key.nullable && (text === "" || text === "null")) return null;
+    return text;
+  }
+  if (key.kind === "array") {
+    const t = text.trim();
+    if (t.startsWith("[")) {
+      const j = tryJson(t);
+      return j.ok ? j.value : text;
+    }
+    if (t === "") return [];
+    return t.split(",").map((part) => {
+      const p = part.trim();
+      const j = tryJson(p);
+      return j.ok && typeof j.value !== "object" ? j.value : p;
+    });
+  }
+  const j = tryJson(text);
+  return j.ok ? j.value : text;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small object helpers
+
+function getIn(obj: Obj, path: readonly string[]): unknown {
+  let cur: unknown = obj;
+  for (const p of path) {
+    if (!isPlainObject(cur)) return undefined;
+    cur = cur[p];
+  }
+  return cur;
+}
+
+function setIn(obj: Obj, path: readonly string[], value: unknown) {
+  let cur = obj;
+  for (const p of path.slice(0, -1)) {
+    const next = cur[p];
+    if (isPlainObject(next)) cur = next;
+    else {
+      const fresh: Obj = {};
+      cur[p] = fresh;
+      cur = fresh;
+    }
+  }
+  const last = path[path.length - 1];
+  if (last !== undefined) cur[last] = value;
+}
+
+function deepMerge(base: Obj, over: Obj): Obj {
+  const out: Obj = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    const b = out[k];
+    out[k] = isPlainObject(b) && isPlainObject(v) ? deepMerge(b, v) : v;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// "Did you mean"
+
+function distance(a: string, b: string): number {
+  const prev = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let diag = prev[0] ?? 0;
+    prev[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const up = prev[j] ?? 0;
+      prev[j] = Math.min(up + 1, (prev[j - 1] ?? 0) + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
+      diag = up;
+    }
+  }
+  return prev[b.length] ?? 0;
+}
+
+function suggest(word: string, candidates: Iterable<string>): string | null {
+  let best: string | null = null;
+  let bestD = Infinity;
+  const w = word.toLowerCase();
+  for (const c of candidates) {
+    const d = distance(w, c.toLowerCase());
+    if (d < bestD) {
+      bestD = d;
+      best = c;
+    }
+  }
+  return best !== null && bestD <= Math.max(2, Math.floor(word.length / 4)) ? best : null;
+}
+
+function didYouMean(path: readonly string[]): string {
+  const parent = path.slice(0, -1).join(".");
+  const leaf = path[path.length - 1];
+  const siblings = SECTION_KEYS.get(parent);
+  if (!siblings || leaf === undefined) return "";
+  const guess = suggest(leaf, siblings);
+  return guess ? ` (did you mean "${guess}"?)` : "";
+}

@@ -1,0 +1,609 @@
+// The configuration schema: the single source of config types, defaults and validation.
+//
+// Every object is strict (unknown keys are errors) and every key has a default, so
+// `configSchema.parse({})` is the full default config. Byte sizes parse to numbers of bytes;
+// `tftp.port_range` parses to {low, high} | null; `tftp.allow`/`deny` to canonical "ADDR/PREFIX".
+// The output of a parse is itself valid input (config check output can be fed back).
+import { z } from "zod";
+import { BYTE_SIZE_HINT, describeValue, formatByteSize, parseByteSize } from "./bytes.ts";
+import { safeParseCidr, safeParseHostPort, safeParseListenAddress, type ParseResult } from "./net.ts";
+
+// ---------------------------------------------------------------------------------------------
+// Leaf builders. Each one carries its own one-line error messages ("expected X, got Y") and a
+// type label for the documentation.
+
+/** Type labels for docs, keyed by schema instance. */
+const typeLabels = new WeakMap<object, string>();
+/** Leaves holding filesystem paths: relative values resolve against the config file's dir. */
+const pathLeaves = new WeakSet<object>();
+
+function labelled<T extends object>(schema: T, label: string): T {
+  typeLabels.set(schema, label);
+  return schema;
+}
+
+type Issue = { input?: unknown };
+
+function intIn(min: number, max?: number) {
+  const what =
+    max !== undefined
+      ? `an integer from ${min} to ${max}`
+      : min === 0
+        ? "a non-negative integer"
+        : min === 1
+          ? "a positive integer"
+          : `an integer >= ${min}`;
+  const error = (iss: Issue) => `expected ${what}, got ${describeValue(iss.input)}`;
+  let s = z.number({ error }).int({ error }).min(min, { error });
+  if (max !== undefined) s = s.max(max, { error });
+  return labelled(s, max !== undefined ? `integer ${min}..${max}` : `integer >= ${min}`);
+}
+
+/** A number in (gtMin, max]: used for seconds that may be fractional. */
+function numberAbove(gtMin: number, max: number) {
+  const what = `a number > ${gtMin} and <= ${max}`;
+  const error = (iss: Issue) => `expected ${what}, got ${describeValue(iss.input)}`;
+  return labelled(z.number({ error }).gt(gtMin, { error }).max(max, { error }), `number > ${gtMin}, <= ${max}`);
+}
+
+function bool() {
+  return labelled(z.boolean({ error: (iss: Issue) => `expected true or false, got ${describeValue(iss.input)}` }), "boolean");
+}
+
+function nonEmptyString(what = "a non-empty string") {
+  const error = (iss: Issue) => `expected ${what}, got ${describeValue(iss.input)}`;
+  return labelled(z.string({ error }).min(1, { error }), "string");
+}
+
+function filePath() {
+  const s = nonEmptyString("a path");
+  pathLeaves.add(s);
+  return labelled(s, "path");
+}
+
+function oneOf<const T extends readonly [string, ...string[]]>(values: T) {
+  const list = values.map((v) => JSON.stringify(v)).join(", ");
+  return labelled(
+    z.enum(values, { error: (iss: Issue) => `expected one of ${list}, got ${describeValue(iss.input)}` }),
+    values.map((v) => JSON.stringify(v)).join(" | "),
+  );
+}
+
+/** A leaf parsed by a hand-written function returning a value or a one-line error. */
+function parsedBy<T>(label: string, fn: (v: unknown) => ParseResult<T>) {
+  return labelled(
+    z.unknown().transform((v, ctx): T => {
+      const r = fn(v);
+      if (!r.ok) {
+        ctx.addIssue({ code: "custom", message: r.error, input: v });
+        return z.NEVER;
+      }
+      return r.value;
+    }),
+    label,
+  );
+}
+
+function bytes(min = 0, max?: number) {
+  const range =
+    max !== undefined ? ` from ${formatByteSize(min)} to ${formatByteSize(max)}` : min > 0 ? ` >= ${formatByteSize(min)}` : "";
+  const label =
+    max !== undefined ? `byte size ${formatByteSize(min)}..${formatByteSize(max)}` : min > 0 ? `byte size >= ${formatByteSize(min)}` : "byte size";
+  return parsedBy<number>(label, (v) => {
+    const r = parseByteSize(v);
+    if (!r.ok) return r;
+    if (r.bytes < min || (max !== undefined && r.bytes > max)) {
+      return { ok: false, error: `expected ${BYTE_SIZE_HINT}${range}, got ${describeValue(v)}` };
+    }
+    return { ok: true, value: r.bytes };
+  });
+}
+
+function listOf<T extends z.ZodType>(element: T, what: string, opts: { min?: number; unique?: boolean } = {}) {
+  const error = (iss: Issue & { code?: string }) =>
+    iss.code === "too_small"
+      ? `expected at least ${opts.min ?? 0} ${what}`
+      : `expected an array of ${what}, got ${describeValue(iss.input)}`;
+  let arr = z.array(element, { error });
+  if (opts.min) arr = arr.min(opts.min, { error });
+  const out = opts.unique
+    ? arr.superRefine((items, ctx) => {
+        const seen = new Map<string, number>();
+        items.forEach((item, i) => {
+          const k = JSON.stringify(item);
+          const first = seen.get(k);
+          if (first !== undefined) ctx.addIssue({ code: "custom", path: [i], message: `duplicate of entry ${first}: ${k}` });
+          else seen.set(k, i);
+        });
+      })
+    : arr;
+  return labelled(out, `array of ${what}`);
+}
+
+const listenAddress = () =>
+  parsedBy<string>('"ADDR:PORT"', (v) => {
+    const r = safeParseListenAddress(v);
+    return r.ok ? { ok: true, value: v as string } : r;
+  });
+
+const hostPort = () =>
+  parsedBy<string>('"HOST:PORT"', (v) => {
+    const r = safeParseHostPort(v);
+    return r.ok ? { ok: true, value: v as string } : r;
+  });
+
+const cidr = () =>
+  parsedBy<string>("CIDR", (v) => {
+    const r = safeParseCidr(v);
+    return r.ok ? { ok: true, value: r.value.text } : r;
+  });
+
+export interface PortRange {
+  low: number;
+  high: number;
+}
+
+function parsePortRange(v: unknown): ParseResult<PortRange | null> {
+  const hint = 'expected "LOW:HIGH" with 1 <= LOW <= HIGH <= 65535, or null';
+  if (v === null) return { ok: true, value: null };
+  let low: unknown;
+  let high: unknown;
+  if (typeof v === "string") {
+    const m = /^\s*(\d{1,5})\s*[:-]\s*(\d{1,5})\s*$/.exec(v);
+    if (!m) return { ok: false, error: `${hint}, got ${describeValue(v)}` };
+    low = Number(m[1]);
+    high = Number(m[2]);
+  } else if (typeof v === "object" && !Array.isArray(v)) {
+    const o = v as Record<string, unknown>;
+    const extra = Object.keys(o).filter((k) => k !== "low" && k !== "high");
+    if (extra.length > 0) return { ok: false, error: `${hint}, got an object with unknown key ${JSON.stringify(extra[0])}` };
+    low = o.low;
+    high = o.high;
+  } else {
+    return { ok: false, error: `${hint}, got ${describeValue(v)}` };
+  }
+  const okPort = (p: unknown): p is number => typeof p === "number" && Number.isInteger(p) && p >= 1 && p <= 65535;
+  if (!okPort(low) || !okPort(high) || low > high) {
+    return { ok: false, error: `${hint}, got ${typeof v === "string" ? describeValue(v) : JSON.stringify(v)}` };
+  }
+  return { ok: true, value: { low, high } };
+}
+
+export type CpuAffinity = "auto" | "none" | number[];
+
+/** "auto" | "none" | CPU index | list of CPU indexes | "0-3,8" (ranges, handy in env vars). */
+function parseAffinity(v: unknown): ParseResult<CpuAffinity> {
+  const hint = 'expected "auto", "none", or a list of CPU numbers (e.g. [0, 1, 2] or "0-3,8")';
+  if (v === "auto" || v === "none") return { ok: true, value: v };
+  let cpus: number[] = [];
+  const okCpu = (n: unknown): n is number => typeof n === "number" && Number.isInteger(n) && n >= 0 && n < 65536;
+  if (typeof v === "number") {
+    if (!okCpu(v)) return { ok: false, error: `${hint}, got ${v}` };
+    cpus = [v];
+  } else if (Array.isArray(v)) {
+    for (const n of v) {
+      if (!okCpu(n)) return { ok: false, error: `${hint}, got an array containing ${describeValue(n)}` };
+      cpus.push(n);
+    }
+  } else if (typeof v === "string") {
+    for (const part of v.split(",")) {
+      const m = /^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$/.exec(part);
+      const lo = m ? Number(m[1]) : NaN;
+      const hi = m?.[2] !== undefined ? Number(m[2]) : lo;
+      if (!okCpu(lo) || !okCpu(hi) || lo > hi) return { ok: false, error: `${hint}, got ${describeValue(v)}` };
+      for (let c = lo; c <= hi; c++) cpus.push(c);
+    }
+  } else {
+    return { ok: false, error: `${hint}, got ${describeValue(v)}` };
+  }
+  if (cpus.length === 0) return { ok: false, error: `${hint}, got an empty list` };
+  return { ok: true, value: [...new Set(cpus)].sort((a, b) => a - b) };
+}
+
+function autoOrInt(min: number, max: number) {
+  return parsedBy<"auto" | number>(`"auto" | integer ${min}..${max}`, (v) => {
+    if (v === "auto") return { ok: true, value: "auto" };
+    if (typeof v === "number" && Number.isInteger(v) && v >= min && v <= max) return { ok: true, value: v };
+    return { ok: false, error: `expected "auto" or an integer from ${min} to ${max}, got ${describeValue(v)}` };
+  });
+}
+
+/** A strict section whose own default is {} (so inner defaults apply). */
+function section<T extends z.core.$ZodLooseShape>(shape: T) {
+  const obj = z.strictObject(shape, { error: (iss: Issue) => `expected an object, got ${describeValue(iss.input)}` });
+  return obj.prefault({} as z.input<typeof obj>);
+}
+
+const ENGINE = "(reserved: implemented by the engine issue)";
+const OPS = "(reserved: implemented by the ops issue)";
+const CLUSTER = "(reserved: implemented by the cluster issue)";
+
+/** Which later capability implements a key, read from its description; null if implemented now. */
+export function reservedBy(description: string | undefined): string | null {
+  const m = description ? /reserved: implemented by the (\w+) issue/.exec(description) : null;
+  return m?.[1] ?? null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sections
+
+export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Largest blksize of RFC 2348. */
+export const BLKSIZE_LIMIT = 65464;
+/** TFTP header bytes in front of a DATA block (opcode + block number). */
+export const TFTP_HEADER = 4;
+
+const tftp = section({
+  root: filePath()
+    .default("/srv/tftp")
+    .describe("Directory served; every request is confined to it. Relative paths resolve against the config file's directory."),
+  listen: listOf(listenAddress(), '"ADDR:PORT" addresses', { min: 1, unique: true })
+    .default(["0.0.0.0:69", "[::]:69"])
+    .describe('UDP addresses the server listens on for requests; IPv6 in brackets ("[::1]:69").'),
+  port_range: parsedBy<PortRange | null>('"LOW:HIGH" | null', parsePortRange)
+    .prefault(null)
+    .describe('Local UDP ports for transfers, "LOW:HIGH" (parsed to {"low", "high"}); null = any ephemeral port.'),
+  write: oneOf(["off", "create", "overwrite"])
+    .default("off")
+    .describe('Write requests (WRQ): "off" refuses them, "create" allows new files only, "overwrite" also replaces existing files.'),
+  max_upload_size: bytes()
+    .prefault("4Gi")
+    .describe("Largest file a client may upload; larger uploads are aborted and the partial file removed."),
+  remap: filePath()
+    .nullable()
+    .default(null)
+    .describe("File of path remap rules applied to requested file names (tftpd-hpa style), or null. Relative paths resolve against the config file's directory."),
+  blksize_max: intIn(8, BLKSIZE_LIMIT)
+    .default(1468)
+    .describe("Largest block size granted to a client's blksize option (RFC 2348); 1468 fills a 1500-byte Ethernet MTU."),
+  windowsize_max: intIn(1, 65535)
+    .default(64)
+    .describe("Largest window (blocks sent before an ACK) granted to a client's windowsize option (RFC 7440)."),
+  window_bytes_max: bytes(1)
+    .prefault("4Mi")
+    .describe("A window never carries more bytes than this: the granted windowsize is lowered to fit blksize x windowsize."),
+  timeout: numberAbove(0, 255)
+    .default(1)
+    .describe("Initial retransmit timeout in seconds when the client sets no timeout option (RFC 2349)."),
+  retries: intIn(1, 100)
+    .default(5)
+    .describe("Retransmissions of an unacknowledged packet before the transfer is abandoned."),
+  allow: listOf(cidr(), "CIDRs")
+    .default([])
+    .describe('Client networks allowed to use the server ("10.0.0.0/8", "2001:db8::/32", or a single address); empty = all. Parsed to "ADDR/PREFIX".'),
+  deny: listOf(cidr(), "CIDRs")
+    .default([])
+    .describe("Client networks refused; deny wins over allow. Parsed to \"ADDR/PREFIX\"."),
+  single_port: bool()
+    .default(false)
+    .describe(`Serve transfers from the listen port instead of one port per transfer ${ENGINE}`),
+});
+
+const metrics = section({
+  enabled: bool().default(true).describe(`Serve Prometheus metrics over HTTP ${OPS}`),
+  listen: listenAddress().default("127.0.0.1:9469").describe(`TCP address of the metrics / control endpoint ${OPS}`),
+  control: bool().default(true).describe(`Expose the control endpoints (profile, cluster status) on the metrics listener ${OPS}`),
+});
+
+const log = section({
+  level: oneOf(LOG_LEVELS).default("info").describe("Log level of the JSON log on stdout."),
+});
+
+const tune = section({
+  enabled: bool().default(true).describe(`Auto-tune kernel parameters and rlimits on startup (serve --no-tune disables) ${OPS}`),
+});
+
+const performance = section({
+  cpu: section({
+    affinity: parsedBy<CpuAffinity>('"auto" | "none" | CPU list', parseAffinity)
+      .prefault("auto")
+      .describe(`Pin workers to CPUs: "auto" spreads them over the CPUs, "none" leaves it to the kernel, or a CPU list ([0,1,2] or "0-3,8") ${ENGINE}`),
+    thread_pool_size: intIn(1, 4096).default(4).describe(`Threads of the file I/O pool ${ENGINE}`),
+    worker_threads: autoOrInt(1, 1024)
+      .prefault("auto")
+      .describe(`Number of server workers; "auto" = one per CPU ${ENGINE}`),
+  }),
+  memory: section({
+    cache_size: bytes().prefault("1Gi").describe(`Cap of the local file cache (mmap'd and in-memory bytes) ${ENGINE}`),
+    connection_pool_size: intIn(0, 1_000_000).default(1024).describe(`Transfer slots pre-allocated at startup ${ENGINE}`),
+    buffer_size: bytes(512 + TFTP_HEADER, 16 * 1024 * 1024)
+      .prefault(65536)
+      .describe("Largest datagram buffer; must hold tftp.blksize_max + 4 bytes of header."),
+  }),
+  network: section({
+    tcp_nodelay: bool().default(true).describe(`TCP_NODELAY on TCP connections (Redis cluster, metrics endpoint) ${CLUSTER}`),
+    tcp_keepalive: bool().default(true).describe(`SO_KEEPALIVE on TCP connections (Redis cluster, metrics endpoint) ${CLUSTER}`),
+    receive_buffer_size: bytes(1).prefault("4Mi").describe(`SO_RCVBUF of the UDP sockets ${ENGINE}`),
+    send_buffer_size: bytes(1).prefault("4Mi").describe(`SO_SNDBUF of the UDP sockets ${ENGINE}`),
+  }),
+});
+
+const cache = section({
+  enabled: bool().default(true).describe(`Cache served files (local cache; plus the shared cluster cache when type is "distributed") ${ENGINE}`),
+  type: oneOf(["local", "distributed"])
+    .default("local")
+    .describe(`"local": per-node cache only; "distributed": also share file blobs across the fleet through Redis ${CLUSTER}`),
+  backend: oneOf(["redis"]).default("redis").describe(`Backend of the distributed cache ${CLUSTER}`),
+  redis: section({
+    cluster_mode: bool().default(true).describe(`Talk to a Redis Cluster (true) or a single Redis server (false) ${CLUSTER}`),
+    nodes: listOf(hostPort(), '"HOST:PORT" addresses', { unique: true })
+      .default([])
+      .describe(`Seed nodes "HOST:PORT"; required when cache.type is "distributed" ${CLUSTER}`),
+    password: z.string().nullable().default(null).describe(`Redis password, or null ${CLUSTER}`),
+    tls: bool().default(false).describe(`Connect to Redis over TLS ${CLUSTER}`),
+    key_prefix: nonEmptyString().default("tftpd:").describe(`Prefix of every Redis key the fleet writes ${CLUSTER}`),
+  }),
+  ttl: intIn(1).default(3600).describe(`Seconds a blob stays in the shared cache ${CLUSTER}`),
+  max_size: bytes().prefault("4Gi").describe(`Cap of the shared cluster cache ${CLUSTER}`),
+});
+
+const compression = section({
+  enabled: bool().default(false).describe(`Compress blobs stored in the cluster cache ${CLUSTER}`),
+  algorithm: oneOf(["gzip"]).default("gzip").describe(`Compression algorithm ${CLUSTER}`),
+  level: intIn(1, 9).default(6).describe(`Compression level, 1 (fast) .. 9 (small) ${CLUSTER}`),
+  min_size: bytes().prefault(1024).describe(`Blobs smaller than this are stored uncompressed ${CLUSTER}`),
+});
+
+const load_balancing = section({
+  algorithm: oneOf(["round_robin", "least_connections", "consistent_hashing"])
+    .default("round_robin")
+    .describe(`How new transfers are spread over workers ${ENGINE}`),
+  hash_key: oneOf(["client_ip", "client_port", "filename"])
+    .default("client_ip")
+    .describe(`Key hashed by "consistent_hashing" ${ENGINE}`),
+});
+
+const connection_pool = section({
+  max_connections: intIn(1, 10_000_000).default(10000).describe(`Most transfer slots the pool may hold ${ENGINE}`),
+  min_connections: intIn(0, 10_000_000).default(0).describe(`Transfer slots kept warm; <= max_connections ${ENGINE}`),
+  idle_timeout: numberAbove(0, 86400).default(300).describe(`Seconds an unused slot is kept before it is released ${ENGINE}`),
+  max_lifetime: numberAbove(0, 604800).default(3600).describe(`Longest a single transfer may run, in seconds ${ENGINE}`),
+  connection_timeout: numberAbove(0, 3600)
+    .default(30)
+    .describe(`Seconds a new transfer may take to complete option negotiation (first ACK/DATA) ${ENGINE}`),
+});
+
+const limits = section({
+  max_connections_per_client: intIn(1)
+    .default(10)
+    .describe(`Concurrent transfers per client (source address and port) ${ENGINE}`),
+  max_connections_per_ip: intIn(1).default(100).describe(`Concurrent transfers per source IP address ${ENGINE}`),
+  max_total_connections: intIn(1).default(10000).describe(`Concurrent transfers in total ${ENGINE}`),
+  scope: oneOf(["node", "cluster"])
+    .default("node")
+    .describe(`Count limits per node, or across the fleet through Redis ("cluster") ${CLUSTER}`),
+  on_limit: oneOf(["drop", "busy"])
+    .default("drop")
+    .describe(
+      `Over a limit: "drop" ignores the request (the client retries later, which PXE ROMs handle well); "busy" answers with a TFTP ERROR ${ENGINE}`,
+    ),
+});
+
+const io = section({
+  async_io: bool().default(true).describe(`Read files asynchronously instead of blocking a worker ${ENGINE}`),
+  direct_io: bool().default(false).describe(`Bypass the page cache (O_DIRECT) for reads ${ENGINE}`),
+  read_ahead: bytes().prefault("1Mi").describe(`Bytes read ahead of the current window ${ENGINE}`),
+  write_behind: bool().default(true).describe(`Acknowledge upload blocks before they reach the disk (fsync at the end) ${ENGINE}`),
+  io_threads: intIn(1, 1024).default(4).describe(`Threads doing file I/O ${ENGINE}`),
+});
+
+const network = section({
+  epoll: bool().default(true).describe(`Hint: use epoll for socket readiness ${ENGINE}`),
+  io_uring: bool().default(false).describe(`Hint: use io_uring where available ${ENGINE}`),
+  zero_copy: bool().default(true).describe(`Send straight from mmap'd file pages ${ENGINE}`),
+});
+
+const batch = section({
+  enabled: bool().default(true).describe(`Batch outgoing datagrams into one sendMany call ${ENGINE}`),
+  batch_size: intIn(1, 1024).default(64).describe(`Most datagrams per sendMany call ${ENGINE}`),
+  batch_timeout: intIn(0, 1000).default(1).describe(`Longest a datagram may wait to be batched, in milliseconds ${ENGINE}`),
+});
+
+const rootShape = {
+  tftp,
+  metrics,
+  log,
+  tune,
+  performance,
+  cache,
+  compression,
+  load_balancing,
+  connection_pool,
+  limits,
+  io,
+  network,
+  batch,
+};
+
+export const configSchema = z
+  .strictObject(rootShape, {
+    error: (iss: Issue) => `the config must be a JSON object, got ${describeValue(iss.input)}`,
+  })
+  .superRefine((c, ctx) => {
+    const need = c.tftp.blksize_max + TFTP_HEADER;
+    if (c.performance.memory.buffer_size < need) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["performance", "memory", "buffer_size"],
+        params: { related: "tftp.blksize_max" },
+        message: `must be at least tftp.blksize_max + ${TFTP_HEADER} = ${need} bytes, got ${c.performance.memory.buffer_size}`,
+      });
+    }
+    if (c.tftp.window_bytes_max < c.tftp.blksize_max) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["tftp", "window_bytes_max"],
+        params: { related: "tftp.blksize_max" },
+        message: `must be at least tftp.blksize_max (${c.tftp.blksize_max}) bytes, got ${c.tftp.window_bytes_max}`,
+      });
+    }
+    if (c.connection_pool.min_connections > c.connection_pool.max_connections) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["connection_pool", "min_connections"],
+        params: { related: "connection_pool.max_connections" },
+        message: `must be <= connection_pool.max_connections (${c.connection_pool.max_connections}), got ${c.connection_pool.min_connections}`,
+      });
+    }
+    if (c.cache.enabled && c.cache.type === "distributed" && c.cache.redis.nodes.length === 0) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["cache", "redis", "nodes"],
+        params: { related: "cache.type" },
+        message: 'needs at least one "HOST:PORT" when cache.type is "distributed"',
+      });
+    }
+    if (c.limits.scope === "cluster" && c.cache.redis.nodes.length === 0) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["limits", "scope"],
+        params: { related: "cache.redis.nodes" },
+        message: '"cluster" needs Redis nodes in cache.redis.nodes',
+      });
+    }
+  });
+
+export type Config = z.infer<typeof configSchema>;
+export type ConfigInput = z.input<typeof configSchema>;
+export type TftpConfig = Config["tftp"];
+
+/** The full default config. */
+export function defaultConfig(): Config {
+  return configSchema.parse({});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Walking the schema: leaf keys, their env names, kinds and docs.
+
+export interface ConfigKey {
+  /** ["tftp", "root"] */
+  path: string[];
+  /** "tftp.root" */
+  dotted: string;
+  /** "TFTPD_TFTP_ROOT" */
+  env: string;
+  /** How env/flag strings are read: "string" keeps the text; "array" also splits on commas. */
+  kind: "string" | "array" | "other";
+  nullable: boolean;
+  /** A filesystem path: relative values resolve against the config file's directory. */
+  isPath: boolean;
+  /** Type for the docs. */
+  type: string;
+  /** Default as written in a config file (e.g. "4Gi"). */
+  default: unknown;
+  description: string;
+  /** "engine" | "ops" | "cluster" when a later capability implements the key, else null. */
+  reservedBy: string | null;
+}
+
+interface Def {
+  type: string;
+  innerType?: ZodLike;
+  in?: ZodLike;
+  shape?: Record<string, ZodLike>;
+  defaultValue?: unknown;
+  entries?: Record<string, unknown>;
+  values?: unknown[];
+}
+interface ZodLike {
+  _zod: { def: Def };
+  description?: string;
+}
+
+const WRAPPERS = new Set(["default", "prefault", "optional", "nullable", "readonly", "catch", "nonoptional"]);
+
+interface Unwrapped {
+  base: ZodLike;
+  chain: ZodLike[];
+  nullable: boolean;
+  defaultValue: unknown;
+}
+
+function unwrap(schema: ZodLike): Unwrapped {
+  const chain: ZodLike[] = [];
+  let s = schema;
+  let nullable = false;
+  let defaultValue: unknown;
+  let haveDefault = false;
+  for (;;) {
+    chain.push(s);
+    const d = s._zod.def;
+    if (d.type === "nullable") nullable = true;
+    if ((d.type === "default" || d.type === "prefault") && !haveDefault) {
+      defaultValue = d.defaultValue;
+      haveDefault = true;
+    }
+    if (WRAPPERS.has(d.type) && d.innerType) s = d.innerType;
+    else if (d.type === "pipe" && d.in && d.in._zod.def.type !== "unknown") s = d.in;
+    else break;
+  }
+  return { base: s, chain, nullable, defaultValue };
+}
+
+function kindOf(base: ZodLike): ConfigKey["kind"] {
+  const t = base._zod.def.type;
+  if (t === "array") return "array";
+  if (t === "string" || t === "enum") return "string";
+  return "other";
+}
+
+function walk(shape: Record<string, ZodLike>, prefix: string[], keys: ConfigKey[], children: Map<string, string[]>) {
+  children.set(prefix.join("."), Object.keys(shape));
+  for (const [name, schema] of Object.entries(shape)) {
+    const path = [...prefix, name];
+    const u = unwrap(schema);
+    if (u.base._zod.def.type === "object" && u.base._zod.def.shape) {
+      walk(u.base._zod.def.shape, path, keys, children);
+      continue;
+    }
+    const description = u.chain.map((s) => s.description).find((d) => d !== undefined) ?? "";
+    let type = u.chain.map((s) => typeLabels.get(s)).find((l) => l !== undefined);
+    // parsedBy leaves: the label sits on the pipe under the wrappers.
+    if (type === undefined) type = typeLabels.get(u.base) ?? u.base._zod.def.type;
+    if (u.nullable && !type.includes("null")) type += " | null";
+    keys.push({
+      path,
+      dotted: path.join("."),
+      env: envName(path),
+      kind: kindOf(u.base),
+      nullable: u.nullable,
+      isPath: u.chain.some((s) => pathLeaves.has(s)),
+      type,
+      default: u.defaultValue,
+      description,
+      reservedBy: reservedBy(description),
+    });
+  }
+}
+
+export function envName(path: readonly string[]): string {
+  return `TFTPD_${path.join("_").toUpperCase()}`;
+}
+
+function buildKeyIndex() {
+  const keys: ConfigKey[] = [];
+  const children = new Map<string, string[]>();
+  walk(rootShape as unknown as Record<string, ZodLike>, [], keys, children);
+  const byEnv = new Map<string, ConfigKey>();
+  const byPath = new Map<string, ConfigKey>();
+  for (const k of keys) {
+    const clash = byEnv.get(k.env);
+    if (clash) throw new Error(`config schema: ${k.dotted} and ${clash.dotted} share the env name ${k.env}`);
+    byEnv.set(k.env, k);
+    byPath.set(k.dotted, k);
+  }
+  return { keys, children, byEnv, byPath };
+}
+
+const index = buildKeyIndex();
+
+/** Every leaf key of the schema, in schema order. */
+export const CONFIG_KEYS: readonly ConfigKey[] = index.keys;
+/** Env var name -> key. */
+export const KEYS_BY_ENV: ReadonlyMap<string, ConfigKey> = index.byEnv;
+/** Dotted path -> key. */
+export const KEYS_BY_PATH: ReadonlyMap<string, ConfigKey> = index.byPath;
+/** Dotted section path ("" for the top level) -> its key names. Used for "did you mean". */
+export const SECTION_KEYS: ReadonlyMap<string, readonly string[]> = index.children;
