@@ -1,0 +1,103 @@
+/**
+ * FileSource: what a read transfer pulls its bytes from.
+ *
+ * It is deliberately tiny so that wrappers (netascii conversion, caches) can implement it too:
+ * a fixed `size`, a positional `read` that fills a caller-owned buffer (no allocation per
+ * block), and `close`. Sources never grow: `size` is fixed when the source is made and
+ * `read` never returns bytes past it, so a file appended to during a transfer still yields
+ * exactly the announced tsize.
+ */
+import * as fs from "node:fs";
+
+/** Who the bytes belong to: lets caches notice that a file was replaced or modified. */
+export interface FileIdentity {
+  readonly dev: number;
+  readonly ino: number;
+  readonly size: number;
+  readonly mtimeMs: number;
+}
+
+export interface FileSource {
+  /** Total number of bytes the source yields. */
+  readonly size: number;
+  readonly identity: FileIdentity;
+  /**
+   * Copy up to `length` bytes starting at byte `position` of the source into
+   * `into[offset..]`; returns the number of bytes copied: `length`, or fewer only at the end
+   * of the source (0 at or past the end). Synchronous (pread on a file descriptor).
+   */
+  read(position: number, into: Uint8Array, offset: number, length: number): number;
+  /** Release the underlying resource. Idempotent. `read` after `close` throws. */
+  close(): void;
+}
+
+function checkReadArgs(position: number, into: Uint8Array, offset: number, length: number): void {
+  if (!Number.isSafeInteger(position) || position < 0) {
+    throw new RangeError(`read: bad position ${position}`);
+  }
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+    throw new RangeError(`read: bad offset/length ${offset}/${length}`);
+  }
+  if (offset + length > into.length) {
+    throw new RangeError(`read: ${offset}+${length} exceeds buffer of ${into.length}`);
+  }
+}
+
+/**
+ * A source over an open file descriptor, which it owns (closes). `size` and `identity` come
+ * from an fstat the caller already did.
+ */
+export function fdSource(fd: number, stat: fs.Stats): FileSource {
+  let open = true;
+  const size = stat.size;
+  return {
+    size,
+    identity: { dev: stat.dev, ino: stat.ino, size: stat.size, mtimeMs: stat.mtimeMs },
+    read(position, into, offset, length) {
+      if (!open) throw new Error("read on a closed FileSource");
+      checkReadArgs(position, into, offset, length);
+      const wanted = Math.min(length, Math.max(0, size - position));
+      let done = 0;
+      while (done < wanted) {
+        const n = fs.readSync(fd, into, offset + done, wanted - done, position + done);
+        if (n === 0) break; // the file shrank under us: report what we have
+        done += n;
+      }
+      return done;
+    },
+    close() {
+      if (!open) return;
+      open = false;
+      fs.closeSync(fd);
+    },
+  };
+}
+
+/**
+ * A source over bytes built in memory (generated configs, cached blobs). The bytes are not
+ * copied: the caller must not modify them while the source is in use.
+ */
+export function memorySource(bytes: Uint8Array, identity?: Partial<FileIdentity>): FileSource {
+  let open = true;
+  const size = bytes.length;
+  return {
+    size,
+    identity: {
+      dev: identity?.dev ?? 0,
+      ino: identity?.ino ?? 0,
+      size,
+      mtimeMs: identity?.mtimeMs ?? 0,
+    },
+    read(position, into, offset, length) {
+      if (!open) throw new Error("read on a closed FileSource");
+      checkReadArgs(position, into, offset, length);
+      if (position >= size) return 0;
+      const end = Math.min(size, position + length);
+      into.set(bytes.subarray(position, end), offset);
+      return end - position;
+    },
+    close() {
+      open = false;
+    },
+  };
+}
