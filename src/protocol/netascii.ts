@@ -44,18 +44,25 @@ export class NetasciiDecoder {
     let at = 0;
     let i = 0;
     if (this.pendingCR && chunk.length > 0) {
-      at = this.afterCR(chunk[0]!, out, at);
       this.pendingCR = false;
-      i = 1;
+      if (chunk[0] === CR) {
+        // A bare CR followed by another CR: keep the first, the second starts a new pair.
+        out[at++] = CR;
+      } else {
+        at = this.afterCR(chunk[0]!, out, at);
+        i = 1;
+      }
     }
     for (; i < chunk.length; i++) {
       const b = chunk[i]!;
       if (b !== CR) {
         out[at++] = b;
-      } else if (i + 1 < chunk.length) {
-        at = this.afterCR(chunk[++i]!, out, at);
-      } else {
+      } else if (i + 1 >= chunk.length) {
         this.pendingCR = true;
+      } else if (chunk[i + 1] === CR) {
+        out[at++] = CR;
+      } else {
+        at = this.afterCR(chunk[++i]!, out, at);
       }
     }
     return out.subarray(0, at);

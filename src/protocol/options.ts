@@ -89,7 +89,7 @@ export function negotiate(
         requested.push(name);
         if (value === null) break;
         if (isRead) {
-          if (size !== null) accepted.set(name, String(size));
+          if (size !== null && request.mode === "octet") accepted.set(name, String(size));
         } else {
           // RFC 2349: on a WRQ the client states the size; refuse what we would not store.
           if (value > limits.uploadMax) {
