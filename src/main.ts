@@ -1,6 +1,6 @@
 #!/usr/bin/env bun
 /** The tftpd command line: one binary, one subcommand per job; `serve` when none is named. */
-import { defineCommand, runMain } from "citty";
+import { defineCommand, renderUsage, runMain, type ArgsDef, type CommandDef } from "citty";
 import config from "./cli/config.ts";
 import get from "./cli/get.ts";
 import put from "./cli/put.ts";
@@ -22,4 +22,12 @@ const rawArgs = first === undefined || (first.startsWith("-") && !["--help", "-h
   ? ["serve", ...argv]
   : argv;
 
-await runMain(main, { rawArgs });
+/** citty names only the direct parent in nested usage ("config check"); say "tftpd config check". */
+async function showUsage<T extends ArgsDef = ArgsDef>(cmd: CommandDef<T>, parent?: CommandDef<T>): Promise<void> {
+  const parentMeta = parent ? await (typeof parent.meta === "function" ? parent.meta() : parent.meta) : undefined;
+  const name = !parent || (parent as unknown) === main ? parentMeta?.name : `tftpd ${parentMeta?.name}`;
+  const usage = await renderUsage(cmd, parent ? { meta: { name, version: VERSION } } : undefined);
+  console.log(`${usage}\n`);
+}
+
+await runMain(main, { rawArgs, showUsage });

@@ -145,7 +145,7 @@ export default defineCommand({
   args,
   async run({ args: a, rawArgs }) {
     const bad = unknownOption(args, rawArgs);
-    if (bad !== null) fail("get", `unknown option ${bad}`);
+    if (bad !== null) fail("get", `unknown option ${bad} (see tftpd get --help)`, 2);
     const flags = transferFlags("get", a);
     const remote = a.remote;
     const toStdout = a.output === "-";

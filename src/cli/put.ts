@@ -22,7 +22,7 @@ export default defineCommand({
   args,
   async run({ args: a, rawArgs }) {
     const bad = unknownOption(args, rawArgs);
-    if (bad !== null) fail("put", `unknown option ${bad}`);
+    if (bad !== null) fail("put", `unknown option ${bad} (see tftpd put --help)`, 2);
     const flags = transferFlags("put", a);
     const local = a.local;
     const fromStdin = local === "-";

@@ -3,6 +3,7 @@
  * address once it is listening, and stop cleanly on SIGINT/SIGTERM.
  */
 import { defineCommand } from "citty";
+import { readdirSync } from "node:fs";
 import { loadConfig } from "../config/load.ts";
 import { parseListenAddress } from "../config/net.ts";
 import type { Config } from "../config/schema.ts";
@@ -78,6 +79,16 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
   };
 }
 
+/** A file at the top of the root to show in the start-up hint, if there is one. */
+function sampleFile(root: string): string | null {
+  try {
+    const names = readdirSync(root, { withFileTypes: true }).filter((e) => e.isFile() && !e.name.startsWith("."));
+    return names.map((e) => e.name).sort()[0] ?? null;
+  } catch {
+    return null;
+  }
+}
+
 export default defineCommand({
   meta: { name: "serve", description: "Run the TFTP server (the default command)" },
   args,
@@ -147,9 +158,10 @@ export default defineCommand({
     }
     const first = server.addresses.find((a) => !isWildcard(a.host));
     if (first) {
+      const file = sampleFile(config.tftp.root) ?? "FILE";
       log.info(
         { root: config.tftp.root, config: loaded.source, write: config.tftp.write },
-        `ready: fetch a file with  curl -o FILE tftp://${formatAddress(first.host, first.port)}/FILE`,
+        `ready: fetch a file with  curl -o ${file} tftp://${formatAddress(first.host, first.port)}/${file}`,
       );
     }
 

@@ -16,7 +16,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { ErrorCode, refuse, refusalFromFsError, type Refusal } from "./refusal.ts";
+import { ErrorCode, errnoOf, refuse, refusalFromFsError, type Refusal } from "./refusal.ts";
 import { fdSource, type FileSource } from "./source.ts";
 
 /** Longest request name accepted, in bytes (UTF-8), like PATH_MAX. */
@@ -89,8 +89,13 @@ export function resolveRequestPath(root: string, requested: string): ResolvedPat
  * message) when it does not exist or is not a directory: the server cannot run without it.
  */
 export function realRoot(root: string): string {
-  const real = fs.realpathSync(root);
-  if (!fs.statSync(real).isDirectory()) throw new Error(`tftp root ${root} is not a directory`);
+  let real: string;
+  try {
+    real = fs.realpathSync(root);
+  } catch (err) {
+    throw new Error(`tftp.root: ${root}: ${errnoOf(err) === "ENOENT" ? "no such directory" : (err as Error).message}`);
+  }
+  if (!fs.statSync(real).isDirectory()) throw new Error(`tftp.root: ${root}: not a directory`);
   return real;
 }
 

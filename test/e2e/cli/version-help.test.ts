@@ -1,0 +1,56 @@
+/** `tftpd version`, `--version`, and `--help` on every command. */
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { tftpd } from "../../helpers/run.ts";
+
+setDefaultTimeout(30_000);
+
+const pkg = JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string };
+// eslint-disable-next-line no-control-regex
+const plain = (text: string): string => text.replace(/\x1b\[[0-9;]*m/g, "");
+
+test("tftpd version prints the version from package.json", async () => {
+  const r = await tftpd(["version"]);
+  expect(r.exitCode).toBe(0);
+  expect(r.stdout.trim()).toStartWith(`tftpd ${pkg.version} `);
+  expect(r.stdout).toContain(`bun ${Bun.version}`);
+});
+
+test("tftpd version --json", async () => {
+  const r = await tftpd(["version", "--json"]);
+  expect(r.exitCode).toBe(0);
+  expect(JSON.parse(r.stdout)).toMatchObject({ version: pkg.version, bun: Bun.version });
+});
+
+test("tftpd --version prints the version", async () => {
+  const r = await tftpd(["--version"]);
+  expect(r.exitCode).toBe(0);
+  expect(r.stdout.trim()).toBe(pkg.version);
+});
+
+describe("--help works on every command and exits 0", () => {
+  const commands: [string[], RegExp][] = [
+    [[], /USAGE\s+tftpd /],
+    [["serve"], /USAGE\s+tftpd serve /],
+    [["get"], /USAGE\s+tftpd get /],
+    [["put"], /USAGE\s+tftpd put /],
+    [["config"], /USAGE\s+tftpd config /],
+    [["config", "check"], /USAGE\s+tftpd config check /],
+    [["version"], /USAGE\s+tftpd version /],
+  ];
+  for (const [command, usage] of commands) {
+    test(`tftpd ${[...command, "--help"].join(" ")}`, async () => {
+      const r = await tftpd([...command, "--help"], { timeoutMs: 15_000 });
+      expect(r.stderr).toBe("");
+      expect(r.exitCode).toBe(0);
+      expect(plain(r.stdout)).toMatch(usage);
+    });
+  }
+
+  test("serve --help lists its flags", async () => {
+    const text = plain((await tftpd(["serve", "--help"])).stdout);
+    for (const flag of ["--root", "--listen", "--config", "--write", "--blksize-max", "--windowsize-max", "--timeout", "--retries", "--port-range", "--remap", "--log-level"]) {
+      expect(text).toContain(flag);
+    }
+  });
+});
