@@ -86,6 +86,15 @@ class UdpTransferChannel implements TransferChannel {
   }
 }
 
+/**
+ * Asynchronous socket errors are ICMP reports about an earlier send, e.g. ECONNREFUSED when a
+ * client closed its port (RFC 1122 §4.1.3.3: UDP passes ICMP errors up to the application).
+ * For TFTP they mean nothing the retransmit clock does not already handle. Without a
+ * handler Bun raises each one as an uncaught exception: one vanished client means an error
+ * per retransmission and a failing exit status for the whole server.
+ */
+function ignoreSocketError(): void {}
+
 function bindSocket(
   hostname: string,
   port: number,
@@ -99,6 +108,7 @@ function bindSocket(
       data(_socket, bytes, port, address) {
         channel.receive(bytes, port, address);
       },
+      error: ignoreSocketError,
     },
   });
 }
@@ -163,6 +173,7 @@ export async function openListener(
       data(_socket, bytes, peerPort, peerAddress) {
         if (listener) onRequest(listener, bytes, { address: peerAddress, port: peerPort }, performance.now());
       },
+      error: ignoreSocketError,
     },
   });
   listener = {
