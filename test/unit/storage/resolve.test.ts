@@ -254,7 +254,7 @@ describe("realRoot", () => {
     fs.symlinkSync("real", path.join(base, "link"));
     fs.writeFileSync(path.join(base, "file"), "");
     expect(realRoot(path.join(base, "link"))).toBe(path.join(base, "real"));
-    expect(() => realRoot(path.join(base, "file"))).toThrow("is not a directory");
-    expect(() => realRoot(path.join(base, "missing"))).toThrow();
+    expect(() => realRoot(path.join(base, "file"))).toThrow("not a directory");
+    expect(() => realRoot(path.join(base, "missing"))).toThrow("no such directory");
   });
 });
