@@ -10,6 +10,7 @@ import type { Config } from "../config/schema.ts";
 import { createLogger, flushLogs } from "../log.ts";
 import { isWildcard, expandListenAddresses } from "../server/interfaces.ts";
 import { LossPlan } from "../server/loss.ts";
+import { wasCapped } from "../server/sockopt.ts";
 import { formatAddress, TftpServer, type ServerOptions } from "../server/server.ts";
 import { loadRemapFile } from "../storage/remap.ts";
 import { fail, repeatedFlag, unknownOption } from "./args.ts";
@@ -76,6 +77,9 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
     remap,
     allow: tftp.allow,
     deny: tftp.deny,
+    cacheBytes: config.performance.memory.cache_size,
+    receiveBufferBytes: config.performance.network.receive_buffer_size,
+    sendBufferBytes: config.performance.network.send_buffer_size,
   };
 }
 
@@ -125,7 +129,17 @@ export default defineCommand({
     }
 
     const server = new TftpServer(options, {
-      listening: ({ host, port }) => log.info({ address: formatAddress(host, port) }, "listening"),
+      listening: ({ host, port }, buffers) => {
+        const address = formatAddress(host, port);
+        log.info({ address, receive_buffer: buffers?.receive, send_buffer: buffers?.send }, "listening");
+        const wanted = options.receiveBufferBytes;
+        if (buffers && wasCapped(wanted, buffers.receive)) {
+          log.warn(
+            { address, requested: wanted, granted: buffers.receive / 2 },
+            "receive buffer capped by net.core.rmem_max: bursts of requests may be dropped (raise net.core.rmem_max)",
+          );
+        }
+      },
       transferEnd: (r) => {
         const level = r.result === "ok" || r.result === "probe" ? "info" : "warn";
         log[level](

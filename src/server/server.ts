@@ -8,10 +8,13 @@ import { decodePacket, encodeError } from "../protocol/codec.ts";
 import { negotiate } from "../protocol/options.ts";
 import { ErrorCode, Opcode, type RequestPacket } from "../protocol/packet.ts";
 import { NETASCII_MAX_BYTES, netasciiSource } from "../storage/netascii-source.ts";
+import { FileCache } from "../storage/cache.ts";
+import type { FileSource } from "../storage/source.ts";
 import { applyRemap, type RemapRule } from "../storage/remap.ts";
 import { openForRead, realRoot, resolveRequestPath } from "../storage/resolve.ts";
 import { prepareUpload, type UploadPolicy } from "../storage/upload.ts";
 import type { LossPlan } from "./loss.ts";
+import type { BufferSizes } from "./sockopt.ts";
 import { ReadTransfer } from "./read-transfer.ts";
 import type { TransferOutcome } from "./transfer.ts";
 import {
@@ -45,6 +48,11 @@ export interface ServerOptions {
   /** CIDRs; empty allow = everyone */
   allow: string[];
   deny: string[];
+  /** SO_RCVBUF / SO_SNDBUF asked for on the request sockets (and the send side of big windows) */
+  receiveBufferBytes: number;
+  sendBufferBytes: number;
+  /** bytes of file content kept in memory for all transfers to share; 0 turns the cache off */
+  cacheBytes: number;
   loss?: LossPlan | null;
 }
 
@@ -62,7 +70,7 @@ export interface TransferRecord extends TransferOutcome {
 }
 
 export interface ServerEvents {
-  listening?(address: ListenAddress): void;
+  listening?(address: ListenAddress, buffers: BufferSizes | null): void;
   transferEnd?(record: TransferRecord): void;
   /** a request refused before any transfer started (ERROR sent, or dropped) */
   refused?(peer: Peer, reason: string, code: number | null): void;
@@ -72,6 +80,9 @@ interface Active {
   /** set once the transfer runs; null while its file and socket are being opened */
   transfer: { cancel(): void } | null;
 }
+
+/** Windows above this many bytes get a bigger socket send buffer than the kernel default. */
+const BIG_WINDOW_BYTES = 128 * 1024;
 
 function peerKey(peer: Peer): string {
   return `${peer.address}|${peer.port}`;
@@ -104,6 +115,7 @@ export class TftpServer {
   private rootReal = "";
   private stopped = false;
   private readonly allow: BlockList | null;
+  readonly cache: FileCache;
   private readonly deny: BlockList | null;
 
   constructor(
@@ -111,6 +123,7 @@ export class TftpServer {
     private readonly events: ServerEvents = {},
   ) {
     this.allow = buildBlockList(options.allow);
+    this.cache = new FileCache(options.cacheBytes);
     this.deny = buildBlockList(options.deny);
   }
 
@@ -126,9 +139,12 @@ export class TftpServer {
     this.rootReal = realRoot(this.options.root);
     try {
       for (const { host, port } of this.options.listen) {
-        const listener = await openListener(host, port, (l, bytes, peer, at) => this.onRequest(l, bytes, peer, at));
+        const listener = await openListener(host, port, (l, bytes, peer, at) => this.onRequest(l, bytes, peer, at), {
+          receive: this.options.receiveBufferBytes,
+          send: this.options.sendBufferBytes,
+        });
         this.listeners.push(listener);
-        this.events.listening?.({ host: listener.address, port: listener.port });
+        this.events.listening?.({ host: listener.address, port: listener.port }, listener.buffers);
       }
     } catch (error) {
       await this.stop();
@@ -210,13 +226,15 @@ export class TftpServer {
     if (isRead) {
       const opened = await openForRead(this.rootReal, resolved.relative);
       if (!opened.ok) return reject(opened.code, opened.message);
-      let source = opened.source;
+      let source: FileSource;
       if (request.mode === "netascii") {
-        if (source.size > NETASCII_MAX_BYTES) {
-          source.close();
+        if (opened.source.size > NETASCII_MAX_BYTES) {
+          opened.source.close();
           return reject(ErrorCode.NOT_DEFINED, "file too large for netascii mode");
         }
-        source = netasciiSource(source);
+        source = netasciiSource(opened.source);
+      } else {
+        source = await this.cache.acquire(opened.source);
       }
       const negotiated = negotiate(request, limits, request.mode === "octet" ? source.size : null);
       if (!negotiated.ok) {
@@ -225,7 +243,7 @@ export class TftpServer {
       }
       const record = { ...baseRecord, direction: "read" as const, blksize: negotiated.blksize, windowsize: negotiated.windowsize, tsize: source.size, options: negotiated.requested };
       let transfer: ReadTransfer | null = null;
-      const channel = await this.openChannel(listener, peer, (bytes) => transfer?.handle(bytes)).catch((error: unknown) => {
+      const channel = await this.openChannel(listener, peer, negotiated.windowsize * (negotiated.blksize + 4), (bytes) => transfer?.handle(bytes)).catch((error: unknown) => {
         source.close();
         throw error;
       });
@@ -250,7 +268,7 @@ export class TftpServer {
     const declared = request.options.get("tsize");
     const record = { ...baseRecord, direction: "write" as const, blksize: negotiated.blksize, windowsize: negotiated.windowsize, tsize: declared === undefined ? null : Number(declared), options: negotiated.requested };
     let transfer: WriteTransfer | null = null;
-    const channel = await this.openChannel(listener, peer, (bytes) => transfer?.handle(bytes)).catch((error: unknown) => {
+    const channel = await this.openChannel(listener, peer, negotiated.windowsize * (negotiated.blksize + 4), (bytes) => transfer?.handle(bytes)).catch((error: unknown) => {
       sink.abort();
       throw error;
     });
@@ -267,8 +285,14 @@ export class TftpServer {
     transfer.start();
   }
 
-  private openChannel(listener: Listener, peer: Peer, handler: (bytes: Uint8Array) => void): Promise<TransferChannel> {
-    return openTransferChannel(listener.address, peer, this.options.portRange, this.options.loss ?? null, handler);
+  private openChannel(
+    listener: Listener,
+    peer: Peer,
+    windowBytes: number,
+    handler: (bytes: Uint8Array) => void,
+  ): Promise<TransferChannel> {
+    const sendBuffer = windowBytes > BIG_WINDOW_BYTES ? Math.min(this.options.sendBufferBytes, windowBytes * 2) : 0;
+    return openTransferChannel(listener.address, peer, this.options.portRange, this.options.loss ?? null, handler, sendBuffer);
   }
 
   private retransmitPolicy(clientTimeoutMs: number | null) {

@@ -39,12 +39,17 @@ export interface RetransmitPolicy {
 const BACKOFF_CAP = 4;
 
 /**
- * One timer per transfer, re-armed on progress. Exponential backoff unless the client fixed
- * the timeout; gives up after `retries` expiries in a row without progress.
+ * One timer per transfer, with exponential backoff unless the client fixed the timeout; gives
+ * up after `retries` expiries in a row without progress.
+ *
+ * Progress happens on every ACK, so it only moves a deadline: the timer is created once and,
+ * when it fires early, re-armed for what is left. Clearing and re-creating a timer per block
+ * cost more than the rest of the ACK path.
  */
 export class RetransmitClock {
   private timer: ReturnType<typeof setTimeout> | null = null;
   private currentMs: number;
+  private deadline = 0;
   private misses = 0;
   private stopped = false;
 
@@ -56,7 +61,7 @@ export class RetransmitClock {
     this.currentMs = policy.timeoutMs;
   }
 
-  /** Progress was made: reset the backoff and arm the timer afresh. */
+  /** Progress was made: reset the backoff and push the deadline out. */
   progress(): void {
     this.misses = 0;
     this.currentMs = this.policy.timeoutMs;
@@ -65,8 +70,8 @@ export class RetransmitClock {
 
   arm(): void {
     if (this.stopped) return;
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.expire(), this.currentMs);
+    this.deadline = performance.now() + this.currentMs;
+    this.timer ??= setTimeout(() => this.fire(), this.currentMs);
   }
 
   /** Final: a stopped clock never fires again, whatever is called after. */
@@ -76,8 +81,14 @@ export class RetransmitClock {
     this.timer = null;
   }
 
-  private expire(): void {
+  private fire(): void {
     this.timer = null;
+    if (this.stopped) return;
+    const early = this.deadline - performance.now();
+    if (early > 1) {
+      this.timer = setTimeout(() => this.fire(), early);
+      return;
+    }
     if (this.misses >= this.policy.retries) {
       this.onGiveUp();
       return;

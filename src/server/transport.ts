@@ -10,6 +10,7 @@ import type { udp } from "bun";
 import { encodeError } from "../protocol/codec.ts";
 import { ErrorCode } from "../protocol/packet.ts";
 import type { LossPlan } from "./loss.ts";
+import { setBufferSizes, type BufferSizes } from "./sockopt.ts";
 
 export interface Peer {
   address: string;
@@ -128,20 +129,23 @@ export async function openTransferChannel(
   range: PortRange | null,
   loss: LossPlan | null,
   handler: PacketHandler,
+  sendBufferBytes = 0,
 ): Promise<TransferChannel> {
   const channel = new UdpTransferChannel(peer, loss);
   channel.handler = handler;
-  if (range === null) {
-    channel.attach(await bindSocket(localAddress, 0, channel));
+  const attach = (socket: udp.Socket<"uint8array">): TransferChannel => {
+    // A large window leaves in one sendmmsg; the default send buffer would drop its tail.
+    if (sendBufferBytes > 0) setBufferSizes(socket, 0, sendBufferBytes);
+    channel.attach(socket);
     return channel;
-  }
+  };
+  if (range === null) return attach(await bindSocket(localAddress, 0, channel));
   const span = range.high - range.low + 1;
   const start = Math.floor(Math.random() * span);
   for (let i = 0; i < span; i++) {
     const port = range.low + ((start + i) % span);
     try {
-      channel.attach(await bindSocket(localAddress, port, channel));
-      return channel;
+      return attach(await bindSocket(localAddress, port, channel));
     } catch (error) {
       if (!isAddressInUse(error)) throw error;
     }
@@ -152,6 +156,8 @@ export async function openTransferChannel(
 export interface Listener {
   readonly address: string;
   readonly port: number;
+  /** what the kernel granted for SO_RCVBUF / SO_SNDBUF, null when it could not be read */
+  readonly buffers: BufferSizes | null;
   reply(packet: Uint8Array, peer: Peer): void;
   close(): void;
 }
@@ -163,6 +169,7 @@ export async function openListener(
   address: string,
   port: number,
   onRequest: RequestHandler,
+  buffers: { receive: number; send: number },
 ): Promise<Listener> {
   let listener: Listener | null = null;
   const socket = await Bun.udpSocket({
@@ -176,9 +183,12 @@ export async function openListener(
       error: ignoreSocketError,
     },
   });
+  // A boot storm is a burst of requests: the default receive buffer drops most of it.
+  const granted = setBufferSizes(socket, buffers.receive, buffers.send);
   listener = {
     address,
     port: socket.port,
+    buffers: granted,
     reply: (packet, peer) => void socket.send(packet, peer.port, peer.address),
     close: () => socket.close(),
   };

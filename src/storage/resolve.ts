@@ -17,7 +17,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { ErrorCode, errnoOf, refuse, refusalFromFsError, type Refusal } from "./refusal.ts";
-import { fdSource, type FileSource } from "./source.ts";
+import { fdSource, type FdFileSource } from "./source.ts";
 
 /** Longest request name accepted, in bytes (UTF-8), like PATH_MAX. */
 export const MAX_NAME_BYTES = 4096;
@@ -141,7 +141,7 @@ const READ_FLAGS = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constant
 export async function openForRead(
   rootReal: string,
   relative: string,
-): Promise<{ ok: true; source: FileSource } | Refusal> {
+): Promise<{ ok: true; source: FdFileSource } | Refusal> {
   let real: string;
   try {
     real = await fs.promises.realpath(path.join(rootReal, relative));

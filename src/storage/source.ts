@@ -43,14 +43,20 @@ function checkReadArgs(position: number, into: Uint8Array, offset: number, lengt
   }
 }
 
+/** A source reading an open file; the cache copies from `fd`. */
+export interface FdFileSource extends FileSource {
+  readonly fd: number;
+}
+
 /**
  * A source over an open file descriptor, which it owns (closes). `size` and `identity` come
  * from an fstat the caller already did.
  */
-export function fdSource(fd: number, stat: fs.Stats): FileSource {
+export function fdSource(fd: number, stat: fs.Stats): FdFileSource {
   let open = true;
   const size = stat.size;
   return {
+    fd,
     size,
     identity: { dev: stat.dev, ino: stat.ino, size: stat.size, mtimeMs: stat.mtimeMs },
     read(position, into, offset, length) {

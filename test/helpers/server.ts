@@ -30,6 +30,9 @@ export const defaultOptions = (root: string): ServerOptions => ({
   remap: [],
   allow: [],
   deny: [],
+  cacheBytes: 64 << 20,
+  receiveBufferBytes: 4 << 20,
+  sendBufferBytes: 4 << 20,
 });
 
 export async function startServer(root: string, options: Partial<ServerOptions> = {}): Promise<InProcessServer> {

@@ -1,0 +1,77 @@
+/**
+ * Socket buffer sizes. Bun.udpSocket silently ignores buffer-size options, and loopback drops
+ * bursts without back-pressure when SO_RCVBUF is small, so we set SO_RCVBUF / SO_SNDBUF on
+ * the socket's descriptor through libc and read back what the kernel granted (it doubles the
+ * request for bookkeeping and caps it at net.core.rmem_max / wmem_max).
+ */
+import { dlopen, FFIType, ptr } from "bun:ffi";
+
+const SOL_SOCKET = 1;
+const SO_SNDBUF = 7;
+const SO_RCVBUF = 8;
+
+type Libc = {
+  setsockopt(fd: number, level: number, name: number, value: Uint8Array, length: number): number;
+  getsockopt(fd: number, level: number, name: number, value: Uint8Array, length: Uint8Array): number;
+};
+
+let libc: Libc | null | undefined;
+
+function loadLibc(): Libc | null {
+  if (libc !== undefined) return libc;
+  try {
+    const lib = dlopen("libc.so.6", {
+      setsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+      getsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+    });
+    libc = {
+      setsockopt: (fd, level, name, value, length) => lib.symbols.setsockopt(fd, level, name, ptr(value), length),
+      getsockopt: (fd, level, name, value, length) => lib.symbols.getsockopt(fd, level, name, ptr(value), ptr(length)),
+    };
+  } catch {
+    libc = null;
+  }
+  return libc;
+}
+
+export interface BufferSizes {
+  /** bytes the kernel granted, as getsockopt reports them (twice the usable size) */
+  receive: number;
+  send: number;
+}
+
+function getInt(lib: Libc, fd: number, name: number): number {
+  const value = new Int32Array(1);
+  const length = new Uint32Array([4]);
+  const rc = lib.getsockopt(fd, SOL_SOCKET, name, new Uint8Array(value.buffer), new Uint8Array(length.buffer));
+  return rc === 0 ? value[0]! : -1;
+}
+
+function setInt(lib: Libc, fd: number, name: number, bytes: number): void {
+  const value = new Int32Array([Math.min(bytes, 0x7fffffff)]);
+  lib.setsockopt(fd, SOL_SOCKET, name, new Uint8Array(value.buffer), 4);
+}
+
+/** The descriptor Bun keeps on its UDP sockets (not in the public types). */
+export function socketFd(socket: object): number | null {
+  const fd = (socket as { fd?: unknown }).fd;
+  return typeof fd === "number" && fd >= 0 ? fd : null;
+}
+
+/**
+ * Asks for the given sizes (0 leaves one unchanged) and returns what the kernel granted,
+ * or null when the descriptor or libc is out of reach.
+ */
+export function setBufferSizes(socket: object, receive: number, send: number): BufferSizes | null {
+  const fd = socketFd(socket);
+  const lib = loadLibc();
+  if (fd === null || lib === null) return null;
+  if (receive > 0) setInt(lib, fd, SO_RCVBUF, receive);
+  if (send > 0) setInt(lib, fd, SO_SNDBUF, send);
+  return { receive: getInt(lib, fd, SO_RCVBUF), send: getInt(lib, fd, SO_SNDBUF) };
+}
+
+/** Linux reports twice the requested size; a grant below that means the sysctl cap hit. */
+export function wasCapped(requested: number, granted: number): boolean {
+  return requested > 0 && granted >= 0 && granted < requested * 2;
+}

@@ -1,0 +1,163 @@
+/**
+ * The file cache: every transfer of the same file version reads the same in-memory bytes,
+ * copied once per version into a sealed memfd and mapped with Bun.mmap (see memfd.ts for
+ * why the served file itself is never mapped). Memory is the kernel's shared memory, not the
+ * JS heap.
+ *
+ * A version is (device, inode, size, mtime): a file replaced by rename or rewritten in place
+ * is a new version on the next request, while transfers already running keep the bytes they
+ * started with. Bounded by `maxBytes` with least-recently-used eviction of versions no
+ * transfer is reading. Concurrent requests for one version share one fill.
+ */
+import * as fs from "node:fs";
+import { MemfdFiller, memfdAvailable, type SealedCopy } from "./memfd.ts";
+import { memorySource, type FdFileSource, type FileIdentity, type FileSource } from "./source.ts";
+
+export interface CacheStats {
+  hits: number;
+  misses: number;
+  /** requests served from disk because the file does not fit or caching failed */
+  bypasses: number;
+  evictions: number;
+  /** bytes held by cached versions */
+  bytes: number;
+  entries: number;
+}
+
+interface Entry {
+  key: string;
+  identity: FileIdentity;
+  copy: SealedCopy | null;
+  /** set while the copy is being made; every requester of this version awaits it */
+  filling: Promise<void> | null;
+  failed: boolean;
+  /** bytes counted against the cache size for this version */
+  charged: number;
+  readers: number;
+  lastUsed: number;
+}
+
+function versionKey(id: FileIdentity): string {
+  return `${id.dev}:${id.ino}:${id.size}:${id.mtimeMs}`;
+}
+
+/** Yields to the event loop between fill chunks so running transfers keep moving. */
+const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+export class FileCache {
+  private readonly entries = new Map<string, Entry>();
+  private bytes = 0;
+  private readonly counters = { hits: 0, misses: 0, bypasses: 0, evictions: 0 };
+  readonly enabled: boolean;
+
+  constructor(private readonly maxBytes: number) {
+    this.enabled = maxBytes > 0 && memfdAvailable();
+  }
+
+  get stats(): CacheStats {
+    return { ...this.counters, bytes: this.bytes, entries: this.entries.size };
+  }
+
+  /**
+   * Trades an open file for a cached source of the same version. Takes ownership of `file`:
+   * it is closed once the cached copy exists, or kept as the source when the version cannot be
+   * cached (too large for the cache, or the copy failed).
+   */
+  async acquire(file: FdFileSource): Promise<FileSource> {
+    const fd = file.fd;
+    if (!this.enabled || file.size > this.maxBytes) {
+      this.counters.bypasses++;
+      return file;
+    }
+    const key = versionKey(file.identity);
+    let entry = this.entries.get(key);
+    if (entry && !entry.failed) {
+      this.counters.hits++;
+    } else {
+      this.counters.misses++;
+      if (!this.makeRoom(file.size)) {
+        this.counters.bypasses++;
+        return file;
+      }
+      entry = { key, identity: file.identity, copy: null, filling: null, failed: false, charged: file.size, readers: 0, lastUsed: 0 };
+      this.entries.set(key, entry);
+      this.bytes += entry.charged;
+      entry.filling = this.fill(entry, fd);
+    }
+    entry.readers++;
+    entry.lastUsed = performance.now();
+    if (entry.filling) await entry.filling;
+    if (!entry.copy) {
+      if (--entry.readers === 0) this.release(entry);
+      this.counters.bypasses++;
+      return file;
+    }
+    file.close();
+    return this.sourceOf(entry);
+  }
+
+  private async fill(entry: Entry, fd: number): Promise<void> {
+    // The filler reads through its own descriptor: the requester's may be closed before we finish.
+    let own: number | null = null;
+    try {
+      own = fs.openSync(`/proc/self/fd/${fd}`, fs.constants.O_RDONLY);
+      const filler = new MemfdFiller(own, entry.identity.size);
+      while (!filler.step()) await yieldToLoop();
+      const after = fs.fstatSync(own);
+      if (after.size !== entry.identity.size || after.mtimeMs !== entry.identity.mtimeMs) {
+        filler.abort();
+        throw new Error("file changed while it was being cached");
+      }
+      entry.copy = filler.seal();
+    } catch {
+      entry.failed = true;
+      this.drop(entry);
+    } finally {
+      if (own !== null) fs.closeSync(own);
+      entry.filling = null;
+    }
+  }
+
+  private sourceOf(entry: Entry): FileSource {
+    const inner = memorySource(entry.copy!.bytes, entry.identity);
+    let released = false;
+    return {
+      size: inner.size,
+      identity: inner.identity,
+      read: (position, into, offset, length) => inner.read(position, into, offset, length),
+      close: () => {
+        if (released) return;
+        released = true;
+        inner.close();
+        entry.readers--;
+        entry.lastUsed = performance.now();
+        // A version replaced on disk is dropped as soon as its last reader is done.
+        if (entry.readers === 0 && this.entries.get(entry.key) !== entry) this.release(entry);
+      },
+    };
+  }
+
+  /** Evicts idle versions, oldest first, until `size` more bytes fit. */
+  private makeRoom(size: number): boolean {
+    if (this.bytes + size <= this.maxBytes) return true;
+    const idle = [...this.entries.values()].filter((e) => e.readers === 0 && !e.filling).sort((a, b) => a.lastUsed - b.lastUsed);
+    for (const entry of idle) {
+      this.drop(entry);
+      this.counters.evictions++;
+      if (this.bytes + size <= this.maxBytes) return true;
+    }
+    return false;
+  }
+
+  private drop(entry: Entry): void {
+    if (this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
+    if (entry.readers === 0) this.release(entry);
+  }
+
+  private release(entry: Entry): void {
+    entry.copy?.close();
+    entry.copy = null;
+    this.bytes -= entry.charged;
+    entry.charged = 0;
+  }
+}
