@@ -1,6 +1,7 @@
 #!/usr/bin/env bun
 /** The tftpd command line: one binary, one subcommand per job; `serve` when none is named. */
 import { defineCommand, renderUsage, runMain, type ArgsDef, type CommandDef } from "citty";
+import bench from "./cli/bench.ts";
 import config from "./cli/config.ts";
 import get from "./cli/get.ts";
 import put from "./cli/put.ts";
@@ -8,7 +9,7 @@ import serve from "./cli/serve.ts";
 import version from "./cli/version.ts";
 import { VERSION } from "./version.ts";
 
-const subCommands = { serve, get, put, config, version };
+const subCommands = { serve, get, put, bench, config, version };
 
 const main = defineCommand({
   meta: { name: "tftpd", version: VERSION, description: "Datacenter TFTP server for network boot" },

@@ -84,7 +84,7 @@ export abstract class ClientSession<R extends TransferReport> {
   protected blocks = 0;
   protected retransmits = 0;
 
-  private readonly startedAt = performance.now();
+  private startedAt = performance.now();
   private requestSentAt = 0;
   private firstResponseMs: number | null = null;
   private request: Uint8Array | null = null;
@@ -173,8 +173,17 @@ export abstract class ClientSession<R extends TransferReport> {
           error: (a: unknown, b?: unknown) => this.onSocketError(a instanceof Error ? a : b),
         },
       });
+      if (this.opts.beforeRequest !== undefined && this.phase === "init") {
+        try {
+          await this.opts.beforeRequest();
+        } catch (e) {
+          sock.close();
+          throw e;
+        }
+        this.startedAt = performance.now();
+      }
       if (this.phase !== "init") {
-        sock.close(); // aborted while the socket was being created
+        sock.close(); // aborted while the socket was being created (or while waiting)
         return;
       }
       this.sock = sock;

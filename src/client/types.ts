@@ -53,6 +53,13 @@ export interface TransferOptions {
   onProgress?: (bytes: number, total: number | null) => void;
   signal?: AbortSignal;
   /**
+   * Called once the transfer's socket is open, just before the request is sent; the request
+   * waits for the returned promise (a load generator lines up many sessions and releases
+   * them at one instant). A rejection fails the transfer locally. `durationMs` then counts
+   * from the end of the wait.
+   */
+  beforeRequest?: () => void | Promise<void>;
+  /**
    * Test hook: return true to lose a datagram. Consulted before each send ("out") and
    * after each receive ("in").
    */
