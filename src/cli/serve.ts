@@ -78,6 +78,8 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
     allow: tftp.allow,
     deny: tftp.deny,
     cacheBytes: config.performance.memory.cache_size,
+    transferSockets: tftp.transfer_sockets,
+    batch: { enabled: config.batch.enabled, size: config.batch.batch_size },
     receiveBufferBytes: config.performance.network.receive_buffer_size,
     sendBufferBytes: config.performance.network.send_buffer_size,
   };

@@ -276,6 +276,11 @@ const tftp = section({
   deny: listOf(cidr(), "CIDRs")
     .default([])
     .describe("Client networks refused; deny wins over allow. Parsed to \"ADDR/PREFIX\"."),
+  transfer_sockets: oneOf(["per-transfer", "shared"])
+    .default("shared")
+    .describe(
+      '"per-transfer": a new UDP port for every transfer. "shared": transfers to different clients share one port per local address, so datagrams are sent and received in batches (each transfer is still its own TID pair).',
+    ),
   single_port: bool()
     .default(false)
     .describe(`Serve transfers from the listen port instead of one port per transfer ${ENGINE}`),

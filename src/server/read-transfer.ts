@@ -127,6 +127,7 @@ export class ReadTransfer {
     const { blksize, windowsize } = this.params;
     const last = Math.min(first + windowsize - 1, this.lastBlock);
     const stride = blksize + DATA_HEADER_SIZE;
+    this.channel.settle();
     this.packets.length = 0;
     for (let block = first, slot = 0; block <= last; block++, slot++) {
       const packet = this.windowBuffer.subarray(slot * stride, (slot + 1) * stride);

@@ -14,6 +14,7 @@ import { applyRemap, type RemapRule } from "../storage/remap.ts";
 import { openForRead, realRoot, resolveRequestPath } from "../storage/resolve.ts";
 import { prepareUpload, type UploadPolicy } from "../storage/upload.ts";
 import type { LossPlan } from "./loss.ts";
+import { SharedTransferSocket, type BatchPolicy } from "./shared-socket.ts";
 import type { BufferSizes } from "./sockopt.ts";
 import { ReadTransfer } from "./read-transfer.ts";
 import type { TransferOutcome } from "./transfer.ts";
@@ -51,6 +52,13 @@ export interface ServerOptions {
   /** SO_RCVBUF / SO_SNDBUF asked for on the request sockets (and the send side of big windows) */
   receiveBufferBytes: number;
   sendBufferBytes: number;
+  /**
+   * "per-transfer": a new socket (port) for every transfer; "shared": transfers to different
+   * clients share a socket per local address, so sends and receives are batched.
+   */
+  transferSockets: "per-transfer" | "shared";
+  /** sendmmsg batching of shared sockets */
+  batch: BatchPolicy;
   /** bytes of file content kept in memory for all transfers to share; 0 turns the cache off */
   cacheBytes: number;
   loss?: LossPlan | null;
@@ -114,6 +122,7 @@ export class TftpServer {
   private readonly active = new Map<string, Active>();
   private rootReal = "";
   private stopped = false;
+  private readonly sharedSockets = new Map<string, Promise<SharedTransferSocket>>();
   private readonly allow: BlockList | null;
   readonly cache: FileCache;
   private readonly deny: BlockList | null;
@@ -158,6 +167,8 @@ export class TftpServer {
     for (const listener of this.listeners.splice(0)) listener.close();
     for (const slot of [...this.active.values()]) slot.transfer?.cancel();
     this.active.clear();
+    for (const socket of this.sharedSockets.values()) (await socket.catch(() => null))?.close();
+    this.sharedSockets.clear();
   }
 
   private onRequest(listener: Listener, bytes: Uint8Array, peer: Peer, receivedAt: number): void {
@@ -285,14 +296,33 @@ export class TftpServer {
     transfer.start();
   }
 
-  private openChannel(
+  private async openChannel(
     listener: Listener,
     peer: Peer,
     windowBytes: number,
     handler: (bytes: Uint8Array) => void,
   ): Promise<TransferChannel> {
+    if (this.options.transferSockets === "shared") {
+      const shared = await this.sharedSocket(listener.address);
+      // The same client port twice at once (a client reusing its port) needs a socket of its own.
+      const channel = shared.attach(peer, handler, this.options.loss ?? null);
+      if (channel) return channel;
+    }
     const sendBuffer = windowBytes > BIG_WINDOW_BYTES ? Math.min(this.options.sendBufferBytes, windowBytes * 2) : 0;
     return openTransferChannel(listener.address, peer, this.options.portRange, this.options.loss ?? null, handler, sendBuffer);
+  }
+
+  private sharedSocket(address: string): Promise<SharedTransferSocket> {
+    let socket = this.sharedSockets.get(address);
+    if (!socket) {
+      socket = SharedTransferSocket.open(address, this.options.portRange, this.options.batch, {
+        receive: this.options.receiveBufferBytes,
+        send: this.options.sendBufferBytes,
+      });
+      this.sharedSockets.set(address, socket);
+      socket.catch(() => this.sharedSockets.delete(address));
+    }
+    return socket;
   }
 
   private retransmitPolicy(clientTimeoutMs: number | null) {

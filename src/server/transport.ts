@@ -22,6 +22,11 @@ export interface TransferChannel {
   send(packet: Uint8Array): void;
   /** One sendmmsg for a whole window. */
   sendMany(packets: readonly Uint8Array[]): void;
+  /**
+   * Datagrams may be queued and sent in a batch a little later; this sends this channel's
+   * queued ones now, so the caller can reuse the buffers they point into.
+   */
+  settle(): void;
   close(): void;
 }
 
@@ -78,6 +83,10 @@ class UdpTransferChannel implements TransferChannel {
       flat.push(packet, this.peer.port, this.peer.address);
     }
     if (flat.length > 0) this.socket.sendMany(flat as never);
+  }
+
+  settle(): void {
+    // Sends go out immediately: nothing is ever queued.
   }
 
   close(): void {

@@ -79,10 +79,16 @@ export class FileCache {
         this.counters.bypasses++;
         return file;
       }
-      entry = { key, identity: file.identity, copy: null, filling: null, failed: false, charged: file.size, readers: 0, lastUsed: 0 };
-      this.entries.set(key, entry);
-      this.bytes += entry.charged;
-      entry.filling = this.fill(entry, fd);
+      const created: Entry = { key, identity: file.identity, copy: null, filling: null, failed: false, charged: file.size, readers: 0, lastUsed: 0 };
+      this.entries.set(key, created);
+      this.bytes += created.charged;
+      // fill() can finish before it returns (a file of one chunk is copied without yielding), so
+      // the marker is cleared only after it was set: otherwise the entry would look busy forever
+      // and never be evicted.
+      created.filling = this.fill(created, fd).then(() => {
+        created.filling = null;
+      });
+      entry = created;
     }
     entry.readers++;
     entry.lastUsed = performance.now();
@@ -114,7 +120,6 @@ export class FileCache {
       this.drop(entry);
     } finally {
       if (own !== null) fs.closeSync(own);
-      entry.filling = null;
     }
   }
 

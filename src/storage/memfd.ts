@@ -111,7 +111,13 @@ export class MemfdFiller {
       throw new Error("could not seal the cached copy");
     }
     // An empty file cannot be mapped; it needs no bytes anyway.
-    const bytes = this.size === 0 ? new Uint8Array(0) : Bun.mmap(`/proc/self/fd/${this.fd}`, { shared: false });
+    let bytes: Uint8Array;
+    try {
+      bytes = this.size === 0 ? new Uint8Array(0) : Bun.mmap(`/proc/self/fd/${this.fd}`, { shared: false });
+    } catch (error) {
+      this.abort(); // the memfd would leak otherwise
+      throw error;
+    }
     const fd = this.fd;
     const lib = this.lib;
     let open = true;

@@ -78,6 +78,7 @@ describe("defaults", () => {
       remap: null,
       blksize_max: 1468,
       windowsize_max: 64,
+      transfer_sockets: "shared",
       window_bytes_max: 4 * 1024 ** 2,
       timeout: 1,
       retries: 5,

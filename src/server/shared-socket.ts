@@ -1,0 +1,188 @@
+/**
+ * Shared transfer sockets: one UDP socket on a local address carries many transfers, told
+ * apart by the client's address and port (each transfer is still its own TID pair: the
+ * client's port differs). What it buys is batching: every datagram queued while the event
+ * loop works through a round of ACKs leaves in one sendmmsg at the end of that round, and one
+ * recvmmsg brings in several ACKs — a send syscall per DATA block costs more than all the
+ * rest of a block's work.
+ *
+ * RFC 1350 §4 still holds: a datagram from an address/port with no transfer here gets ERROR 5.
+ */
+import type { udp } from "bun";
+import { encodeError } from "../protocol/codec.ts";
+import { ErrorCode } from "../protocol/packet.ts";
+import type { LossPlan } from "./loss.ts";
+import { setBufferSizes } from "./sockopt.ts";
+import type { PacketHandler, Peer, PortRange, TransferChannel } from "./transport.ts";
+
+const unknownTid = encodeError(ErrorCode.UNKNOWN_TID, "unknown transfer ID");
+
+export interface BatchPolicy {
+  /** most datagrams in one sendmmsg */
+  size: number;
+  /** false: every datagram is sent at once (no batching) */
+  enabled: boolean;
+}
+
+function peerKey(address: string, port: number): string {
+  return `${address}|${port}`;
+}
+
+class SharedChannel implements TransferChannel {
+  closed = false;
+  /** the flush round in which this channel last queued a datagram */
+  queuedInRound = -1;
+
+  constructor(
+    private readonly owner: SharedTransferSocket,
+    readonly key: string,
+    readonly peer: Peer,
+    private readonly handler: PacketHandler,
+    private readonly loss: LossPlan | null,
+  ) {}
+
+  receive(bytes: Uint8Array): void {
+    if (this.closed || this.loss?.shouldDrop("in", bytes)) return;
+    this.handler(bytes);
+  }
+
+  /** Sends what this channel queued now, so the caller may reuse the buffers behind it. */
+  settle(): void {
+    if (this.queuedInRound === this.owner.currentRound) this.owner.flush();
+  }
+
+  get localPort(): number {
+    return this.owner.port;
+  }
+
+  send(packet: Uint8Array): void {
+    if (this.closed || this.loss?.shouldDrop("out", packet)) return;
+    this.owner.enqueue(this, packet);
+  }
+
+  sendMany(packets: readonly Uint8Array[]): void {
+    for (const packet of packets) this.send(packet);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.owner.detach(this);
+  }
+}
+
+export class SharedTransferSocket {
+  private readonly channels = new Map<string, SharedChannel>();
+  private readonly queue: (Uint8Array | number | string)[] = [];
+  private round = 0;
+  private scheduled = false;
+  private readonly flushBound = (): void => this.flush();
+
+  private constructor(
+    private readonly socket: udp.Socket<"uint8array">,
+    private readonly batch: BatchPolicy,
+  ) {}
+
+  static async open(
+    address: string,
+    range: PortRange | null,
+    batch: BatchPolicy,
+    buffers: { receive: number; send: number },
+  ): Promise<SharedTransferSocket> {
+    let shared: SharedTransferSocket | null = null;
+    const handlers = {
+      data(_s: unknown, bytes: Uint8Array, port: number, peerAddress: string) {
+        shared?.receive(bytes, port, peerAddress);
+      },
+      error() {
+        // ICMP reports about earlier sends (a client that went away): the retransmit clock
+        // already handles them (RFC 1122 §4.1.3.3).
+      },
+    };
+    const bind = (port: number) =>
+      Bun.udpSocket({ hostname: address, port, binaryType: "uint8array", socket: handlers });
+    let socket: udp.Socket<"uint8array"> | null = null;
+    if (range === null) {
+      socket = await bind(0);
+    } else {
+      const span = range.high - range.low + 1;
+      const start = Math.floor(Math.random() * span);
+      for (let i = 0; i < span && socket === null; i++) {
+        try {
+          socket = await bind(range.low + ((start + i) % span));
+        } catch (error) {
+          const code = (error as { code?: string }).code;
+          if (code !== "EADDRINUSE" && code !== "EACCES") throw error;
+        }
+      }
+      if (socket === null) throw new Error(`no free transfer port in ${range.low}:${range.high} on ${address}`);
+    }
+    // Many transfers' ACKs and windows share these buffers.
+    setBufferSizes(socket, buffers.receive, buffers.send);
+    shared = new SharedTransferSocket(socket, batch);
+    return shared;
+  }
+
+  get port(): number {
+    return this.socket.port;
+  }
+
+  get currentRound(): number {
+    return this.round;
+  }
+
+  get transfers(): number {
+    return this.channels.size;
+  }
+
+  /** A channel to `peer`, or null when this socket already carries a transfer with that peer. */
+  attach(peer: Peer, handler: PacketHandler, loss: LossPlan | null): TransferChannel | null {
+    const key = peerKey(peer.address, peer.port);
+    if (this.channels.has(key)) return null;
+    const channel = new SharedChannel(this, key, peer, handler, loss);
+    this.channels.set(key, channel);
+    return channel;
+  }
+
+  detach(channel: SharedChannel): void {
+    if (this.channels.get(channel.key) === channel) this.channels.delete(channel.key);
+  }
+
+  enqueue(channel: SharedChannel, packet: Uint8Array): void {
+    if (!this.batch.enabled) {
+      this.socket.send(packet, channel.peer.port, channel.peer.address);
+      return;
+    }
+    channel.queuedInRound = this.round;
+    this.queue.push(packet, channel.peer.port, channel.peer.address);
+    if (this.queue.length >= this.batch.size * 3) {
+      this.flush();
+    } else if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(this.flushBound);
+    }
+  }
+
+  flush(): void {
+    this.scheduled = false;
+    this.round++;
+    if (this.queue.length === 0) return;
+    this.socket.sendMany(this.queue as never);
+    this.queue.length = 0;
+  }
+
+  close(): void {
+    this.flush();
+    for (const channel of [...this.channels.values()]) channel.close();
+    this.socket.close();
+  }
+
+  private receive(bytes: Uint8Array, port: number, address: string): void {
+    const channel = this.channels.get(peerKey(address, port));
+    if (!channel) {
+      this.socket.send(unknownTid, port, address);
+      return;
+    }
+    channel.receive(bytes);
+  }
+}

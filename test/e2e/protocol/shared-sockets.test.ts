@@ -1,0 +1,105 @@
+/**
+ * transferSockets "shared": transfers to different clients share one port per local address
+ * (so datagrams go out in sendmmsg batches), yet each stays its own TID pair: a stranger on
+ * that port gets ERROR 5, windows and loss recovery work, and real clients are served.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { ErrorCode, Opcode } from "../../../src/protocol/packet.ts";
+import { LossPlan } from "../../../src/server/loss.ts";
+import { patternBytes, removeDir, sha256, tempDir, writeFile } from "../../helpers/files.ts";
+import { ack, download, peerTracker, rrq } from "../../helpers/raw.ts";
+import { run } from "../../helpers/run.ts";
+import { startServer, type InProcessServer } from "../../helpers/server.ts";
+
+let root: string;
+let server: InProcessServer;
+const peers = peerTracker();
+const big = patternBytes(300_000, 7);
+
+beforeAll(async () => {
+  root = tempDir();
+  writeFile(root, "a.bin", big);
+  writeFile(root, "b.bin", patternBytes(70_000, 8));
+  server = await startServer(root, { transferSockets: "shared" });
+});
+afterEach(() => peers.closeAll());
+afterAll(async () => {
+  await server.stop();
+  removeDir(root);
+});
+
+describe("shared transfer sockets", () => {
+  test("two clients are served from one transfer port, not the listen port, both byte-exact", async () => {
+    const [one, two] = [await peers.open(), await peers.open()];
+    const [a, b] = await Promise.all([
+      download(one, server.port, "a.bin", { options: [["blksize", "1468"]] }),
+      download(two, server.port, "b.bin", { options: [["blksize", "1468"], ["windowsize", "8"]] }),
+    ]);
+    expect(sha256(a.bytes)).toBe(sha256(big));
+    expect(b.bytes.length).toBe(70_000);
+    expect(a.port).toBe(b.port);
+    expect(a.port).not.toBe(server.port);
+  });
+
+  test("a stranger writing to the shared port gets ERROR 5 and the transfer in progress completes", async () => {
+    const client = await peers.open();
+    const stranger = await peers.open();
+    client.send(rrq("a.bin", "octet", [["blksize", "1468"]]), server.port);
+    const oack = await client.next();
+    expect(oack.packet?.op).toBe(Opcode.OACK);
+    stranger.send(ack(1), oack.port, oack.address);
+    const reply = await stranger.next();
+    expect(reply.packet?.op).toBe(Opcode.ERROR);
+    expect(reply.packet?.op === Opcode.ERROR && reply.packet.code).toBe(ErrorCode.UNKNOWN_TID);
+    // the real client carries on from ACK 0
+    client.send(ack(0), oack.port, oack.address);
+    let block = 0;
+    let received = 0;
+    for (;;) {
+      const got = await client.next();
+      if (got.packet?.op !== Opcode.DATA) throw new Error("expected DATA");
+      block = got.packet.block;
+      received += got.packet.data.length;
+      client.send(ack(block), got.port, got.address);
+      if (got.packet.data.length < 1468) break;
+    }
+    expect(received).toBe(big.length);
+  });
+
+  test("curl and atftp (windowed) at once, byte-exact", async () => {
+    const out = tempDir("tftpd-shared-out-");
+    try {
+      const jobs = [];
+      for (let i = 0; i < 6; i++) {
+        jobs.push(run(["curl", "-sS", "--tftp-blksize", "1468", "-o", `${out}/c${i}`, `tftp://127.0.0.1:${server.port}/a.bin`]));
+        jobs.push(
+          run(["atftp", "--get", "-r", "a.bin", "-l", `${out}/a${i}`, "--option", "blksize 1468", "--option", "windowsize 16", "127.0.0.1", String(server.port)]),
+        );
+      }
+      const results = await Promise.all(jobs);
+      for (const r of results) expect(r.exitCode).toBe(0);
+      for (let i = 0; i < 6; i++) {
+        expect(sha256(new Uint8Array(await Bun.file(`${out}/c${i}`).arrayBuffer()))).toBe(sha256(big));
+        expect(sha256(new Uint8Array(await Bun.file(`${out}/a${i}`).arrayBuffer()))).toBe(sha256(big));
+      }
+    } finally {
+      removeDir(out);
+    }
+  });
+});
+
+test("shared sockets: a lost DATA in a window is recovered by rewind with a real client", async () => {
+  const lossy = await startServer(root, { transferSockets: "shared", loss: LossPlan.parse("out:data:3,out:data:20") });
+  const out = tempDir("tftpd-shared-loss-");
+  try {
+    const r = await run(["atftp", "--get", "-r", "a.bin", "-l", `${out}/a`, "--option", "blksize 1468", "--option", "windowsize 8", "127.0.0.1", String(lossy.port)]);
+    expect(r.exitCode).toBe(0);
+    expect(sha256(new Uint8Array(await Bun.file(`${out}/a`).arrayBuffer()))).toBe(sha256(big));
+    const record = lossy.records.find((x) => x.file === "a.bin");
+    expect(record?.result).toBe("ok");
+    expect(record!.retransmits).toBeGreaterThan(0);
+  } finally {
+    await lossy.stop();
+    removeDir(out);
+  }
+});
