@@ -31,6 +31,8 @@ export const defaultOptions = (root: string): ServerOptions => ({
   allow: [],
   deny: [],
   cacheBytes: 64 << 20,
+  transferSockets: "per-transfer",
+  batch: { enabled: true, size: 64 },
   receiveBufferBytes: 4 << 20,
   sendBufferBytes: 4 << 20,
 });
