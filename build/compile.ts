@@ -5,7 +5,7 @@
  */
 import { mkdirSync } from "node:fs";
 
-const ENTRYPOINTS = ["src/main.ts"];
+const ENTRYPOINTS = ["src/main.ts", "src/server/worker.ts"];
 const OUTFILE = "dist/tftpd";
 
 function gitCommit(): string {

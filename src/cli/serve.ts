@@ -4,6 +4,7 @@
  */
 import { defineCommand } from "citty";
 import { readdirSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { loadConfig } from "../config/load.ts";
 import { parseListenAddress } from "../config/net.ts";
 import type { Config } from "../config/schema.ts";
@@ -61,6 +62,11 @@ function flagOverrides(
   return { overrides, overrideSources };
 }
 
+/** "auto" is one transfer engine per CPU. */
+export function workerCount(setting: number | "auto"): number {
+  return setting === "auto" ? Math.max(1, availableParallelism()) : setting;
+}
+
 export function serverOptions(config: Config, remap: ServerOptions["remap"]): ServerOptions {
   const tftp = config.tftp;
   return {
@@ -80,6 +86,14 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
     cacheBytes: config.performance.memory.cache_size,
     transferSockets: tftp.transfer_sockets,
     batch: { enabled: config.batch.enabled, size: config.batch.batch_size },
+    workers: workerCount(config.performance.cpu.worker_threads),
+    balance: { algorithm: config.load_balancing.algorithm, hashKey: config.load_balancing.hash_key },
+    limits: {
+      maxTotal: config.limits.max_total_connections,
+      maxPerIp: config.limits.max_connections_per_ip,
+      maxPerClient: config.limits.max_connections_per_client,
+      onLimit: config.limits.on_limit,
+    },
     receiveBufferBytes: config.performance.network.receive_buffer_size,
     sendBufferBytes: config.performance.network.send_buffer_size,
   };

@@ -308,10 +308,10 @@ const performance = section({
     thread_pool_size: intIn(1, 4096).default(4).describe(`Threads of the file I/O pool ${ENGINE}`),
     worker_threads: autoOrInt(1, 1024)
       .prefault("auto")
-      .describe(`Number of server workers; "auto" = one per CPU ${ENGINE}`),
+      .describe('Number of transfer engines: 1 runs transfers on the main thread, N > 1 starts N worker threads; "auto" = one per CPU'),
   }),
   memory: section({
-    cache_size: bytes().prefault("1Gi").describe(`Cap of the local file cache (mmap'd and in-memory bytes) ${ENGINE}`),
+    cache_size: bytes().prefault("1Gi").describe("Cap of the local file cache: bytes of sealed in-memory (memfd) copies of served files, shared by all transfers and workers"),
     connection_pool_size: intIn(0, 1_000_000).default(1024).describe(`Transfer slots pre-allocated at startup ${ENGINE}`),
     buffer_size: bytes(512 + TFTP_HEADER, 16 * 1024 * 1024)
       .prefault(65536)
@@ -320,8 +320,8 @@ const performance = section({
   network: section({
     tcp_nodelay: bool().default(true).describe(`TCP_NODELAY on TCP connections (Redis cluster, metrics endpoint) ${CLUSTER}`),
     tcp_keepalive: bool().default(true).describe(`SO_KEEPALIVE on TCP connections (Redis cluster, metrics endpoint) ${CLUSTER}`),
-    receive_buffer_size: bytes(1).prefault("4Mi").describe(`SO_RCVBUF of the UDP sockets ${ENGINE}`),
-    send_buffer_size: bytes(1).prefault("4Mi").describe(`SO_SNDBUF of the UDP sockets ${ENGINE}`),
+    receive_buffer_size: bytes(1).prefault("4Mi").describe("SO_RCVBUF of the UDP request and shared transfer sockets (set and read back; capped by net.core.rmem_max)"),
+    send_buffer_size: bytes(1).prefault("4Mi").describe("SO_SNDBUF of the UDP request and shared transfer sockets (set and read back; capped by net.core.wmem_max)"),
   }),
 });
 
@@ -354,10 +354,10 @@ const compression = section({
 const load_balancing = section({
   algorithm: oneOf(["round_robin", "least_connections", "consistent_hashing"])
     .default("round_robin")
-    .describe(`How new transfers are spread over workers ${ENGINE}`),
+    .describe("How new transfers are spread over workers"),
   hash_key: oneOf(["client_ip", "client_port", "filename"])
     .default("client_ip")
-    .describe(`Key hashed by "consistent_hashing" ${ENGINE}`),
+    .describe('Key hashed by "consistent_hashing": the client address, address and port, or the file name'),
 });
 
 const connection_pool = section({
@@ -373,16 +373,16 @@ const connection_pool = section({
 const limits = section({
   max_connections_per_client: intIn(1)
     .default(10)
-    .describe(`Concurrent transfers per client (source address and port) ${ENGINE}`),
-  max_connections_per_ip: intIn(1).default(100).describe(`Concurrent transfers per source IP address ${ENGINE}`),
-  max_total_connections: intIn(1).default(10000).describe(`Concurrent transfers in total ${ENGINE}`),
+    .describe("Concurrent transfers per client, a client being one source address asking for one file"),
+  max_connections_per_ip: intIn(1).default(100).describe("Concurrent transfers per source IP address"),
+  max_total_connections: intIn(1).default(50000).describe("Concurrent transfers in total"),
   scope: oneOf(["node", "cluster"])
     .default("node")
     .describe(`Count limits per node, or across the fleet through Redis ("cluster") ${CLUSTER}`),
   on_limit: oneOf(["drop", "busy"])
     .default("drop")
     .describe(
-      `Over a limit: "drop" ignores the request (the client retries later, which PXE ROMs handle well); "busy" answers with a TFTP ERROR ${ENGINE}`,
+      'Over a limit: "drop" ignores the request (the client retries later, which PXE ROMs handle well); "busy" answers with a TFTP ERROR',
     ),
 });
 
@@ -401,8 +401,8 @@ const network = section({
 });
 
 const batch = section({
-  enabled: bool().default(true).describe(`Batch outgoing datagrams into one sendMany call ${ENGINE}`),
-  batch_size: intIn(1, 1024).default(64).describe(`Most datagrams per sendMany call ${ENGINE}`),
+  enabled: bool().default(true).describe("Batch outgoing datagrams of shared transfer sockets into one sendMany call per event-loop round"),
+  batch_size: intIn(1, 1024).default(64).describe("Most datagrams per sendMany call"),
   batch_timeout: intIn(0, 1000).default(1).describe(`Longest a datagram may wait to be batched, in milliseconds ${ENGINE}`),
 });
 

@@ -31,7 +31,11 @@ const KINDS: Record<string, number> = {
 };
 
 export class LossPlan {
-  private constructor(private readonly rules: LossRule[]) {}
+  private constructor(
+    private readonly rules: LossRule[],
+    /** the spec it was parsed from, to build the same plan in a worker thread */
+    readonly spec: string,
+  ) {}
 
   static parse(spec: string): LossPlan {
     const rules: LossRule[] = [];
@@ -45,7 +49,7 @@ export class LossPlan {
       if (!(remaining > 0)) throw new Error(`TFTPD_TEST_DROP: bad count in "${raw}"`);
       rules.push({ direction, opcode, block: block === undefined ? null : Number(block), remaining });
     }
-    return new LossPlan(rules);
+    return new LossPlan(rules, spec);
   }
 
   shouldDrop(direction: Direction, packet: Uint8Array): boolean {

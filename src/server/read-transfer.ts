@@ -32,7 +32,8 @@ export class ReadTransfer {
   private retransmits = 0;
   private firstResponseMs = -1;
   private readonly clock: RetransmitClock;
-  private readonly windowBuffer: Uint8Array;
+  /** one reusable packet buffer (header + block) per position in the window */
+  private readonly slots: Uint8Array[] = [];
   private readonly packets: Uint8Array[] = [];
 
   constructor(
@@ -45,7 +46,9 @@ export class ReadTransfer {
     // multiple needs one more, empty block; an empty file is a single empty block.
     this.lastBlock = Math.floor(source.size / params.blksize) + 1;
     const window = Math.min(params.windowsize, this.lastBlock);
-    this.windowBuffer = new Uint8Array(window * (params.blksize + DATA_HEADER_SIZE));
+    const stride = params.blksize + DATA_HEADER_SIZE;
+    const buffer = new Uint8Array(window * stride);
+    for (let slot = 0; slot < window; slot++) this.slots.push(buffer.subarray(slot * stride, (slot + 1) * stride));
     this.clock = new RetransmitClock(
       params.retransmit,
       () => this.retransmit(),
@@ -126,11 +129,10 @@ export class ReadTransfer {
   private sendWindow(first: number): void {
     const { blksize, windowsize } = this.params;
     const last = Math.min(first + windowsize - 1, this.lastBlock);
-    const stride = blksize + DATA_HEADER_SIZE;
     this.channel.settle();
     this.packets.length = 0;
     for (let block = first, slot = 0; block <= last; block++, slot++) {
-      const packet = this.windowBuffer.subarray(slot * stride, (slot + 1) * stride);
+      const packet = this.slots[slot]!;
       const position = (block - 1) * blksize;
       const want = Math.max(0, Math.min(blksize, this.source.size - position));
       let got: number;
@@ -146,7 +148,8 @@ export class ReadTransfer {
         return;
       }
       writeDataHeader(packet, block & 0xffff);
-      this.packets.push(packet.subarray(0, DATA_HEADER_SIZE + got));
+      // Only the final block is short; full blocks reuse the slot's view as is.
+      this.packets.push(got === blksize ? packet : packet.subarray(0, DATA_HEADER_SIZE + got));
     }
     this.markFirstResponse();
     if (this.packets.length === 1) this.channel.send(this.packets[0]!);

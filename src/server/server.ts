@@ -1,32 +1,28 @@
 /**
- * The TFTP server: listeners take requests, admission and storage decide, and each accepted
- * request becomes a transfer on its own port. Knows nothing of config files or Redis; the
- * serve command hands it ready-made ServerOptions.
+ * The TFTP server's control plane: listeners take requests; admission, remap rules, root
+ * confinement, the file cache and option negotiation decide; and each accepted request becomes
+ * a job for a transfer engine — on this thread, or on a worker chosen by the load balancer.
+ * Knows nothing of config files or Redis; the serve command hands it ready-made ServerOptions.
  */
 import { BlockList, isIPv6 } from "node:net";
 import { decodePacket, encodeError } from "../protocol/codec.ts";
 import { negotiate } from "../protocol/options.ts";
 import { ErrorCode, Opcode, type RequestPacket } from "../protocol/packet.ts";
-import { NETASCII_MAX_BYTES, netasciiSource } from "../storage/netascii-source.ts";
 import { FileCache } from "../storage/cache.ts";
-import type { FileSource } from "../storage/source.ts";
+import { NETASCII_MAX_BYTES, netasciiSource } from "../storage/netascii-source.ts";
 import { applyRemap, type RemapRule } from "../storage/remap.ts";
 import { openForRead, realRoot, resolveRequestPath } from "../storage/resolve.ts";
+import type { FileSource } from "../storage/source.ts";
 import { prepareUpload, type UploadPolicy } from "../storage/upload.ts";
+import { Admission, type AdmissionLimits } from "./admission.ts";
+import { LoadBalancer, type Algorithm, type HashKey } from "./balance.ts";
+import { epochNow, TransferEngine, type EngineOptions, type TransferJob } from "./engine.ts";
 import type { LossPlan } from "./loss.ts";
-import { SharedTransferSocket, type BatchPolicy } from "./shared-socket.ts";
+import type { BatchPolicy } from "./shared-socket.ts";
 import type { BufferSizes } from "./sockopt.ts";
-import { ReadTransfer } from "./read-transfer.ts";
-import type { TransferOutcome } from "./transfer.ts";
-import {
-  openListener,
-  openTransferChannel,
-  type Listener,
-  type Peer,
-  type PortRange,
-  type TransferChannel,
-} from "./transport.ts";
-import { WriteTransfer } from "./write-transfer.ts";
+import type { RetransmitPolicy, TransferOutcome } from "./transfer.ts";
+import { openListener, type Listener, type Peer, type PortRange } from "./transport.ts";
+import { WorkerPool } from "./worker-pool.ts";
 
 export interface ListenAddress {
   host: string;
@@ -61,6 +57,10 @@ export interface ServerOptions {
   batch: BatchPolicy;
   /** bytes of file content kept in memory for all transfers to share; 0 turns the cache off */
   cacheBytes: number;
+  /** transfer engines: 1 runs transfers on the main thread, N > 1 starts N worker threads */
+  workers: number;
+  balance: { algorithm: Algorithm; hashKey: HashKey };
+  limits: AdmissionLimits & { onLimit: "drop" | "busy" };
   loss?: LossPlan | null;
 }
 
@@ -82,15 +82,24 @@ export interface ServerEvents {
   transferEnd?(record: TransferRecord): void;
   /** a request refused before any transfer started (ERROR sent, or dropped) */
   refused?(peer: Peer, reason: string, code: number | null): void;
+  /** a transfer worker died; its transfers were ended and a new worker started */
+  workerExit?(index: number, lostTransfers: number): void;
 }
 
-interface Active {
-  /** set once the transfer runs; null while its file and socket are being opened */
-  transfer: { cancel(): void } | null;
+/** A transfer from acceptance to its end record. */
+interface Running {
+  id: number;
+  key: string;
+  peer: Peer;
+  file: string;
+  listener: Listener;
+  record: Omit<TransferRecord, keyof TransferOutcome | "durationMs">;
+  started: number;
+  /** held here while a worker reads it (the local engine closes its own) */
+  source: FileSource | null;
+  /** the engine running it: -1 the local engine, else a worker index */
+  engine: number;
 }
-
-/** Windows above this many bytes get a bigger socket send buffer than the kernel default. */
-const BIG_WINDOW_BYTES = 128 * 1024;
 
 function peerKey(peer: Peer): string {
   return `${peer.address}|${peer.port}`;
@@ -118,22 +127,33 @@ function matches(list: BlockList, address: string): boolean {
 
 export class TftpServer {
   private readonly listeners: Listener[] = [];
-  /** keyed by client address and port: a repeated request from the same TID is not a new transfer */
-  private readonly active = new Map<string, Active>();
+  /**
+   * Keyed by client address and port: a repeated request from the same TID is not a new
+   * transfer. Holds requests still being resolved (null) and running transfers.
+   */
+  private readonly active = new Map<string, Running | null>();
+  private readonly running = new Map<number, Running>();
+  private lastId = 0;
   private rootReal = "";
   private stopped = false;
-  private readonly sharedSockets = new Map<string, Promise<SharedTransferSocket>>();
   private readonly allow: BlockList | null;
-  readonly cache: FileCache;
   private readonly deny: BlockList | null;
+  private readonly admission: Admission;
+  private readonly balancer: LoadBalancer;
+  private readonly local: TransferEngine;
+  private pool: WorkerPool | null = null;
+  readonly cache: FileCache;
 
   constructor(
     private readonly options: ServerOptions,
     private readonly events: ServerEvents = {},
   ) {
     this.allow = buildBlockList(options.allow);
-    this.cache = new FileCache(options.cacheBytes);
     this.deny = buildBlockList(options.deny);
+    this.cache = new FileCache(options.cacheBytes);
+    this.admission = new Admission(options.limits);
+    this.balancer = new LoadBalancer(options.balance.algorithm, options.balance.hashKey, options.workers);
+    this.local = new TransferEngine(this.engineOptions(), options.loss ?? null, (id, outcome) => this.ended(id, outcome));
   }
 
   get activeTransfers(): number {
@@ -144,9 +164,27 @@ export class TftpServer {
     return this.listeners.map((l) => ({ host: l.address, port: l.port }));
   }
 
+  /** the worker pool, when transfers run on worker threads */
+  get workers(): WorkerPool | null {
+    return this.pool;
+  }
+
   async start(): Promise<void> {
     this.rootReal = realRoot(this.options.root);
     try {
+      if (this.options.workers > 1) {
+        this.pool = new WorkerPool(
+          this.options.workers,
+          { engine: this.engineOptions(), lossSpec: this.options.loss?.spec ?? null },
+          {
+            end: (id, outcome) => this.ended(id, outcome),
+            failed: (id, message) => this.failed(id, message),
+            workerExit: (index, lost) => this.events.workerExit?.(index, lost),
+          },
+        );
+        await this.pool.start();
+        this.cache.onRelease = (entryId) => this.pool?.release(entryId);
+      }
       for (const { host, port } of this.options.listen) {
         const listener = await openListener(host, port, (l, bytes, peer, at) => this.onRequest(l, bytes, peer, at), {
           receive: this.options.receiveBufferBytes,
@@ -165,10 +203,20 @@ export class TftpServer {
   async stop(): Promise<void> {
     this.stopped = true;
     for (const listener of this.listeners.splice(0)) listener.close();
-    for (const slot of [...this.active.values()]) slot.transfer?.cancel();
+    await Promise.all([this.local.stop(), this.pool?.stop()]);
+    this.pool = null;
     this.active.clear();
-    for (const socket of this.sharedSockets.values()) (await socket.catch(() => null))?.close();
-    this.sharedSockets.clear();
+  }
+
+  private engineOptions(): EngineOptions {
+    const o = this.options;
+    return {
+      portRange: o.portRange,
+      transferSockets: o.transferSockets,
+      batch: o.batch,
+      receiveBufferBytes: o.receiveBufferBytes,
+      sendBufferBytes: o.sendBufferBytes,
+    };
   }
 
   private onRequest(listener: Listener, bytes: Uint8Array, peer: Peer, receivedAt: number): void {
@@ -191,9 +239,9 @@ export class TftpServer {
     const key = peerKey(peer);
     // Firmware resends an unanswered request from the same port: one transfer serves it.
     if (this.active.has(key)) return;
-    const pending: Active = { transfer: null };
-    this.active.set(key, pending);
-    this.accept(listener, packet, peer, receivedAt, pending).catch((error: unknown) => {
+    this.active.set(key, null);
+    const receivedAtEpoch = performance.timeOrigin + receivedAt;
+    this.accept(listener, packet, peer, key, receivedAtEpoch).catch((error: unknown) => {
       this.active.delete(key);
       this.refuse(listener, peer, ErrorCode.NOT_DEFINED, `server error: ${(error as Error).message}`);
     });
@@ -208,12 +256,13 @@ export class TftpServer {
     listener: Listener,
     request: RequestPacket,
     peer: Peer,
-    receivedAt: number,
-    slot: Active,
+    key: string,
+    receivedAtEpoch: number,
   ): Promise<void> {
-    const key = peerKey(peer);
     const isRead = request.op === Opcode.RRQ;
-    const reject = (code: number, message: string): void => {
+    let admitted: string | null = null;
+    const reject = (code: number | null, message: string): void => {
+      if (admitted !== null) this.admission.release(peer.address, admitted);
       this.active.delete(key);
       this.refuse(listener, peer, code, message);
     };
@@ -225,14 +274,41 @@ export class TftpServer {
     const resolved = resolveRequestPath(this.rootReal, remapped.name);
     if (!resolved.ok) return reject(resolved.code, resolved.message);
 
+    const refusal = this.admission.admit(peer.address, resolved.relative);
+    if (refusal !== null) {
+      // Dropped, the ROM retries later; "busy" tells it now (some firmware gives up on an ERROR).
+      const busy = this.options.limits.onLimit === "busy";
+      return reject(busy ? ErrorCode.NOT_DEFINED : null, `busy: ${refusal} transfer limit reached`);
+    }
+    admitted = resolved.relative;
+
     const limits = {
       blksizeMax: this.options.blksizeMax,
       windowsizeMax: this.options.windowsizeMax,
       windowBytesMax: this.options.windowBytesMax,
       uploadMax: this.options.uploadMax,
     };
-    const started = performance.now();
-    const baseRecord = { client: formatAddress(peer.address, peer.port), file: resolved.relative, mode: request.mode };
+    const base = {
+      id: ++this.lastId,
+      key,
+      peer,
+      file: resolved.relative,
+      listener,
+      started: performance.now(),
+      source: null,
+      engine: -1,
+    };
+    const recordBase = { client: formatAddress(peer.address, peer.port), file: resolved.relative, mode: request.mode };
+    const job = (blksize: number, windowsize: number, oack: [string, string][] | null, timeoutMs: number | null): TransferJob => ({
+      id: base.id,
+      peer,
+      localAddress: listener.address,
+      blksize,
+      windowsize,
+      oack,
+      retransmit: this.retransmitPolicy(timeoutMs),
+      receivedAtEpoch,
+    });
 
     if (isRead) {
       const opened = await openForRead(this.rootReal, resolved.relative);
@@ -252,22 +328,23 @@ export class TftpServer {
         source.close();
         return reject(negotiated.code, negotiated.message);
       }
-      const record = { ...baseRecord, direction: "read" as const, blksize: negotiated.blksize, windowsize: negotiated.windowsize, tsize: source.size, options: negotiated.requested };
-      let transfer: ReadTransfer | null = null;
-      const channel = await this.openChannel(listener, peer, negotiated.windowsize * (negotiated.blksize + 4), (bytes) => transfer?.handle(bytes)).catch((error: unknown) => {
+      const running: Running = {
+        ...base,
+        record: { ...recordBase, direction: "read", blksize: negotiated.blksize, windowsize: negotiated.windowsize, tsize: source.size, options: negotiated.requested },
+      };
+      const transferJob = job(negotiated.blksize, negotiated.windowsize, negotiated.oack, negotiated.timeoutMs);
+      if (this.stopped) {
         source.close();
-        throw error;
-      });
-      transfer = new ReadTransfer(channel, source, {
-        blksize: negotiated.blksize,
-        windowsize: negotiated.windowsize,
-        oack: negotiated.oack,
-        retransmit: this.retransmitPolicy(negotiated.timeoutMs),
-        receivedAt,
-      }, (outcome) => this.ended(key, record, started, outcome));
-      slot.transfer = transfer;
-      if (this.stopped) return transfer.cancel();
-      transfer.start();
+        return reject(ErrorCode.NOT_DEFINED, "server shutting down");
+      }
+      this.begin(running);
+      if (this.pool && source.share) {
+        running.engine = this.balancer.pick({ clientAddress: peer.address, clientPort: peer.port, filename: resolved.relative }, this.pool.loads);
+        running.source = source;
+        this.pool.dispatch(running.engine, transferJob, source.share, source.identity);
+      } else {
+        await this.local.startRead(transferJob, source).catch((error: unknown) => this.failed(running.id, (error as Error).message));
+      }
       return;
     }
 
@@ -275,69 +352,54 @@ export class TftpServer {
     if (!negotiated.ok) return reject(negotiated.code, negotiated.message);
     const prepared = await prepareUpload(this.rootReal, resolved.relative, this.options.write, this.options.uploadMax);
     if (!prepared.ok) return reject(prepared.code, prepared.message);
-    const sink = prepared.sink;
     const declared = request.options.get("tsize");
-    const record = { ...baseRecord, direction: "write" as const, blksize: negotiated.blksize, windowsize: negotiated.windowsize, tsize: declared === undefined ? null : Number(declared), options: negotiated.requested };
-    let transfer: WriteTransfer | null = null;
-    const channel = await this.openChannel(listener, peer, negotiated.windowsize * (negotiated.blksize + 4), (bytes) => transfer?.handle(bytes)).catch((error: unknown) => {
-      sink.abort();
-      throw error;
-    });
-    transfer = new WriteTransfer(channel, sink, {
-      blksize: negotiated.blksize,
-      windowsize: negotiated.windowsize,
-      mode: request.mode,
-      oack: negotiated.oack,
-      retransmit: this.retransmitPolicy(negotiated.timeoutMs),
-      receivedAt,
-    }, (outcome) => this.ended(key, record, started, outcome));
-    slot.transfer = transfer;
-    if (this.stopped) return transfer.cancel();
-    transfer.start();
-  }
-
-  private async openChannel(
-    listener: Listener,
-    peer: Peer,
-    windowBytes: number,
-    handler: (bytes: Uint8Array) => void,
-  ): Promise<TransferChannel> {
-    if (this.options.transferSockets === "shared") {
-      const shared = await this.sharedSocket(listener.address);
-      // The same client port twice at once (a client reusing its port) needs a socket of its own.
-      const channel = shared.attach(peer, handler, this.options.loss ?? null);
-      if (channel) return channel;
+    const running: Running = {
+      ...base,
+      record: { ...recordBase, direction: "write", blksize: negotiated.blksize, windowsize: negotiated.windowsize, tsize: declared === undefined ? null : Number(declared), options: negotiated.requested },
+    };
+    if (this.stopped) {
+      prepared.sink.abort();
+      return reject(ErrorCode.NOT_DEFINED, "server shutting down");
     }
-    const sendBuffer = windowBytes > BIG_WINDOW_BYTES ? Math.min(this.options.sendBufferBytes, windowBytes * 2) : 0;
-    return openTransferChannel(listener.address, peer, this.options.portRange, this.options.loss ?? null, handler, sendBuffer);
+    this.begin(running);
+    // Uploads are rare in network boot and write through the main thread's sink: they run here.
+    await this.local
+      .startWrite(job(negotiated.blksize, negotiated.windowsize, negotiated.oack, negotiated.timeoutMs), prepared.sink, request.mode)
+      .catch((error: unknown) => this.failed(running.id, (error as Error).message));
   }
 
-  private sharedSocket(address: string): Promise<SharedTransferSocket> {
-    let socket = this.sharedSockets.get(address);
-    if (!socket) {
-      socket = SharedTransferSocket.open(address, this.options.portRange, this.options.batch, {
-        receive: this.options.receiveBufferBytes,
-        send: this.options.sendBufferBytes,
-      });
-      this.sharedSockets.set(address, socket);
-      socket.catch(() => this.sharedSockets.delete(address));
-    }
-    return socket;
+  private begin(running: Running): void {
+    this.active.set(running.key, running);
+    this.running.set(running.id, running);
   }
 
-  private retransmitPolicy(clientTimeoutMs: number | null) {
+  private retransmitPolicy(clientTimeoutMs: number | null): RetransmitPolicy {
     return clientTimeoutMs === null
       ? { timeoutMs: this.options.timeoutMs, fixed: false, retries: this.options.retries }
       : { timeoutMs: clientTimeoutMs, fixed: true, retries: this.options.retries };
   }
 
-  private ended(
-    key: string,
-    record: Omit<TransferRecord, keyof TransferOutcome | "durationMs">,
-    started: number,
-    outcome: TransferOutcome,
-  ): void {
-    this.active.delete(key);
-    this.events.transferEnd?.({ ...record, ...outcome, durationMs: performance.now() - started });
+  private finish(id: number): Running | null {
+    const running = this.running.get(id);
+    if (!running) return null;
+    this.running.delete(id);
+    if (this.active.get(running.key) === running) this.active.delete(running.key);
+    this.admission.release(running.peer.address, running.file);
+    running.source?.close();
+    running.source = null;
+    return running;
+  }
+
+  private ended(id: number, outcome: TransferOutcome): void {
+    const running = this.finish(id);
+    if (!running) return;
+    this.events.transferEnd?.({ ...running.record, ...outcome, durationMs: performance.now() - running.started });
+  }
+
+  /** A job that never started (no transfer socket): the client hears it from the listener. */
+  private failed(id: number, message: string): void {
+    const running = this.finish(id);
+    if (!running) return;
+    this.refuse(running.listener, running.peer, ErrorCode.NOT_DEFINED, `server error: ${message}`);
   }
 }

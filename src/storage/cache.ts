@@ -4,7 +4,7 @@
  * why the served file itself is never mapped). Memory is the kernel's shared memory, not the
  * JS heap.
  *
- * A version is (device, inode, size, mtime): a file replaced by rename or rewritten in place
+ * A version is (device, inode, size, mtime, ctime): a file replaced by rename or rewritten in place
  * is a new version on the next request, while transfers already running keep the bytes they
  * started with. Bounded by `maxBytes` with least-recently-used eviction of versions no
  * transfer is reading. Concurrent requests for one version share one fill.
@@ -25,6 +25,8 @@ export interface CacheStats {
 }
 
 interface Entry {
+  /** unique for the life of the process, unlike the memfd's descriptor number */
+  id: number;
   key: string;
   identity: FileIdentity;
   copy: SealedCopy | null;
@@ -38,7 +40,7 @@ interface Entry {
 }
 
 function versionKey(id: FileIdentity): string {
-  return `${id.dev}:${id.ino}:${id.size}:${id.mtimeMs}`;
+  return `${id.dev}:${id.ino}:${id.size}:${id.mtimeMs}:${id.ctimeMs}`;
 }
 
 /** Yields to the event loop between fill chunks so running transfers keep moving. */
@@ -47,6 +49,9 @@ const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(r
 export class FileCache {
   private readonly entries = new Map<string, Entry>();
   private bytes = 0;
+  private lastId = 0;
+  /** told when a cached copy is gone, so other threads drop their mappings of it */
+  onRelease: ((id: number) => void) | null = null;
   private readonly counters = { hits: 0, misses: 0, bypasses: 0, evictions: 0 };
   readonly enabled: boolean;
 
@@ -79,7 +84,7 @@ export class FileCache {
         this.counters.bypasses++;
         return file;
       }
-      const created: Entry = { key, identity: file.identity, copy: null, filling: null, failed: false, charged: file.size, readers: 0, lastUsed: 0 };
+      const created: Entry = { id: ++this.lastId, key, identity: file.identity, copy: null, filling: null, failed: false, charged: file.size, readers: 0, lastUsed: 0 };
       this.entries.set(key, created);
       this.bytes += created.charged;
       // fill() can finish before it returns (a file of one chunk is copied without yielding), so
@@ -110,7 +115,7 @@ export class FileCache {
       const filler = new MemfdFiller(own, entry.identity.size);
       while (!filler.step()) await yieldToLoop();
       const after = fs.fstatSync(own);
-      if (after.size !== entry.identity.size || after.mtimeMs !== entry.identity.mtimeMs) {
+      if (after.size !== entry.identity.size || after.mtimeMs !== entry.identity.mtimeMs || after.ctimeMs !== entry.identity.ctimeMs) {
         filler.abort();
         throw new Error("file changed while it was being cached");
       }
@@ -129,6 +134,7 @@ export class FileCache {
     return {
       size: inner.size,
       identity: inner.identity,
+      share: { kind: "memfd", id: entry.id, fd: entry.copy!.fd },
       read: (position, into, offset, length) => inner.read(position, into, offset, length),
       close: () => {
         if (released) return;
@@ -160,8 +166,11 @@ export class FileCache {
   }
 
   private release(entry: Entry): void {
-    entry.copy?.close();
-    entry.copy = null;
+    if (entry.copy) {
+      entry.copy.close();
+      entry.copy = null;
+      this.onRelease?.(entry.id);
+    }
     this.bytes -= entry.charged;
     entry.charged = 0;
   }

@@ -15,6 +15,8 @@ export interface FileIdentity {
   readonly ino: number;
   readonly size: number;
   readonly mtimeMs: number;
+  /** changes on every write and cannot be set back (unlike mtime with `cp -p` or `touch -r`) */
+  readonly ctimeMs: number;
 }
 
 export interface FileSource {
@@ -29,7 +31,16 @@ export interface FileSource {
   read(position: number, into: Uint8Array, offset: number, length: number): number;
   /** Release the underlying resource. Idempotent. `read` after `close` throws. */
   close(): void;
+  /**
+   * How another thread of this process can read the same bytes while this source stays open
+   * here: a cached copy's memfd, or the open file's descriptor.
+   */
+  readonly share?: SourceShare;
 }
+
+export type SourceShare =
+  | { readonly kind: "memfd"; readonly id: number; readonly fd: number }
+  | { readonly kind: "fd"; readonly fd: number };
 
 function checkReadArgs(position: number, into: Uint8Array, offset: number, length: number): void {
   if (!Number.isSafeInteger(position) || position < 0) {
@@ -53,12 +64,24 @@ export interface FdFileSource extends FileSource {
  * from an fstat the caller already did.
  */
 export function fdSource(fd: number, stat: fs.Stats): FdFileSource {
+  const identity = { dev: stat.dev, ino: stat.ino, size: stat.size, mtimeMs: stat.mtimeMs, ctimeMs: stat.ctimeMs };
+  return { ...descriptorSource(fd, identity, () => fs.closeSync(fd)), fd, share: { kind: "fd", fd } };
+}
+
+/**
+ * A source reading a descriptor that someone else owns and closes (a worker thread reading
+ * a file the main thread opened): `close` only ends this source's use of it.
+ */
+export function borrowedFdSource(fd: number, identity: FileIdentity): FileSource {
+  return descriptorSource(fd, identity, () => {});
+}
+
+function descriptorSource(fd: number, identity: FileIdentity, release: () => void): FileSource {
   let open = true;
-  const size = stat.size;
+  const size = identity.size;
   return {
-    fd,
     size,
-    identity: { dev: stat.dev, ino: stat.ino, size: stat.size, mtimeMs: stat.mtimeMs },
+    identity,
     read(position, into, offset, length) {
       if (!open) throw new Error("read on a closed FileSource");
       checkReadArgs(position, into, offset, length);
@@ -74,7 +97,7 @@ export function fdSource(fd: number, stat: fs.Stats): FdFileSource {
     close() {
       if (!open) return;
       open = false;
-      fs.closeSync(fd);
+      release();
     },
   };
 }
@@ -86,6 +109,8 @@ export function fdSource(fd: number, stat: fs.Stats): FdFileSource {
 export function memorySource(bytes: Uint8Array, identity?: Partial<FileIdentity>): FileSource {
   let open = true;
   const size = bytes.length;
+  // Buffer#copy copies without creating a view object per block (subarray does, per call).
+  const view = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
   return {
     size,
     identity: {
@@ -93,14 +118,14 @@ export function memorySource(bytes: Uint8Array, identity?: Partial<FileIdentity>
       ino: identity?.ino ?? 0,
       size,
       mtimeMs: identity?.mtimeMs ?? 0,
+      ctimeMs: identity?.ctimeMs ?? 0,
     },
     read(position, into, offset, length) {
       if (!open) throw new Error("read on a closed FileSource");
       checkReadArgs(position, into, offset, length);
       if (position >= size) return 0;
       const end = Math.min(size, position + length);
-      into.set(bytes.subarray(position, end), offset);
-      return end - position;
+      return view.copy(into, offset, position, end);
     },
     close() {
       open = false;

@@ -33,6 +33,9 @@ export const defaultOptions = (root: string): ServerOptions => ({
   cacheBytes: 64 << 20,
   transferSockets: "per-transfer",
   batch: { enabled: true, size: 64 },
+  workers: 1,
+  balance: { algorithm: "round_robin", hashKey: "client_ip" },
+  limits: { maxTotal: 100_000, maxPerIp: 100_000, maxPerClient: 100_000, onLimit: "drop" },
   receiveBufferBytes: 4 << 20,
   sendBufferBytes: 4 << 20,
 });

@@ -122,7 +122,7 @@ describe("openForRead", () => {
     const source = await openOk(root, "boot/vmlinuz");
     const stat = fs.statSync(path.join(root, "boot", "vmlinuz"));
     expect(source.size).toBe(12);
-    expect(source.identity).toEqual({ dev: stat.dev, ino: stat.ino, size: 12, mtimeMs: stat.mtimeMs });
+    expect(source.identity).toEqual({ dev: stat.dev, ino: stat.ino, size: 12, mtimeMs: stat.mtimeMs, ctimeMs: stat.ctimeMs });
     expect(readAll(source)).toBe("kernel bytes");
     source.close();
   });

@@ -73,5 +73,5 @@ test("an fd source serves the opened file even after it is replaced", async () =
 
 test("a memory source has a synthetic identity", () => {
   const source = memorySource(new Uint8Array(5), { ino: 7 });
-  expect(source.identity).toEqual({ dev: 0, ino: 7, size: 5, mtimeMs: 0 });
+  expect(source.identity).toEqual({ dev: 0, ino: 7, size: 5, mtimeMs: 0, ctimeMs: 0 });
 });

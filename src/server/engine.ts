@@ -1,0 +1,151 @@
+/**
+ * The transfer engine: the data plane. It owns transfer sockets and the RRQ/WRQ state
+ * machines and knows nothing of listeners, admission or the file system: a job arrives with
+ * everything decided (peer, local address, negotiated options, the bytes to send or where to
+ * store them), and the engine reports how it ended. One engine runs on the main thread; with
+ * workers, one more runs in each worker thread (worker.ts).
+ */
+import type { TransferMode } from "../protocol/packet.ts";
+import type { FileSource } from "../storage/source.ts";
+import type { UploadSink } from "../storage/upload.ts";
+import type { LossPlan } from "./loss.ts";
+import { ReadTransfer } from "./read-transfer.ts";
+import { SharedTransferSocket, type BatchPolicy } from "./shared-socket.ts";
+import type { RetransmitPolicy, TransferOutcome } from "./transfer.ts";
+import { openTransferChannel, type Peer, type PortRange, type TransferChannel } from "./transport.ts";
+import { WriteTransfer } from "./write-transfer.ts";
+
+export interface EngineOptions {
+  portRange: PortRange | null;
+  transferSockets: "per-transfer" | "shared";
+  batch: BatchPolicy;
+  receiveBufferBytes: number;
+  sendBufferBytes: number;
+}
+
+/** A transfer decided by the control plane; plain data, so it can cross to a worker. */
+export interface TransferJob {
+  id: number;
+  peer: Peer;
+  /** the address the request arrived on: the transfer replies from it */
+  localAddress: string;
+  blksize: number;
+  windowsize: number;
+  oack: [string, string][] | null;
+  retransmit: RetransmitPolicy;
+  /** when the request arrived, as epoch milliseconds (performance.timeOrigin + now) */
+  receivedAtEpoch: number;
+}
+
+export type EndHandler = (id: number, outcome: TransferOutcome) => void;
+
+/** Windows above this many bytes get a bigger socket send buffer than the kernel default. */
+const BIG_WINDOW_BYTES = 128 * 1024;
+
+export function epochNow(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+export class TransferEngine {
+  private readonly transfers = new Map<number, { cancel(): void }>();
+  private readonly sharedSockets = new Map<string, Promise<SharedTransferSocket>>();
+  private stopped = false;
+
+  constructor(
+    private readonly options: EngineOptions,
+    private readonly loss: LossPlan | null,
+    private readonly onEnd: EndHandler,
+  ) {}
+
+  get active(): number {
+    return this.transfers.size;
+  }
+
+  /** Starts sending `source`; the engine closes the source when the transfer ends. */
+  async startRead(job: TransferJob, source: FileSource): Promise<void> {
+    let transfer: ReadTransfer | null = null;
+    let channel: TransferChannel;
+    try {
+      channel = await this.openChannel(job, (bytes) => transfer?.handle(bytes));
+    } catch (error) {
+      source.close();
+      throw error;
+    }
+    transfer = new ReadTransfer(channel, source, this.params(job), (outcome) => this.ended(job.id, outcome));
+    this.run(job.id, transfer);
+  }
+
+  /** Starts receiving into `sink`; the transfer commits or aborts it. */
+  async startWrite(job: TransferJob, sink: UploadSink, mode: TransferMode): Promise<void> {
+    let transfer: WriteTransfer | null = null;
+    let channel: TransferChannel;
+    try {
+      channel = await this.openChannel(job, (bytes) => transfer?.handle(bytes));
+    } catch (error) {
+      sink.abort();
+      throw error;
+    }
+    transfer = new WriteTransfer(channel, sink, { ...this.params(job), mode }, (outcome) => this.ended(job.id, outcome));
+    this.run(job.id, transfer);
+  }
+
+  cancel(id: number): void {
+    this.transfers.get(id)?.cancel();
+  }
+
+  /** Ends every transfer (the clients are told) and closes the sockets. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const transfer of [...this.transfers.values()]) transfer.cancel();
+    this.transfers.clear();
+    for (const socket of this.sharedSockets.values()) (await socket.catch(() => null))?.close();
+    this.sharedSockets.clear();
+  }
+
+  private run(id: number, transfer: ReadTransfer | WriteTransfer): void {
+    this.transfers.set(id, transfer);
+    if (this.stopped) transfer.cancel();
+    else transfer.start();
+  }
+
+  private params(job: TransferJob) {
+    return {
+      blksize: job.blksize,
+      windowsize: job.windowsize,
+      oack: job.oack,
+      retransmit: job.retransmit,
+      // this thread's clock: performance.now() counts from its own timeOrigin
+      receivedAt: job.receivedAtEpoch - performance.timeOrigin,
+    };
+  }
+
+  private ended(id: number, outcome: TransferOutcome): void {
+    this.transfers.delete(id);
+    this.onEnd(id, outcome);
+  }
+
+  private async openChannel(job: TransferJob, handler: (bytes: Uint8Array) => void): Promise<TransferChannel> {
+    if (this.options.transferSockets === "shared") {
+      const shared = await this.sharedSocket(job.localAddress);
+      // The same client port twice at once (a client reusing its port) needs a socket of its own.
+      const channel = shared.attach(job.peer, handler, this.loss);
+      if (channel) return channel;
+    }
+    const windowBytes = job.windowsize * (job.blksize + 4);
+    const sendBuffer = windowBytes > BIG_WINDOW_BYTES ? Math.min(this.options.sendBufferBytes, windowBytes * 2) : 0;
+    return openTransferChannel(job.localAddress, job.peer, this.options.portRange, this.loss, handler, sendBuffer);
+  }
+
+  private sharedSocket(address: string): Promise<SharedTransferSocket> {
+    let socket = this.sharedSockets.get(address);
+    if (!socket) {
+      socket = SharedTransferSocket.open(address, this.options.portRange, this.options.batch, {
+        receive: this.options.receiveBufferBytes,
+        send: this.options.sendBufferBytes,
+      });
+      this.sharedSockets.set(address, socket);
+      socket.catch(() => this.sharedSockets.delete(address));
+    }
+    return socket;
+  }
+}

@@ -1,0 +1,135 @@
+/**
+ * The transfer workers, seen from the main thread: starts them, hands each a transfer,
+ * learns how transfers end, and replaces a worker that dies (its transfers are reported as
+ * failed so their slots and files are released; the other workers keep serving).
+ */
+import type { FileIdentity, SourceShare } from "../storage/source.ts";
+import type { EndHandler, TransferJob } from "./engine.ts";
+import type { TransferOutcome } from "./transfer.ts";
+import type { FromWorker, ToWorker, WorkerInit } from "./worker-protocol.ts";
+
+const WORKER_URL = new URL("./worker.ts", import.meta.url).href;
+
+interface Slot {
+  worker: Worker;
+  ready: Promise<void>;
+  jobs: Set<number>;
+  stopping: boolean;
+}
+
+export interface PoolEvents {
+  end: EndHandler;
+  /** a job that could not start in its worker */
+  failed(id: number, message: string): void;
+  /** a worker died and is being replaced */
+  workerExit?(index: number, lostTransfers: number): void;
+}
+
+const workerLost = (): TransferOutcome => ({
+  result: "error",
+  bytes: 0,
+  retransmits: 0,
+  firstResponseMs: 0,
+  error: { code: 0, message: "transfer worker stopped", from: "server" },
+});
+
+export class WorkerPool {
+  private readonly slots: Slot[] = [];
+  private stopping = false;
+
+  constructor(
+    private readonly count: number,
+    private readonly init: WorkerInit,
+    private readonly events: PoolEvents,
+  ) {}
+
+  get size(): number {
+    return this.slots.length;
+  }
+
+  /** transfers running on each worker */
+  get loads(): number[] {
+    return this.slots.map((s) => s.jobs.size);
+  }
+
+  async start(): Promise<void> {
+    for (let i = 0; i < this.count; i++) this.slots.push(this.spawn(i));
+    await Promise.all(this.slots.map((s) => s.ready));
+  }
+
+  dispatch(index: number, job: TransferJob, share: SourceShare, identity: FileIdentity): void {
+    const slot = this.slots[index]!;
+    slot.jobs.add(job.id);
+    this.send(slot, { type: "read", job, share, identity });
+  }
+
+  cancel(id: number): void {
+    for (const slot of this.slots) if (slot.jobs.has(id)) this.send(slot, { type: "cancel", id });
+  }
+
+  /** A cached copy was closed on the main thread: every worker drops its mapping. */
+  release(entryId: number): void {
+    for (const slot of this.slots) this.send(slot, { type: "release", entryId });
+  }
+
+  /** Test hook and last resort: ends one worker abruptly, as a crash would. */
+  kill(index: number): void {
+    this.slots[index]?.worker.terminate();
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await Promise.all(
+      this.slots.map(
+        (slot) =>
+          new Promise<void>((resolve) => {
+            slot.stopping = true;
+            const timer = setTimeout(resolve, 2000);
+            slot.worker.addEventListener("message", (event: MessageEvent<FromWorker>) => {
+              if (event.data.type === "stopped") {
+                clearTimeout(timer);
+                resolve();
+              }
+            });
+            this.send(slot, { type: "stop" });
+          }),
+      ),
+    );
+    for (const slot of this.slots.splice(0)) slot.worker.terminate();
+  }
+
+  private send(slot: Slot, message: ToWorker): void {
+    slot.worker.postMessage(message);
+  }
+
+  private spawn(index: number): Slot {
+    const worker = new Worker(WORKER_URL);
+    let markReady: () => void = () => {};
+    const slot: Slot = { worker, jobs: new Set(), stopping: false, ready: new Promise((resolve) => (markReady = resolve)) };
+    worker.addEventListener("message", (event: MessageEvent<FromWorker>) => {
+      const message = event.data;
+      if (message.type === "ready") {
+        markReady();
+      } else if (message.type === "end") {
+        slot.jobs.delete(message.id);
+        this.events.end(message.id, message.outcome);
+      } else if (message.type === "failed") {
+        slot.jobs.delete(message.id);
+        this.events.failed(message.id, message.message);
+      }
+    });
+    worker.addEventListener("close", () => this.onExit(index, slot));
+    worker.postMessage({ type: "init", init: this.init } satisfies ToWorker);
+    return slot;
+  }
+
+  private onExit(index: number, slot: Slot): void {
+    if (this.slots[index] !== slot) return;
+    const lost = [...slot.jobs];
+    slot.jobs.clear();
+    for (const id of lost) this.events.end(id, workerLost());
+    if (this.stopping || slot.stopping) return;
+    this.events.workerExit?.(index, lost.length);
+    this.slots[index] = this.spawn(index);
+  }
+}

@@ -1,0 +1,468 @@
+/**
+ * FileCache against real files: one fill per version, shared by concurrent requests; a file
+ * rewritten in place or replaced by rename is a new version while earlier sources keep the old
+ * bytes; truncating the served file cannot crash the process (checked in a child process, next
+ * to a control that maps the file itself and does die); read-only files are cached without
+ * opening them for writing (checked as `nobody` when running as root); the cached copy is
+ * sealed; LRU eviction never touches a version in use; big files bypass; empty files work.
+ */
+import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { FileCache } from "../../../src/storage/cache.ts";
+import { MemfdFiller } from "../../../src/storage/memfd.ts";
+import { openForRead } from "../../../src/storage/resolve.ts";
+import type { FdFileSource, FileSource } from "../../../src/storage/source.ts";
+import { patternBytes, sha256 } from "../../helpers/files.ts";
+import { cleanupTempDirs, runProbe, storageModule, tempDir } from "./helpers.ts";
+
+setDefaultTimeout(60_000);
+afterEach(cleanupTempDirs);
+
+const MiB = 1 << 20;
+
+async function open(root: string, name: string): Promise<FdFileSource> {
+  const r = await openForRead(root, name);
+  if (!r.ok) throw new Error(`${name}: ${r.message}`);
+  return r.source;
+}
+
+async function acquire(cache: FileCache, root: string, name: string): Promise<FileSource> {
+  return cache.acquire(await open(root, name));
+}
+
+/** Reads `source` from `from` to its end in uneven chunks, into `into` (default: a new buffer). */
+function readRange(source: FileSource, from: number, to: number, into: Uint8Array = new Uint8Array(source.size)): Uint8Array {
+  let at = from;
+  while (at < to) {
+    const n = source.read(at, into, at, Math.min(65_521, to - at));
+    if (n <= 0) throw new Error(`short read at ${at} of ${source.size}`);
+    at += n;
+  }
+  return into;
+}
+
+function readAll(source: FileSource): Uint8Array {
+  const bytes = readRange(source, 0, source.size);
+  expect(source.read(source.size, new Uint8Array(16), 0, 16)).toBe(0);
+  return bytes;
+}
+
+/** Descriptors of this process that are the cache's memfds. */
+function cacheMemfds(): number[] {
+  const fds: number[] = [];
+  for (const name of fs.readdirSync("/proc/self/fd")) {
+    try {
+      if (fs.readlinkSync(`/proc/self/fd/${name}`).startsWith("/memfd:tftpd-cache")) fds.push(Number(name));
+    } catch {
+      // the descriptor readdir itself used, gone by now
+    }
+  }
+  return fds;
+}
+
+function errnoOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code ?? String(error);
+  }
+  return "no error";
+}
+
+test("the cache is enabled on this system (every test below depends on it)", () => {
+  expect(process.platform).toBe("linux");
+  expect(new FileCache(MiB).enabled).toBe(true);
+  expect(new FileCache(0).enabled).toBe(false);
+});
+
+describe("hits and misses", () => {
+  test("a hit returns the file's bytes; two acquires of one version are 1 miss + 1 hit, bytes counted once", async () => {
+    const root = tempDir();
+    const content = patternBytes(MiB + 3, 1);
+    fs.writeFileSync(path.join(root, "f"), content);
+    const cache = new FileCache(64 * MiB);
+
+    const a = await acquire(cache, root, "f");
+    expect(cache.stats).toEqual({ hits: 0, misses: 1, bypasses: 0, evictions: 0, bytes: content.length, entries: 1 });
+    const b = await acquire(cache, root, "f");
+    expect(cache.stats).toEqual({ hits: 1, misses: 1, bypasses: 0, evictions: 0, bytes: content.length, entries: 1 });
+    expect(a.size).toBe(content.length);
+    expect(sha256(readAll(a))).toBe(sha256(content));
+    expect(sha256(readAll(b))).toBe(sha256(content));
+    a.close();
+    b.close();
+    a.close(); // idempotent: must not release the version twice
+    expect(cache.stats.bytes).toBe(content.length);
+    expect(() => a.read(0, new Uint8Array(1), 0, 1)).toThrow();
+  });
+
+  test("20 concurrent acquires share one fill, even when the fill yields to the event loop", async () => {
+    const root = tempDir();
+    // Larger than one fill step (64 MiB), so the fill is still running when the others arrive.
+    const content = patternBytes(64 * MiB + 4096, 2);
+    fs.writeFileSync(path.join(root, "big"), content);
+    const cache = new FileCache(128 * MiB);
+    const opened = await Promise.all(Array.from({ length: 20 }, () => open(root, "big")));
+    const first = cache.acquire(opened[0]!);
+    // The first fill has not finished: the others must join it, not start their own.
+    expect(cache.stats).toMatchObject({ misses: 1, entries: 1 });
+    const sources = await Promise.all([first, ...opened.slice(1).map((s) => cache.acquire(s))]);
+    expect(cache.stats).toEqual({ hits: 19, misses: 1, bypasses: 0, evictions: 0, bytes: content.length, entries: 1 });
+    const want = sha256(content);
+    const buffer = new Uint8Array(content.length);
+    for (const source of sources) {
+      buffer.fill(0);
+      expect(sha256(readRange(source, 0, source.size, buffer))).toBe(want);
+      source.close();
+    }
+  });
+});
+
+describe("a changed file is a new version; earlier sources keep the old bytes", () => {
+  const changes = [
+    [
+      "rewritten in place (same inode, same size, new mtime)",
+      (file: string, bytes: Uint8Array) => {
+        const before = fs.statSync(file);
+        fs.writeFileSync(file, bytes);
+        const later = new Date(before.mtimeMs + 10_000);
+        fs.utimesSync(file, later, later);
+        expect(fs.statSync(file).ino).toBe(before.ino);
+      },
+    ],
+    [
+      "replaced by rename (new inode)",
+      (file: string, bytes: Uint8Array) => {
+        const before = fs.statSync(file);
+        fs.writeFileSync(`${file}.new`, bytes);
+        fs.renameSync(`${file}.new`, file);
+        expect(fs.statSync(file).ino).not.toBe(before.ino);
+      },
+    ],
+  ] as const;
+
+  for (const [how, change] of changes) {
+    test(how, async () => {
+      const root = tempDir();
+      const file = path.join(root, "initrd");
+      const oldBytes = patternBytes(2 * MiB, 3);
+      const newBytes = patternBytes(2 * MiB, 4);
+      fs.writeFileSync(file, oldBytes);
+      const cache = new FileCache(64 * MiB);
+
+      const early = await acquire(cache, root, "initrd");
+      const half = oldBytes.length / 2;
+      const got = readRange(early, 0, half);
+      change(file, newBytes);
+
+      const late = await acquire(cache, root, "initrd");
+      expect(cache.stats).toMatchObject({ hits: 0, misses: 2, bypasses: 0, entries: 2 });
+      expect(sha256(readAll(late))).toBe(sha256(newBytes));
+      // The source taken before the change reads the old version to its very end.
+      readRange(early, half, early.size, got);
+      expect(sha256(got)).toBe(sha256(oldBytes));
+      expect(early.read(early.size, new Uint8Array(8), 0, 8)).toBe(0);
+
+      // Another request for the new version is a hit on it.
+      const again = await acquire(cache, root, "initrd");
+      expect(cache.stats).toMatchObject({ hits: 1, misses: 2 });
+      expect(sha256(readAll(again))).toBe(sha256(newBytes));
+      for (const s of [early, late, again]) s.close();
+    });
+  }
+});
+
+/**
+ * Child script: makes a 16 MiB file's bytes readable either through the cache ("cache") or by
+ * mapping the file itself ("mmap", the control), then truncates the file to 0 and `cp`s a small
+ * file over it, then reads every byte and prints their sha256. A SIGBUS kills the child only.
+ */
+const TRUNCATE_PROBE = `
+import * as fs from "node:fs";
+import { FileCache } from ${JSON.stringify(storageModule("cache.ts"))};
+import { openForRead } from ${JSON.stringify(storageModule("resolve.ts"))};
+const [dir, mode] = process.argv.slice(2) as [string, string];
+const file = dir + "/big.bin";
+let bytes: () => Uint8Array;
+if (mode === "cache") {
+  const cache = new FileCache(64 << 20);
+  const r = await openForRead(dir, "big.bin");
+  if (!r.ok) throw new Error(r.message);
+  const source = await cache.acquire(r.source);
+  const s = cache.stats;
+  if (s.misses !== 1 || s.bypasses !== 0 || s.entries !== 1) throw new Error("not cached: " + JSON.stringify(s));
+  bytes = () => {
+    const out = new Uint8Array(source.size);
+    for (let at = 0; at < out.length; ) {
+      const n = source.read(at, out, at, Math.min(65536, out.length - at));
+      if (n <= 0) throw new Error("short read at " + at);
+      at += n;
+    }
+    return out;
+  };
+} else {
+  const mapped = Bun.mmap(file, { shared: false });
+  bytes = () => mapped;
+}
+fs.truncateSync(file, 0);
+const cp = Bun.spawnSync(["cp", dir + "/small.bin", file]);
+if (cp.exitCode !== 0) throw new Error("cp failed: " + cp.stderr.toString());
+if (fs.statSync(file).size !== fs.statSync(dir + "/small.bin").size) throw new Error("cp did not shrink the file");
+console.log(new Bun.CryptoHasher("sha256").update(bytes()).digest("hex"));
+`;
+
+describe("truncating or overwriting the served file cannot crash the process", () => {
+  test("a cached source still reads the original 16 MiB after truncate + cp; mapping the file itself dies (control)", () => {
+    const dir = tempDir();
+    const original = patternBytes(16 * MiB, 5);
+    fs.writeFileSync(path.join(dir, "big.bin"), original);
+    fs.writeFileSync(path.join(dir, "small.bin"), patternBytes(4096 + 17, 6));
+
+    const cached = runProbe(dir, TRUNCATE_PROBE, [dir, "cache"], { timeoutMs: 30_000 });
+    expect({ exitCode: cached.exitCode, signalCode: cached.signalCode, stderr: cached.stderr }).toEqual({
+      exitCode: 0,
+      signalCode: null,
+      stderr: "",
+    });
+    expect(cached.stdout.trim()).toBe(sha256(original));
+
+    // The control proves the check above can see the failure it guards against.
+    fs.writeFileSync(path.join(dir, "big.bin"), original);
+    const mapped = runProbe(dir, TRUNCATE_PROBE, [dir, "mmap"], { timeoutMs: 30_000 });
+    expect(mapped.exitCode === 0 && mapped.signalCode === null).toBe(false);
+    expect(mapped.signalCode === "SIGBUS" || mapped.exitCode === 128 + 7 || mapped.stderr.includes("Bus error")).toBe(true);
+    expect(mapped.stdout).not.toContain(sha256(original));
+  });
+});
+
+describe("read-only files", () => {
+  test("a 0444 file is cached and served", async () => {
+    const root = tempDir();
+    const file = path.join(root, "ro.bin");
+    const content = patternBytes(MiB + 9, 7);
+    fs.writeFileSync(file, content);
+    fs.chmodSync(file, 0o444);
+    const cache = new FileCache(64 * MiB);
+    const source = await acquire(cache, root, "ro.bin");
+    expect(cache.stats).toMatchObject({ misses: 1, bypasses: 0, entries: 1, bytes: content.length });
+    expect(sha256(readAll(source))).toBe(sha256(content));
+    source.close();
+  });
+
+  test("without privileges: mapping the file is refused (EACCES) while the cache serves it", () => {
+    const root = tempDir();
+    const content = patternBytes(MiB + 9, 8);
+    fs.writeFileSync(path.join(root, "ro.bin"), content);
+    fs.chmodSync(path.join(root, "ro.bin"), 0o444);
+    fs.chmodSync(root, 0o755); // readable by nobody
+
+    let wrapper: string[] = [];
+    if (process.getuid?.() === 0) {
+      // Root reads and writes anything (CAP_DAC_OVERRIDE): prove it as an unprivileged user.
+      const setpriv = Bun.which("setpriv");
+      if (setpriv === null) {
+        console.warn("running as root without setpriv: the unprivileged read-only check is skipped");
+        return;
+      }
+      wrapper = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"];
+    }
+    const probe = runProbe(
+      root,
+      `import { FileCache } from ${JSON.stringify(storageModule("cache.ts"))};\n` +
+        `import { openForRead } from ${JSON.stringify(storageModule("resolve.ts"))};\n` +
+        `const dir = process.argv[2]!;\n` +
+        `let mmap = "mapped";\n` +
+        `try { Bun.mmap(dir + "/ro.bin", { shared: false }); } catch (e) { mmap = (e as NodeJS.ErrnoException).code ?? String(e); }\n` +
+        `const cache = new FileCache(64 << 20);\n` +
+        `const r = await openForRead(dir, "ro.bin");\n` +
+        `if (!r.ok) throw new Error(r.message);\n` +
+        `const source = await cache.acquire(r.source);\n` +
+        `const out = new Uint8Array(source.size);\n` +
+        `for (let at = 0; at < out.length; ) { const n = source.read(at, out, at, out.length - at); if (n <= 0) throw new Error("short"); at += n; }\n` +
+        `const { hits, misses, bypasses, entries } = cache.stats;\n` +
+        `console.log(JSON.stringify({ uid: process.getuid!(), mmap, stats: { hits, misses, bypasses, entries }, ` +
+        `sha: new Bun.CryptoHasher("sha256").update(out).digest("hex") }));\n`,
+      [root],
+      { wrapper },
+    );
+    expect(probe.stderr).toBe("");
+    const result = JSON.parse(probe.stdout);
+    if (wrapper.length > 0) expect(result.uid).toBe(65534);
+    expect(result).toEqual({
+      uid: result.uid,
+      mmap: "EACCES",
+      stats: { hits: 0, misses: 1, bypasses: 0, entries: 1 },
+      sha: sha256(content),
+    });
+  });
+});
+
+describe("the cached copy is immutable", () => {
+  test("its memfd refuses writes, shrinking and growing (EPERM); an unsealed memfd (control) accepts them", async () => {
+    const root = tempDir();
+    const content = patternBytes(MiB, 9);
+    fs.writeFileSync(path.join(root, "f"), content);
+    const cache = new FileCache(64 * MiB);
+    const before = new Set(cacheMemfds());
+    const source = await acquire(cache, root, "f");
+    const added = cacheMemfds().filter((fd) => !before.has(fd));
+    expect(added).toHaveLength(1);
+
+    const attempts = (fd: number) => {
+      const handle = fs.openSync(`/proc/self/fd/${fd}`, "r+");
+      try {
+        return {
+          write: errnoOf(() => fs.writeSync(handle, new Uint8Array([0xff]), 0, 1, 0)),
+          append: errnoOf(() => fs.writeSync(handle, new Uint8Array([0xff]), 0, 1, content.length)),
+          shrink: errnoOf(() => fs.ftruncateSync(handle, 0)),
+          grow: errnoOf(() => fs.ftruncateSync(handle, content.length + 4096)),
+        };
+      } finally {
+        fs.closeSync(handle);
+      }
+    };
+    expect(attempts(added[0]!)).toEqual({ write: "EPERM", append: "EPERM", shrink: "EPERM", grow: "EPERM" });
+    expect(sha256(readAll(source))).toBe(sha256(content));
+    source.close();
+
+    // Control: the same attempts on a filled but unsealed memfd succeed, so the check above
+    // would notice a copy that is not sealed.
+    const donor = fs.openSync(path.join(root, "f"), "r");
+    const filler = new MemfdFiller(donor, content.length);
+    try {
+      expect(filler.step()).toBe(true);
+      expect(attempts(filler.fd)).toEqual({ write: "no error", append: "no error", shrink: "no error", grow: "no error" });
+    } finally {
+      filler.abort();
+      fs.closeSync(donor);
+    }
+  });
+});
+
+describe("eviction", () => {
+  /** Five files of exactly 1 MiB each, f0..f5 (f5 for the bypass case). */
+  function fiveFiles(): { root: string; contents: Uint8Array[] } {
+    const root = tempDir();
+    const contents = Array.from({ length: 6 }, (_, i) => patternBytes(MiB, 20 + i));
+    contents.forEach((bytes, i) => fs.writeFileSync(path.join(root, `f${i}`), bytes));
+    return { root, contents };
+  }
+
+  test("idle versions are evicted least-recently-used first, keeping bytes within maxBytes", async () => {
+    const { root, contents } = fiveFiles();
+    const cache = new FileCache(3 * MiB);
+    const memfdsBefore = new Set(cacheMemfds());
+    const use = async (i: number) => {
+      const s = await acquire(cache, root, `f${i}`);
+      expect(sha256(readAll(s))).toBe(sha256(contents[i]!));
+      s.close();
+      expect(cache.stats.bytes).toBeLessThanOrEqual(3 * MiB);
+    };
+
+    for (const i of [0, 1, 2, 3, 4]) await use(i);
+    expect(cache.stats).toEqual({ hits: 0, misses: 5, bypasses: 0, evictions: 2, bytes: 3 * MiB, entries: 3 });
+    // f0 and f1 went first; f2..f4 are still there.
+    for (const i of [2, 3, 4]) await use(i);
+    expect(cache.stats).toMatchObject({ hits: 3, misses: 5, evictions: 2 });
+
+    // Recency, not age of the fill: touch f2, so f3 is now the least recently used.
+    await use(2);
+    await use(0); // miss: evicts f3
+    expect(cache.stats).toMatchObject({ hits: 4, misses: 6, evictions: 3, entries: 3, bytes: 3 * MiB });
+    await use(2);
+    await use(4);
+    expect(cache.stats).toMatchObject({ hits: 6, misses: 6, evictions: 3 });
+    await use(3);
+    expect(cache.stats).toMatchObject({ hits: 6, misses: 7, evictions: 4, bypasses: 0 });
+
+    // Evicted copies give their memfd back: one descriptor per cached version, no more.
+    expect(cacheMemfds().filter((fd) => !memfdsBefore.has(fd))).toHaveLength(cache.stats.entries);
+  });
+
+  test("a version being read is never evicted; a new file that does not fit then bypasses", async () => {
+    const { root, contents } = fiveFiles();
+    const cache = new FileCache(3 * MiB);
+
+    const held0 = await acquire(cache, root, "f0");
+    const got0 = readRange(held0, 0, MiB / 2);
+    for (const i of [1, 2, 3, 4]) {
+      const s = await acquire(cache, root, `f${i}`);
+      expect(sha256(readAll(s))).toBe(sha256(contents[i]!));
+      s.close();
+      expect(cache.stats.bytes).toBeLessThanOrEqual(3 * MiB);
+    }
+    expect(cache.stats.evictions).toBeGreaterThanOrEqual(2);
+    // f0 is the oldest, yet it is still cached because it is being read.
+    const again0 = await acquire(cache, root, "f0");
+    expect(cache.stats).toMatchObject({ hits: 1, misses: 5, bypasses: 0 });
+    again0.close();
+
+    // Fill every slot with versions in use, then ask for one more.
+    const held1 = await acquire(cache, root, "f1");
+    const held2 = await acquire(cache, root, "f2");
+    const before = cache.stats;
+    expect(before.bytes).toBe(3 * MiB);
+    const bypassed = await acquire(cache, root, "f5");
+    expect(cache.stats).toEqual({ ...before, misses: before.misses + 1, bypasses: before.bypasses + 1 });
+    expect(sha256(readAll(bypassed))).toBe(sha256(contents[5]!));
+    bypassed.close();
+
+    readRange(held0, MiB / 2, MiB, got0);
+    expect(sha256(got0)).toBe(sha256(contents[0]!));
+    expect(sha256(readAll(held1))).toBe(sha256(contents[1]!));
+    expect(sha256(readAll(held2))).toBe(sha256(contents[2]!));
+    for (const s of [held0, held1, held2]) s.close();
+
+    // Once they are idle, the new file is cached after all.
+    const later = await acquire(cache, root, "f5");
+    expect(cache.stats).toMatchObject({ bypasses: before.bypasses + 1, misses: before.misses + 2, entries: 3, bytes: 3 * MiB });
+    expect(sha256(readAll(later))).toBe(sha256(contents[5]!));
+    later.close();
+  });
+});
+
+describe("sizes", () => {
+  test("a file larger than maxBytes bypasses the cache and still reads correctly; one of exactly maxBytes is cached", async () => {
+    const root = tempDir();
+    const big = patternBytes(MiB + 1, 30);
+    const exact = patternBytes(MiB, 31);
+    fs.writeFileSync(path.join(root, "big"), big);
+    fs.writeFileSync(path.join(root, "exact"), exact);
+    const cache = new FileCache(MiB);
+
+    const s = await acquire(cache, root, "big");
+    expect(cache.stats).toEqual({ hits: 0, misses: 0, bypasses: 1, evictions: 0, bytes: 0, entries: 0 });
+    expect(sha256(readAll(s))).toBe(sha256(big));
+    s.close();
+
+    const e = await acquire(cache, root, "exact");
+    expect(cache.stats).toMatchObject({ misses: 1, bypasses: 1, bytes: MiB, entries: 1 });
+    expect(sha256(readAll(e))).toBe(sha256(exact));
+    e.close();
+  });
+
+  test("a cache of 0 bytes is off: every request bypasses", async () => {
+    const root = tempDir();
+    fs.writeFileSync(path.join(root, "f"), "abc");
+    const cache = new FileCache(0);
+    const s = await acquire(cache, root, "f");
+    expect(new TextDecoder().decode(readAll(s))).toBe("abc");
+    expect(cache.stats).toEqual({ hits: 0, misses: 0, bypasses: 1, evictions: 0, bytes: 0, entries: 0 });
+    s.close();
+  });
+
+  test("an empty file is cached and reads as empty", async () => {
+    const root = tempDir();
+    fs.writeFileSync(path.join(root, "empty"), "");
+    const cache = new FileCache(MiB);
+    const a = await acquire(cache, root, "empty");
+    const b = await acquire(cache, root, "empty");
+    expect(a.size).toBe(0);
+    expect(a.read(0, new Uint8Array(4), 0, 4)).toBe(0);
+    expect(b.read(0, new Uint8Array(4), 0, 4)).toBe(0);
+    expect(cache.stats).toEqual({ hits: 1, misses: 1, bypasses: 0, evictions: 0, bytes: 0, entries: 1 });
+    a.close();
+    b.close();
+  });
+});
