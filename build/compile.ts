@@ -1,7 +1,7 @@
 /**
  * `npm run build`: one self-contained executable, dist/tftpd, from src/main.ts.
- * Worker entry points (when the engine grows workers) must be listed in ENTRYPOINTS, or
- * they are missing from the binary.
+ * The transfer worker's entry file must be listed in ENTRYPOINTS, or it is missing from the
+ * binary and `new Worker(...)` fails at run time.
  */
 import { mkdirSync } from "node:fs";
 
