@@ -8,7 +8,12 @@ import type { EndHandler, TransferJob } from "./engine.ts";
 import type { TransferOutcome } from "./transfer.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./worker-protocol.ts";
 
-const WORKER_URL = new URL("./worker.ts", import.meta.url).href;
+/**
+ * From source, the worker file sits next to this one. In a compiled binary everything is
+ * bundled into the main entry and the worker is a separate entry point, found by its path
+ * relative to the entry points' common root (src/) inside the binary's virtual file system.
+ */
+const WORKER_URL = import.meta.url.includes("/$bunfs/") ? "./server/worker.ts" : new URL("./worker.ts", import.meta.url).href;
 
 interface Slot {
   worker: Worker;
@@ -54,7 +59,15 @@ export class WorkerPool {
 
   async start(): Promise<void> {
     for (let i = 0; i < this.count; i++) this.slots.push(this.spawn(i));
-    await Promise.all(this.slots.map((s) => s.ready));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error("transfer workers did not start within 10 s")), 10_000);
+    });
+    try {
+      await Promise.race([Promise.all(this.slots.map((s) => s.ready)), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   dispatch(index: number, job: TransferJob, share: SourceShare, identity: FileIdentity): void {
@@ -105,7 +118,14 @@ export class WorkerPool {
   private spawn(index: number): Slot {
     const worker = new Worker(WORKER_URL);
     let markReady: () => void = () => {};
-    const slot: Slot = { worker, jobs: new Set(), stopping: false, ready: new Promise((resolve) => (markReady = resolve)) };
+    let markFailed: (error: Error) => void = () => {};
+    const ready = new Promise<void>((resolve, reject) => {
+      markReady = resolve;
+      markFailed = reject;
+    });
+    ready.catch(() => {}); // a replacement worker's failure is reported by its exit, not here
+    const slot: Slot = { worker, jobs: new Set(), stopping: false, ready };
+    worker.addEventListener("error", (event) => markFailed(new Error(`transfer worker failed: ${(event as ErrorEvent).message}`)));
     worker.addEventListener("message", (event: MessageEvent<FromWorker>) => {
       const message = event.data;
       if (message.type === "ready") {
