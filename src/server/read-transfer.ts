@@ -14,6 +14,9 @@ import {
   type TransferResult,
 } from "./transfer.ts";
 
+/** Longest pause between windows after repeated losses. */
+const PACING_MAX_MS = 50;
+
 export interface ReadTransferParams {
   blksize: number;
   windowsize: number;
@@ -35,6 +38,17 @@ export class ReadTransfer {
   /** one reusable packet buffer (header + block) per position in the window */
   private readonly slots: Uint8Array[] = [];
   private readonly packets: Uint8Array[] = [];
+  /** when the window in flight was first sent, and whether any of it was sent again since */
+  private windowSentAt = 0;
+  private windowResent = false;
+  /**
+   * RFC 7440 §6 asks a windowed sender for congestion control. A client ACKs only after a full
+   * window, so shrinking the window would stall it until its timeout; instead, after a loss
+   * the next windows wait pacingMs before leaving (doubling on each loss, halving on each
+   * clean window): full speed on a clean LAN, backing off on a lossy one.
+   */
+  private pacingMs = 0;
+  private paced: ReturnType<typeof setTimeout> | null = null;
 
   constructor(
     private readonly channel: TransferChannel,
@@ -63,7 +77,7 @@ export class ReadTransfer {
       this.channel.send(encodeOack(this.params.oack));
       this.clock.progress();
     } else {
-      this.sendWindow(1);
+      this.sendWindow(1, false);
       this.clock.progress();
     }
   }
@@ -97,7 +111,7 @@ export class ReadTransfer {
     if (this.phase === "oack") {
       if (wire !== 0) return;
       this.phase = "data";
-      this.sendWindow(1);
+      this.sendWindow(1, false);
       this.clock.progress();
       return;
     }
@@ -105,15 +119,33 @@ export class ReadTransfer {
     // RFC 1123 §4.2.3.1 (Sorcerer's Apprentice): a duplicate or stale ACK never triggers a send.
     if (block <= this.acked) return;
     this.acked = block;
+    if (block === this.sentUpTo && !this.windowResent) this.clock.sample(performance.now() - this.windowSentAt);
     if (block === this.lastBlock) {
       this.finish("ok");
       return;
     }
-    // RFC 7440 §4: a full window ACKed moves on; an ACK inside the window means the blocks
-    // after it were lost, and the sender resumes right after the acknowledged block.
-    if (block < this.sentUpTo) this.retransmits += this.sentUpTo - block;
-    this.sendWindow(block + 1);
+    const rewind = block < this.sentUpTo;
+    if (rewind) {
+      // RFC 7440 §4: an ACK inside the window means the blocks after it were lost, and the
+      // sender resumes right after the acknowledged block.
+      this.retransmits += this.sentUpTo - block;
+      this.lost();
+    } else {
+      this.pacingMs = this.pacingMs > 1 ? this.pacingMs / 2 : 0;
+    }
     this.clock.progress();
+    if (this.pacingMs === 0) {
+      this.sendWindow(block + 1, rewind);
+      return;
+    }
+    this.paced = setTimeout(() => {
+      this.paced = null;
+      if (this.phase === "data") this.sendWindow(block + 1, rewind);
+    }, this.pacingMs);
+  }
+
+  private lost(): void {
+    if (this.params.windowsize > 1) this.pacingMs = Math.min(PACING_MAX_MS, Math.max(1, this.pacingMs * 2));
   }
 
   private retransmit(): void {
@@ -122,11 +154,19 @@ export class ReadTransfer {
       if (this.params.oack) this.channel.send(encodeOack(this.params.oack));
       return;
     }
-    this.retransmits += this.sentUpTo - this.acked;
-    this.sendWindow(this.acked + 1);
+    if (this.paced) {
+      // The window this timer guards has not even left yet: send it now.
+      clearTimeout(this.paced);
+      this.paced = null;
+    } else {
+      this.retransmits += this.sentUpTo - this.acked;
+      this.lost();
+    }
+    this.sendWindow(this.acked + 1, true);
   }
 
-  private sendWindow(first: number): void {
+  /** @param again true when these blocks were sent before (then no RTT sample may come of it) */
+  private sendWindow(first: number, again: boolean): void {
     const { blksize, windowsize } = this.params;
     const last = Math.min(first + windowsize - 1, this.lastBlock);
     this.channel.settle();
@@ -155,6 +195,8 @@ export class ReadTransfer {
     if (this.packets.length === 1) this.channel.send(this.packets[0]!);
     else this.channel.sendMany(this.packets);
     this.sentUpTo = last;
+    this.windowResent = again;
+    if (!again) this.windowSentAt = performance.now();
   }
 
   private markFirstResponse(): void {
@@ -176,6 +218,7 @@ export class ReadTransfer {
     if (this.phase === "done") return;
     this.phase = "done";
     this.clock.stop();
+    if (this.paced) clearTimeout(this.paced);
     this.channel.close();
     this.source.close();
     const bytes = result === "ok" ? this.source.size : Math.min(this.acked * this.params.blksize, this.source.size);

@@ -37,10 +37,16 @@ export interface RetransmitPolicy {
 
 /** Backoff stops growing at this multiple of the first timeout. */
 const BACKOFF_CAP = 4;
+/** Lowest timeout the round-trip estimate may set (Linux TCP's RTO floor). */
+export const RTO_MIN_MS = 200;
 
 /**
  * One timer per transfer, with exponential backoff unless the client fixed the timeout; gives
  * up after `retries` expiries in a row without progress.
+ *
+ * When the client fixed no timeout, round-trip samples set it as RFC 6298 does for TCP:
+ * smoothed RTT plus four deviations, between RTO_MIN_MS and the configured timeout — so a
+ * block lost on a LAN is resent after a fraction of a second, not after the full timeout.
  *
  * Progress happens on every ACK, so it only moves a deadline: the timer is created once and,
  * when it fires early, re-armed for what is left. Clearing and re-creating a timer per block
@@ -50,8 +56,14 @@ export class RetransmitClock {
   private timer: ReturnType<typeof setTimeout> | null = null;
   private currentMs: number;
   private deadline = 0;
+  /** when the pending timer is due */
+  private timerAt = 0;
   private misses = 0;
   private stopped = false;
+  /** RFC 6298 §2 state; null until the first sample */
+  private srtt: number | null = null;
+  private rttvar = 0;
+  private rto: number;
 
   constructor(
     private readonly policy: RetransmitPolicy,
@@ -59,19 +71,50 @@ export class RetransmitClock {
     private readonly onGiveUp: () => void,
   ) {
     this.currentMs = policy.timeoutMs;
+    this.rto = policy.timeoutMs;
+  }
+
+  get timeoutMs(): number {
+    return this.currentMs;
+  }
+
+  /**
+   * A round trip measured on a window sent once (Karn's rule: never on a retransmitted one).
+   * RFC 6298 §2.2-2.3, with alpha 1/8 and beta 1/4.
+   */
+  sample(rttMs: number): void {
+    if (this.policy.fixed) return;
+    if (this.srtt === null) {
+      this.srtt = rttMs;
+      this.rttvar = rttMs / 2;
+    } else {
+      this.rttvar = 0.75 * this.rttvar + 0.25 * Math.abs(this.srtt - rttMs);
+      this.srtt = 0.875 * this.srtt + 0.125 * rttMs;
+    }
+    this.rto = Math.min(this.policy.timeoutMs, Math.max(RTO_MIN_MS, this.srtt + 4 * this.rttvar));
   }
 
   /** Progress was made: reset the backoff and push the deadline out. */
   progress(): void {
     this.misses = 0;
-    this.currentMs = this.policy.timeoutMs;
+    this.currentMs = this.rto;
     this.arm();
   }
 
   arm(): void {
     if (this.stopped) return;
-    this.deadline = performance.now() + this.currentMs;
-    this.timer ??= setTimeout(() => this.fire(), this.currentMs);
+    const now = performance.now();
+    this.deadline = now + this.currentMs;
+    // A timer due before the deadline re-arms itself when it fires; one due after it (the
+    // timeout just shrank) must be replaced.
+    if (this.timer && this.timerAt > this.deadline + 1) {
+      clearTimeout(this.timer);
+      this.timer = null;
+    }
+    if (!this.timer) {
+      this.timerAt = this.deadline;
+      this.timer = setTimeout(() => this.fire(), this.currentMs);
+    }
   }
 
   /** Final: a stopped clock never fires again, whatever is called after. */
@@ -86,6 +129,7 @@ export class RetransmitClock {
     if (this.stopped) return;
     const early = this.deadline - performance.now();
     if (early > 1) {
+      this.timerAt = this.deadline;
       this.timer = setTimeout(() => this.fire(), early);
       return;
     }
