@@ -94,6 +94,11 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
       maxPerClient: config.limits.max_connections_per_client,
       onLimit: config.limits.on_limit,
     },
+    lifetimes: {
+      connectionTimeoutMs: config.connection_pool.connection_timeout * 1000,
+      idleTimeoutMs: config.connection_pool.idle_timeout * 1000,
+      maxLifetimeMs: config.connection_pool.max_lifetime * 1000,
+    },
     receiveBufferBytes: config.performance.network.receive_buffer_size,
     sendBufferBytes: config.performance.network.send_buffer_size,
   };

@@ -363,11 +363,11 @@ const load_balancing = section({
 const connection_pool = section({
   max_connections: intIn(1, 10_000_000).default(10000).describe(`Most transfer slots the pool may hold ${ENGINE}`),
   min_connections: intIn(0, 10_000_000).default(0).describe(`Transfer slots kept warm; <= max_connections ${ENGINE}`),
-  idle_timeout: numberAbove(0, 86400).default(300).describe(`Seconds an unused slot is kept before it is released ${ENGINE}`),
-  max_lifetime: numberAbove(0, 604800).default(3600).describe(`Longest a single transfer may run, in seconds ${ENGINE}`),
+  idle_timeout: numberAbove(0, 86400).default(300).describe("Seconds a transfer may go without progress before it is ended"),
+  max_lifetime: numberAbove(0, 604800).default(3600).describe("Longest a single transfer may run, in seconds"),
   connection_timeout: numberAbove(0, 3600)
     .default(30)
-    .describe(`Seconds a new transfer may take to complete option negotiation (first ACK/DATA) ${ENGINE}`),
+    .describe("Seconds a new transfer may wait for the client's first answer (ACK of the OACK or first DATA)"),
 });
 
 const limits = section({

@@ -11,7 +11,7 @@ import type { UploadSink } from "../storage/upload.ts";
 import type { LossPlan } from "./loss.ts";
 import { ReadTransfer } from "./read-transfer.ts";
 import { SharedTransferSocket, type BatchPolicy } from "./shared-socket.ts";
-import type { RetransmitPolicy, TransferOutcome } from "./transfer.ts";
+import { overdue, type Expirable, type Lifetimes, type RetransmitPolicy, type TransferOutcome } from "./transfer.ts";
 import { openTransferChannel, type Peer, type PortRange, type TransferChannel } from "./transport.ts";
 import { WriteTransfer } from "./write-transfer.ts";
 
@@ -21,6 +21,7 @@ export interface EngineOptions {
   batch: BatchPolicy;
   receiveBufferBytes: number;
   sendBufferBytes: number;
+  lifetimes: Lifetimes;
 }
 
 /** A transfer decided by the control plane; plain data, so it can cross to a worker. */
@@ -39,6 +40,8 @@ export interface TransferJob {
 
 export type EndHandler = (id: number, outcome: TransferOutcome) => void;
 
+const SWEEP_MS = 1000;
+
 /** Windows above this many bytes get a bigger socket send buffer than the kernel default. */
 const BIG_WINDOW_BYTES = 128 * 1024;
 
@@ -47,7 +50,8 @@ export function epochNow(): number {
 }
 
 export class TransferEngine {
-  private readonly transfers = new Map<number, { cancel(): void }>();
+  private readonly transfers = new Map<number, Expirable & { cancel(): void }>();
+  private sweeper: ReturnType<typeof setInterval> | null = null;
   private readonly sharedSockets = new Map<string, Promise<SharedTransferSocket>>();
   private stopped = false;
 
@@ -96,6 +100,8 @@ export class TransferEngine {
   /** Ends every transfer (the clients are told) and closes the sockets. */
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = null;
     for (const transfer of [...this.transfers.values()]) transfer.cancel();
     this.transfers.clear();
     for (const socket of this.sharedSockets.values()) (await socket.catch(() => null))?.close();
@@ -104,8 +110,25 @@ export class TransferEngine {
 
   private run(id: number, transfer: ReadTransfer | WriteTransfer): void {
     this.transfers.set(id, transfer);
-    if (this.stopped) transfer.cancel();
-    else transfer.start();
+    if (this.stopped) {
+      transfer.cancel();
+      return;
+    }
+    transfer.start();
+    this.sweeper ??= setInterval(() => this.sweep(), SWEEP_MS);
+  }
+
+  /** connection_pool deadlines: one pass a second over the running transfers. */
+  private sweep(): void {
+    const now = performance.now();
+    for (const transfer of [...this.transfers.values()]) {
+      const reason = overdue(transfer.clock, this.options.lifetimes, now);
+      if (reason) transfer.expire(reason);
+    }
+    if (this.transfers.size === 0 && this.sweeper) {
+      clearInterval(this.sweeper);
+      this.sweeper = null;
+    }
   }
 
   private params(job: TransferJob) {

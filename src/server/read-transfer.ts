@@ -34,7 +34,7 @@ export class ReadTransfer {
   private phase: "oack" | "data" | "done" = "data";
   private retransmits = 0;
   private firstResponseMs = -1;
-  private readonly clock: RetransmitClock;
+  readonly clock: RetransmitClock;
   /** one reusable packet buffer (header + block) per position in the window */
   private readonly slots: Uint8Array[] = [];
   private readonly packets: Uint8Array[] = [];
@@ -207,6 +207,13 @@ export class ReadTransfer {
   cancel(): void {
     if (this.phase === "done") return;
     this.fail(ErrorCode.NOT_DEFINED, "server shutting down");
+  }
+
+  /** Ends a transfer that passed a connection_pool deadline (the engine's sweep decides). */
+  expire(message: string): void {
+    if (this.phase === "done") return;
+    this.channel.send(encodeError(ErrorCode.NOT_DEFINED, message));
+    this.finish("timeout", { code: ErrorCode.NOT_DEFINED, message, from: "server" });
   }
 
   private fail(code: number, message: string): void {

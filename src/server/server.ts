@@ -20,7 +20,7 @@ import { epochNow, TransferEngine, type EngineOptions, type TransferJob } from "
 import type { LossPlan } from "./loss.ts";
 import type { BatchPolicy } from "./shared-socket.ts";
 import type { BufferSizes } from "./sockopt.ts";
-import type { RetransmitPolicy, TransferOutcome } from "./transfer.ts";
+import type { Lifetimes, RetransmitPolicy, TransferOutcome } from "./transfer.ts";
 import { openListener, type Listener, type Peer, type PortRange } from "./transport.ts";
 import { WorkerPool } from "./worker-pool.ts";
 
@@ -61,6 +61,7 @@ export interface ServerOptions {
   workers: number;
   balance: { algorithm: Algorithm; hashKey: HashKey };
   limits: AdmissionLimits & { onLimit: "drop" | "busy" };
+  lifetimes: Lifetimes;
   loss?: LossPlan | null;
 }
 
@@ -216,6 +217,7 @@ export class TftpServer {
       batch: o.batch,
       receiveBufferBytes: o.receiveBufferBytes,
       sendBufferBytes: o.sendBufferBytes,
+      lifetimes: o.lifetimes,
     };
   }
 

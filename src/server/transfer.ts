@@ -60,6 +60,11 @@ export class RetransmitClock {
   private timerAt = 0;
   private misses = 0;
   private stopped = false;
+  /** for connection_pool deadlines: when the transfer began and last moved forward */
+  readonly startedAt = performance.now();
+  lastProgressAt = this.startedAt;
+  /** progress() calls: the first comes from start(), the second from the client's first answer */
+  private progressCount = 0;
   /** RFC 6298 §2 state; null until the first sample */
   private srtt: number | null = null;
   private rttvar = 0;
@@ -76,6 +81,11 @@ export class RetransmitClock {
 
   get timeoutMs(): number {
     return this.currentMs;
+  }
+
+  /** true once the client answered the transfer's first packet */
+  get established(): boolean {
+    return this.progressCount >= 2;
   }
 
   /**
@@ -96,6 +106,8 @@ export class RetransmitClock {
 
   /** Progress was made: reset the backoff and push the deadline out. */
   progress(): void {
+    this.lastProgressAt = performance.now();
+    this.progressCount++;
     this.misses = 0;
     this.currentMs = this.rto;
     this.arm();
@@ -144,6 +156,27 @@ export class RetransmitClock {
     this.onRetransmit();
     this.arm();
   }
+}
+
+/** connection_pool.*: how long a transfer may take to start, sit idle, and run in all. */
+export interface Lifetimes {
+  connectionTimeoutMs: number;
+  idleTimeoutMs: number;
+  maxLifetimeMs: number;
+}
+
+/** What the engine's deadline sweep needs from a transfer. */
+export interface Expirable {
+  readonly clock: RetransmitClock;
+  expire(message: string): void;
+}
+
+/** The deadline a transfer has passed at `now`, as the ERROR text, or null. */
+export function overdue(clock: RetransmitClock, limits: Lifetimes, now: number): string | null {
+  if (now - clock.startedAt > limits.maxLifetimeMs) return "transfer exceeded its maximum lifetime";
+  if (!clock.established && now - clock.startedAt > limits.connectionTimeoutMs) return "no answer to the first packet in time";
+  if (now - clock.lastProgressAt > limits.idleTimeoutMs) return "transfer idle for too long";
+  return null;
 }
 
 /**

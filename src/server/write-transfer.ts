@@ -31,7 +31,7 @@ export class WriteTransfer {
   private retransmits = 0;
   private firstResponseMs = -1;
   private reported = false;
-  private readonly clock: RetransmitClock;
+  readonly clock: RetransmitClock;
   private readonly netascii: NetasciiDecoder | null;
 
   constructor(
@@ -167,6 +167,13 @@ export class WriteTransfer {
     if (this.phase === "done") return;
     if (this.phase === "dallying") return this.close();
     this.fail(ErrorCode.NOT_DEFINED, "server shutting down");
+  }
+
+  /** Ends a transfer that passed a connection_pool deadline (the engine's sweep decides). */
+  expire(message: string): void {
+    if (this.phase === "done") return;
+    this.channel.send(encodeError(ErrorCode.NOT_DEFINED, message));
+    this.finish("timeout", { code: ErrorCode.NOT_DEFINED, message, from: "server" });
   }
 
   private fail(code: number, message: string): void {

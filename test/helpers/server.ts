@@ -36,6 +36,7 @@ export const defaultOptions = (root: string): ServerOptions => ({
   workers: 1,
   balance: { algorithm: "round_robin", hashKey: "client_ip" },
   limits: { maxTotal: 100_000, maxPerIp: 100_000, maxPerClient: 100_000, onLimit: "drop" },
+  lifetimes: { connectionTimeoutMs: 30_000, idleTimeoutMs: 300_000, maxLifetimeMs: 3_600_000 },
   receiveBufferBytes: 4 << 20,
   sendBufferBytes: 4 << 20,
 });
