@@ -37,10 +37,13 @@ export class Admission {
     return null;
   }
 
+  /** Gives back a slot taken by admit(); a release with no slot held is ignored. */
   release(address: string, file: string): void {
+    const clientKey = `${address}|${file}`;
+    if (!this.perClient.has(clientKey)) return;
     this.total--;
     decrement(this.perIp, address);
-    decrement(this.perClient, `${address}|${file}`);
+    decrement(this.perClient, clientKey);
   }
 }
 

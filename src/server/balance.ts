@@ -16,7 +16,7 @@ export interface BalanceInput {
 }
 
 /** Points per worker on the ring: enough to even out the arcs. */
-const VIRTUAL_NODES = 64;
+const VIRTUAL_NODES = 128;
 
 /** FNV-1a, 32 bits: fast and well spread for short keys. */
 export function fnv1a(text: string): number {
@@ -26,6 +26,21 @@ export function fnv1a(text: string): number {
     hash = Math.imul(hash, 0x01000193);
   }
   return hash >>> 0;
+}
+
+/**
+ * FNV-1a then MurmurHash3's finalizer: FNV alone barely changes the high bits when only the
+ * last characters differ ("worker-0-1", "worker-0-2", "10.0.0.7"), so ring points and keys
+ * would bunch up on a few arcs. The finalizer spreads every input bit over the whole word.
+ */
+export function ringHash(text: string): number {
+  let h = fnv1a(text);
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
 }
 
 export class LoadBalancer {
@@ -43,7 +58,7 @@ export class LoadBalancer {
   resize(workers: number): void {
     this.ring = [];
     for (let worker = 0; worker < workers; worker++) {
-      for (let v = 0; v < VIRTUAL_NODES; v++) this.ring.push({ point: fnv1a(`worker-${worker}-${v}`), worker });
+      for (let v = 0; v < VIRTUAL_NODES; v++) this.ring.push({ point: ringHash(`worker-${worker}-${v}`), worker });
     }
     this.ring.sort((a, b) => a.point - b.point);
   }
@@ -62,7 +77,7 @@ export class LoadBalancer {
         return best;
       }
       case "consistent_hashing":
-        return this.onRing(fnv1a(this.keyOf(input)));
+        return this.onRing(ringHash(this.keyOf(input)));
     }
   }
 

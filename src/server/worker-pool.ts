@@ -40,6 +40,8 @@ const workerLost = (): TransferOutcome => ({
 
 export class WorkerPool {
   private readonly slots: Slot[] = [];
+  /** transfers handed to each worker index since start (a replacement continues the count) */
+  private readonly dispatched: number[] = [];
   private stopping = false;
 
   constructor(
@@ -57,8 +59,16 @@ export class WorkerPool {
     return this.slots.map((s) => s.jobs.size);
   }
 
+  /** transfers handed to each worker since the pool started, running or ended */
+  get started(): number[] {
+    return [...this.dispatched];
+  }
+
   async start(): Promise<void> {
-    for (let i = 0; i < this.count; i++) this.slots.push(this.spawn(i));
+    for (let i = 0; i < this.count; i++) {
+      this.slots.push(this.spawn(i));
+      this.dispatched.push(0);
+    }
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error("transfer workers did not start within 10 s")), 10_000);
@@ -73,6 +83,7 @@ export class WorkerPool {
   dispatch(index: number, job: TransferJob, share: SourceShare, identity: FileIdentity): void {
     const slot = this.slots[index]!;
     slot.jobs.add(job.id);
+    this.dispatched[index]!++;
     this.send(slot, { type: "read", job, share, identity });
   }
 
