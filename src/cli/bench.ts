@@ -8,7 +8,7 @@ import { lookup } from "node:dns/promises";
 import { writeSync } from "node:fs";
 import { isIP } from "node:net";
 import { type ArgsDef, defineCommand } from "citty";
-import { formatHostPort, parseHostPort } from "../client/address.ts";
+import { formatHostPort, parseHostPort } from "../net/address.ts";
 import { describeFsError } from "../client/sink.ts";
 import { fdLimitProblem, FD_MARGIN, openFileLimit, parseBenchFlags, UsageError } from "../bench/options.ts";
 import { Bench, sha256OfFile } from "../bench/run.ts";

@@ -8,7 +8,7 @@ import { statSync, writeSync } from "node:fs";
 import { isIP } from "node:net";
 import { join } from "node:path";
 import { type ArgsDef, defineCommand } from "citty";
-import { formatHostPort, parseHostPort } from "../client/address.ts";
+import { formatHostPort, parseHostPort } from "../net/address.ts";
 import { download } from "../client/download.ts";
 import { checkTransferOptions, DEFAULT_RETRIES } from "../client/session.ts";
 import type { TransferOptions, TransferReport } from "../client/types.ts";

@@ -6,13 +6,13 @@ import { defineCommand } from "citty";
 import { readdirSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { loadConfig } from "../config/load.ts";
-import { parseListenAddress } from "../config/net.ts";
+import { formatHostPort, parseListenAddress } from "../net/address.ts";
 import type { Config } from "../config/schema.ts";
 import { createLogger, flushLogs } from "../log.ts";
 import { isWildcard, expandListenAddresses } from "../server/interfaces.ts";
 import { LossPlan } from "../server/loss.ts";
 import { wasCapped } from "../server/sockopt.ts";
-import { formatAddress, TftpServer, type ServerOptions } from "../server/server.ts";
+import { TftpServer, type ServerOptions } from "../server/server.ts";
 import { loadRemapFile } from "../storage/remap.ts";
 import { fail, repeatedFlag, unknownOption } from "./args.ts";
 
@@ -151,7 +151,7 @@ export default defineCommand({
 
     const server = new TftpServer(options, {
       listening: ({ host, port }, buffers) => {
-        const address = formatAddress(host, port);
+        const address = formatHostPort(host, port);
         log.info({ address, receive_buffer: buffers?.receive, send_buffer: buffers?.send }, "listening");
         const wanted = options.receiveBufferBytes;
         if (buffers && wasCapped(wanted, buffers.receive)) {
@@ -183,7 +183,7 @@ export default defineCommand({
           "transfer",
         );
       },
-      refused: (peer, reason, code) => log.debug({ client: formatAddress(peer.address, peer.port), reason, code }, "request refused"),
+      refused: (peer, reason, code) => log.debug({ client: formatHostPort(peer.address, peer.port), reason, code }, "request refused"),
     });
 
     try {
@@ -196,7 +196,7 @@ export default defineCommand({
       const file = sampleFile(config.tftp.root) ?? "FILE";
       log.info(
         { root: config.tftp.root, config: loaded.source, write: config.tftp.write },
-        `ready: fetch a file with  curl -o ${file} tftp://${formatAddress(first.host, first.port)}/${file}`,
+        `ready: fetch a file with  curl -o ${file} tftp://${formatHostPort(first.host, first.port)}/${file}`,
       );
     }
 

@@ -5,7 +5,7 @@
 export { download } from "./download.ts";
 export { upload } from "./upload.ts";
 export { checkTransferOptions, DEFAULT_RETRANSMIT_MS, DEFAULT_RETRIES } from "./session.ts";
-export { DEFAULT_TFTP_PORT, formatHostPort, parseHostPort, type HostPort } from "./address.ts";
+export { DEFAULT_TFTP_PORT, formatHostPort, parseHostPort, type HostPort } from "../net/address.ts";
 export type {
   DownloadOptions,
   DownloadReport,

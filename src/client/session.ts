@@ -18,7 +18,7 @@ import {
   WINDOWSIZE_MIN,
 } from "../protocol/options.ts";
 import { DEFAULT_BLKSIZE, ErrorCode, Opcode, type OptionMap, type Packet } from "../protocol/packet.ts";
-import { formatHostPort } from "./address.ts";
+import { formatHostPort } from "../net/address.ts";
 import type { ErrorSource, TransferError, TransferOptions, TransferReport } from "./types.ts";
 
 export const DEFAULT_RETRIES = 5;

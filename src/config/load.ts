@@ -7,7 +7,7 @@ import { describeValue } from "./bytes.ts";
 import { parseJson } from "./json.ts";
 import { CONFIG_KEYS, KEYS_BY_ENV, KEYS_BY_PATH, SECTION_KEYS, configSchema, type Config, type ConfigKey } from "./schema.ts";
 
-export { parseListenAddress, safeParseListenAddress, formatListenAddress, safeParseCidr, type ListenAddress, type Cidr } from "./net.ts";
+export { parseListenAddress, safeParseListenAddress, safeParseCidr, type ListenAddress, type Cidr } from "../net/address.ts";
 export { parseByteSize, formatByteSize } from "./bytes.ts";
 export type { Config } from "./schema.ts";
 

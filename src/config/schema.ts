@@ -6,7 +6,7 @@
 // The output of a parse is itself valid input (config check output can be fed back).
 import { z } from "zod";
 import { BYTE_SIZE_HINT, describeValue, formatByteSize, parseByteSize } from "./bytes.ts";
-import { safeParseCidr, safeParseHostPort, safeParseListenAddress, type ParseResult } from "./net.ts";
+import { safeParseCidr, safeParseHostPort, safeParseListenAddress, type ParseResult } from "../net/address.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Leaf builders. Each one carries its own one-line error messages ("expected X, got Y") and a

@@ -14,6 +14,7 @@ import { applyRemap, type RemapRule } from "../storage/remap.ts";
 import { openForRead, realRoot, resolveRequestPath } from "../storage/resolve.ts";
 import type { FileSource } from "../storage/source.ts";
 import { prepareUpload, type UploadPolicy } from "../storage/upload.ts";
+import { formatHostPort } from "../net/address.ts";
 import { Admission, type AdmissionLimits } from "./admission.ts";
 import { LoadBalancer, type Algorithm, type HashKey } from "./balance.ts";
 import { epochNow, TransferEngine, type EngineOptions, type TransferJob } from "./engine.ts";
@@ -104,10 +105,6 @@ interface Running {
 
 function peerKey(peer: Peer): string {
   return `${peer.address}|${peer.port}`;
-}
-
-export function formatAddress(address: string, port: number): string {
-  return isIPv6(address) ? `[${address}]:${port}` : `${address}:${port}`;
 }
 
 function buildBlockList(cidrs: string[]): BlockList | null {
@@ -300,7 +297,7 @@ export class TftpServer {
       source: null,
       engine: -1,
     };
-    const recordBase = { client: formatAddress(peer.address, peer.port), file: resolved.relative, mode: request.mode };
+    const recordBase = { client: formatHostPort(peer.address, peer.port), file: resolved.relative, mode: request.mode };
     const job = (blksize: number, windowsize: number, oack: [string, string][] | null, timeoutMs: number | null): TransferJob => ({
       id: base.id,
       peer,

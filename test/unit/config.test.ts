@@ -7,7 +7,7 @@ import { formatByteSize, parseByteSize } from "../../src/config/bytes.ts";
 import { BEGIN_MARK, END_MARK, renderConfigReference } from "../../src/config/docs.ts";
 import { findJsonError, parseJson } from "../../src/config/json.ts";
 import { coerceText, loadConfig, type LoadOptions, type LoadResult } from "../../src/config/load.ts";
-import { parseListenAddress, safeParseCidr, safeParseListenAddress } from "../../src/config/net.ts";
+import { parseListenAddress, safeParseCidr, safeParseListenAddress } from "../../src/net/address.ts";
 import { CONFIG_KEYS, KEYS_BY_ENV, configSchema, defaultConfig, type Config } from "../../src/config/schema.ts";
 import { createLogger } from "../../src/log.ts";
 

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { DEFAULT_TFTP_PORT, formatHostPort, parseHostPort } from "../../../src/client/address.ts";
+import { DEFAULT_TFTP_PORT, formatHostPort, parseHostPort } from "../../../src/net/address.ts";
 
 describe("parseHostPort", () => {
   test("accepted forms", () => {

@@ -1,6 +1,10 @@
-// Address parsing shared by the config schema, the server and the client.
-import { isIPv4, isIPv6 } from "node:net";
-import { describeValue } from "./bytes.ts";
+/**
+ * Addresses as people write them, shared by the config schema, the server and the client:
+ * listen addresses ("ADDR:PORT", IP literals only), destinations ("HOST[:PORT]", names allowed)
+ * and CIDRs.
+ */
+import { isIP, isIPv4, isIPv6 } from "node:net";
+import { describeValue } from "../config/bytes.ts";
 
 export interface ListenAddress {
   /** IP literal without brackets: "0.0.0.0", "::1", "fe80::1%eth0". */
@@ -73,37 +77,6 @@ export function parseListenAddress(text: string, opts: { defaultPort?: number } 
   return r.value;
 }
 
-/** Format a ListenAddress back to "ADDR:PORT" / "[V6]:PORT". */
-export function formatListenAddress(a: { host: string; port: number }): string {
-  return a.host.includes(":") ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
-}
-
-export interface HostPort {
-  host: string;
-  port: number;
-}
-
-/** "host:port" where host is a DNS name or an IP literal (IPv6 in brackets): Redis nodes. */
-export function safeParseHostPort(text: unknown): ParseResult<HostPort> {
-  const hint = 'expected "HOST:PORT" (IPv6 in brackets)';
-  if (typeof text !== "string") return { ok: false, error: `${hint}, got ${describeValue(text)}` };
-  if (text.startsWith("[")) {
-    const r = safeParseListenAddress(text);
-    return r.ok ? { ok: true, value: { host: r.value.host, port: r.value.port } } : r;
-  }
-  const colon = text.lastIndexOf(":");
-  if (colon < 0) return { ok: false, error: `${hint}, got ${describeValue(text)} (no port)` };
-  const host = text.slice(0, colon);
-  const port = parsePort(text.slice(colon + 1), 1);
-  if (!/^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(host) && !isIPv4(host)) {
-    return { ok: false, error: `${hint}, got ${describeValue(text)}` };
-  }
-  if (port === null) {
-    return { ok: false, error: `port must be an integer from 1 to 65535, got ${describeValue(text.slice(colon + 1))} in ${describeValue(text)}` };
-  }
-  return { ok: true, value: { host, port } };
-}
-
 export interface Cidr {
   /** Network address as written (host bits are allowed and ignored when matching). */
   address: string;
@@ -131,4 +104,79 @@ export function safeParseCidr(text: unknown): ParseResult<Cidr> {
     prefix = Number(p);
   }
   return { ok: true, value: { address, prefix, family, text: `${address}/${prefix}` } };
+}
+
+// HOST[:PORT] as typed on a command line or in a config: `10.0.0.1`, `10.0.0.1:6969`,
+// `tftp.example`, `tftp.example:69`, `[::1]:6969`, `[::1]`, or a bare IPv6 literal `::1`.
+
+export const DEFAULT_TFTP_PORT = 69;
+
+export interface HostPort {
+  /** Without brackets: an IP literal or a name still to resolve. */
+  host: string;
+  port: number;
+}
+
+function portIn(text: string, spec: string): number {
+  if (!/^[0-9]{1,5}$/.test(text)) throw new Error(`bad port "${text}" in "${spec}"`);
+  const port = Number(text);
+  if (port < 1 || port > 65535) throw new Error(`port out of range in "${spec}"`);
+  return port;
+}
+
+/**
+ * Parses HOST[:PORT]; throws an Error whose message names the problem. `defaultPort` null
+ * means the port is required.
+ */
+export function parseHostPort(spec: string, defaultPort: number | null = DEFAULT_TFTP_PORT): HostPort {
+  const text = spec.trim();
+  const orDefault = (host: string): HostPort => {
+    if (defaultPort === null) throw new Error(`no port in "${spec}"`);
+    return { host, port: defaultPort };
+  };
+  if (text === "") throw new Error("empty host");
+  if (text.startsWith("[")) {
+    const close = text.indexOf("]");
+    if (close < 0) throw new Error(`missing "]" in "${spec}"`);
+    const host = text.slice(1, close);
+    if (isIP(host) !== 6) throw new Error(`bad IPv6 address "${host}" in "${spec}"`);
+    const rest = text.slice(close + 1);
+    if (rest === "") return orDefault(host);
+    if (!rest.startsWith(":")) throw new Error(`unexpected "${rest}" after "]" in "${spec}"`);
+    return { host, port: portIn(rest.slice(1), spec) };
+  }
+  const firstColon = text.indexOf(":");
+  if (firstColon < 0) return orDefault(checkName(text, spec));
+  if (text.indexOf(":", firstColon + 1) >= 0) {
+    // Two or more colons: a bare IPv6 literal, which cannot carry a port.
+    if (isIP(text) !== 6) throw new Error(`bad IPv6 address "${text}" (write [addr]:port for a port)`);
+    return orDefault(text);
+  }
+  const host = text.slice(0, firstColon);
+  return { host: checkName(host, spec), port: portIn(text.slice(firstColon + 1), spec) };
+}
+
+function checkName(host: string, spec: string): string {
+  if (host === "") throw new Error(`missing host in "${spec}"`);
+  if (isIP(host) === 4) return host;
+  // RFC 1123 host names (letters, digits, hyphens, dots); underscores are tolerated.
+  if (!/^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$/.test(host)) {
+    throw new Error(`bad host name "${host}"`);
+  }
+  return host;
+}
+
+/** `10.0.0.1:69`, `[::1]:69`. */
+export function formatHostPort(host: string, port: number): string {
+  return isIP(host) === 6 || host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** "host:port" with the port required: Redis nodes in the config. */
+export function safeParseHostPort(text: unknown): ParseResult<HostPort> {
+  if (typeof text !== "string") return { ok: false, error: `expected "HOST:PORT", got ${describeValue(text)}` };
+  try {
+    return { ok: true, value: parseHostPort(text, null) };
+  } catch (error) {
+    return { ok: false, error: `expected "HOST:PORT" (IPv6 in brackets): ${(error as Error).message}` };
+  }
 }
