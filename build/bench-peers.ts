@@ -1,0 +1,910 @@
+#!/usr/bin/env bun
+/**
+ * Side-by-side benchmark of our server against the Debian peers (tftpd-hpa, atftpd, dnsmasq),
+ * all on 127.0.0.1, the same scenarios, the same load generator (`tftpd bench --json`), one run.
+ * Prints one markdown table (server × scenario) to stdout and writes build/BENCH.md.
+ *
+ *   bun build/bench-peers.ts [--scenarios 1,2,5a] [--servers tftpd,atftpd] [--quick]
+ *                            [--ours-from-source] [--build] [--bench-cmd "CMD …"]
+ *                            [--run-timeout S] [--settle S] [--verify] [--out FILE] [--no-write]
+ *
+ * Peers are fetched on first use with `apt-get download` + `dpkg -x` into .bench/ (never
+ * installed: tftpd-hpa and atftpd conflict as packages); see build/peers.ts.
+ */
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { randomFillSync } from "node:crypto";
+import { cpus, tmpdir } from "node:os";
+import { join, relative, resolve } from "node:path";
+import { ensurePeer, type PeerBinary } from "./peers.ts";
+import { alive, ignoresSigchld, machineBusySeconds, MemorySampler, peakRssKiB, ProcessAccounting, treeCpu } from "./proc.ts";
+
+const REPO = resolve(import.meta.dir, "..");
+const BUN = process.execPath;
+const CACHE = join(REPO, ".bench");
+const OURS_BIN = join(REPO, "dist/tftpd");
+
+/** Our server's tuning flags for the benchmark: the one place to add what the engine grows. */
+const OURS_SERVE_FLAGS = ["--log-level", "warn", "--windowsize-max", "64", "--blksize-max", "8192"];
+/**
+ * Config file given to our server (--config, so /etc/tftpd/config.json is not read): every
+ * simulated client of the load generator shares 127.0.0.1, so the per-IP / per-client
+ * admission limits (meant for one real machine each) are raised out of the way; the peers
+ * have no such limits.
+ */
+const OURS_CONFIG = { limits: { max_connections_per_ip: 100000, max_connections_per_client: 100000 } };
+/** atftpd: one thread per transfer; its descriptors must stay below 1024 (select()). */
+const ATFTPD_MAXTHREAD = 10000;
+const ATFTPD_NOFILE = 1024;
+
+// ───────────────────────────── scenarios ─────────────────────────────
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+interface Scenario {
+  id: string;
+  title: string;
+  file: string;
+  size: number;
+  concurrency: number;
+  total: number;
+  /** Load-generator flags besides target/concurrency/total/file/json. */
+  flags: string[];
+  /** One transfer: pin server and load generator to different CPUs (see --pin). */
+  single?: boolean;
+}
+
+const SCENARIOS: Scenario[] = [
+  { id: "1", title: "boot storm", file: "boot-1m.bin", size: 1 * MiB, concurrency: 1000, total: 5000, flags: ["--blksize", "1468", "--tsize"] },
+  { id: "2", title: "kernel storm (iPXE)", file: "kernel-10m.bin", size: 10 * MiB, concurrency: 200, total: 400, flags: ["--blksize", "1432", "--tsize"] },
+  { id: "3", title: "burst", file: "loader-32k.bin", size: 32 * KiB, concurrency: 10000, total: 20000, flags: ["--burst"] },
+  { id: "4", title: "ramp 2000/s", file: "loader-32k.bin", size: 32 * KiB, concurrency: 10000, total: 20000, flags: ["--rate", "2000"] },
+  { id: "5a", title: "single, blksize 1468 + windowsize 64", file: "initrd-100m.bin", size: 100 * MiB, concurrency: 1, total: 1, flags: ["--blksize", "1468", "--windowsize", "64"], single: true },
+  { id: "5b", title: "single, blksize 8192 + windowsize 64", file: "initrd-100m.bin", size: 100 * MiB, concurrency: 1, total: 1, flags: ["--blksize", "8192", "--windowsize", "64"], single: true },
+  { id: "5c", title: "single, blksize 1468, lock-step", file: "initrd-100m.bin", size: 100 * MiB, concurrency: 1, total: 1, flags: ["--blksize", "1468"], single: true },
+];
+
+const PROBE_FILE = "probe.bin";
+
+// ───────────────────────────── options ─────────────────────────────
+
+const SERVER_NAMES = ["tftpd", "tftpd-hpa", "atftpd", "dnsmasq"] as const;
+type ServerName = (typeof SERVER_NAMES)[number];
+const SERVER_ALIASES: Record<string, ServerName> = {
+  tftpd: "tftpd", ours: "tftpd", "tftpd-hpa": "tftpd-hpa", hpa: "tftpd-hpa", "in.tftpd": "tftpd-hpa",
+  atftpd: "atftpd", atftp: "atftpd", dnsmasq: "dnsmasq",
+};
+
+interface Options {
+  scenarios: Scenario[];
+  servers: ServerName[];
+  quick: boolean;
+  oursFromSource: boolean;
+  build: boolean;
+  benchCmd: string[] | null;
+  runTimeoutS: number;
+  settleS: number;
+  verify: boolean;
+  pin: "auto" | "on" | "off";
+  /** Runs per server and scenario (median reported); null = 3 for single transfers, else 1. */
+  repeat: number | null;
+  out: string | null;
+}
+
+const USAGE = `usage: bun build/bench-peers.ts [options]
+
+Benchmarks our server (dist/tftpd) against tftpd-hpa, atftpd and dnsmasq on 127.0.0.1 with
+the same load generator (tftpd bench) and prints one table; writes build/BENCH.md.
+
+  --scenarios LIST     scenario ids, comma-separated (default all: ${SCENARIOS.map((s) => s.id).join(",")})
+  --servers LIST       servers, comma-separated (default all: ${SERVER_NAMES.join(",")};
+                       tftpd = ours, also: ours, hpa, atftp)
+  --quick              divide every total by 10 (a fast check, not a result)
+  --ours-from-source   run our server as \`bun src/main.ts serve\` instead of dist/tftpd
+  --build              run \`bun build/compile.ts\` (npm run build) first
+  --bench-cmd "CMD"    load generator command instead of \`dist/tftpd bench\` (split on spaces)
+  --run-timeout S      hard limit on one load-generator run (default 300); "timeout" if hit
+  --settle S           pause between runs (default 1.5)
+  --verify             have the load generator compare every download with the file
+  --repeat N          runs per server and scenario, each on a fresh server; the table shows
+                       the median by goodput (default 3 for 5a-5c, which last seconds, else 1)
+  --pin auto|on|off    pin the server to CPU 1 and the load generator to CPU 0 (taskset):
+                       auto (default) = only in the single-transfer scenarios (5a-5c)
+  --out FILE           report file (default build/BENCH.md)
+  --no-write           print the table only
+  -h, --help           this text
+
+Scenarios:
+${SCENARIOS.map((s) => `  ${s.id.padEnd(3)} ${s.title}: ${fmtBytes(s.size)}, concurrency ${s.concurrency}, total ${s.total} ${s.flags.join(" ")}`).join("\n")}
+`;
+
+function die(msg: string, code = 2): never {
+  process.stderr.write(`bench-peers: ${msg}\n`);
+  process.exit(code);
+}
+
+function parseOptions(argv: string[]): Options {
+  const o: Options = {
+    scenarios: SCENARIOS, servers: [...SERVER_NAMES], quick: false, oursFromSource: false, build: false,
+    benchCmd: null, runTimeoutS: 300, settleS: 1.5, verify: false, pin: "auto", repeat: null, out: join(REPO, "build/BENCH.md"),
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const eq = arg.indexOf("=");
+    const name = arg.startsWith("--") && eq > 0 ? arg.slice(0, eq) : arg;
+    const value = (): string => {
+      if (arg.startsWith("--") && eq > 0) return arg.slice(eq + 1);
+      const v = argv[++i];
+      if (v === undefined) die(`${name} needs a value`);
+      return v;
+    };
+    const num = (min: number): number => {
+      const v = value();
+      const n = Number(v);
+      if (!Number.isFinite(n) || n < min) die(`${name}: bad number "${v}"`);
+      return n;
+    };
+    switch (name) {
+      case "-h": case "--help": process.stdout.write(USAGE); process.exit(0);
+      case "--quick": o.quick = true; break;
+      case "--ours-from-source": o.oursFromSource = true; break;
+      case "--build": o.build = true; break;
+      case "--verify": o.verify = true; break;
+      case "--no-write": o.out = null; break;
+      case "--out": o.out = resolve(value()); break;
+      case "--run-timeout": o.runTimeoutS = num(1); break;
+      case "--settle": o.settleS = num(0); break;
+      case "--repeat": o.repeat = Math.floor(num(1)); break;
+      case "--bench-cmd": o.benchCmd = value().trim().split(/\s+/); break;
+      case "--pin": {
+        const v = value();
+        if (v !== "auto" && v !== "on" && v !== "off") die(`--pin: auto, on or off, not "${v}"`);
+        o.pin = v;
+        break;
+      }
+      case "--scenarios": {
+        const ids = value().split(",").map((s) => s.trim().toLowerCase()).filter(Boolean);
+        for (const id of ids) if (!SCENARIOS.some((s) => s.id === id)) die(`--scenarios: unknown scenario "${id}" (have ${SCENARIOS.map((s) => s.id).join(",")})`);
+        o.scenarios = SCENARIOS.filter((s) => ids.includes(s.id));
+        break;
+      }
+      case "--servers": {
+        const names = value().split(",").map((s) => s.trim().toLowerCase()).filter(Boolean);
+        const picked = new Set<ServerName>();
+        for (const n of names) {
+          const s = SERVER_ALIASES[n];
+          if (!s) die(`--servers: unknown server "${n}" (have ${SERVER_NAMES.join(",")})`);
+          picked.add(s);
+        }
+        o.servers = SERVER_NAMES.filter((s) => picked.has(s));
+        break;
+      }
+      default: die(`unknown option ${arg} (see --help)`);
+    }
+  }
+  if (o.scenarios.length === 0) die("no scenario selected");
+  if (o.servers.length === 0) die("no server selected");
+  return o;
+}
+
+// ───────────────────────────── small helpers ─────────────────────────────
+
+const t0 = performance.now();
+function say(line: string): void {
+  const s = ((performance.now() - t0) / 1000).toFixed(1).padStart(6);
+  process.stderr.write(`[${s}s] ${line}\n`);
+}
+
+function fmtBytes(n: number): string {
+  if (n >= MiB && n % MiB === 0) return `${n / MiB} MiB`;
+  if (n >= KiB && n % KiB === 0) return `${n / KiB} KiB`;
+  return `${n} B`;
+}
+
+/** Paths inside the repository shown relative to it (the report is read on other machines). */
+function display(argv: string[]): string {
+  return argv.map((a) => shellQuote(a.replaceAll(`${REPO}/`, ""))).join(" ");
+}
+
+function shellQuote(a: string): string {
+  return /^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`;
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+function spawnText(argv: string[], timeoutMs = 30_000): { ok: boolean; out: string } {
+  try {
+    const r = Bun.spawnSync(argv, { stdout: "pipe", stderr: "pipe", timeout: timeoutMs });
+    return { ok: r.exitCode === 0, out: r.stdout.toString() + r.stderr.toString() };
+  } catch (e) {
+    return { ok: false, out: String(e) };
+  }
+}
+
+/** Is some UDP socket bound to PORT on 127.0.0.1 or the wildcard (from /proc/net/udp)? */
+function udpBound(port: number, anyAddress = false): boolean {
+  const hex = port.toString(16).toUpperCase().padStart(4, "0");
+  for (const file of ["/proc/net/udp", ...(anyAddress ? ["/proc/net/udp6"] : [])]) {
+    let text = "";
+    try {
+      text = readFileSync(file, "utf8");
+    } catch {
+      continue;
+    }
+    for (const line of text.split("\n").slice(1)) {
+      const local = line.trim().split(/\s+/)[1];
+      if (!local) continue;
+      const [addr, p] = local.split(":");
+      if (p !== hex) continue;
+      if (anyAddress || addr === "0100007F" || addr === "00000000") return true;
+    }
+  }
+  return false;
+}
+
+async function freeUdpPort(): Promise<number> {
+  for (;;) {
+    const sock = await Bun.udpSocket({ hostname: "127.0.0.1", port: 0 });
+    const port = sock.port;
+    sock.close();
+    if (port !== 69) return port;
+  }
+}
+
+// ───────────────────────────── child processes ─────────────────────────────
+
+/** Every process group we started and have not seen end; killed on exit, error or signal. */
+const liveGroups = new Set<number>();
+let pidFile = "";
+
+function recordPids(): void {
+  if (!pidFile) return;
+  try {
+    writeFileSync(pidFile, [...liveGroups].join("\n") + "\n");
+  } catch {
+    /* best effort */
+  }
+}
+
+function killGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      /* gone */
+    }
+  }
+}
+
+function killAllNow(): void {
+  ProcessAccounting.stopAll();
+  for (const pid of liveGroups) killGroup(pid, "SIGKILL");
+  liveGroups.clear();
+  recordPids();
+}
+
+/**
+ * Processes left by an earlier run of this script that died hard (SIGKILL): still holding
+ * port 69 or CPU. Only pids we recorded whose executable is one of ours are ended.
+ */
+function reapStale(): void {
+  if (!existsSync(pidFile)) return;
+  // That run may have left process accounting on (it is on only while a forking server runs).
+  ProcessAccounting.forceOff();
+  for (const word of readFileSync(pidFile, "utf8").split(/\s+/)) {
+    const pid = Number(word);
+    if (!Number.isInteger(pid) || pid <= 1) continue;
+    let exe = "";
+    try {
+      exe = readlinkSync(`/proc/${pid}/exe`);
+    } catch {
+      continue;
+    }
+    if (exe.startsWith(CACHE) || exe === OURS_BIN || exe === BUN || exe === "/usr/bin/dash" || exe === "/bin/dash") {
+      say(`ending pid ${pid} (${exe}) left by an earlier run`);
+      killGroup(pid, "SIGKILL");
+    }
+  }
+  rmSync(pidFile, { force: true });
+}
+
+interface Child {
+  proc: Bun.Subprocess;
+  pid: number;
+}
+
+function spawnGroup(argv: string[], logPath: string | null, extra: Partial<Parameters<typeof Bun.spawn>[1]> = {}): Child {
+  const fd = logPath ? openSync(logPath, "a") : null;
+  const proc = Bun.spawn(argv, {
+    stdin: "ignore",
+    stdout: fd ?? "pipe",
+    stderr: fd ?? "pipe",
+    detached: true,
+    ...extra,
+  } as Parameters<typeof Bun.spawn>[1]);
+  if (fd !== null) closeSync(fd);
+  liveGroups.add(proc.pid);
+  recordPids();
+  void proc.exited.then(() => {
+    // The group may outlive its leader (forked children): leave it in liveGroups until stop().
+  });
+  return { proc, pid: proc.pid };
+}
+
+async function stopGroup(child: Child, graceMs = 3000): Promise<void> {
+  killGroup(child.pid, "SIGTERM");
+  const done = await Promise.race([child.proc.exited.then(() => true), sleep(graceMs).then(() => false)]);
+  // Kill the rest of the group either way: forked children of tftpd-hpa, a hung leader.
+  killGroup(child.pid, "SIGKILL");
+  if (!done) await Promise.race([child.proc.exited, sleep(2000)]);
+  liveGroups.delete(child.pid);
+  recordPids();
+}
+
+// ───────────────────────────── servers ─────────────────────────────
+
+interface ServerSpec {
+  name: ServerName;
+  /** Fixed port (dnsmasq's TFTP is always on 69), else a free one is picked per start. */
+  fixedPort?: number;
+  argv(root: string, port: number, runDir: string): string[];
+  version: string;
+  /** What the report says about how it was run. */
+  note: string;
+}
+
+function oursSpec(fromSource: boolean): ServerSpec {
+  const base = fromSource ? [BUN, join(REPO, "src/main.ts")] : [OURS_BIN];
+  const v = spawnText([...base, "version"]).out.trim().split("\n")[0] ?? "?";
+  return {
+    name: "tftpd",
+    argv: (root, port, runDir) => [
+      ...base, "serve", "--config", join(runDir, "tftpd-bench.json"), "--root", root, "--listen", `127.0.0.1:${port}`, ...OURS_SERVE_FLAGS,
+    ],
+    version: v + (fromSource ? " (from source)" : ""),
+    note: `${fromSource ? "run from source with bun" : "compiled dist/tftpd"}; .bench/run/tftpd-bench.json = \`${JSON.stringify(OURS_CONFIG)}\` (all simulated clients share 127.0.0.1, so the per-IP/per-client admission limits are lifted)`,
+  };
+}
+
+function peerSpec(name: Exclude<ServerName, "tftpd">, bin: PeerBinary): ServerSpec {
+  const version = `${bin.pkg} ${bin.version}`;
+  switch (name) {
+    case "tftpd-hpa":
+      return {
+        name, version,
+        note: "one forked process per transfer; --user root to skip the privilege drop; no windowsize",
+        argv: (root, port) => [bin.path, "--foreground", "--address", `127.0.0.1:${port}`, "--user", "root", "--secure", root],
+      };
+    case "atftpd":
+      return {
+        name, version,
+        note: `one thread per transfer; started under \`ulimit -n ${ATFTPD_NOFILE}\` (select() aborts on descriptors >= 1024), --maxthread ${ATFTPD_MAXTHREAD}`,
+        argv: (root, port) => [
+          "sh", "-c", `ulimit -n ${ATFTPD_NOFILE} && exec "$0" "$@"`, bin.path,
+          "--daemon", "--no-fork", "--user", "root", "--group", "root", "--bind-address", "127.0.0.1", "--port", String(port),
+          "--maxthread", String(ATFTPD_MAXTHREAD), "--verbose=3", "--logfile", "/dev/null", root,
+        ],
+      };
+    case "dnsmasq":
+      return {
+        name, version, fixedPort: 69,
+        note: "single process, TFTP only (--port=0); its TFTP port is always 69; ignores windowsize",
+        argv: (root, _port, runDir) => [
+          bin.path, "--no-daemon", "--conf-file=/dev/null", "--port=0", "--enable-tftp", `--tftp-root=${root}`,
+          "--listen-address=127.0.0.1", "--bind-interfaces", "--tftp-max=20000", "--edns-packet-max=65535",
+          "--quiet-tftp", "--user=root", `--pid-file=${join(runDir, "dnsmasq.pid")}`,
+        ],
+      };
+  }
+}
+
+interface Running {
+  spec: ServerSpec;
+  child: Child;
+  port: number;
+  log: string;
+}
+
+/** `taskset -c CPU` in front of argv, or argv when not pinned. */
+function pinned(argv: string[], cpu: number | null): string[] {
+  return cpu === null ? argv : ["taskset", "-c", String(cpu), ...argv];
+}
+
+async function startServer(spec: ServerSpec, root: string, runDir: string, tag: string, cpu: number | null): Promise<Running> {
+  const port = spec.fixedPort ?? (await freeUdpPort());
+  if (spec.fixedPort !== undefined && udpBound(port, true)) throw new Error(`UDP port ${port} is already in use`);
+  const log = join(runDir, `${spec.name}-${tag}.log`);
+  const child = spawnGroup(pinned(spec.argv(root, port, runDir), cpu), log);
+  const deadline = performance.now() + 15_000;
+  while (!udpBound(port)) {
+    if (child.proc.exitCode !== null || child.proc.signalCode !== null) {
+      liveGroups.delete(child.pid);
+      throw new Error(`exited (${child.proc.exitCode ?? child.proc.signalCode}) before listening:\n${tail(log)}`);
+    }
+    if (performance.now() > deadline) {
+      await stopGroup(child);
+      throw new Error(`not listening on 127.0.0.1:${port} after 15 s:\n${tail(log)}`);
+    }
+    await sleep(50);
+  }
+  return { spec, child, port, log };
+}
+
+function tail(path: string, lines = 8): string {
+  try {
+    return readFileSync(path, "utf8").trimEnd().split("\n").slice(-lines).map((l) => `    ${l}`).join("\n");
+  } catch {
+    return "    (no log)";
+  }
+}
+
+// ───────────────────────────── load generator ─────────────────────────────
+
+interface Percentiles { p50: number | null; p90: number | null; p99: number | null; max: number | null }
+
+interface BenchJson {
+  target: string;
+  requested: number;
+  completed: number;
+  failed: number;
+  failures: Record<string, number>;
+  bytes: number;
+  wall_s: number;
+  goodput_mbps: number;
+  transfers_per_s: number;
+  first_response_ms: Percentiles;
+  transfer_ms: Percentiles;
+  retransmits: number;
+  cpu_s: { user: number; system: number };
+  cpu_pct: number;
+}
+
+interface BenchRun {
+  status: "ok" | "timeout" | "error";
+  json: BenchJson | null;
+  argv: string[];
+  detail: string;
+}
+
+function lastJsonObject(text: string): BenchJson | null {
+  const lines = text.trim().split("\n");
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const line = lines[i]!.trim();
+    if (!line.startsWith("{")) continue;
+    try {
+      return JSON.parse(line) as BenchJson;
+    } catch {
+      /* keep looking */
+    }
+  }
+  // Pretty-printed JSON: take from the first "{" at a line start.
+  const start = text.indexOf("\n{") >= 0 ? text.indexOf("\n{") + 1 : text.startsWith("{") ? 0 : -1;
+  if (start >= 0) {
+    try {
+      return JSON.parse(text.slice(start)) as BenchJson;
+    } catch {
+      /* not JSON */
+    }
+  }
+  return null;
+}
+
+async function runBench(loadgen: string[], target: string, args: string[], timeoutS: number, cpu: number | null = null): Promise<BenchRun> {
+  const argv = [...loadgen, target, ...args, "--json"];
+  const child = spawnGroup(pinned(argv, cpu), null, { stdout: "pipe", stderr: "pipe" });
+  const stdoutP = new Response(child.proc.stdout as ReadableStream).text();
+  const stderrP = new Response(child.proc.stderr as ReadableStream).text();
+  let timedOut = false;
+  let hardKill: ReturnType<typeof setTimeout> | null = null;
+  // At the limit: SIGINT first (tftpd bench then prints what finished so far), SIGKILL 5 s later.
+  const timer = setTimeout(() => {
+    timedOut = true;
+    killGroup(child.pid, "SIGINT");
+    hardKill = setTimeout(() => killGroup(child.pid, "SIGKILL"), 5000);
+  }, timeoutS * 1000);
+  const code = await child.proc.exited;
+  clearTimeout(timer);
+  if (hardKill !== null) clearTimeout(hardKill);
+  killGroup(child.pid, "SIGKILL");
+  liveGroups.delete(child.pid);
+  recordPids();
+  const [stdout, stderr] = await Promise.all([stdoutP, stderrP]);
+  const json = lastJsonObject(stdout);
+  if (timedOut) return { status: "timeout", json, argv, detail: `stopped after ${timeoutS} s${json ? " (partial figures in the JSON it printed)" : ""}` };
+  if (json === null) {
+    return { status: "error", json: null, argv, detail: `exit ${code}, no JSON; stderr: ${(stderr || stdout).trim().split("\n").slice(-3).join(" | ")}` };
+  }
+  return { status: "ok", json, argv, detail: code === 0 ? "" : `exit ${code}` };
+}
+
+function resolveLoadgen(o: Options): { argv: string[]; label: string } {
+  if (o.benchCmd) return { argv: o.benchCmd, label: display(o.benchCmd) };
+  const hasBench = (base: string[]) => {
+    const r = spawnText([...base, "bench", "--help"]);
+    return r.out.includes("--concurrency");
+  };
+  if (existsSync(OURS_BIN) && hasBench([OURS_BIN])) return { argv: [OURS_BIN, "bench"], label: "dist/tftpd bench" };
+  if (hasBench([BUN, join(REPO, "src/main.ts")])) {
+    say("dist/tftpd has no bench subcommand: using `bun src/main.ts bench` as the load generator (run npm run build)");
+    return { argv: [BUN, join(REPO, "src/main.ts"), "bench"], label: "bun src/main.ts bench" };
+  }
+  die("no load generator: neither dist/tftpd nor src/main.ts has a `bench` subcommand yet (pass --bench-cmd)", 1);
+}
+
+// ───────────────────────────── measurement ─────────────────────────────
+
+interface Result {
+  scenario: Scenario;
+  server: ServerName;
+  status: "ok" | "failures" | "timeout" | "error" | "no-start" | "crashed";
+  json: BenchJson | null;
+  cpuS: number | null;
+  /** Busy CPU seconds of the whole machine during the run (server + load generator + rest). */
+  busyS: number | null;
+  peakMiB: number | null;
+  peakProcs: number;
+  note: string;
+}
+
+/** The median run by goodput (runs without figures rank lowest); the others go in its note. */
+function median(runs: Result[]): Result {
+  if (runs.length === 1) return runs[0]!;
+  const g = (r: Result) => (r.json && r.status !== "timeout" && r.status !== "no-start" ? r.json.goodput_mbps : -1);
+  const sorted = [...runs].sort((a, b) => g(a) - g(b));
+  const mid = sorted[Math.floor((sorted.length - 1) / 2)]!;
+  const all = runs.map((r) => (g(r) >= 0 ? g(r).toFixed(1) : r.status)).join(", ");
+  return { ...mid, note: [`median of ${runs.length} runs, goodput Mbit/s: ${all}`, mid.note].filter(Boolean).join("; ") };
+}
+
+function effective(s: Scenario, quick: boolean): { concurrency: number; total: number } {
+  const total = quick ? Math.max(1, Math.ceil(s.total / 10)) : s.total;
+  return { total, concurrency: Math.min(s.concurrency, total) };
+}
+
+function benchArgs(s: Scenario, quick: boolean, root: string, verify: boolean): string[] {
+  const { concurrency, total } = effective(s, quick);
+  return ["--concurrency", String(concurrency), "--total", String(total), "--file", s.file, ...s.flags, ...(verify ? ["--verify", join(root, s.file)] : [])];
+}
+
+async function measure(spec: ServerSpec, s: Scenario, o: Options, loadgen: string[], root: string, runDir: string): Promise<Result> {
+  const base: Result = { scenario: s, server: spec.name, status: "error", json: null, cpuS: null, busyS: null, peakMiB: null, peakProcs: 1, note: "" };
+  const pin = o.pin === "on" || (o.pin === "auto" && s.single === true);
+  const [serverCpu, loadCpu] = pin && cpus().length >= 2 ? [1, 0] : [null, null];
+  let srv: Running;
+  try {
+    srv = await startServer(spec, root, runDir, s.id, serverCpu);
+  } catch (e) {
+    say(`  ${spec.name}: did not start: ${(e as Error).message}`);
+    return { ...base, status: "no-start", note: (e as Error).message.split("\n")[0]! };
+  }
+  const target = `127.0.0.1:${srv.port}`;
+  try {
+    // One small transfer: proves the server answers and the load generator speaks to it.
+    const probe = await runBench(loadgen, target, ["--concurrency", "1", "--total", "1", "--file", PROBE_FILE, "--retries", "2"], 30, loadCpu);
+    if (probe.status !== "ok" || !probe.json || probe.json.completed !== 1) {
+      const why = probe.json ? JSON.stringify(probe.json.failures) : probe.detail;
+      say(`  ${spec.name}: probe transfer failed: ${why}`);
+      return { ...base, status: "no-start", note: `probe transfer failed: ${why}` };
+    }
+    const idle0 = machineBusySeconds();
+    await sleep(o.settleS * 1000);
+    const background = o.settleS > 0 ? (machineBusySeconds() - idle0) / o.settleS : null;
+
+    const pid = srv.child.pid;
+    // A server that ignores SIGCHLD (tftpd-hpa) has its forked children reaped by the kernel,
+    // which then drops their CPU time: count them with process accounting instead.
+    let acct: ProcessAccounting | null = null;
+    const notes: string[] = [];
+    if (ignoresSigchld(pid)) {
+      acct = ProcessAccounting.start(join(runDir, `acct-${spec.name}-${s.id}.bin`));
+      if (acct === null) notes.push("CPU of forked children NOT counted (process accounting refused): a lower bound");
+    }
+    const cpu0 = treeCpu(pid);
+    const busy0 = machineBusySeconds();
+    const sampler = new MemorySampler(pid, 200);
+    const run = await runBench(loadgen, target, benchArgs(s, o.quick, root, o.verify), o.runTimeoutS, loadCpu);
+    await sleep(300); // let forked children finish, so their time is counted
+    sampler.stop();
+    const cpu1 = treeCpu(pid);
+    const busyS = machineBusySeconds() - busy0;
+    let cpuS = cpu1.total - cpu0.total;
+    if (acct) {
+      const children = acct.stop().filter((r) => r.ppid === pid);
+      // A child still alive at the last sample is in cpu1 already: add only the rest.
+      for (const r of children) cpuS += Math.max(0, r.cpuS - (cpu1.perPid.get(r.pid) ?? 0));
+      notes.push(`CPU includes ${children.length} exited children (process accounting)`);
+    }
+    const hwm = peakRssKiB(pid) ?? 0;
+    const peakMiB = Math.max(hwm, sampler.peakKiB) / 1024;
+    if (run.detail) notes.push(run.detail);
+    if (background !== null && background >= 0.2) notes.push(`machine already busy before the run: ${background.toFixed(2)} CPUs (other work on the machine)`);
+    const crashed = !alive(srv.child.pid);
+    const r: Result = { ...base, json: run.json, cpuS, busyS, peakMiB, peakProcs: sampler.peakProcesses, note: notes.join("; ") };
+    if (crashed) {
+      r.status = "crashed";
+      r.note = `server exited during the run (${srv.child.proc.exitCode ?? srv.child.proc.signalCode}): ${tail(srv.log, 2).trim()}`;
+    } else if (run.status !== "ok") r.status = run.status;
+    else r.status = run.json && run.json.failed > 0 ? "failures" : "ok";
+    return r;
+  } finally {
+    await stopGroup(srv.child);
+  }
+}
+
+// ───────────────────────────── files ─────────────────────────────
+
+let tmpRoot = "";
+
+function makeRoot(scenarios: Scenario[]): string {
+  const root = mkdtempSync(join(tmpdir(), "tftpd-bench-root-"));
+  tmpRoot = root;
+  chmodSync(root, 0o755);
+  const files = new Map<string, number>([[PROBE_FILE, 4 * KiB]]);
+  for (const s of scenarios) files.set(s.file, s.size);
+  const chunk = Buffer.alloc(MiB);
+  for (const [name, size] of files) {
+    const path = join(root, name);
+    const fd = openSync(path, "w", 0o644);
+    for (let left = size; left > 0; ) {
+      const n = Math.min(left, chunk.length);
+      randomFillSync(chunk, 0, n);
+      writeSync(fd, chunk, 0, n);
+      left -= n;
+    }
+    closeSync(fd);
+    chmodSync(path, 0o644);
+  }
+  say(`generated ${[...files].map(([n, sz]) => `${n} (${fmtBytes(sz)})`).join(", ")} in ${root}`);
+  return root;
+}
+
+// ───────────────────────────── report ─────────────────────────────
+
+function machine(): Record<string, string> {
+  const cpuinfo = readFileSync("/proc/cpuinfo", "utf8");
+  const model = /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1]?.trim() ?? cpus()[0]?.model ?? "?";
+  const memKiB = Number(/^MemTotal:\s+(\d+)/m.exec(readFileSync("/proc/meminfo", "utf8"))?.[1] ?? 0);
+  const nproc = spawnText(["nproc"]).out.trim();
+  const kernel = spawnText(["uname", "-srm"]).out.trim();
+  return { nproc, cpu: model, kernel, memory: `${(memKiB / 1024 / 1024).toFixed(1)} GiB` };
+}
+
+const SYSCTLS = ["net.core.rmem_default", "net.core.rmem_max", "net.core.wmem_default", "net.core.wmem_max", "net.core.netdev_max_backlog", "net.ipv4.ip_local_port_range"];
+function sysctls(): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const k of SYSCTLS) {
+    try {
+      out[k] = readFileSync(`/proc/sys/${k.replace(/\./g, "/")}`, "utf8").trim().replace(/\s+/g, " ");
+    } catch {
+      out[k] = "?";
+    }
+  }
+  return out;
+}
+
+const num = (v: number | null | undefined, digits: number): string => (v === null || v === undefined || !Number.isFinite(v) ? "—" : v.toFixed(digits));
+
+function statusCell(r: Result): string | null {
+  switch (r.status) {
+    case "timeout": return "timeout";
+    case "no-start": return "did not start";
+    case "error": return r.json ? null : "load generator error";
+    case "crashed": return r.json ? null : "crashed";
+    default: return null;
+  }
+}
+
+function table(results: Result[], scenarios: Scenario[], servers: ServerName[], quick: boolean): string {
+  const head = "| scenario | server | goodput Mbit/s | transfers/s | p99 first response ms | failed | server CPU s | peak RSS MiB | ours ÷ best peer (goodput) |";
+  const rows = [head, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"];
+  for (const s of scenarios) {
+    const { concurrency, total } = effective(s, quick);
+    const label = `${s.id} ${s.title} (${fmtBytes(s.size)} ×${total}, c${concurrency})`;
+    const mine = results.filter((r) => r.scenario === s);
+    const peers = mine.filter((r) => r.server !== "tftpd" && r.json && r.status !== "timeout" && r.status !== "no-start");
+    const best = peers.reduce<Result | null>((b, r) => (b === null || r.json!.goodput_mbps > b.json!.goodput_mbps ? r : b), null);
+    for (const name of servers) {
+      const r = mine.find((x) => x.server === name);
+      if (!r) continue;
+      const j = r.json;
+      const cell = statusCell(r);
+      let ratio = "";
+      if (name === "tftpd" && j && best?.json && cell === null) {
+        ratio = best.json.goodput_mbps > 0 ? `×${(j.goodput_mbps / best.json.goodput_mbps).toFixed(2)} (${best.server})` : "∞";
+      } else if (name === "tftpd") ratio = "—";
+      const failed = j ? `${j.failed}/${j.requested}${r.status === "crashed" ? " (crashed)" : ""}` : "—";
+      rows.push(`| ${label} | ${name} | ${cell ?? num(j?.goodput_mbps, 1)} | ${cell ? "—" : num(j?.transfers_per_s, 1)} | ${cell ? "—" : num(j?.first_response_ms.p99, 2)} | ${failed} | ${num(r.cpuS, 2)} | ${num(r.peakMiB, 1)} | ${ratio} |`);
+    }
+  }
+  return rows.join("\n");
+}
+
+function details(results: Result[]): string[] {
+  const lines: string[] = [];
+  for (const r of results) {
+    const parts: string[] = [];
+    const j = r.json;
+    if (j) {
+      const reasons = Object.entries(j.failures ?? {}).map(([k, n]) => `${k} ×${n}`).join(", ");
+      if (reasons) parts.push(`failures: ${reasons}`);
+      parts.push(`wall ${num(j.wall_s, 2)} s, p50/p99 first response ${num(j.first_response_ms.p50, 2)}/${num(j.first_response_ms.p99, 2)} ms, p99 transfer ${num(j.transfer_ms?.p99, 0)} ms, retransmits ${j.retransmits}, load generator CPU ${num((j.cpu_s?.user ?? 0) + (j.cpu_s?.system ?? 0), 2)} s, machine busy ${num(r.busyS, 2)} CPU s`);
+    }
+    if (r.peakProcs > 1) parts.push(`up to ${r.peakProcs} server processes at once`);
+    if (r.note) parts.push(r.note);
+    lines.push(`- ${r.scenario.id} / ${r.server}: ${r.status}${parts.length ? ` — ${parts.join("; ")}` : ""}`);
+  }
+  return lines;
+}
+
+function staleBinaryWarning(): string | null {
+  if (!existsSync(OURS_BIN)) return null;
+  const built = statSync(OURS_BIN).mtimeMs;
+  let newest = 0;
+  let newestPath = "";
+  const walk = (dir: string) => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.name.endsWith(".ts")) {
+        const m = statSync(p).mtimeMs;
+        if (m > newest) [newest, newestPath] = [m, p];
+      }
+    }
+  };
+  walk(join(REPO, "src"));
+  return newest > built ? `dist/tftpd is older than ${relative(REPO, newestPath)}: rebuild with npm run build (or pass --build)` : null;
+}
+
+// ───────────────────────────── main ─────────────────────────────
+
+async function main(): Promise<number> {
+  const argv = process.argv.slice(2);
+  const o = parseOptions(argv);
+  const command = ["bun", "build/bench-peers.ts", ...argv].map(shellQuote).join(" ");
+  mkdirSync(CACHE, { recursive: true });
+  pidFile = join(CACHE, "bench-peers.pids");
+  reapStale();
+
+  if (o.build) {
+    say("building dist/tftpd (bun build/compile.ts)");
+    const r = Bun.spawnSync([BUN, join(REPO, "build/compile.ts")], { cwd: REPO, stdout: "inherit", stderr: "inherit" });
+    if (r.exitCode !== 0) die("build failed", 1);
+  }
+  const warnings: string[] = [];
+  if (o.servers.includes("tftpd") && !o.oursFromSource) {
+    if (!existsSync(OURS_BIN)) die("dist/tftpd is missing: run npm run build (or pass --build / --ours-from-source)", 1);
+    const stale = staleBinaryWarning();
+    if (stale) {
+      say(`warning: ${stale}`);
+      warnings.push(stale);
+    }
+  }
+
+  const loadgen = resolveLoadgen(o);
+  say(`load generator: ${loadgen.label}`);
+
+  const specs: ServerSpec[] = [];
+  for (const name of o.servers) {
+    if (name === "tftpd") specs.push(oursSpec(o.oursFromSource));
+    else specs.push(peerSpec(name, ensurePeer(name, CACHE, (l) => say(l))));
+  }
+  for (const sp of specs) say(`${sp.name}: ${sp.version}`);
+
+  const runDir = join(CACHE, "run");
+  rmSync(runDir, { recursive: true, force: true });
+  mkdirSync(runDir, { recursive: true });
+  writeFileSync(join(runDir, "tftpd-bench.json"), `${JSON.stringify(OURS_CONFIG, null, 2)}\n`);
+  const root = makeRoot(o.scenarios);
+  const sysBefore = sysctls();
+  const started = new Date();
+  const results: Result[] = [];
+  try {
+    for (const s of o.scenarios) {
+      const { concurrency, total } = effective(s, o.quick);
+      say(`scenario ${s.id} ${s.title}: ${fmtBytes(s.size)} ×${total}, concurrency ${concurrency} ${s.flags.join(" ")}`);
+      const repeat = o.repeat ?? (s.single ? 3 : 1);
+      for (const spec of specs) {
+        const runs: Result[] = [];
+        for (let i = 0; i < repeat; i++) {
+          runs.push(await measure(spec, s, o, loadgen.argv, root, runDir));
+          if (i + 1 < repeat) await sleep(o.settleS * 1000);
+        }
+        const r = median(runs);
+        results.push(r);
+        const j = r.json;
+        say(`  ${spec.name}: ${r.status}${j ? ` ${num(j.goodput_mbps, 1)} Mbit/s, ${num(j.transfers_per_s, 1)} transfers/s, p99 first ${num(j.first_response_ms.p99, 2)} ms, failed ${j.failed}/${j.requested}` : ""}, server CPU ${num(r.cpuS, 2)} s, peak ${num(r.peakMiB, 1)} MiB${r.note ? ` (${r.note})` : ""}`);
+        await sleep(o.settleS * 1000);
+      }
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+  const sysAfter = sysctls();
+
+  const tbl = table(results, o.scenarios, o.servers, o.quick);
+  process.stdout.write(`${tbl}\n`);
+
+  const m = machine();
+  const changed = SYSCTLS.filter((k) => sysBefore[k] !== sysAfter[k]);
+  const md = [
+    "# Peer benchmark",
+    "",
+    "Generated by `build/bench-peers.ts`; do not edit by hand (rerun it).",
+    "",
+    `- Date: ${started.toISOString()}`,
+    `- Command: \`${command}\`${o.quick ? " (**quick**: totals divided by 10 — a smoke check, not a result)" : ""}`,
+    `- Machine: ${m.nproc} CPUs (${m.cpu}), ${m.memory} memory, ${m.kernel}`,
+    `- Load generator: \`${loadgen.label}\` (one process, the same for every server, on the same machine)`,
+    ...specs.map((sp) => `- ${sp.name}: ${sp.version} — ${sp.note}`),
+    ...warnings.map((w) => `- **Warning:** ${w}`),
+    "",
+    "## Results",
+    "",
+    tbl,
+    "",
+    "## Scenarios",
+    "",
+    ...o.scenarios.map((s) => {
+      const n = o.repeat ?? (s.single ? 3 : 1);
+      return `- ${s.id} ${s.title}: \`tftpd bench 127.0.0.1:PORT ${benchArgs(s, o.quick, "ROOT", false).join(" ")} --json\`${n > 1 ? ` — ${n} runs per server, each on a fresh server; the table shows the median by goodput` : ""}`;
+    }),
+    "",
+    "## Servers as started",
+    "",
+    ...specs.map((sp) => `- ${sp.name}: \`${display(sp.argv("ROOT", sp.fixedPort ?? 0, join(REPO, ".bench/run"))).replace(/127\.0\.0\.1:0\b/, "127.0.0.1:PORT").replace(/--port 0\b/, "--port PORT")}\``),
+    "",
+    "## How it was measured",
+    "",
+    "- Every server runs on 127.0.0.1 and is started afresh for each scenario (so peak memory and CPU belong to that scenario), answers one 4 KiB probe transfer, then the load generator runs once with a hard time limit of " +
+      `${o.runTimeoutS} s ("timeout" when hit). ${o.settleS} s pause between runs. Files are random bytes generated at run time in a temporary root; the page cache is warm for every server.`,
+    "- goodput, transfers/s, p99 first response (request sent → first OACK/DATA/ERROR back) and failures come from the load generator's JSON.",
+    "- server CPU s: utime+stime+cutime+cstime from /proc/PID/stat of the server (all its threads) and its live descendants, sampled before and after the run (300 ms after it, so forked children have finished). tftpd-hpa ignores SIGCHLD, so the kernel reaps its per-transfer children and drops their times (its cutime stays 0): for a server that ignores SIGCHLD the script turns on BSD process accounting (acct(2)) for the run and adds the CPU time of every exited child whose parent was the server.",
+    "- machine busy (notes): all-CPU busy time from /proc/stat over the run: server + load generator + this script + anything else running on the machine, a cross-check.",
+    "- peak RSS MiB: the larger of the server's VmHWM (/proc/PID/status) and the peak of a 200 ms sampler over its process tree; while a forking server (tftpd-hpa) has live children the sampler sums Pss (/proc/PID/smaps_rollup) over the tree, so pages shared by the forked children count once.",
+    "- ours ÷ best peer: our goodput divided by the highest goodput among the peers that ran the scenario (timeouts and servers that did not start excluded).",
+    "- The load generator shares the machine with the server; its own CPU is in the notes.",
+    o.pin === "off"
+      ? "- No CPU pinning (--pin off): single-transfer figures depend on whether the scheduler puts server and client on one core (cheap wake-ups) or two."
+      : `- CPU pinning (--pin ${o.pin}): ${o.pin === "on" ? "in every scenario" : "in the single-transfer scenarios (5a-5c)"} the server (and its threads and children) runs on CPU 1 and the load generator on CPU 0 (taskset), so every round trip crosses cores as it does between two machines; unpinned, a lock-step transfer runs several times faster or slower depending on where the scheduler puts the two.`,
+    "",
+    "## Notes per run",
+    "",
+    ...details(results),
+    "",
+    changed.length > 0
+      ? `Kernel settings changed during the run (servers that ran after the change benefited): ${changed.map((k) => `${k} ${sysBefore[k]} → ${sysAfter[k]}`).join(", ")}.`
+      : `Kernel settings, unchanged during the run: ${SYSCTLS.map((k) => `${k}=${sysBefore[k]}`).join(", ")}.`,
+    "",
+  ].join("\n");
+  if (o.out) {
+    writeFileSync(o.out, md);
+    writeFileSync(join(CACHE, "last-results.json"), JSON.stringify(results.map((r) => ({ ...r, scenario: r.scenario.id })), null, 2));
+    say(`wrote ${relative(REPO, o.out) || o.out} (raw results in .bench/last-results.json)`);
+  }
+  return 0;
+}
+
+function onSignal(sig: NodeJS.Signals): void {
+  process.stderr.write(`\nbench-peers: ${sig}: stopping every server started\n`);
+  killAllNow();
+  if (tmpRoot) rmSync(tmpRoot, { recursive: true, force: true });
+  process.exit(sig === "SIGINT" ? 130 : 143);
+}
+process.on("SIGINT", onSignal);
+process.on("SIGTERM", onSignal);
+process.on("SIGHUP", onSignal);
+process.on("exit", () => killAllNow());
+
+try {
+  const code = await main();
+  killAllNow();
+  if (pidFile) rmSync(pidFile, { force: true });
+  pidFile = ""; // nothing left to record: the exit handler must not write it again
+  process.exit(code);
+} catch (e) {
+  killAllNow();
+  process.stderr.write(`bench-peers: ${(e as Error).stack ?? e}\n`);
+  process.exit(1);
+}
