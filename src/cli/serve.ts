@@ -11,7 +11,7 @@ import type { Config } from "../config/schema.ts";
 import { createLogger, flushLogs } from "../log.ts";
 import { isWildcard, expandListenAddresses } from "../server/interfaces.ts";
 import { LossPlan } from "../server/loss.ts";
-import { wasCapped } from "../server/sockopt.ts";
+import { wasCapped } from "../net/sockopt.ts";
 import { TftpServer, type ServerOptions } from "../server/server.ts";
 import { loadRemapFile } from "../storage/remap.ts";
 import { fail, repeatedFlag, unknownOption } from "./args.ts";

@@ -19,7 +19,11 @@ import {
 } from "../protocol/options.ts";
 import { DEFAULT_BLKSIZE, ErrorCode, Opcode, type OptionMap, type Packet } from "../protocol/packet.ts";
 import { formatHostPort } from "../net/address.ts";
+import { setBufferSizes } from "../net/sockopt.ts";
 import type { ErrorSource, TransferError, TransferOptions, TransferReport } from "./types.ts";
+
+/** Windows bigger than this get a receive buffer sized for them. */
+const WINDOW_BUFFER_THRESHOLD = 128 * 1024;
 
 export const DEFAULT_RETRIES = 5;
 export const DEFAULT_RETRANSMIT_MS = 1000;
@@ -173,6 +177,10 @@ export abstract class ClientSession<R extends TransferReport> {
           error: (a: unknown, b?: unknown) => this.onSocketError(a instanceof Error ? a : b),
         },
       });
+      // A window leaves the server in one burst: the default receive buffer (~208 KiB) would
+      // drop the tail of a big one (64 × 8 KiB), and every window would have to be rewound.
+      const windowBytes = (this.opts.windowsize ?? 1) * ((this.opts.blksize ?? DEFAULT_BLKSIZE) + 4);
+      if (windowBytes > WINDOW_BUFFER_THRESHOLD) setBufferSizes(sock, Math.min(windowBytes * 2, 64 << 20), 0);
       if (this.opts.beforeRequest !== undefined && this.phase === "init") {
         try {
           await this.opts.beforeRequest();

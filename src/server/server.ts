@@ -20,7 +20,7 @@ import { LoadBalancer, type Algorithm, type HashKey } from "./balance.ts";
 import { epochNow, TransferEngine, type EngineOptions, type TransferJob } from "./engine.ts";
 import type { LossPlan } from "./loss.ts";
 import type { BatchPolicy } from "./shared-socket.ts";
-import type { BufferSizes } from "./sockopt.ts";
+import type { BufferSizes } from "../net/sockopt.ts";
 import type { Lifetimes, RetransmitPolicy, TransferOutcome } from "./transfer.ts";
 import { openListener, type Listener, type Peer, type PortRange } from "./transport.ts";
 import { WorkerPool } from "./worker-pool.ts";

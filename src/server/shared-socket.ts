@@ -12,7 +12,7 @@ import type { udp } from "bun";
 import { encodeError } from "../protocol/codec.ts";
 import { ErrorCode } from "../protocol/packet.ts";
 import type { LossPlan } from "./loss.ts";
-import { setBufferSizes } from "./sockopt.ts";
+import { setBufferSizes } from "../net/sockopt.ts";
 import type { PacketHandler, Peer, PortRange, TransferChannel } from "./transport.ts";
 
 const unknownTid = encodeError(ErrorCode.UNKNOWN_TID, "unknown transfer ID");

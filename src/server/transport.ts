@@ -10,7 +10,7 @@ import type { udp } from "bun";
 import { encodeError } from "../protocol/codec.ts";
 import { ErrorCode } from "../protocol/packet.ts";
 import type { LossPlan } from "./loss.ts";
-import { setBufferSizes, type BufferSizes } from "./sockopt.ts";
+import { setBufferSizes, type BufferSizes } from "../net/sockopt.ts";
 
 export interface Peer {
   address: string;

@@ -43,6 +43,12 @@ function versionKey(id: FileIdentity): string {
   return `${id.dev}:${id.ino}:${id.size}:${id.mtimeMs}:${id.ctimeMs}`;
 }
 
+/**
+ * Requests for a file up to this size wait for its copy (a few ms at most); larger files are
+ * served from the open file while the copy is made, so the first answer is not held up.
+ */
+export const WAIT_FOR_FILL_MAX_BYTES = 16 << 20;
+
 /** Yields to the event loop between fill chunks so running transfers keep moving. */
 const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
@@ -55,7 +61,11 @@ export class FileCache {
   private readonly counters = { hits: 0, misses: 0, bypasses: 0, evictions: 0 };
   readonly enabled: boolean;
 
-  constructor(private readonly maxBytes: number) {
+  /** @param fillChunkBytes bytes copied between two yields to the event loop during a fill */
+  constructor(
+    private readonly maxBytes: number,
+    private readonly fillChunkBytes = 64 << 20,
+  ) {
     this.enabled = maxBytes > 0 && memfdAvailable();
   }
 
@@ -77,6 +87,11 @@ export class FileCache {
     const key = versionKey(file.identity);
     let entry = this.entries.get(key);
     if (entry && !entry.failed) {
+      if (entry.filling && file.size > WAIT_FOR_FILL_MAX_BYTES) {
+        // The copy of a large file is still being made: start from the open file right away.
+        this.counters.bypasses++;
+        return file;
+      }
       this.counters.hits++;
     } else {
       this.counters.misses++;
@@ -94,6 +109,12 @@ export class FileCache {
         created.filling = null;
       });
       entry = created;
+      if (file.size > WAIT_FOR_FILL_MAX_BYTES) {
+        // Copying hundreds of MiB takes tens of ms: this first request is served from the open
+        // file at once, and the copy serves the requests that come after it.
+        this.counters.bypasses++;
+        return file;
+      }
     }
     entry.readers++;
     entry.lastUsed = performance.now();
@@ -112,7 +133,7 @@ export class FileCache {
     let own: number | null = null;
     try {
       own = fs.openSync(`/proc/self/fd/${fd}`, fs.constants.O_RDONLY);
-      const filler = new MemfdFiller(own, entry.identity.size);
+      const filler = new MemfdFiller(own, entry.identity.size, this.fillChunkBytes);
       while (!filler.step()) await yieldToLoop();
       const after = fs.fstatSync(own);
       if (after.size !== entry.identity.size || after.mtimeMs !== entry.identity.mtimeMs || after.ctimeMs !== entry.identity.ctimeMs) {

@@ -9,7 +9,7 @@
 import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { FileCache } from "../../../src/storage/cache.ts";
+import { FileCache, WAIT_FOR_FILL_MAX_BYTES } from "../../../src/storage/cache.ts";
 import { MemfdFiller } from "../../../src/storage/memfd.ts";
 import { openForRead } from "../../../src/storage/resolve.ts";
 import type { FdFileSource, FileSource } from "../../../src/storage/source.ts";
@@ -99,10 +99,10 @@ describe("hits and misses", () => {
 
   test("20 concurrent acquires share one fill, even when the fill yields to the event loop", async () => {
     const root = tempDir();
-    // Larger than one fill step (64 MiB), so the fill is still running when the others arrive.
-    const content = patternBytes(64 * MiB + 4096, 2);
+    // Eight fill steps of 1 MiB, so the fill is still running when the others arrive.
+    const content = patternBytes(8 * MiB + 4096, 2);
     fs.writeFileSync(path.join(root, "big"), content);
-    const cache = new FileCache(128 * MiB);
+    const cache = new FileCache(128 * MiB, 1 * MiB);
     const opened = await Promise.all(Array.from({ length: 20 }, () => open(root, "big")));
     const first = cache.acquire(opened[0]!);
     // The first fill has not finished: the others must join it, not start their own.
@@ -116,6 +116,34 @@ describe("hits and misses", () => {
       expect(sha256(readRange(source, 0, source.size, buffer))).toBe(want);
       source.close();
     }
+  });
+
+  test("a file larger than WAIT_FOR_FILL_MAX_BYTES is served from disk while its copy is made, then from the copy", async () => {
+    const root = tempDir();
+    const content = patternBytes(WAIT_FOR_FILL_MAX_BYTES + 4096, 4);
+    fs.writeFileSync(path.join(root, "initrd"), content);
+    const cache = new FileCache(128 * MiB, 1 * MiB);
+    const firstFile = await open(root, "initrd");
+    const first = await cache.acquire(firstFile);
+    // not waited for: the open file itself comes back, and the copy is still being made
+    expect(first).toBe(firstFile);
+    expect(cache.stats).toMatchObject({ misses: 1, bypasses: 1 });
+    const second = await cache.acquire(await open(root, "initrd"));
+    expect(cache.stats).toMatchObject({ misses: 1, bypasses: 2 });
+    // once the copy exists, requests get it
+    for (let i = 0; i < 200 && cache.stats.hits === 0; i++) {
+      await Bun.sleep(5);
+      const later = await cache.acquire(await open(root, "initrd"));
+      if (later.share?.kind === "memfd") {
+        expect(sha256(readRange(later, 0, later.size, new Uint8Array(later.size)))).toBe(sha256(content));
+      }
+      later.close();
+    }
+    expect(cache.stats.hits).toBeGreaterThan(0);
+    const buffer = new Uint8Array(content.length);
+    expect(sha256(readRange(first, 0, first.size, buffer))).toBe(sha256(content));
+    first.close();
+    second.close();
   });
 });
 
@@ -269,7 +297,7 @@ describe("read-only files", () => {
     }
     const probe = runProbe(
       root,
-      `import { FileCache } from ${JSON.stringify(storageModule("cache.ts"))};\n` +
+      `import { FileCache, WAIT_FOR_FILL_MAX_BYTES } from ${JSON.stringify(storageModule("cache.ts"))};\n` +
         `import { openForRead } from ${JSON.stringify(storageModule("resolve.ts"))};\n` +
         `const dir = process.argv[2]!;\n` +
         `let mmap = "mapped";\n` +
