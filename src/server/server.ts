@@ -182,6 +182,7 @@ export class TftpServer {
         );
         await this.pool.start();
         this.cache.onRelease = (entryId) => this.pool?.release(entryId);
+        this.cache.onFilled = (entryId, fd, size) => this.pool?.filled(entryId, fd, size);
       }
       for (const { host, port } of this.options.listen) {
         const listener = await openListener(host, port, (l, bytes, peer, at) => this.onRequest(l, bytes, peer, at), {

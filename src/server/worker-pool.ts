@@ -91,6 +91,11 @@ export class WorkerPool {
     for (const slot of this.slots) if (slot.jobs.has(id)) this.send(slot, { type: "cancel", id });
   }
 
+  /** A cached copy is ready on the main thread: every worker maps it. */
+  filled(entryId: number, fd: number, size: number): void {
+    for (const slot of this.slots) this.send(slot, { type: "filled", entryId, fd, size });
+  }
+
   /** A cached copy was closed on the main thread: every worker drops its mapping. */
   release(entryId: number): void {
     for (const slot of this.slots) this.send(slot, { type: "release", entryId });

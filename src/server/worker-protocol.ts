@@ -13,6 +13,8 @@ export type ToWorker =
   | { type: "init"; init: WorkerInit }
   | { type: "read"; job: TransferJob; share: SourceShare; identity: FileIdentity }
   | { type: "cancel"; id: number }
+  /** a cached copy is ready: map it (readers of the file move over to it) */
+  | { type: "filled"; entryId: number; fd: number; size: number }
   /** the main thread closed a cached copy: drop its mapping */
   | { type: "release"; entryId: number }
   | { type: "stop" };

@@ -18,14 +18,34 @@ const post = (message: FromWorker): void => self.postMessage(message);
 const mappings = new Map<number, Uint8Array>();
 let engine: TransferEngine | null = null;
 
-function sourceFor(share: SourceShare, identity: FileIdentity): FileSource {
-  if (share.kind === "fd") return borrowedFdSource(share.fd, identity);
-  let bytes = mappings.get(share.id);
+function mapCopy(id: number, fd: number, size: number): Uint8Array {
+  let bytes = mappings.get(id);
   if (!bytes) {
-    bytes = identity.size === 0 ? new Uint8Array(0) : Bun.mmap(`/proc/self/fd/${share.fd}`, { shared: false });
-    mappings.set(share.id, bytes);
+    bytes = size === 0 ? new Uint8Array(0) : Bun.mmap(`/proc/self/fd/${fd}`, { shared: false });
+    mappings.set(id, bytes);
   }
-  return memorySource(bytes, identity);
+  return bytes;
+}
+
+function sourceFor(share: SourceShare, identity: FileIdentity): FileSource {
+  if (share.kind === "memfd") return memorySource(mapCopy(share.id, share.fd, identity.size), identity);
+  const file = borrowedFdSource(share.fd, identity);
+  const pending = share.pendingId;
+  if (pending === undefined) return file;
+  // The main thread is still copying this file: read it until the copy is mapped here.
+  let copy: FileSource | null = null;
+  return {
+    size: file.size,
+    identity,
+    read(position, into, offset, length) {
+      if (!copy) {
+        const bytes = mappings.get(pending);
+        if (bytes) copy = memorySource(bytes, identity);
+      }
+      return (copy ?? file).read(position, into, offset, length);
+    },
+    close: () => file.close(),
+  };
 }
 
 self.onmessage = (event: MessageEvent<ToWorker>) => {
@@ -53,6 +73,9 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
     }
     case "cancel":
       engine?.cancel(message.id);
+      return;
+    case "filled":
+      mapCopy(message.entryId, message.fd, message.size);
       return;
     case "release":
       mappings.delete(message.entryId);

@@ -45,7 +45,7 @@ function versionKey(id: FileIdentity): string {
 
 /**
  * Requests for a file up to this size wait for its copy (a few ms at most); larger files are
- * served from the open file while the copy is made, so the first answer is not held up.
+ * read from the open file until the copy is made, so the first answer is not held up.
  */
 export const WAIT_FOR_FILL_MAX_BYTES = 16 << 20;
 
@@ -58,6 +58,8 @@ export class FileCache {
   private lastId = 0;
   /** told when a cached copy is gone, so other threads drop their mappings of it */
   onRelease: ((id: number) => void) | null = null;
+  /** told when a copy is ready, so other threads can map it and move their readers onto it */
+  onFilled: ((id: number, memfd: number, size: number) => void) | null = null;
   private readonly counters = { hits: 0, misses: 0, bypasses: 0, evictions: 0 };
   readonly enabled: boolean;
 
@@ -90,7 +92,7 @@ export class FileCache {
       if (entry.filling && file.size > WAIT_FOR_FILL_MAX_BYTES) {
         // The copy of a large file is still being made: start from the open file right away.
         this.counters.bypasses++;
-        return file;
+        return this.promotingSource(file, entry);
       }
       this.counters.hits++;
     } else {
@@ -110,10 +112,10 @@ export class FileCache {
       });
       entry = created;
       if (file.size > WAIT_FOR_FILL_MAX_BYTES) {
-        // Copying hundreds of MiB takes tens of ms: this first request is served from the open
-        // file at once, and the copy serves the requests that come after it.
+        // Copying hundreds of MiB takes tens of ms: this first request starts from the open
+        // file at once and moves to the copy when it is ready.
         this.counters.bypasses++;
-        return file;
+        return this.promotingSource(file, entry);
       }
     }
     entry.readers++;
@@ -141,6 +143,7 @@ export class FileCache {
         throw new Error("file changed while it was being cached");
       }
       entry.copy = filler.seal();
+      this.onFilled?.(entry.id, entry.copy.fd, entry.identity.size);
     } catch {
       entry.failed = true;
       this.drop(entry);
@@ -161,12 +164,42 @@ export class FileCache {
         if (released) return;
         released = true;
         inner.close();
-        entry.readers--;
-        entry.lastUsed = performance.now();
-        // A version replaced on disk is dropped as soon as its last reader is done.
-        if (entry.readers === 0 && this.entries.get(entry.key) !== entry) this.release(entry);
+        this.unread(entry);
       },
     };
+  }
+
+  /**
+   * Reads the open file until the copy of its version exists, then the copy: the first
+   * request for a large file starts at once and reaches memory speed within milliseconds.
+   */
+  private promotingSource(file: FdFileSource, entry: Entry): FileSource {
+    entry.readers++;
+    entry.lastUsed = performance.now();
+    let copy: FileSource | null = null;
+    let released = false;
+    return {
+      size: file.size,
+      identity: file.identity,
+      share: { kind: "fd", fd: file.fd, pendingId: entry.id },
+      read: (position, into, offset, length) => {
+        if (!copy && entry.copy) copy = memorySource(entry.copy.bytes, entry.identity);
+        return (copy ?? file).read(position, into, offset, length);
+      },
+      close: () => {
+        if (released) return;
+        released = true;
+        file.close();
+        this.unread(entry);
+      },
+    };
+  }
+
+  private unread(entry: Entry): void {
+    entry.readers--;
+    entry.lastUsed = performance.now();
+    // A version replaced on disk is dropped as soon as its last reader is done.
+    if (entry.readers === 0 && this.entries.get(entry.key) !== entry) this.release(entry);
   }
 
   /** Evicts idle versions, oldest first, until `size` more bytes fit. */

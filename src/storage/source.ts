@@ -40,7 +40,8 @@ export interface FileSource {
 
 export type SourceShare =
   | { readonly kind: "memfd"; readonly id: number; readonly fd: number }
-  | { readonly kind: "fd"; readonly fd: number };
+  /** `pendingId`: a cached copy of this file is being made; switch to it once it exists */
+  | { readonly kind: "fd"; readonly fd: number; readonly pendingId?: number };
 
 function checkReadArgs(position: number, into: Uint8Array, offset: number, length: number): void {
   if (!Number.isSafeInteger(position) || position < 0) {
