@@ -66,7 +66,7 @@ export class FileCache {
   /** @param fillChunkBytes bytes copied between two yields to the event loop during a fill */
   constructor(
     private readonly maxBytes: number,
-    private readonly fillChunkBytes = 64 << 20,
+    private readonly fillChunkBytes = 8 << 20,
   ) {
     this.enabled = maxBytes > 0 && memfdAvailable();
   }
@@ -136,6 +136,8 @@ export class FileCache {
     try {
       own = fs.openSync(`/proc/self/fd/${fd}`, fs.constants.O_RDONLY);
       const filler = new MemfdFiller(own, entry.identity.size, this.fillChunkBytes);
+      // A large file's first reader is answered before the copy starts taking the thread.
+      if (entry.identity.size > WAIT_FOR_FILL_MAX_BYTES) await yieldToLoop();
       while (!filler.step()) await yieldToLoop();
       const after = fs.fstatSync(own);
       if (after.size !== entry.identity.size || after.mtimeMs !== entry.identity.mtimeMs || after.ctimeMs !== entry.identity.ctimeMs) {
