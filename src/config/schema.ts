@@ -308,7 +308,7 @@ const performance = section({
     thread_pool_size: intIn(1, 4096).default(4).describe(`Threads of the file I/O pool ${ENGINE}`),
     worker_threads: autoOrInt(1, 1024)
       .prefault("auto")
-      .describe('Number of transfer engines: 1 runs transfers on the main thread, N > 1 starts N worker threads; "auto" = one per CPU'),
+      .describe('Number of transfer engines: 1 runs transfers on the main thread, N > 1 starts N worker threads; "auto" = one per CPU but one (the main thread keeps listeners, admission and the cache)'),
   }),
   memory: section({
     cache_size: bytes().prefault("1Gi").describe("Cap of the local file cache: bytes of sealed in-memory (memfd) copies of served files, shared by all transfers and workers"),
@@ -320,7 +320,7 @@ const performance = section({
   network: section({
     tcp_nodelay: bool().default(true).describe(`TCP_NODELAY on TCP connections (Redis cluster, metrics endpoint) ${CLUSTER}`),
     tcp_keepalive: bool().default(true).describe(`SO_KEEPALIVE on TCP connections (Redis cluster, metrics endpoint) ${CLUSTER}`),
-    receive_buffer_size: bytes(1).prefault("4Mi").describe("SO_RCVBUF of the UDP request and shared transfer sockets (set and read back; capped by net.core.rmem_max)"),
+    receive_buffer_size: bytes(1).prefault("32Mi").describe("SO_RCVBUF of the UDP request and shared transfer sockets (set and read back; capped by net.core.rmem_max unless the process has CAP_NET_ADMIN); 32Mi holds a burst of about 25,000 requests"),
     send_buffer_size: bytes(1).prefault("4Mi").describe("SO_SNDBUF of the UDP request and shared transfer sockets (set and read back; capped by net.core.wmem_max)"),
   }),
 });

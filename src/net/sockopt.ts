@@ -9,6 +9,9 @@ import { dlopen, FFIType, ptr } from "bun:ffi";
 const SOL_SOCKET = 1;
 const SO_SNDBUF = 7;
 const SO_RCVBUF = 8;
+/** Same as SO_SNDBUF / SO_RCVBUF but past net.core.wmem_max / rmem_max; needs CAP_NET_ADMIN. */
+const SO_SNDBUFFORCE = 32;
+const SO_RCVBUFFORCE = 33;
 
 type Libc = {
   setsockopt(fd: number, level: number, name: number, value: Uint8Array, length: number): number;
@@ -66,8 +69,16 @@ export function setBufferSizes(socket: object, receive: number, send: number): B
   const fd = socketFd(socket);
   const lib = loadLibc();
   if (fd === null || lib === null) return null;
-  if (receive > 0) setInt(lib, fd, SO_RCVBUF, receive);
-  if (send > 0) setInt(lib, fd, SO_SNDBUF, send);
+  // The kernel caps the plain options at rmem_max / wmem_max; a privileged process may go past
+  // them with the FORCE variants, and an unprivileged one keeps what it was granted.
+  if (receive > 0) {
+    setInt(lib, fd, SO_RCVBUF, receive);
+    if (wasCapped(receive, getInt(lib, fd, SO_RCVBUF))) setInt(lib, fd, SO_RCVBUFFORCE, receive);
+  }
+  if (send > 0) {
+    setInt(lib, fd, SO_SNDBUF, send);
+    if (wasCapped(send, getInt(lib, fd, SO_SNDBUF))) setInt(lib, fd, SO_SNDBUFFORCE, send);
+  }
   return { receive: getInt(lib, fd, SO_RCVBUF), send: getInt(lib, fd, SO_SNDBUF) };
 }
 

@@ -92,7 +92,7 @@ describe("defaults", () => {
     expect(c.performance.cpu.worker_threads).toBe("auto");
     expect(c.performance.memory.cache_size).toBe(1024 ** 3);
     expect(c.performance.memory.buffer_size).toBe(65536);
-    expect(c.performance.network.receive_buffer_size).toBe(4 * 1024 ** 2);
+    expect(c.performance.network.receive_buffer_size).toBe(32 * 1024 ** 2);
     expect(c.cache.redis.key_prefix).toBe("tftpd:");
     expect(defaultConfig()).toEqual(c);
   });
