@@ -45,10 +45,6 @@ const SWEEP_MS = 1000;
 /** Windows above this many bytes get a bigger socket send buffer than the kernel default. */
 const BIG_WINDOW_BYTES = 128 * 1024;
 
-export function epochNow(): number {
-  return performance.timeOrigin + performance.now();
-}
-
 export class TransferEngine {
   private readonly transfers = new Map<number, Expirable & { cancel(): void }>();
   private sweeper: ReturnType<typeof setInterval> | null = null;

@@ -17,7 +17,7 @@ import { prepareUpload, type UploadPolicy } from "../storage/upload.ts";
 import { formatHostPort } from "../net/address.ts";
 import { Admission, type AdmissionLimits } from "./admission.ts";
 import { LoadBalancer, type Algorithm, type HashKey } from "./balance.ts";
-import { epochNow, TransferEngine, type EngineOptions, type TransferJob } from "./engine.ts";
+import { TransferEngine, type EngineOptions, type TransferJob } from "./engine.ts";
 import type { LossPlan } from "./loss.ts";
 import type { BatchPolicy } from "./shared-socket.ts";
 import type { BufferSizes } from "../net/sockopt.ts";
