@@ -84,6 +84,12 @@ export class ReadTransfer {
 
   handle(bytes: Uint8Array): void {
     if (this.phase === "done") return;
+    // The hot path, once per window: an ACK is opcode 4 and a block number (RFC 1350 §5),
+    // read in place without building a packet object.
+    if (bytes.length >= 4 && bytes[0] === 0 && bytes[1] === Opcode.ACK) {
+      this.onAck((bytes[2]! << 8) | bytes[3]!);
+      return;
+    }
     const decoded = decodePacket(bytes);
     if (!decoded.ok) {
       if (decoded.reply !== null) this.fail(decoded.reply, decoded.message);

@@ -24,10 +24,6 @@ export interface BatchPolicy {
   enabled: boolean;
 }
 
-function peerKey(address: string, port: number): string {
-  return `${address}|${port}`;
-}
-
 class SharedChannel implements TransferChannel {
   closed = false;
   /** the flush round in which this channel last queued a datagram */
@@ -35,7 +31,6 @@ class SharedChannel implements TransferChannel {
 
   constructor(
     private readonly owner: SharedTransferSocket,
-    readonly key: string,
     readonly peer: Peer,
     private readonly handler: PacketHandler,
     private readonly loss: LossPlan | null,
@@ -72,7 +67,13 @@ class SharedChannel implements TransferChannel {
 }
 
 export class SharedTransferSocket {
-  private readonly channels = new Map<string, SharedChannel>();
+  /**
+   * Transfers by client port, then address: looked up once per datagram, and a port number
+   * is a cheaper key than an address string built per packet. Clients on different hosts may
+   * share a port, hence the short list.
+   */
+  private readonly byPort = new Map<number, SharedChannel[]>();
+  private count = 0;
   private readonly queue: (Uint8Array | number | string)[] = [];
   private round = 0;
   private scheduled = false;
@@ -132,20 +133,27 @@ export class SharedTransferSocket {
   }
 
   get transfers(): number {
-    return this.channels.size;
+    return this.count;
   }
 
   /** A channel to `peer`, or null when this socket already carries a transfer with that peer. */
   attach(peer: Peer, handler: PacketHandler, loss: LossPlan | null): TransferChannel | null {
-    const key = peerKey(peer.address, peer.port);
-    if (this.channels.has(key)) return null;
-    const channel = new SharedChannel(this, key, peer, handler, loss);
-    this.channels.set(key, channel);
+    if (this.find(peer.address, peer.port)) return null;
+    const channel = new SharedChannel(this, peer, handler, loss);
+    const list = this.byPort.get(peer.port);
+    if (list) list.push(channel);
+    else this.byPort.set(peer.port, [channel]);
+    this.count++;
     return channel;
   }
 
   detach(channel: SharedChannel): void {
-    if (this.channels.get(channel.key) === channel) this.channels.delete(channel.key);
+    const list = this.byPort.get(channel.peer.port);
+    const at = list ? list.indexOf(channel) : -1;
+    if (at < 0) return;
+    this.count--;
+    if (list!.length === 1) this.byPort.delete(channel.peer.port);
+    else list!.splice(at, 1);
   }
 
   enqueue(channel: SharedChannel, packet: Uint8Array): void {
@@ -173,12 +181,19 @@ export class SharedTransferSocket {
 
   close(): void {
     this.flush();
-    for (const channel of [...this.channels.values()]) channel.close();
+    for (const list of [...this.byPort.values()]) for (const channel of [...list]) channel.close();
     this.socket.close();
   }
 
+  private find(address: string, port: number): SharedChannel | undefined {
+    const list = this.byPort.get(port);
+    if (!list) return undefined;
+    for (const channel of list) if (channel.peer.address === address) return channel;
+    return undefined;
+  }
+
   private receive(bytes: Uint8Array, port: number, address: string): void {
-    const channel = this.channels.get(peerKey(address, port));
+    const channel = this.find(address, port);
     if (!channel) {
       this.socket.send(unknownTid, port, address);
       return;

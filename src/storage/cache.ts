@@ -44,8 +44,10 @@ function versionKey(id: FileIdentity): string {
 }
 
 /**
- * Requests for a file up to this size wait for its copy (a few ms at most); larger files are
- * read from the open file until the copy is made, so the first answer is not held up.
+ * Requests for a file up to this size wait for its copy (a few ms at most). A larger file is
+ * copied once a second transfer wants it or the first one ends, not while a single transfer
+ * would pay for it; until the copy is ready, readers read the open file and move onto the copy
+ * when it is.
  */
 export const WAIT_FOR_FILL_MAX_BYTES = 16 << 20;
 
@@ -89,8 +91,10 @@ export class FileCache {
     const key = versionKey(file.identity);
     let entry = this.entries.get(key);
     if (entry && !entry.failed) {
-      if (entry.filling && file.size > WAIT_FOR_FILL_MAX_BYTES) {
-        // The copy of a large file is still being made: start from the open file right away.
+      if (!entry.copy && file.size > WAIT_FOR_FILL_MAX_BYTES) {
+        // A second reader of a large file: now the copy pays off. Until it is ready, read the
+        // open file.
+        if (!entry.filling) this.startFill(entry, fd);
         this.counters.bypasses++;
         return this.promotingSource(file, entry);
       }
@@ -104,19 +108,14 @@ export class FileCache {
       const created: Entry = { id: ++this.lastId, key, identity: file.identity, copy: null, filling: null, failed: false, charged: file.size, readers: 0, lastUsed: 0 };
       this.entries.set(key, created);
       this.bytes += created.charged;
-      // fill() can finish before it returns (a file of one chunk is copied without yielding), so
-      // the marker is cleared only after it was set: otherwise the entry would look busy forever
-      // and never be evicted.
-      created.filling = this.fill(created, fd).then(() => {
-        created.filling = null;
-      });
       entry = created;
       if (file.size > WAIT_FOR_FILL_MAX_BYTES) {
-        // Copying hundreds of MiB takes tens of ms: this first request starts from the open
-        // file at once and moves to the copy when it is ready.
+        // Copying hundreds of MiB costs tens of ms of CPU, worth it only for a file read more
+        // than once: the first reader reads the open file, and the copy starts with the second.
         this.counters.bypasses++;
         return this.promotingSource(file, entry);
       }
+      this.startFill(created, fd);
     }
     entry.readers++;
     entry.lastUsed = performance.now();
@@ -128,6 +127,15 @@ export class FileCache {
     }
     file.close();
     return this.sourceOf(entry);
+  }
+
+  private startFill(entry: Entry, fd: number): void {
+    // fill() can finish before it returns (a file of one chunk is copied without yielding), so
+    // the marker is cleared only after it was set: otherwise the entry would look busy forever
+    // and never be evicted.
+    entry.filling = this.fill(entry, fd).then(() => {
+      entry.filling = null;
+    });
   }
 
   private async fill(entry: Entry, fd: number): Promise<void> {
@@ -191,6 +199,9 @@ export class FileCache {
       close: () => {
         if (released) return;
         released = true;
+        // A boot file read once is read again: copy it now, while this reader's descriptor is
+        // still open and before the next reader has to wait for it.
+        if (!entry.copy && !entry.filling && !entry.failed && this.entries.get(entry.key) === entry) this.startFill(entry, file.fd);
         file.close();
         this.unread(entry);
       },

@@ -149,6 +149,24 @@ describe("hits and misses", () => {
   });
 });
 
+test("a large file read once by a single transfer is copied when that transfer ends; the next one gets the copy", async () => {
+  const root = tempDir();
+  const content = patternBytes(WAIT_FOR_FILL_MAX_BYTES + 1000, 6);
+  fs.writeFileSync(path.join(root, "initrd"), content);
+  const cache = new FileCache(128 * MiB, 1 * MiB);
+  const only = await cache.acquire(await open(root, "initrd"));
+  expect(only.share).toMatchObject({ kind: "fd" });
+  readRange(only, 0, only.size, new Uint8Array(only.size));
+  only.close();
+  // The copy is made in the background after the only reader ended (8 MiB steps of 1 MiB).
+  await Bun.sleep(300);
+  const next = await cache.acquire(await open(root, "initrd"));
+  expect(cache.stats.hits).toBe(1);
+  expect(next?.share?.kind).toBe("memfd");
+  expect(sha256(readRange(next!, 0, next!.size, new Uint8Array(next!.size)))).toBe(sha256(content));
+  next!.close();
+});
+
 describe("a changed file is a new version; earlier sources keep the old bytes", () => {
   const changes = [
     [
