@@ -69,6 +69,8 @@ export class RetransmitClock {
   private srtt: number | null = null;
   private rttvar = 0;
   private rto: number;
+  /** the shortest silence that ends a transfer: the configured timeouts, backed off, in a row */
+  private readonly patienceMs: number;
 
   constructor(
     private readonly policy: RetransmitPolicy,
@@ -77,6 +79,12 @@ export class RetransmitClock {
   ) {
     this.currentMs = policy.timeoutMs;
     this.rto = policy.timeoutMs;
+    let patience = 0;
+    for (let i = 0, wait = policy.timeoutMs; i <= policy.retries; i++) {
+      patience += wait;
+      if (!policy.fixed) wait = Math.min(wait * 2, policy.timeoutMs * BACKOFF_CAP);
+    }
+    this.patienceMs = patience;
   }
 
   get timeoutMs(): number {
@@ -145,7 +153,10 @@ export class RetransmitClock {
       this.timer = setTimeout(() => this.fire(), early);
       return;
     }
-    if (this.misses >= this.policy.retries) {
+    // Give up after `retries` misses, but never sooner than the configured timeout schedule
+    // would have: a timeout shortened by quick round trips speeds up recovery from loss, not
+    // the verdict on a client that is merely slow for a moment (a busy firmware, a busy host).
+    if (this.misses >= this.policy.retries && performance.now() - this.lastProgressAt >= this.patienceMs) {
       this.onGiveUp();
       return;
     }

@@ -86,3 +86,27 @@ test("after a loss inside a window, the next windows are paced; the transfer sti
   const record = server.records.find((r) => r.client.endsWith(`:${peer.port}`));
   expect(record?.result ?? (await server.nextRecord()).result).toBe("ok");
 });
+
+test("a short timeout learned from quick round trips does not make the server give up on a client sooner", async () => {
+  // timeout 300 ms, 3 retries: the configured schedule waits 300 + 600 + 1200 + 1200 ms.
+  const slow = await startServer(root, { timeoutMs: 300, retries: 3 });
+  try {
+    const peer = await peers.open();
+    peer.send(rrq("f.bin"), slow.port);
+    for (let block = 1; block <= 20; block++) {
+      const got = await peer.nextData(block);
+      if (block < 20) peer.send(ack(block), got.port, got.address);
+    }
+    // Silent for 2.8 s: with the learned 200 ms timeout the 3rd retry is spent by ~1.4 s and the
+    // 4th expiry comes at ~2.6 s, which alone must not end the transfer.
+    await Bun.sleep(2800);
+    const again = await peer.collect(10);
+    const last = again.at(-1) ?? (await peer.nextData(20, 2000));
+    expect(last.packet?.op).toBe(3);
+    peer.send(ack(20), last.port, last.address);
+    const next = await peer.nextData(21, 2000);
+    expect(next.packet.data.length).toBe(512);
+  } finally {
+    await slow.stop();
+  }
+});
