@@ -11,6 +11,7 @@
  * Peers are fetched on first use with `apt-get download` + `dpkg -x` into .bench/ (never
  * installed: tftpd-hpa and atftpd conflict as packages); see build/peers.ts.
  */
+import type { BenchResult } from "../src/bench/tally.ts";
 import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { randomFillSync } from "node:crypto";
 import { cpus, tmpdir } from "node:os";
@@ -442,24 +443,8 @@ function tail(path: string, lines = 8): string {
 
 // ───────────────────────────── load generator ─────────────────────────────
 
-interface Percentiles { p50: number | null; p90: number | null; p99: number | null; max: number | null }
-
-interface BenchJson {
-  target: string;
-  requested: number;
-  completed: number;
-  failed: number;
-  failures: Record<string, number>;
-  bytes: number;
-  wall_s: number;
-  goodput_mbps: number;
-  transfers_per_s: number;
-  first_response_ms: Percentiles;
-  transfer_ms: Percentiles;
-  retransmits: number;
-  cpu_s: { user: number; system: number };
-  cpu_pct: number;
-}
+/** What `tftpd bench --json` prints (src/bench/tally.ts). */
+type BenchJson = BenchResult;
 
 interface BenchRun {
   status: "ok" | "timeout" | "error";
