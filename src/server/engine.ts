@@ -46,7 +46,7 @@ const SWEEP_MS = 1000;
 const BIG_WINDOW_BYTES = 128 * 1024;
 
 export class TransferEngine {
-  private readonly transfers = new Map<number, Expirable & { cancel(): void }>();
+  private readonly transfers = new Map<number, Expirable & { cancel(reason?: string, notify?: boolean): void }>();
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private readonly sharedSockets = new Map<string, Promise<SharedTransferSocket>>();
   private stopped = false;
@@ -89,8 +89,8 @@ export class TransferEngine {
     this.run(job.id, transfer);
   }
 
-  cancel(id: number): void {
-    this.transfers.get(id)?.cancel();
+  cancel(id: number, reason?: string, notify?: boolean): void {
+    this.transfers.get(id)?.cancel(reason, notify);
   }
 
   /** Ends every transfer (the clients are told) and closes the sockets. */

@@ -237,8 +237,15 @@ export class TftpServer {
       return;
     }
     const key = peerKey(peer);
-    // Firmware resends an unanswered request from the same port: one transfer serves it.
-    if (this.active.has(key)) return;
+    const current = this.active.get(key);
+    if (current !== undefined) {
+      // Firmware resends an unanswered request from the same port: one transfer serves it.
+      if (current === null || performance.now() - current.started < this.options.timeoutMs) return;
+      // Older than a timeout, it is a new client on a port reused (a machine that rebooted mid-
+      // transfer, a ROM with a fixed port): the old transfer is abandoned, silently, since an
+      // ERROR now would reach the new session.
+      this.abandon(current);
+    }
     this.active.set(key, null);
     const receivedAtEpoch = performance.timeOrigin + receivedAt;
     this.accept(listener, packet, peer, key, receivedAtEpoch).catch((error: unknown) => {
@@ -366,6 +373,12 @@ export class TftpServer {
     await this.local
       .startWrite(job(negotiated.blksize, negotiated.windowsize, negotiated.oack, negotiated.timeoutMs), prepared.sink, request.mode)
       .catch((error: unknown) => this.failed(running.id, (error as Error).message));
+  }
+
+  private abandon(running: Running): void {
+    const reason = "superseded by a new request from the same client port";
+    if (running.engine < 0) this.local.cancel(running.id, reason, false);
+    else this.pool?.cancel(running.id, reason, false);
   }
 
   private begin(running: Running): void {

@@ -87,8 +87,8 @@ export class WorkerPool {
     this.send(slot, { type: "read", job, share, identity });
   }
 
-  cancel(id: number): void {
-    for (const slot of this.slots) if (slot.jobs.has(id)) this.send(slot, { type: "cancel", id });
+  cancel(id: number, reason?: string, notify?: boolean): void {
+    for (const slot of this.slots) if (slot.jobs.has(id)) this.send(slot, { type: "cancel", id, reason, notify });
   }
 
   /** A cached copy is ready on the main thread: every worker maps it. */

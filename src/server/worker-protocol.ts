@@ -12,7 +12,7 @@ export interface WorkerInit {
 export type ToWorker =
   | { type: "init"; init: WorkerInit }
   | { type: "read"; job: TransferJob; share: SourceShare; identity: FileIdentity }
-  | { type: "cancel"; id: number }
+  | { type: "cancel"; id: number; reason?: string; notify?: boolean }
   /** a cached copy is ready: map it (readers of the file move over to it) */
   | { type: "filled"; entryId: number; fd: number; size: number }
   /** the main thread closed a cached copy: drop its mapping */

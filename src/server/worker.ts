@@ -72,7 +72,7 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
       return;
     }
     case "cancel":
-      engine?.cancel(message.id);
+      engine?.cancel(message.id, message.reason, message.notify);
       return;
     case "filled":
       mapCopy(message.entryId, message.fd, message.size);

@@ -162,11 +162,15 @@ export class WriteTransfer {
     this.sendLastAck();
   }
 
-  /** Ends the transfer from our side (server stopping): the client is told why. */
-  cancel(): void {
+  /**
+   * Ends the transfer from our side; the client is told why unless `notify` is false (it has
+   * moved on: a new request came from its port).
+   */
+  cancel(reason = "server shutting down", notify = true): void {
     if (this.phase === "done") return;
     if (this.phase === "dallying") return this.close();
-    this.fail(ErrorCode.NOT_DEFINED, "server shutting down");
+    if (notify) this.fail(ErrorCode.NOT_DEFINED, reason);
+    else this.finish("error", { code: ErrorCode.NOT_DEFINED, message: reason, from: "server" });
   }
 
   /** Ends a transfer that passed a connection_pool deadline (the engine's sweep decides). */
