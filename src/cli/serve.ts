@@ -3,12 +3,14 @@
  * address once it is listening, and stop cleanly on SIGINT/SIGTERM.
  */
 import { defineCommand } from "citty";
-import { readdirSync } from "node:fs";
+import { accessSync, constants, readdirSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { loadConfig } from "../config/load.ts";
 import { formatHostPort, parseListenAddress } from "../net/address.ts";
 import type { Config } from "../config/schema.ts";
 import { createLogger, flushLogs } from "../log.ts";
+import { startOpsServer, type Readiness } from "../ops/http.ts";
+import { ServerMetrics } from "../ops/metrics.ts";
 import { isWildcard, expandListenAddresses } from "../server/interfaces.ts";
 import { LossPlan } from "../server/loss.ts";
 import { wasCapped } from "../net/sockopt.ts";
@@ -109,6 +111,18 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
   };
 }
 
+/** Ready: listening, and the root still readable. */
+function readiness(server: TftpServer, root: string): Readiness {
+  const reasons: string[] = [];
+  if (server.addresses.length === 0) reasons.push("not listening");
+  try {
+    accessSync(root, constants.R_OK | constants.X_OK);
+  } catch {
+    reasons.push(`root ${root} not readable`);
+  }
+  return { ready: reasons.length === 0, reasons };
+}
+
 /** A file at the top of the root to show in the start-up hint, if there is one. */
 function sampleFile(root: string): string | null {
   try {
@@ -154,7 +168,8 @@ export default defineCommand({
       log.warn({ drop: dropSpec }, "test loss injection is on");
     }
 
-    const server = new TftpServer(options, {
+    let metrics: ServerMetrics | null = null;
+    const server: TftpServer = new TftpServer(options, {
       listening: ({ host, port }, buffers) => {
         const address = formatHostPort(host, port);
         log.info({ address, receive_buffer: buffers?.receive, send_buffer: buffers?.send }, "listening");
@@ -167,6 +182,7 @@ export default defineCommand({
         }
       },
       transferEnd: (r) => {
+        metrics?.transferEnded(r);
         const level = r.result === "ok" || r.result === "probe" ? "info" : "warn";
         log[level](
           {
@@ -188,13 +204,28 @@ export default defineCommand({
           "transfer",
         );
       },
-      refused: (peer, reason, code) => log.debug({ client: formatHostPort(peer.address, peer.port), reason, code }, "request refused"),
+      refused: (peer, reason, code) => {
+        metrics?.requestRefused(reason, code);
+        log.debug({ client: formatHostPort(peer.address, peer.port), reason, code }, "request refused");
+      },
     });
 
     try {
       await server.start();
     } catch (error) {
       fail("serve", (error as Error).message);
+    }
+    let ops: { stop(force?: boolean): unknown } | null = null;
+    if (config.metrics.enabled) {
+      metrics = new ServerMetrics({ activeTransfers: () => server.activeTransfers, cacheStats: () => server.cache.stats });
+      const at = parseListenAddress(config.metrics.listen);
+      try {
+        const http = startOpsServer(at.host, at.port, metrics, () => readiness(server, config.tftp.root));
+        ops = http;
+        log.info({ address: formatHostPort(at.host, http.port ?? at.port) }, "metrics listening");
+      } catch (error) {
+        fail("serve", `metrics.listen ${config.metrics.listen}: ${(error as Error).message}`);
+      }
     }
     const first = server.addresses.find((a) => !isWildcard(a.host));
     if (first) {
@@ -208,6 +239,7 @@ export default defineCommand({
     const shutdown = async (signal: string): Promise<void> => {
       log.info({ signal, active: server.activeTransfers }, "stopping");
       await server.stop();
+      ops?.stop(true);
       flushLogs();
       process.exit(0);
     };

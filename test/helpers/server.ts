@@ -67,6 +67,8 @@ export interface ChildServer {
   /** every address the server logged as listening, e.g. "127.0.0.1:40123" */
   addresses: string[];
   port: number;
+  /** the metrics endpoint, e.g. "http://127.0.0.1:40124" (null when metrics are off) */
+  metricsUrl: string | null;
   /** parsed JSON log lines so far */
   logs: Record<string, unknown>[];
   stderr(): string;
@@ -80,7 +82,9 @@ export async function spawnServer(
   opts: { binary?: string; env?: Record<string, string | undefined>; expectListeners?: number } = {},
 ): Promise<ChildServer> {
   const cmd = opts.binary ? [opts.binary, "serve", ...args] : [BUN, MAIN, "serve", ...args];
-  const proc = Bun.spawn(cmd, { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...opts.env } });
+  // Each server's metrics endpoint on a port of its own, so servers can overlap.
+  const env = { TFTPD_METRICS_LISTEN: "127.0.0.1:0", ...process.env, ...opts.env };
+  const proc = Bun.spawn(cmd, { stdin: "ignore", stdout: "pipe", stderr: "pipe", env });
   const logs: Record<string, unknown>[] = [];
   let stderrText = "";
   const watchers: (() => void)[] = [];
@@ -136,10 +140,12 @@ export async function spawnServer(
   await waitForLog((l) => typeof l.msg === "string" && l.msg.startsWith("ready"));
   const addresses = logs.filter((l) => l.msg === "listening").map((l) => String(l.address));
   const port = Number(addresses[0]?.split(":").pop());
+  const metricsAt = logs.find((l) => l.msg === "metrics listening")?.address;
   return {
     proc,
     addresses,
     port,
+    metricsUrl: typeof metricsAt === "string" ? `http://${metricsAt}` : null,
     logs,
     stderr: () => stderrText,
     waitForLog,

@@ -1,0 +1,123 @@
+/**
+ * The server's Prometheus metrics (prom-client). Every finished transfer reaches the main
+ * thread as one record, workers included, so one registry on the main thread sums them all.
+ * Names follow Prometheus conventions: base units, `_total` for counters, `_seconds`, `_bytes`.
+ */
+import client from "prom-client";
+import type { CacheStats } from "../storage/cache.ts";
+import type { TransferRecord } from "../server/server.ts";
+
+/** First responses on a LAN take tens of µs; a storm pushes them to ms; retries to seconds. */
+const FIRST_RESPONSE_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+const DURATION_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
+
+export interface MetricsSources {
+  activeTransfers(): number;
+  cacheStats(): CacheStats;
+}
+
+export class ServerMetrics {
+  readonly registry = new client.Registry();
+  private readonly transfers: client.Counter;
+  private readonly sent: client.Counter;
+  private readonly received: client.Counter;
+  private readonly firstResponse: client.Histogram;
+  private readonly duration: client.Histogram;
+  private readonly retransmits: client.Counter;
+  private readonly errorsSent: client.Counter;
+  private readonly optionRequests: client.Counter;
+  private readonly probes: client.Counter;
+  private readonly refusals: client.Counter;
+
+  constructor(sources: MetricsSources) {
+    const registers = [this.registry];
+    this.transfers = new client.Counter({
+      name: "tftpd_transfers_total",
+      help: "Finished transfers by direction and result (ok, probe, client-error, timeout, error)",
+      labelNames: ["direction", "result"],
+      registers,
+    });
+    this.sent = new client.Counter({ name: "tftpd_sent_bytes_total", help: "File bytes delivered to clients (acknowledged)", registers });
+    this.received = new client.Counter({ name: "tftpd_received_bytes_total", help: "File bytes received in uploads", registers });
+    this.firstResponse = new client.Histogram({
+      name: "tftpd_first_response_seconds",
+      help: "Request in to first OACK/DATA/ACK out",
+      buckets: FIRST_RESPONSE_BUCKETS,
+      registers,
+    });
+    this.duration = new client.Histogram({ name: "tftpd_transfer_duration_seconds", help: "Whole transfers", buckets: DURATION_BUCKETS, registers });
+    this.retransmits = new client.Counter({ name: "tftpd_retransmits_total", help: "Datagrams sent again", registers });
+    this.errorsSent = new client.Counter({ name: "tftpd_errors_sent_total", help: "TFTP ERROR packets sent, by code", labelNames: ["code"], registers });
+    this.optionRequests = new client.Counter({
+      name: "tftpd_option_requests_total",
+      help: "Known options asked for by clients (RFC 2347), by option",
+      labelNames: ["option"],
+      registers,
+    });
+    this.probes = new client.Counter({ name: "tftpd_size_probes_total", help: "Transfers that were tsize probes (ERROR 8 after the OACK)", registers });
+    this.refusals = new client.Counter({
+      name: "tftpd_admission_refusals_total",
+      help: "Requests refused by an admission limit, by limit",
+      labelNames: ["limit"],
+      registers,
+    });
+    new client.Gauge({
+      name: "tftpd_active_transfers",
+      help: "Transfers running now",
+      registers,
+      collect() {
+        this.set(sources.activeTransfers());
+      },
+    });
+    const cacheCounter = (name: string, help: string, pick: (s: CacheStats) => number) => {
+      let seen = 0;
+      new client.Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          const now = pick(sources.cacheStats());
+          if (now > seen) this.inc(now - seen);
+          seen = now;
+        },
+      });
+    };
+    cacheCounter("tftpd_cache_hits_total", "Requests served from a cached copy", (s) => s.hits);
+    cacheCounter("tftpd_cache_misses_total", "Requests for a file version not cached yet", (s) => s.misses);
+    cacheCounter("tftpd_cache_bypasses_total", "Requests read from disk (too large, cache full, or copy not ready)", (s) => s.bypasses);
+    cacheCounter("tftpd_cache_evictions_total", "Cached versions evicted to make room", (s) => s.evictions);
+    new client.Gauge({
+      name: "tftpd_cache_bytes",
+      help: "Bytes held by cached file versions",
+      registers,
+      collect() {
+        this.set(sources.cacheStats().bytes);
+      },
+    });
+    // process CPU and memory, open fds, event-loop lag
+    client.collectDefaultMetrics({ register: this.registry, prefix: "tftpd_" });
+  }
+
+  transferEnded(record: TransferRecord): void {
+    this.transfers.inc({ direction: record.direction, result: record.result });
+    if (record.direction === "read") this.sent.inc(record.bytes);
+    else this.received.inc(record.bytes);
+    this.firstResponse.observe(record.firstResponseMs / 1000);
+    this.duration.observe(record.durationMs / 1000);
+    if (record.retransmits > 0) this.retransmits.inc(record.retransmits);
+    if (record.error?.from === "server") this.errorsSent.inc({ code: String(record.error.code) });
+    for (const option of record.options) this.optionRequests.inc({ option });
+    if (record.result === "probe") this.probes.inc();
+  }
+
+  /** A request refused before a transfer began; `code` null when it was dropped. */
+  requestRefused(reason: string, code: number | null): void {
+    if (code !== null) this.errorsSent.inc({ code: String(code) });
+    const limit = /^busy: (\S+) transfer limit/.exec(reason)?.[1];
+    if (limit) this.refusals.inc({ limit });
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+}
