@@ -5,12 +5,13 @@ import bench from "./cli/bench.ts";
 import config from "./cli/config.ts";
 import get from "./cli/get.ts";
 import metrics from "./cli/metrics.ts";
+import profile from "./cli/profile.ts";
 import put from "./cli/put.ts";
 import serve from "./cli/serve.ts";
 import version from "./cli/version.ts";
 import { VERSION } from "./version.ts";
 
-const subCommands = { serve, get, put, bench, metrics, config, version };
+const subCommands = { serve, get, put, bench, metrics, profile, config, version };
 
 const main = defineCommand({
   meta: { name: "tftpd", version: VERSION, description: "Datacenter TFTP server for network boot" },

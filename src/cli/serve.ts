@@ -220,7 +220,7 @@ export default defineCommand({
       metrics = new ServerMetrics({ activeTransfers: () => server.activeTransfers, cacheStats: () => server.cache.stats });
       const at = parseListenAddress(config.metrics.listen);
       try {
-        const http = startOpsServer(at.host, at.port, metrics, () => readiness(server, config.tftp.root));
+        const http = startOpsServer(at.host, at.port, metrics, () => readiness(server, config.tftp.root), config.metrics.control);
         ops = http;
         log.info({ address: formatHostPort(at.host, http.port ?? at.port) }, "metrics listening");
       } catch (error) {

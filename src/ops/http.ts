@@ -1,9 +1,21 @@
 /**
  * The operations endpoint on `metrics.listen`: /metrics (Prometheus text), /healthz (the
- * process answers) and /readyz (listening, root readable). Loopback by default.
+ * process answers) and /readyz (listening, root readable). Loopback by default. With
+ * `metrics.control`, also the control endpoints `tftpd profile` uses, answered to loopback
+ * clients only, whatever address the endpoint listens on: /debug/profile?seconds=N (a CPU
+ * profile) and /debug/heap (a heap snapshot).
  */
 import type { Server } from "bun";
 import type { ServerMetrics } from "./metrics.ts";
+import { heapSnapshot, recordCpuProfile } from "./profiler.ts";
+
+/** Longest profile the control endpoint records. */
+const MAX_PROFILE_SECONDS = 300;
+
+function isLoopback(address: string | undefined): boolean {
+  if (!address) return false;
+  return address === "::1" || address.startsWith("127.") || address.startsWith("::ffff:127.");
+}
 
 export interface Readiness {
   ready: boolean;
@@ -16,13 +28,37 @@ export function startOpsServer(
   port: number,
   metrics: ServerMetrics,
   readiness: () => Readiness,
+  control: boolean,
 ): Server<undefined> {
+  let profiling = false;
   return Bun.serve({
     hostname: host,
     port,
-    async fetch(request) {
-      const { pathname } = new URL(request.url);
+    // a profile holds its request open for as long as it records
+    idleTimeout: 0,
+    async fetch(request, server) {
+      const url = new URL(request.url);
+      const pathname = url.pathname;
+      if (pathname.startsWith("/debug/")) {
+        if (!control) return new Response("control endpoints are off (metrics.control)\n", { status: 404 });
+        if (!isLoopback(server.requestIP(request)?.address)) return new Response("loopback clients only\n", { status: 403 });
+      }
       switch (pathname) {
+        case "/debug/profile": {
+          const seconds = Number(url.searchParams.get("seconds") ?? "10");
+          if (!(seconds > 0 && seconds <= MAX_PROFILE_SECONDS)) {
+            return new Response(`seconds must be above 0 and at most ${MAX_PROFILE_SECONDS}\n`, { status: 400 });
+          }
+          if (profiling) return new Response("a profile is already being recorded\n", { status: 409 });
+          profiling = true;
+          try {
+            return Response.json(await recordCpuProfile(seconds));
+          } finally {
+            profiling = false;
+          }
+        }
+        case "/debug/heap":
+          return new Response(heapSnapshot(), { headers: { "content-type": "application/json" } });
         case "/metrics":
           return new Response(await metrics.text(), { headers: { "content-type": metrics.registry.contentType } });
         case "/healthz":
