@@ -4,7 +4,8 @@
  * `--watch` refreshes them in place.
  */
 import { defineCommand } from "citty";
-import { parsePrometheus, summarize, summaryLines, type Sample } from "../ops/summary.ts";
+import { History, withSparklines } from "../ops/sparkline.ts";
+import { parsePrometheus, summarize, summaryLines, type Sample, type Summary } from "../ops/summary.ts";
 import { fail, unknownOption } from "./args.ts";
 
 const args = {
@@ -27,6 +28,20 @@ async function scrape(url: string): Promise<{ text: string; samples: Sample[] }>
   return { text, samples: parsePrometheus(text) };
 }
 
+/** The figure each summary line charts under --watch, in summaryLines' order. */
+const WATCHED: ((s: Summary) => number | null)[] = [
+  (s) => s.throughput_bits_per_second,
+  (s) => s.latency_first_response_p99_ms,
+  (s) => s.connections_active,
+  (s) => s.retransmits_per_transfer,
+  (s) => s.cache_hit_ratio,
+  (s) => s.cpu_percent,
+  (s) => s.memory_rss_bytes,
+];
+
+/** Values kept per figure: one sparkline character each. */
+const WATCH_HISTORY = 30;
+
 export default defineCommand({
   meta: { name: "metrics", description: "Show a running server's throughput, latency, connections, cache and CPU" },
   args,
@@ -42,6 +57,13 @@ export default defineCommand({
       process.stdout.write((await scrape(url)).text);
       return;
     }
+    const history = new History(WATCH_HISTORY);
+    if (a.watch) {
+      // watching ends only by Ctrl-C (or a kill): that is the normal way out
+      const stop = (): never => process.exit(0);
+      process.once("SIGINT", stop);
+      process.once("SIGTERM", stop);
+    }
     let earlier = (await scrape(url)).samples;
     for (;;) {
       await Bun.sleep(seconds * 1000);
@@ -52,9 +74,19 @@ export default defineCommand({
         console.log(JSON.stringify(summary));
       } else {
         const lines = summaryLines(summary, seconds);
-        // --watch on a terminal: redraw in place
-        if (a.watch && process.stdout.isTTY) process.stdout.write("\x1b[H\x1b[2J");
-        console.log(lines.join("\n"));
+        if (!a.watch) {
+          console.log(lines.join("\n"));
+          return;
+        }
+        // each line followed by the recent history of its figure
+        const sparks = WATCHED.map((figure, i) => {
+          history.push(String(i), figure(summary));
+          return history.sparkline(String(i));
+        });
+        const block = withSparklines(lines, sparks).join("\n");
+        // on a terminal: clear and redraw in place; otherwise successive blocks, a blank line apart
+        if (process.stdout.isTTY) process.stdout.write(`\x1b[H\x1b[2J${block}\n`);
+        else process.stdout.write(`${block}\n\n`);
       }
       if (!a.watch) return;
     }
