@@ -9,15 +9,22 @@ trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 mkdir -p "$work/root"
 head -c 3000000 /dev/urandom > "$work/root/kernel.img"
 port=$((20000 + RANDOM % 20000))
+mport=$((port + 1))
 
 "$bin" version
-"$bin" serve --root "$work/root" --listen "127.0.0.1:$port" --log-level info > "$work/log" 2>&1 &
+TFTPD_METRICS_LISTEN="127.0.0.1:$mport" "$bin" serve --root "$work/root" --listen "127.0.0.1:$port" --log-level info > "$work/log" 2>&1 &
 pid=$!
 for _ in $(seq 50); do grep -q '"ready' "$work/log" && break; sleep 0.1; done
 grep -q '"ready' "$work/log" || { cat "$work/log"; echo "smoke: server did not start"; exit 1; }
 
 curl -sS --tftp-blksize 1468 -o "$work/got.img" "tftp://127.0.0.1:$port/kernel.img"
 cmp "$work/root/kernel.img" "$work/got.img"
+# the metrics saw it: one finished read and every byte
+sleep 0.2
+metrics=$(curl -sS "http://127.0.0.1:$mport/metrics")
+grep -q '^tftpd_transfers_total{direction="read",result="ok"} 1$' <<<"$metrics" || { echo "smoke: metrics did not count the transfer"; exit 1; }
+grep -q '^tftpd_sent_bytes_total 3000000$' <<<"$metrics" || { echo "smoke: metrics did not count the bytes"; exit 1; }
+"$bin" metrics --url "http://127.0.0.1:$mport" | grep -q '^connections active 0 total 1 failed 0$'
 kill -TERM "$pid"
 wait "$pid" || true
-echo "smoke: dist/tftpd served kernel.img byte-exact to curl"
+echo "smoke: dist/tftpd served kernel.img byte-exact to curl, and its metrics counted it"
