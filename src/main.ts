@@ -8,10 +8,11 @@ import metrics from "./cli/metrics.ts";
 import profile from "./cli/profile.ts";
 import put from "./cli/put.ts";
 import serve from "./cli/serve.ts";
+import tune from "./cli/tune.ts";
 import version from "./cli/version.ts";
 import { VERSION } from "./version.ts";
 
-const subCommands = { serve, get, put, bench, metrics, profile, config, version };
+const subCommands = { serve, get, put, bench, metrics, profile, tune, config, version };
 
 const main = defineCommand({
   meta: { name: "tftpd", version: VERSION, description: "Datacenter TFTP server for network boot" },

@@ -11,6 +11,7 @@ import type { Config } from "../config/schema.ts";
 import { createLogger, flushLogs } from "../log.ts";
 import { startOpsServer, type Readiness } from "../ops/http.ts";
 import { ServerMetrics } from "../ops/metrics.ts";
+import { autoTune } from "../ops/tune.ts";
 import { isWildcard, expandListenAddresses } from "../server/interfaces.ts";
 import { LossPlan } from "../server/loss.ts";
 import { wasCapped } from "../net/sockopt.ts";
@@ -30,6 +31,7 @@ const args = {
   "port-range": { type: "string", description: "Transfer ports LOW:HIGH (default: ephemeral)", valueHint: "LOW:HIGH" },
   remap: { type: "string", description: "File of remap rules (tftpd-hpa style)", valueHint: "FILE" },
   "log-level": { type: "string", description: "fatal|error|warn|info|debug|trace|silent", valueHint: "LEVEL" },
+  tune: { type: "boolean", default: true, description: "Tune kernel settings at start-up (--no-tune skips it; config tune.enabled)" },
 } as const;
 
 /** Flags → config key paths; values are read like TFTPD_* env values ("8192" is a number). */
@@ -90,7 +92,7 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
     remap,
     allow: tftp.allow,
     deny: tftp.deny,
-    cacheBytes: config.performance.memory.cache_size,
+    cacheBytes: config.cache.enabled ? config.performance.memory.cache_size : 0,
     transferSockets: tftp.transfer_sockets,
     batch: { enabled: config.batch.enabled, size: config.batch.batch_size },
     workers: workerCount(config.performance.cpu.worker_threads),
@@ -210,6 +212,13 @@ export default defineCommand({
       },
     });
 
+    if (values.tune !== false && config.tune.enabled) {
+      // Raise what the config needs (never lowers); without privileges it only warns.
+      // TFTPD_TEST_SYSCTL_ROOT: tests point tuning at a temporary tree instead of /proc/sys.
+      const tuned = await autoTune(config, { sysctlRoot: process.env.TFTPD_TEST_SYSCTL_ROOT });
+      for (const c of tuned.changed) log.info({ key: c.key, from: c.from, to: c.to }, "tuned");
+      for (const f of tuned.failed) log.warn({ key: f.key, reason: f.reason }, "could not tune");
+    }
     try {
       await server.start();
     } catch (error) {

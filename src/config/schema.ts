@@ -214,14 +214,13 @@ function section<T extends z.core.$ZodLooseShape>(shape: T) {
   return obj.prefault({} as z.input<typeof obj>);
 }
 
-const ENGINE = "(reserved: implemented by the engine issue)";
-const OPS = "(reserved: implemented by the ops issue)";
-const CLUSTER = "(reserved: implemented by the cluster issue)";
+const ENGINE = "(reserved: accepted, not acted on yet)";
+const CLUSTER = "(reserved for cluster mode: accepted, not acted on yet)";
 
-/** Which later capability implements a key, read from its description; null if implemented now. */
+/** Whether a key is accepted but not acted on yet ("engine" or "cluster"), from its description; null if it is live. */
 export function reservedBy(description: string | undefined): string | null {
-  const m = description ? /reserved: implemented by the (\w+) issue/.exec(description) : null;
-  return m?.[1] ?? null;
+  const m = description ? /\(reserved(?: for (\w+) mode)?: accepted, not acted on yet\)/.exec(description) : null;
+  return m ? (m[1] ?? "engine") : null;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -287,9 +286,9 @@ const tftp = section({
 });
 
 const metrics = section({
-  enabled: bool().default(true).describe(`Serve Prometheus metrics over HTTP ${OPS}`),
-  listen: listenAddress().default("127.0.0.1:9469").describe(`TCP address of the metrics / control endpoint ${OPS}`),
-  control: bool().default(true).describe(`Expose the control endpoints (profile, cluster status) on the metrics listener ${OPS}`),
+  enabled: bool().default(true).describe(`Serve Prometheus metrics over HTTP`),
+  listen: listenAddress().default("127.0.0.1:9469").describe(`TCP address of the metrics / control endpoint`),
+  control: bool().default(true).describe(`Expose the control endpoints (profile, cluster status) on the metrics listener`),
 });
 
 const log = section({
@@ -297,7 +296,7 @@ const log = section({
 });
 
 const tune = section({
-  enabled: bool().default(true).describe(`Auto-tune kernel parameters and rlimits on startup (serve --no-tune disables) ${OPS}`),
+  enabled: bool().default(true).describe(`Auto-tune kernel parameters and rlimits on startup (serve --no-tune disables)`),
 });
 
 const performance = section({
@@ -326,7 +325,7 @@ const performance = section({
 });
 
 const cache = section({
-  enabled: bool().default(true).describe(`Cache served files (local cache; plus the shared cluster cache when type is "distributed") ${ENGINE}`),
+  enabled: bool().default(true).describe(`Cache served files (local cache; plus the shared cluster cache when type is "distributed")`),
   type: oneOf(["local", "distributed"])
     .default("local")
     .describe(`"local": per-node cache only; "distributed": also share file blobs across the fleet through Redis ${CLUSTER}`),
