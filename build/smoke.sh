@@ -12,7 +12,7 @@ port=$((20000 + RANDOM % 20000))
 mport=$((port + 1))
 
 "$bin" version
-TFTPD_METRICS_LISTEN="127.0.0.1:$mport" "$bin" serve --root "$work/root" --listen "127.0.0.1:$port" --log-level info > "$work/log" 2>&1 &
+TFTPD_METRICS_LISTEN="127.0.0.1:$mport" "$bin" serve --no-tune --root "$work/root" --listen "127.0.0.1:$port" --log-level info > "$work/log" 2>&1 &
 pid=$!
 for _ in $(seq 50); do grep -q '"ready' "$work/log" && break; sleep 0.1; done
 grep -q '"ready' "$work/log" || { cat "$work/log"; echo "smoke: server did not start"; exit 1; }
