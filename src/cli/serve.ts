@@ -113,10 +113,11 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
   };
 }
 
-/** Ready: listening, and the root still readable. */
-function readiness(server: TftpServer, root: string): Readiness {
+/** Ready: listening, the root still readable, and the file cache working when one is configured. */
+function readiness(server: TftpServer, root: string, wantCache: boolean): Readiness {
   const reasons: string[] = [];
   if (server.addresses.length === 0) reasons.push("not listening");
+  if (wantCache && !server.cache.enabled) reasons.push("file cache unavailable (no memfd on this system)");
   try {
     accessSync(root, constants.R_OK | constants.X_OK);
   } catch {
@@ -229,7 +230,7 @@ export default defineCommand({
       metrics = new ServerMetrics({ activeTransfers: () => server.activeTransfers, cacheStats: () => server.cache.stats });
       const at = parseListenAddress(config.metrics.listen);
       try {
-        const http = startOpsServer(at.host, at.port, metrics, () => readiness(server, config.tftp.root), config.metrics.control);
+        const http = startOpsServer(at.host, at.port, metrics, () => readiness(server, config.tftp.root, options.cacheBytes > 0), config.metrics.control);
         ops = http;
         log.info({ address: formatHostPort(at.host, http.port ?? at.port) }, "metrics listening");
       } catch (error) {
