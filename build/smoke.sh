@@ -33,6 +33,14 @@ metrics=$(curl -sS "http://127.0.0.1:$mport/metrics")
 for want in 'tftpd_transfers_total{direction="read",result="ok"} 101' 'tftpd_sent_bytes_total 303000000' 'tftpd_first_response_seconds_count 101' 'tftpd_transfer_duration_seconds_count 101'; do
   grep -qF "$want" <<<"$metrics" || { echo "smoke: metrics under load: expected '$want'"; exit 1; }
 done
+# a CPU profile of the running binary, taken while it serves
+"$bin" bench "127.0.0.1:$port" --concurrency 4 --total 40 --file kernel.img --quiet &
+load=$!
+"$bin" profile --url "http://127.0.0.1:$mport" --seconds 1 --top 3 --out "$work/p.cpuprofile" | grep -q '^cpu profile: '
+wait "$load"
+grep -q '"samples"' "$work/p.cpuprofile" || { echo "smoke: no .cpuprofile written"; exit 1; }
+# tune reads this machine's settings (no --apply here)
+"$bin" tune --json | grep -q '"key": "net.core.rmem_max"' || { echo "smoke: tune --json lacks net.core.rmem_max"; exit 1; }
 kill -TERM "$pid"
 wait "$pid" || true
-echo "smoke: dist/tftpd served kernel.img byte-exact to curl and 100 more under load; its metrics counted every transfer and byte"
+echo "smoke: dist/tftpd served kernel.img byte-exact to curl and 100 more under load; its metrics counted every transfer and byte; profile and tune work"
