@@ -23,6 +23,9 @@ const requirements: Requirement[] = [
   { path: "/usr/bin/curl", pkg: "curl" },
   { path: "/usr/bin/tftp", pkg: "tftp-hpa", check: isTftpHpa },
   { path: "/usr/bin/atftp", pkg: "atftp" },
+  // systemd-analyze verify/security for the unit; shellcheck for install.sh
+  { path: "/usr/bin/systemd-analyze", pkg: "systemd" },
+  { path: "/usr/bin/shellcheck", pkg: "shellcheck" },
 ];
 
 const missing = requirements.filter((r) => !existsSync(r.path) || (r.check && !r.check())).map((r) => r.pkg);
