@@ -4,6 +4,7 @@
  * Every install goes into a --prefix tree, so the machine is never touched.
  * shellcheck must be installed (apt-get install -y shellcheck): the lint test fails without it.
  */
+import { compiledBinary } from "../helpers/binary.ts";
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -16,7 +17,7 @@ setDefaultTimeout(60_000);
 const REPO = new URL("../../", import.meta.url).pathname;
 const SCRIPT = join(REPO, "install.sh");
 const UNIT = join(REPO, "systemd/tftpd.service");
-const BINARY = join(REPO, "dist/tftpd");
+let BINARY = "";
 const ARCH = process.arch === "arm64" ? "arm64" : "x64";
 const ASSET = `tftpd-linux-${ARCH}`;
 
@@ -53,8 +54,8 @@ const paths = (prefix: string) => ({
   srv: join(prefix, "srv/tftp"),
 });
 
-beforeAll(() => {
-  if (!existsSync(BINARY)) throw new Error(`${BINARY} is missing: run  npm run build`);
+beforeAll(async () => {
+  BINARY = await compiledBinary();
   dir = tempDir("tftpd-install-");
   releases = join(dir, "releases");
   makeRelease("latest");

@@ -5,6 +5,7 @@
  * systemd-analyze comes from Debian's `systemd` package: installed here when missing and we
  * are root with apt-get; otherwise the test fails with the command to run.
  */
+import { compiledBinary } from "../helpers/binary.ts";
 import { beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -15,7 +16,7 @@ setDefaultTimeout(120_000);
 
 const REPO = new URL("../../", import.meta.url).pathname;
 const UNIT = join(REPO, "systemd/tftpd.service");
-const BINARY = join(REPO, "dist/tftpd");
+let BINARY = "";
 const unitText = readFileSync(UNIT, "utf8");
 
 function which(cmd: string): string | null {
@@ -69,7 +70,7 @@ let copy: string;
 
 beforeAll(async () => {
   await ensureSystemdAnalyze();
-  if (!existsSync(BINARY)) throw new Error(`${BINARY} is missing: run  npm run build`);
+  BINARY = await compiledBinary();
   dir = tempDir("tftpd-systemd-");
   // The unit as installed, with its binary path pointed at the built one (verify wants the
   // ExecStart program to exist).
