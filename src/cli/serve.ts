@@ -113,6 +113,9 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
   };
 }
 
+/** How long running transfers may finish after SIGTERM (the unit's TimeoutStopSec is 20 s). */
+const STOP_GRACE_MS = 15_000;
+
 /** Ready: listening, the root still readable, and the file cache working when one is configured. */
 function readiness(server: TftpServer, root: string, wantCache: boolean): Readiness {
   const reasons: string[] = [];
@@ -246,14 +249,24 @@ export default defineCommand({
       );
     }
 
+    // SIGTERM/SIGINT: stop taking requests, let running transfers finish for up to
+    // STOP_GRACE_MS (a second signal ends them at once), then exit 0.
+    let stopping = false;
     const shutdown = async (signal: string): Promise<void> => {
-      log.info({ signal, active: server.activeTransfers }, "stopping");
-      await server.stop();
+      if (stopping) {
+        log.warn({ signal, active: server.activeTransfers }, "stopping now");
+        await server.stop();
+      } else {
+        stopping = true;
+        log.info({ signal, active: server.activeTransfers, grace_ms: STOP_GRACE_MS }, "stopping");
+        const cut = await server.drain(STOP_GRACE_MS);
+        if (cut > 0) log.warn({ cut }, "transfers still running at the end of the grace period were ended");
+      }
       ops?.stop(true);
       flushLogs();
       process.exit(0);
     };
-    process.once("SIGINT", () => void shutdown("SIGINT"));
-    process.once("SIGTERM", () => void shutdown("SIGTERM"));
+    process.on("SIGINT", () => void shutdown("SIGINT"));
+    process.on("SIGTERM", () => void shutdown("SIGTERM"));
   },
 });

@@ -199,6 +199,19 @@ export class TftpServer {
   }
 
   /** Stops listening and ends every transfer. */
+  /**
+   * Graceful stop: no new requests are taken (the listeners close), running transfers may
+   * finish for up to `graceMs`, then whatever is left is ended. Resolves with how many were cut.
+   */
+  async drain(graceMs: number): Promise<number> {
+    for (const listener of this.listeners.splice(0)) listener.close();
+    const deadline = performance.now() + graceMs;
+    while (this.active.size > 0 && performance.now() < deadline) await Bun.sleep(50);
+    const cut = this.active.size;
+    await this.stop();
+    return cut;
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     for (const listener of this.listeners.splice(0)) listener.close();
