@@ -7,6 +7,7 @@ import { defineCommand } from "citty";
 import { History, withSparklines } from "../ops/sparkline.ts";
 import { parsePrometheus, summarize, summaryLines, type Sample, type Summary } from "../ops/summary.ts";
 import { fail, unknownOption } from "./args.ts";
+import { opsBase, opsGet } from "./ops-endpoint.ts";
 
 const args = {
   url: { type: "string", description: "Metrics endpoint of the server (default http://127.0.0.1:9469)", valueHint: "URL" },
@@ -17,13 +18,7 @@ const args = {
 } as const;
 
 async function scrape(url: string): Promise<{ text: string; samples: Sample[] }> {
-  let response: Response;
-  try {
-    response = await fetch(url, { signal: AbortSignal.timeout(5000) });
-  } catch (error) {
-    fail("metrics", `${url}: ${(error as Error).message} (is the server running with metrics enabled?)`);
-  }
-  if (!response.ok) fail("metrics", `${url}: HTTP ${response.status}`);
+  const response = await opsGet("metrics", url, 5000, "is the server running with metrics enabled?");
   const text = await response.text();
   return { text, samples: parsePrometheus(text) };
 }
@@ -48,7 +43,7 @@ export default defineCommand({
   async run({ args: a, rawArgs }) {
     const unknown = unknownOption(args, rawArgs);
     if (unknown) fail("metrics", `unknown option ${unknown} (see tftpd metrics --help)`, 2);
-    const base = (a.url ?? "http://127.0.0.1:9469").replace(/\/+$/, "");
+    const base = opsBase(a.url);
     const url = base.endsWith("/metrics") ? base : `${base}/metrics`;
     const seconds = a.interval === undefined ? 1 : Number(a.interval);
     if (!(seconds > 0 && seconds <= 3600)) fail("metrics", `--interval must be a number of seconds above 0, got ${a.interval}`, 2);

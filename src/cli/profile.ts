@@ -6,6 +6,7 @@
 import { defineCommand } from "citty";
 import type { CpuProfileReport } from "../ops/profiler.ts";
 import { fail, unknownOption } from "./args.ts";
+import { opsBase, opsGet } from "./ops-endpoint.ts";
 
 const args = {
   seconds: { type: "string", description: "How long to sample (default 10)", valueHint: "N" },
@@ -15,16 +16,8 @@ const args = {
   top: { type: "string", description: "How many functions to list (default 20)", valueHint: "N" },
 } as const;
 
-async function get(url: string, timeoutMs: number): Promise<Response> {
-  let response: Response;
-  try {
-    response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-  } catch (error) {
-    fail("profile", `${url}: ${(error as Error).message} (is the server running with metrics and metrics.control on?)`);
-  }
-  if (!response.ok) fail("profile", `${url}: HTTP ${response.status}: ${(await response.text()).trim()}`);
-  return response;
-}
+const get = (url: string, timeoutMs: number): Promise<Response> =>
+  opsGet("profile", url, timeoutMs, "is the server running with metrics and metrics.control on?");
 
 export default defineCommand({
   meta: { name: "profile", description: "Record a CPU profile (or a heap snapshot) of a running server" },
@@ -32,7 +25,7 @@ export default defineCommand({
   async run({ args: a, rawArgs }) {
     const unknown = unknownOption(args, rawArgs);
     if (unknown) fail("profile", `unknown option ${unknown} (see tftpd profile --help)`, 2);
-    const base = (a.url ?? "http://127.0.0.1:9469").replace(/\/+$/, "");
+    const base = opsBase(a.url);
 
     if (a.heap) {
       const response = await get(`${base}/debug/heap`, 120_000);
