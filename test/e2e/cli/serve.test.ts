@@ -183,6 +183,10 @@ test("--port-range 40000:40010: transfers are served from a port in the range", 
       const deadline = Date.now() + 5_000;
       while (sources.length === before && Date.now() < deadline) await Bun.sleep(5);
       expect(sources.length).toBe(before + 1);
+      // The same client port asks again only once the server has ended this transfer (our
+      // ERROR): until then a repeat from that port is taken for a duplicate of the request.
+      const ended = i + 1;
+      await s.waitForLog(() => s.logs.filter(isTransfer).length >= ended);
     }
   } finally {
     socket.close();
