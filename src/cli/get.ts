@@ -115,6 +115,34 @@ export function abortOnInterrupt(controller: AbortController): () => void {
   };
 }
 
+/**
+ * What `get` and `put` share around the transfer itself: the progress bar, Ctrl-C, and the
+ * outcome — one error line and exit 1 (130 when interrupted), or a summary with --verbose.
+ */
+export async function runTransfer(
+  command: "get" | "put",
+  server: { display: string },
+  remote: string,
+  opts: { retries: number | undefined; verbose: boolean; what: string },
+  start: (common: Pick<TransferOptions, "onProgress" | "signal">) => Promise<TransferReport>,
+): Promise<void> {
+  const progress: ProgressBar | null = createProgress(remote);
+  const controller = new AbortController();
+  const stopSignals = abortOnInterrupt(controller);
+  const report = await start({
+    onProgress: progress ? (bytes, total) => progress.update(bytes, total) : undefined,
+    signal: controller.signal,
+  });
+  stopSignals();
+  if (!report.ok) {
+    progress?.clear();
+    const interrupted = controller.signal.aborted;
+    fail(command, `${server.display} ${remote}: ${errorLine(report, server.display, opts.retries ?? DEFAULT_RETRIES)}`, interrupted ? 130 : 1);
+  }
+  progress?.done();
+  if (opts.verbose) process.stderr.write(`tftpd ${command}: ${summaryLine(report, opts.what)}\n`);
+}
+
 function writeAllSync(fd: number, chunk: Uint8Array): void {
   let at = 0;
   while (at < chunk.length) {
@@ -163,28 +191,20 @@ export default defineCommand({
     }
     const server = await resolveServer("get", a.server);
 
-    const progress: ProgressBar | null = createProgress(remote);
-    const controller = new AbortController();
-    const stopSignals = abortOnInterrupt(controller);
-    const report = await download({
-      host: server.host,
-      port: server.port,
+    await runTransfer(
+      "get",
+      server,
       remote,
-      ...flags,
-      ...(toStdout ? { onData: (chunk: Uint8Array) => writeAllSync(1, chunk) } : { file }),
-      onProgress: progress ? (bytes, total) => progress.update(bytes, total) : undefined,
-      signal: controller.signal,
-    });
-    stopSignals();
-
-    if (!report.ok) {
-      progress?.clear();
-      const interrupted = controller.signal.aborted;
-      fail("get", `${server.display} ${remote}: ${errorLine(report, server.display, flags.retries ?? DEFAULT_RETRIES)}`, interrupted ? 130 : 1);
-    }
-    progress?.done();
-    if (a.verbose) {
-      process.stderr.write(`tftpd get: ${summaryLine(report, `${server.display} ${remote} -> ${toStdout ? "stdout" : file}`)}\n`);
-    }
+      { retries: flags.retries, verbose: Boolean(a.verbose), what: `${server.display} ${remote} -> ${toStdout ? "stdout" : file}` },
+      (common) =>
+        download({
+          host: server.host,
+          port: server.port,
+          remote,
+          ...flags,
+          ...(toStdout ? { onData: (chunk: Uint8Array) => writeAllSync(1, chunk) } : { file }),
+          ...common,
+        }),
+    );
   },
 });

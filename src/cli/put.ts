@@ -5,10 +5,8 @@
 import { basename } from "node:path";
 import { type ArgsDef, defineCommand } from "citty";
 import { upload } from "../client/upload.ts";
-import { DEFAULT_RETRIES } from "../client/session.ts";
 import { fail, unknownOption } from "./args.ts";
-import { abortOnInterrupt, errorLine, resolveServer, summaryLine, transferArgs, transferFlags } from "./get.ts";
-import { createProgress } from "./progress.ts";
+import { resolveServer, runTransfer, transferArgs, transferFlags } from "./get.ts";
 
 const args = {
   server: { type: "positional", description: "HOST[:PORT] — [v6addr]:port or a bare IPv6 address; port 69 by default", required: true },
@@ -31,28 +29,12 @@ export default defineCommand({
     const server = await resolveServer("put", a.server);
     const source = fromStdin ? await Bun.stdin.bytes() : local;
 
-    const progress = createProgress(remote);
-    const controller = new AbortController();
-    const stopSignals = abortOnInterrupt(controller);
-    const report = await upload({
-      host: server.host,
-      port: server.port,
+    await runTransfer(
+      "put",
+      server,
       remote,
-      ...flags,
-      source,
-      onProgress: progress ? (bytes, total) => progress.update(bytes, total) : undefined,
-      signal: controller.signal,
-    });
-    stopSignals();
-
-    if (!report.ok) {
-      progress?.clear();
-      const interrupted = controller.signal.aborted;
-      fail("put", `${server.display} ${remote}: ${errorLine(report, server.display, flags.retries ?? DEFAULT_RETRIES)}`, interrupted ? 130 : 1);
-    }
-    progress?.done();
-    if (a.verbose) {
-      process.stderr.write(`tftpd put: ${summaryLine(report, `${fromStdin ? "stdin" : local} -> ${server.display} ${remote}`)}\n`);
-    }
+      { retries: flags.retries, verbose: Boolean(a.verbose), what: `${fromStdin ? "stdin" : local} -> ${server.display} ${remote}` },
+      (common) => upload({ host: server.host, port: server.port, remote, ...flags, source, ...common }),
+    );
   },
 });

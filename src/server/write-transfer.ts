@@ -169,20 +169,19 @@ export class WriteTransfer {
   cancel(reason = "server shutting down", notify = true): void {
     if (this.phase === "done") return;
     if (this.phase === "dallying") return this.close();
-    if (notify) this.fail(ErrorCode.NOT_DEFINED, reason);
-    else this.finish("error", { code: ErrorCode.NOT_DEFINED, message: reason, from: "server" });
+    this.fail(ErrorCode.NOT_DEFINED, reason, "error", notify);
   }
 
   /** Ends a transfer that passed a connection_pool deadline (the engine's sweep decides). */
   expire(message: string): void {
     if (this.phase === "done") return;
-    this.channel.send(encodeError(ErrorCode.NOT_DEFINED, message));
-    this.finish("timeout", { code: ErrorCode.NOT_DEFINED, message, from: "server" });
+    this.fail(ErrorCode.NOT_DEFINED, message, "timeout");
   }
 
-  private fail(code: number, message: string): void {
-    this.channel.send(encodeError(code, message));
-    this.finish("error", { code, message, from: "server" });
+  /** Ends the transfer from our side, telling the client why unless `notify` is false. */
+  private fail(code: number, message: string, result: TransferResult = "error", notify = true): void {
+    if (notify) this.channel.send(encodeError(code, message));
+    this.finish(result, { code, message, from: "server" });
   }
 
   private finish(result: TransferResult, error?: TransferOutcome["error"]): void {

@@ -62,6 +62,22 @@ export async function startServer(root: string, options: Partial<ServerOptions> 
   };
 }
 
+/** The first transfer record after the first `from` ones that matches (waits up to `timeoutMs`). */
+export async function recordAfter(
+  s: { records: TransferRecord[] },
+  from: number,
+  match: (r: TransferRecord) => boolean,
+  timeoutMs = 10_000,
+): Promise<TransferRecord> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const hit = s.records.slice(from).find(match);
+    if (hit) return hit;
+    if (Date.now() > deadline) throw new Error(`no matching transfer record; last: ${JSON.stringify(s.records.at(-1))}`);
+    await Bun.sleep(5);
+  }
+}
+
 export interface ChildServer {
   proc: Subprocess<"ignore", "pipe", "pipe">;
   /** every address the server logged as listening, e.g. "127.0.0.1:40123" */

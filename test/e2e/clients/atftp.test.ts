@@ -5,22 +5,12 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import type { TransferRecord } from "../../../src/server/server.ts";
 import { patternBytes, removeDir, sha256, sha256File, tempDir, writeFile } from "../../helpers/files.ts";
 import { run } from "../../helpers/run.ts";
-import { startServer, type InProcessServer } from "../../helpers/server.ts";
+import { recordAfter, startServer, type InProcessServer } from "../../helpers/server.ts";
 
 setDefaultTimeout(60_000);
 
-async function recordAfter(s: InProcessServer, from: number, match: (r: TransferRecord) => boolean, timeoutMs = 10_000): Promise<TransferRecord> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const hit = s.records.slice(from).find(match);
-    if (hit) return hit;
-    if (Date.now() > deadline) throw new Error(`no matching transfer record; last: ${JSON.stringify(s.records.at(-1))}`);
-    await Bun.sleep(5);
-  }
-}
 
 const WINDOWED = ["--option", "windowsize 16", "--option", "blksize 1468"];
 

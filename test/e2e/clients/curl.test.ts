@@ -7,8 +7,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { patternBytes, removeDir, sha256, sha256File, tempDir, writeFile } from "../../helpers/files.ts";
 import { run } from "../../helpers/run.ts";
-import { startServer, type InProcessServer } from "../../helpers/server.ts";
-import type { TransferRecord } from "../../../src/server/server.ts";
+import { recordAfter, startServer, type InProcessServer } from "../../helpers/server.ts";
 
 setDefaultTimeout(60_000);
 
@@ -24,15 +23,6 @@ function curl(args: string[], timeoutMs = 30_000) {
 }
 
 /** The first record after index `from` that matches, waiting for it (bounded). */
-async function recordAfter(s: InProcessServer, from: number, match: (r: TransferRecord) => boolean, timeoutMs = 10_000): Promise<TransferRecord> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const hit = s.records.slice(from).find(match);
-    if (hit) return hit;
-    if (Date.now() > deadline) throw new Error(`no matching transfer record; last: ${JSON.stringify(s.records.at(-1))}`);
-    await Bun.sleep(5);
-  }
-}
 
 let root: string;
 let out: string;
