@@ -25,7 +25,7 @@ const CACHE = join(REPO, ".bench");
 const OURS_BIN = join(REPO, "dist/tftpd");
 
 /** Our server's tuning flags for the benchmark: the one place to add what the engine grows. */
-const OURS_SERVE_FLAGS = ["--log-level", "warn", "--windowsize-max", "64", "--blksize-max", "8192"];
+const OURS_SERVE_FLAGS = ["--no-tune", "--log-level", "warn", "--windowsize-max", "64", "--blksize-max", "8192"];
 /**
  * Config file given to our server (--config, so /etc/tftpd/config.json is not read): every
  * simulated client of the load generator shares 127.0.0.1, so the per-IP / per-client
