@@ -26,6 +26,9 @@ const requirements: Requirement[] = [
   // systemd-analyze verify/security for the unit; shellcheck for install.sh
   { path: "/usr/bin/systemd-analyze", pkg: "systemd" },
   { path: "/usr/bin/shellcheck", pkg: "shellcheck" },
+  // the Redis Cluster the cluster-mode tests start (test/helpers/redis-cluster.ts)
+  { path: "/usr/bin/redis-server", pkg: "redis-server" },
+  { path: "/usr/bin/redis-cli", pkg: "redis-tools" },
 ];
 
 const missing = requirements.filter((r) => !existsSync(r.path) || (r.check && !r.check())).map((r) => r.pkg);
