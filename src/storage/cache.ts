@@ -33,6 +33,8 @@ interface Entry {
   /** set while the copy is being made; every requester of this version awaits it */
   filling: Promise<void> | null;
   failed: boolean;
+  /** why the copy could not be made, for the requests that waited for it */
+  failure: string | null;
   /** bytes counted against the cache size for this version */
   charged: number;
   readers: number;
@@ -56,6 +58,8 @@ const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(r
 
 export class FileCache {
   private readonly entries = new Map<string, Entry>();
+  /** the version last served for each request path (stale ones are checked on use) */
+  private readonly byPath = new Map<string, Entry>();
   private bytes = 0;
   private lastId = 0;
   /** told when a cached copy is gone, so other threads drop their mappings of it */
@@ -82,7 +86,31 @@ export class FileCache {
    * it is closed once the cached copy exists, or kept as the source when the version cannot be
    * cached (too large for the cache, or the copy failed).
    */
-  async acquire(file: FdFileSource): Promise<FileSource> {
+  async acquire(file: FdFileSource, path?: string): Promise<FileSource> {
+    const source = await this.acquireVersion(file);
+    if (path !== undefined) {
+      const entry = this.entries.get(versionKey(file.identity));
+      if (entry) this.byPath.set(path, entry);
+    }
+    return source;
+  }
+
+  /**
+   * The cached copy of the file at `path` (as given to acquire) when it is ready and still
+   * matches `facts` (size, mtime, ctime from a metadata cache); null otherwise. No disk access.
+   */
+  acquireKnown(path: string, facts: { size: number; mtimeMs: number; ctimeMs: number }): FileSource | null {
+    const entry = this.byPath.get(path);
+    if (!entry || this.entries.get(entry.key) !== entry || !entry.copy) return null;
+    const id = entry.identity;
+    if (id.size !== facts.size || id.mtimeMs !== facts.mtimeMs || id.ctimeMs !== facts.ctimeMs) return null;
+    this.counters.hits++;
+    entry.readers++;
+    entry.lastUsed = performance.now();
+    return this.sourceOf(entry);
+  }
+
+  private async acquireVersion(file: FdFileSource): Promise<FileSource> {
     const fd = file.fd;
     if (!this.enabled || file.size > this.maxBytes) {
       this.counters.bypasses++;
@@ -105,7 +133,7 @@ export class FileCache {
         this.counters.bypasses++;
         return file;
       }
-      const created: Entry = { id: ++this.lastId, key, identity: file.identity, copy: null, filling: null, failed: false, charged: file.size, readers: 0, lastUsed: 0 };
+      const created: Entry = { id: ++this.lastId, key, identity: file.identity, copy: null, filling: null, failed: false, failure: null, charged: file.size, readers: 0, lastUsed: 0 };
       this.entries.set(key, created);
       this.bytes += created.charged;
       entry = created;
@@ -127,6 +155,67 @@ export class FileCache {
     }
     file.close();
     return this.sourceOf(entry);
+  }
+
+  /**
+   * A file this node's disk does not hold (one fetched from the cluster cache): `fill` writes
+   * its bytes into a sealed copy like any other cached version, once per `key` however many
+   * requests wait for it; `identity.size` must be its exact size. Throws, with the fill's
+   * error, when no copy could be made; the next request for the key tries again.
+   */
+  async acquireFilled(
+    key: string,
+    identity: FileIdentity,
+    fill: (write: (bytes: Uint8Array, offset: number) => void) => Promise<void>,
+  ): Promise<FileSource> {
+    if (!this.enabled) throw new Error("the local file cache is off (performance.memory.cache_size 0 or cache.enabled false)");
+    if (identity.size > this.maxBytes) throw new Error(`file of ${identity.size} bytes exceeds performance.memory.cache_size`);
+    const entryKey = `filled:${key}`;
+    let entry = this.entries.get(entryKey);
+    if (entry && !entry.failed) {
+      this.counters.hits++;
+    } else {
+      this.counters.misses++;
+      if (!this.makeRoom(identity.size)) throw new Error("the local file cache is full of files being served");
+      const created: Entry = { id: ++this.lastId, key: entryKey, identity, copy: null, filling: null, failed: false, failure: null, charged: identity.size, readers: 0, lastUsed: 0 };
+      this.entries.set(entryKey, created);
+      this.bytes += created.charged;
+      created.filling = this.fillFrom(created, fill).then(() => {
+        created.filling = null;
+      });
+      entry = created;
+    }
+    entry.readers++;
+    entry.lastUsed = performance.now();
+    if (entry.filling) await entry.filling;
+    if (!entry.copy) {
+      if (--entry.readers === 0) this.release(entry);
+      throw new Error(entry.failure ?? "the file could not be cached");
+    }
+    return this.sourceOf(entry);
+  }
+
+  /** True when a copy for `key` (of acquireFilled) is ready now. */
+  holdsFilled(key: string): boolean {
+    return this.entries.get(`filled:${key}`)?.copy != null;
+  }
+
+  private async fillFrom(entry: Entry, fill: (write: (bytes: Uint8Array, offset: number) => void) => Promise<void>): Promise<void> {
+    let filler: MemfdFiller | null = null;
+    try {
+      filler = new MemfdFiller(null, entry.identity.size);
+      const target = filler;
+      await fill((bytes, offset) => target.write(bytes, offset));
+      // seal() closes the memfd itself when it fails
+      filler = null;
+      entry.copy = target.seal();
+      this.onFilled?.(entry.id, entry.copy.fd, entry.identity.size);
+    } catch (error) {
+      filler?.abort();
+      entry.failed = true;
+      entry.failure = (error as Error).message;
+      this.drop(entry);
+    }
   }
 
   private startFill(entry: Entry, fd: number): void {
@@ -229,6 +318,7 @@ export class FileCache {
 
   private drop(entry: Entry): void {
     if (this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
+    for (const [path, held] of this.byPath) if (held === entry) this.byPath.delete(path);
     if (entry.readers === 0) this.release(entry);
   }
 

@@ -9,6 +9,7 @@
  * growing, so nothing can truncate or change it, and it is mapped private.
  */
 import { dlopen, FFIType, ptr } from "bun:ffi";
+import { writeSync } from "node:fs";
 
 const MFD_CLOEXEC = 1;
 const MFD_ALLOW_SEALING = 2;
@@ -67,7 +68,9 @@ const NAME = new TextEncoder().encode("tftpd-cache\0");
 /**
  * A filler that copies `size` bytes of `sourceFd` into a new memfd in steps of `chunk` bytes,
  * so a large initrd does not stall the event loop in one go. Call `step()` until it returns
- * true, then `seal()`; on any error the memfd is closed and the error thrown.
+ * true, then `seal()`; on any error the memfd is closed and the error thrown. Without a
+ * source descriptor (`null`), the bytes come through `write()` instead (a file fetched from
+ * the cluster cache).
  */
 export class MemfdFiller {
   private readonly lib: Libc;
@@ -76,7 +79,7 @@ export class MemfdFiller {
   readonly fd: number;
 
   constructor(
-    private readonly sourceFd: number,
+    private readonly sourceFd: number | null,
     readonly size: number,
     private readonly chunk = 64 << 20,
   ) {
@@ -87,8 +90,16 @@ export class MemfdFiller {
     if (this.fd < 0) throw new Error("memfd_create failed");
   }
 
+  /** Writes `bytes` at `offset` of the copy (before it is sealed). */
+  write(bytes: Uint8Array, offset: number): void {
+    if (offset < 0 || offset + bytes.length > this.size) throw new RangeError(`write of ${bytes.length} bytes at ${offset} past ${this.size}`);
+    let done = 0;
+    while (done < bytes.length) done += writeSync(this.fd, bytes, done, bytes.length - done, offset + done);
+  }
+
   /** Copies the next chunk; true when the whole file is in. */
   step(): boolean {
+    if (this.sourceFd === null) throw new Error("this copy is filled through write()");
     const end = Math.min(this.size, this.copied + this.chunk);
     while (this.copied < end) {
       this.offset[0] = BigInt(this.copied);
