@@ -176,3 +176,18 @@ export async function openForRead(
     return refusalFromFsError(err, "stat");
   }
 }
+
+/**
+ * The names in the directory of `relative` (below the real root), or undefined when it cannot
+ * be read or lies outside the root. Only ever used to say "not there": a name it lists is
+ * still opened through openForRead.
+ */
+export function listDirectory(rootReal: string, relative: string): string[] | undefined {
+  try {
+    const dir = fs.realpathSync.native(path.dirname(path.join(rootReal, relative)));
+    if (dir !== rootReal && !isInside(rootReal, dir)) return undefined;
+    return fs.readdirSync(dir);
+  } catch {
+    return undefined;
+  }
+}
