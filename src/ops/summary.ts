@@ -125,7 +125,8 @@ export function summarize(now: Sample[], earlier: Sample[] | null, seconds: numb
   };
 }
 
-function bits(n: number): string {
+/** 1_200_000_000 → "1.20 Gbit/s" */
+export function formatBits(n: number): string {
   const units = ["bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s"];
   let i = 0;
   while (n >= 1000 && i < units.length - 1) {
@@ -144,7 +145,7 @@ const ms = (v: number | null): string => (v === null ? "n/a" : `${v.toFixed(3)} 
 /** One line per headline figure, each starting with the word to grep for. */
 export function summaryLines(s: Summary, seconds: number): string[] {
   return [
-    `throughput ${s.throughput_bits_per_second === null ? "n/a" : bits(s.throughput_bits_per_second)} over ${seconds} s (sent ${mib(s.sent_bytes_total)}, received ${mib(s.received_bytes_total)} in all)`,
+    `throughput ${s.throughput_bits_per_second === null ? "n/a" : formatBits(s.throughput_bits_per_second)} over ${seconds} s (sent ${mib(s.sent_bytes_total)}, received ${mib(s.received_bytes_total)} in all)`,
     `latency first-response p50 ${ms(s.latency_first_response_p50_ms)} p99 ${ms(s.latency_first_response_p99_ms)}`,
     `connections active ${s.connections_active} total ${s.connections_total} failed ${s.transfers_failed}`,
     `retransmits ${s.retransmits_total} (${s.retransmits_per_transfer === null ? "n/a" : s.retransmits_per_transfer.toFixed(3)} per transfer)`,

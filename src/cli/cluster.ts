@@ -1,0 +1,43 @@
+/**
+ * `tftpd cluster status`: the fleet as its heartbeats in Redis describe it, one greppable line
+ * per node (live, or dead and when it was last seen), a `fleet` line of totals and the shared
+ * file cache; `--json` prints the same as one object.
+ */
+import { defineCommand } from "citty";
+import { listFiles } from "../cluster/content.ts";
+import { cacheLines, cacheTotals, fleetLines, readFleet, summedFigures } from "../cluster/fleet.ts";
+import { fail, unknownOption } from "./args.ts";
+import { connectFleet, fleetArgs } from "./fleet-link.ts";
+
+const statusArgs = {
+  ...fleetArgs,
+  json: { type: "boolean", description: "Print the fleet as one JSON object" },
+} as const;
+
+const status = defineCommand({
+  meta: { name: "status", description: "Show the fleet: live and dead nodes, their load, the shared cache" },
+  args: statusArgs,
+  async run({ args: a, rawArgs }) {
+    const unknown = unknownOption(statusArgs, rawArgs);
+    if (unknown) fail("cluster status", `unknown option ${unknown} (see tftpd cluster status --help)`, 2);
+    const link = await connectFleet("cluster status", a);
+    try {
+      const fleet = await readFleet(link);
+      const files = await listFiles(link);
+      if (a.json) {
+        console.log(JSON.stringify({ ...fleet, fleet: summedFigures(fleet), cache: { ...cacheTotals(files), list: files } }));
+      } else {
+        console.log([...fleetLines(fleet), ...cacheLines(files, fleet.read_at_ms)].join("\n"));
+      }
+    } catch (error) {
+      fail("cluster status", `reading the fleet from Redis at ${link.settings.nodes.join(",")}: ${(error as Error).message}`);
+    } finally {
+      await link.close();
+    }
+  },
+});
+
+export default defineCommand({
+  meta: { name: "cluster", description: "Look at the fleet of nodes sharing a Redis Cluster" },
+  subCommands: { status },
+});
