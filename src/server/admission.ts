@@ -12,12 +12,34 @@ export interface AdmissionLimits {
 
 export type Refusal = "total" | "per-ip" | "per-client";
 
+/** A shared admission's answer: a token to give back, a refusal, or "could not ask". */
+export type SharedVerdict =
+  | { ok: true; token: string }
+  | { ok: false; refusal: Refusal }
+  | { ok: false; refusal: "unavailable"; error: string };
+
+/**
+ * Limits counted beyond this node (the fleet's, `limits.scope: cluster`), asked after the
+ * node's own Admission admitted a request. "unavailable" (the shared store is out of reach)
+ * admits: the node's own limits still hold.
+ */
+export interface SharedAdmission {
+  acquire(address: string, limits: AdmissionLimits): Promise<SharedVerdict>;
+  /** gives back a token from acquire(); never fails */
+  release(token: string, address: string): void;
+}
+
 export class Admission {
   private total = 0;
   private readonly perIp = new Map<string, number>();
   private readonly perClient = new Map<string, number>();
 
-  constructor(private readonly limits: AdmissionLimits) {}
+  constructor(private limits: AdmissionLimits) {}
+
+  /** New limits apply to the next admit(); transfers over a lowered limit run to their end. */
+  setLimits(limits: AdmissionLimits): void {
+    this.limits = limits;
+  }
 
   get running(): number {
     return this.total;
