@@ -1,9 +1,18 @@
 /**
  * `tftpd config check FILE`: validate a config file (with the TFTPD_* environment applied, as
  * `serve` would) and print the effective config as JSON, byte sizes in bytes and paths resolved.
+ *
+ * `tftpd config push FILE`: validate it the same way, then store it in the fleet's Redis for
+ * every node to apply (src/cluster/config-sync.ts).
  */
 import { defineCommand } from "citty";
-import { loadConfig } from "../config/load.ts";
+import { readFileSync } from "node:fs";
+import { hostname } from "node:os";
+import { loadConfig, readConfigLayer, type Config } from "../config/load.ts";
+import type { RedisLink } from "../cluster/redis.ts";
+import { parseRemapRules } from "../storage/remap.ts";
+import { fail, unknownOption } from "./args.ts";
+import { openFleetLink } from "./fleet-link.ts";
 
 export interface CheckResult {
   exitCode: 0 | 1;
@@ -34,7 +43,104 @@ const check = defineCommand({
   },
 });
 
+/** What `config push` stores: the file's own settings and the text of its remap rules. */
+export interface PushDocument {
+  /** the file's keys as written (paths resolved against its directory), as JSON */
+  json: string;
+  /** the remap rule file's text when tftp.remap names one, else null */
+  remap: string | null;
+  /** the file with the TFTPD_* environment applied: where the Redis settings come from */
+  config: Config;
+}
+
+/**
+ * Validate `file` as `config check` does, and read its remap rules when it names a rule file.
+ * Errors are one line each, naming the key path (or the file and line).
+ */
+export function preparePush(
+  file: string,
+  env: Record<string, string | undefined> = process.env,
+): { ok: true; document: PushDocument } | { ok: false; errors: string[] } {
+  const loaded = loadConfig({ file, env });
+  if (!loaded.ok) return loaded;
+  const layer = readConfigLayer(file);
+  if (!layer.ok) return { ok: false, errors: [layer.error] };
+  const tftp = layer.value.tftp;
+  const rulesFile = typeof tftp === "object" && tftp !== null ? (tftp as Record<string, unknown>).remap : undefined;
+  let remap: string | null = null;
+  if (typeof rulesFile === "string") {
+    try {
+      remap = readFileSync(rulesFile, "utf8");
+    } catch (error) {
+      return { ok: false, errors: [`${file}: tftp.remap: cannot read ${rulesFile}: ${(error as Error).message}`] };
+    }
+    const rules = parseRemapRules(remap, rulesFile);
+    if (!rules.ok) return { ok: false, errors: rules.errors.map((e) => `${file}: tftp.remap: ${e}`) };
+  }
+  return { ok: true, document: { json: JSON.stringify(layer.value), remap, config: loaded.config } };
+}
+
+/**
+ * The config whose Redis settings a push uses: the pushed file's when it names nodes or
+ * `--redis` does, else the local config's (the key prefix, password and TLS go with the nodes).
+ */
+export function pushVia(pushed: Config, nodesFlag: string | undefined, localConfig: () => Config | null): Config {
+  if (pushed.cache.redis.nodes.length > 0 || nodesFlag !== undefined) return pushed;
+  const local = localConfig();
+  return local && local.cache.redis.nodes.length > 0 ? local : pushed;
+}
+
+/** Store `document` as the fleet's next config version; resolves to the version number. */
+export async function pushDocument(link: RedisLink, document: PushDocument, by = hostname()): Promise<number> {
+  const key = link.keys.config;
+  const tx = link.client
+    .multi()
+    .hincrby(key, "version", 1)
+    .hset(key, { json: document.json, pushed_at: new Date().toISOString(), pushed_by: by });
+  if (document.remap === null) tx.hdel(key, "remap");
+  else tx.hset(key, "remap", document.remap);
+  const results = await tx.exec();
+  if (!results) throw new Error("the transaction was aborted");
+  for (const [error] of results) if (error) throw error;
+  return Number(results[0]?.[1]);
+}
+
+const pushArgs = {
+  file: { type: "positional", description: "Config file (JSON)", valueHint: "FILE", required: true },
+  redis: { type: "string", description: "Redis seed nodes HOST:PORT[,…] (default: cache.redis.nodes)", valueHint: "HOST:PORT,…" },
+} as const;
+
+const push = defineCommand({
+  meta: { name: "push", description: "Validate a config file and push it to every node of the fleet through Redis" },
+  args: pushArgs,
+  async run({ args, rawArgs }) {
+    const unknown = unknownOption(pushArgs, rawArgs);
+    if (unknown) fail("config push", `unknown option ${unknown} (see tftpd config push --help)`, 2);
+
+    const prepared = preparePush(args.file);
+    if (!prepared.ok) {
+      for (const line of prepared.errors) process.stderr.write(`tftpd config push: ${line}\n`);
+      process.exit(1);
+    }
+    const { document } = prepared;
+    const via = pushVia(document.config, args.redis, () => {
+      const local = loadConfig({ env: process.env });
+      return local.ok ? local.config : null;
+    });
+    const link = await openFleetLink("config push", via, args.redis);
+    const nodes = link.settings.nodes.join(",");
+    try {
+      const version = await pushDocument(link, document);
+      process.stdout.write(`pushed config version ${version} to ${nodes}\n`);
+    } catch (error) {
+      await link.close();
+      fail("config push", `Redis at ${nodes}: ${(error as Error).message}`);
+    }
+    await link.close();
+  },
+});
+
 export default defineCommand({
   meta: { name: "config", description: "Work with config files" },
-  subCommands: { check },
+  subCommands: { check, push },
 });

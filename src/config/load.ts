@@ -1,4 +1,5 @@
-// Loading the effective config: defaults < file < TFTPD_* environment < overrides (CLI flags).
+// Loading the effective config: defaults < file < pushed (the fleet's config) < TFTPD_* environment
+// < overrides (CLI flags).
 // Errors are values: one line each, "<source>: <key.path>: <message>".
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
@@ -30,6 +31,12 @@ export interface LoadOptions {
   overrideSources?: Record<string, string>;
   /** Base for relative paths given in env/overrides; default process.cwd(). */
   cwd?: string;
+  /**
+   * A config pushed to the fleet (`tftpd config push`), already parsed: layered over the file and
+   * under the environment, so the node's own file fills what it leaves out. `source` names it in
+   * errors. Relative paths in it resolve against `cwd`.
+   */
+  pushed?: { content: unknown; source: string };
 }
 
 /** A setting that came from the environment or an override. */
@@ -85,12 +92,22 @@ export function loadConfig(opts: LoadOptions = {}): LoadResult {
   // 2. The file layer.
   let fileLayer: Obj = {};
   if (file !== null) {
-    const r = readConfigFile(file);
+    const r = readConfigLayer(file, cwd);
     if (!r.ok) return { ok: false, errors: [r.error] };
     fileLayer = r.value;
-    const base = dirname(resolve(cwd, file));
-    resolvePaths(fileLayer, base);
     prov.record([], file, fileLayer);
+  }
+
+  // 2b. The pushed layer.
+  let pushedLayer: Obj = {};
+  if (opts.pushed !== undefined) {
+    const { content, source } = opts.pushed;
+    if (!isPlainObject(content)) {
+      return { ok: false, errors: [`${source}: the config must be a JSON object, got ${describeValue(content)}`] };
+    }
+    pushedLayer = structuredClone(content);
+    resolvePaths(pushedLayer, cwd);
+    prov.record([], source, pushedLayer);
   }
 
   // 3. The environment layer.
@@ -132,7 +149,7 @@ export function loadConfig(opts: LoadOptions = {}): LoadResult {
   }
 
   // 5. Merge and validate (also when some settings were already rejected: report everything).
-  const merged = deepMerge(deepMerge(fileLayer, envLayer), overrideLayer);
+  const merged = deepMerge(deepMerge(deepMerge(fileLayer, pushedLayer), envLayer), overrideLayer);
   const result = validate(merged, (path) => prov.lookup(path), file ?? "config");
   if (!result.ok) errors.push(...result.errors);
   if (errors.length > 0 || !result.ok) return { ok: false, errors };
@@ -208,6 +225,17 @@ export function formatPath(path: readonly PropertyKey[]): string {
 
 // ---------------------------------------------------------------------------------------------
 // File reading
+
+/**
+ * A config file's own settings, as written (no defaults, no environment), with relative paths
+ * resolved against the file's directory. Errors are one line naming the file.
+ */
+export function readConfigLayer(file: string, cwd = process.cwd()): { ok: true; value: Obj } | { ok: false; error: string } {
+  const r = readConfigFile(file);
+  if (!r.ok) return r;
+  resolvePaths(r.value, dirname(resolve(cwd, file)));
+  return r;
+}
 
 function readConfigFile(file: string): { ok: true; value: Obj } | { ok: false; error: string } {
   let text: string;
