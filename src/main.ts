@@ -2,6 +2,8 @@
 /** The tftpd command line: one binary, one subcommand per job; `serve` when none is named. */
 import { defineCommand, renderUsage, runMain, type ArgsDef, type CommandDef } from "citty";
 import bench from "./cli/bench.ts";
+import cache from "./cli/cache.ts";
+import cluster from "./cli/cluster.ts";
 import config from "./cli/config.ts";
 import get from "./cli/get.ts";
 import metrics from "./cli/metrics.ts";
@@ -12,7 +14,7 @@ import tune from "./cli/tune.ts";
 import version from "./cli/version.ts";
 import { VERSION } from "./version.ts";
 
-const subCommands = { serve, get, put, bench, metrics, profile, tune, config, version };
+const subCommands = { serve, get, put, bench, metrics, profile, tune, config, cluster, version, cache };
 
 const main = defineCommand({
   meta: { name: "tftpd", version: VERSION, description: "Datacenter TFTP server for network boot" },

@@ -4,7 +4,8 @@
  */
 import { defineCommand } from "citty";
 import { accessSync, constants, readdirSync } from "node:fs";
-import { availableParallelism } from "node:os";
+import { availableParallelism, hostname } from "node:os";
+import { resolve } from "node:path";
 import { loadConfig } from "../config/load.ts";
 import { formatHostPort, parseListenAddress } from "../net/address.ts";
 import type { Config } from "../config/schema.ts";
@@ -17,6 +18,12 @@ import { LossPlan } from "../server/loss.ts";
 import { wasCapped } from "../net/sockopt.ts";
 import { TftpServer, type ServerOptions } from "../server/server.ts";
 import { loadRemapFile } from "../storage/remap.ts";
+import { ClusterFiles } from "../cluster/files.ts";
+import { RedisMetadataCache } from "../cluster/metadata.ts";
+import { RedisLink, redisSettings } from "../cluster/redis.ts";
+import { ConfigSync, readPushed, startupConfig, type StartupConfig } from "../cluster/config-sync.ts";
+import { Heartbeat, TransferTally } from "../cluster/heartbeat.ts";
+import { ClusterLeases, leaseAdmission } from "../cluster/leases.ts";
 import { fail, repeatedFlag, unknownOption } from "./args.ts";
 
 const args = {
@@ -31,6 +38,7 @@ const args = {
   "port-range": { type: "string", description: "Transfer ports LOW:HIGH (default: ephemeral)", valueHint: "LOW:HIGH" },
   remap: { type: "string", description: "File of remap rules (tftpd-hpa style)", valueHint: "FILE" },
   "log-level": { type: "string", description: "fatal|error|warn|info|debug|trace|silent", valueHint: "LEVEL" },
+  redis: { type: "string", description: "Redis seed nodes HOST:PORT[,…] (config cache.redis.nodes)", valueHint: "HOST:PORT,…" },
   tune: { type: "boolean", default: true, description: "Tune kernel settings at start-up (--no-tune skips it; config tune.enabled)" },
 } as const;
 
@@ -45,6 +53,7 @@ const FLAG_KEYS: [flag: string, key: string][] = [
   ["port-range", "tftp.port_range"],
   ["remap", "tftp.remap"],
   ["log-level", "log.level"],
+  ["redis", "cache.redis.nodes"],
 ];
 
 function flagOverrides(
@@ -57,6 +66,11 @@ function flagOverrides(
     if (values[flag] === undefined) continue;
     overrides[key] = values[flag];
     overrideSources[key] = `--${flag}`;
+  }
+  if (values.redis !== undefined) {
+    // naming the fleet's Redis on the command line means joining it
+    overrides["cache.type"] = "distributed";
+    overrideSources["cache.type"] = "--redis";
   }
   const listen = repeatedFlag(rawArgs, "listen");
   if (listen.length > 0) {
@@ -113,12 +127,17 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
   };
 }
 
+/** How long a starting node waits for Redis to read the fleet's pushed config. */
+const PUSHED_CONFIG_WAIT_MS = 2000;
+
 /** How long running transfers may finish after SIGTERM (the unit's TimeoutStopSec is 20 s). */
 const STOP_GRACE_MS = 15_000;
 
 /** Ready: listening, the root still readable, and the file cache working when one is configured. */
-function readiness(server: TftpServer, root: string, wantCache: boolean): Readiness {
+function readiness(server: TftpServer, root: string, wantCache: boolean, redis: RedisLink | null): Readiness {
   const reasons: string[] = [];
+  const degraded: string[] = [];
+  if (redis && !redis.up) degraded.push(`redis ${redis.state}${redis.lastError ? ` (${redis.lastError})` : ""}: serving local files only`);
   if (server.addresses.length === 0) reasons.push("not listening");
   if (wantCache && !server.cache.enabled) reasons.push("file cache unavailable (no memfd on this system)");
   try {
@@ -126,7 +145,7 @@ function readiness(server: TftpServer, root: string, wantCache: boolean): Readin
   } catch {
     reasons.push(`root ${root} not readable`);
   }
-  return { ready: reasons.length === 0, reasons };
+  return { ready: reasons.length === 0, reasons, degraded };
 }
 
 /** A file at the top of the root to show in the start-up hint, if there is one. */
@@ -151,11 +170,40 @@ export default defineCommand({
       for (const line of loaded.errors) process.stderr.write(`tftpd serve: ${line}\n`);
       process.exit(1);
     }
-    const config = loaded.config;
+    let config = loaded.config;
     const log = createLogger(config.log.level);
 
-    let remap: ServerOptions["remap"] = [];
-    if (config.tftp.remap) {
+    // The fleet's Redis, when the config uses it. A node serves its own root while Redis is
+    // down or still starting, and the link reconnects by itself; at start it waits a moment
+    // for the config pushed to the fleet, so settings that need a restart take effect.
+    const wantsRedis =
+      (config.cache.enabled && config.cache.type === "distributed") || config.limits.scope === "cluster" || config.cache.metadata_ttl > 0;
+    const redisNodes = config.cache.redis.nodes;
+    const redis = wantsRedis ? new RedisLink(redisSettings(config)) : null;
+    redis?.onState((state, error) => {
+      if (state === "up") log.info({ nodes: redisNodes }, "redis up");
+      else log.warn({ nodes: redisNodes, state, error }, "redis unavailable: serving local files only");
+    });
+    const loadWith = (pushed: { content: unknown; source: string }) =>
+      loadConfig({ file: values.config, env: process.env, pushed, ...flagOverrides(values, rawArgs) });
+    let startedWith: StartupConfig | null = null;
+    if (redis && (await redis.waitUp(PUSHED_CONFIG_WAIT_MS))) {
+      const pushed = await readPushed(redis).catch(() => null);
+      const start = pushed ? startupConfig(pushed, loadWith) : null;
+      if (start?.ok) {
+        startedWith = start.value;
+        config = start.value.config;
+        log.level = config.log.level;
+        log.info({ version: start.value.version }, "started with the config pushed to the fleet");
+      } else if (start) {
+        log.error({ errors: start.errors }, "pushed config rejected: starting with this node's own config");
+      }
+    } else if (redis) {
+      log.warn({ nodes: redisNodes }, "redis not reachable at start: starting with this node's own config");
+    }
+
+    let remap: ServerOptions["remap"] = startedWith?.rules ?? [];
+    if (config.tftp.remap && !startedWith?.rules) {
       const rules = loadRemapFile(config.tftp.remap);
       if (!rules.ok) {
         for (const line of rules.errors) process.stderr.write(`tftpd serve: ${line}\n`);
@@ -174,7 +222,13 @@ export default defineCommand({
       log.warn({ drop: dropSpec }, "test loss injection is on");
     }
 
+    // limits.scope "cluster": each transfer also holds a lease in Redis, counted fleet-wide
+    const leases = config.limits.scope === "cluster" && redis ? new ClusterLeases(redis, { nodeId: `${hostname()}:${process.pid}` }) : null;
+    if (leases) options.sharedAdmission = leaseAdmission(leases);
+
     let metrics: ServerMetrics | null = null;
+    // transfer counts for the fleet heartbeat (kept whether or not metrics are on)
+    const tally = new TransferTally();
     const server: TftpServer = new TftpServer(options, {
       listening: ({ host, port }, buffers) => {
         const address = formatHostPort(host, port);
@@ -189,6 +243,7 @@ export default defineCommand({
       },
       transferEnd: (r) => {
         metrics?.transferEnded(r);
+        tally.count(r);
         const level = r.result === "ok" || r.result === "probe" ? "info" : "warn";
         log[level](
           {
@@ -214,7 +269,26 @@ export default defineCommand({
         metrics?.requestRefused(reason, code);
         log.debug({ client: formatHostPort(peer.address, peer.port), reason, code }, "request refused");
       },
+      sharedAdmissionDown: (error) => {
+        log.warn({ error }, "cluster limits unavailable: admitting on this node's limits alone");
+      },
+      sharedAdmissionUp: () => {
+        log.info("cluster limits available again");
+      },
     });
+
+    if (redis && config.cache.enabled && config.cache.type === "distributed") {
+      // lookup order: this node's root, then the fleet's shared cache
+      server.remoteFiles = new ClusterFiles(redis, server.cache, {
+        filled: (file, bytes, ms) => log.info({ file, bytes, fill_ms: Math.round(ms) }, "fetched from the cluster cache"),
+        fillFailed: (file, error) => log.error({ file, error }, "cluster cache fetch failed: not served"),
+        servedStale: (file, error) => log.warn({ file, error }, "redis unavailable: served the local copy"),
+      });
+    }
+
+    if (redis && config.cache.metadata_ttl > 0) {
+      server.metadata = new RedisMetadataCache(redis, resolve(config.tftp.root), config.cache.metadata_ttl, config.cache.metadata_scope);
+    }
 
     if (values.tune !== false && config.tune.enabled) {
       // Raise what the config needs (never lowers); without privileges it only warns.
@@ -229,12 +303,31 @@ export default defineCommand({
       fail("serve", (error as Error).message);
     }
     let ops: { stop(force?: boolean): unknown } | null = null;
+    let metricsUrl: string | null = null;
     if (config.metrics.enabled) {
-      metrics = new ServerMetrics({ activeTransfers: () => server.activeTransfers, cacheStats: () => server.cache.stats });
+      const clusterFiles = server.remoteFiles instanceof ClusterFiles ? server.remoteFiles : null;
+      metrics = new ServerMetrics({
+        activeTransfers: () => server.activeTransfers,
+        cacheStats: () => server.cache.stats,
+        clusterStats: redis
+          ? () => {
+              const files = clusterFiles?.stats;
+              return {
+                redisUp: redis.up,
+                lookups: files?.lookups ?? 0,
+                fills: files?.fills ?? 0,
+                fillFailures: files?.fillFailures ?? 0,
+                staleServes: files?.stale ?? 0,
+                unavailable: files?.unavailable ?? 0,
+              };
+            }
+          : undefined,
+      });
       const at = parseListenAddress(config.metrics.listen);
       try {
-        const http = startOpsServer(at.host, at.port, metrics, () => readiness(server, config.tftp.root, options.cacheBytes > 0), config.metrics.control);
+        const http = startOpsServer(at.host, at.port, metrics, () => readiness(server, config.tftp.root, options.cacheBytes > 0, redis), config.metrics.control);
         ops = http;
+        metricsUrl = `http://${formatHostPort(at.host, http.port ?? at.port)}`;
         log.info({ address: formatHostPort(at.host, http.port ?? at.port) }, "metrics listening");
       } catch (error) {
         fail("serve", `metrics.listen ${config.metrics.listen}: ${(error as Error).message}`);
@@ -248,6 +341,44 @@ export default defineCommand({
         `ready: fetch a file with  curl -o ${file} tftp://${formatHostPort(first.host, first.port)}/${file}`,
       );
     }
+
+    // Cluster mode: beat into the fleet's Redis (tftpd cluster status, metrics --cluster).
+    // TFTPD_TEST_HEARTBEAT_MS: tests beat faster than every 2 s.
+    const testBeatMs = Number(process.env.TFTPD_TEST_HEARTBEAT_MS);
+    const heartbeat = redis
+      ? new Heartbeat(
+          redis,
+          () => ({
+            addresses: server.addresses.map((a) => formatHostPort(a.host, a.port)),
+            metricsUrl,
+            activeTransfers: server.activeTransfers,
+            transfersTotal: tally.transfers,
+            failedTotal: tally.failed,
+            bytesSentTotal: tally.bytesSent,
+            cacheBytes: server.cache.stats.bytes,
+          }),
+          { intervalMs: testBeatMs > 0 ? testBeatMs : undefined },
+        )
+      : null;
+    heartbeat?.start();
+
+    // Cluster mode: apply the config pushed to the fleet (tftpd config push), now and on every
+    // new version, over this node's file and under its env and flags.
+    // TFTPD_TEST_CONFIG_POLL_MS: tests poll faster than every 2 s.
+    const testPollMs = Number(process.env.TFTPD_TEST_CONFIG_POLL_MS);
+    const configSync = redis
+      ? new ConfigSync({
+          redis,
+          log,
+          config,
+          server,
+          load: loadWith,
+          startedWith,
+          limitsOf: (c) => serverOptions(c, []).limits,
+          pollMs: testPollMs > 0 ? testPollMs : undefined,
+        })
+      : null;
+    configSync?.start();
 
     // SIGTERM/SIGINT: stop taking requests, let running transfers finish for up to
     // STOP_GRACE_MS (a second signal ends them at once), then exit 0.
@@ -263,6 +394,10 @@ export default defineCommand({
         if (cut > 0) log.warn({ cut }, "transfers still running at the end of the grace period were ended");
       }
       ops?.stop(true);
+      configSync?.stop();
+      await heartbeat?.stop();
+      await leases?.stop();
+      await redis?.close();
       flushLogs();
       process.exit(0);
     };

@@ -215,7 +215,6 @@ function section<T extends z.core.$ZodLooseShape>(shape: T) {
 }
 
 const ENGINE = "(reserved: accepted, not acted on yet)";
-const CLUSTER = "(reserved for cluster mode: accepted, not acted on yet)";
 
 /** Whether a key is accepted but not acted on yet ("engine" or "cluster"), from its description; null if it is live. */
 export function reservedBy(description: string | undefined): string | null {
@@ -317,8 +316,8 @@ const performance = section({
       .describe("Largest datagram buffer; must hold tftp.blksize_max + 4 bytes of header."),
   }),
   network: section({
-    tcp_nodelay: bool().default(true).describe(`TCP_NODELAY on TCP connections (Redis cluster, metrics endpoint) ${CLUSTER}`),
-    tcp_keepalive: bool().default(true).describe(`SO_KEEPALIVE on TCP connections (Redis cluster, metrics endpoint) ${CLUSTER}`),
+    tcp_nodelay: bool().default(true).describe("TCP_NODELAY on the connections to Redis (cluster mode)"),
+    tcp_keepalive: bool().default(true).describe("SO_KEEPALIVE on the connections to Redis (cluster mode): a dead peer is noticed without traffic"),
     receive_buffer_size: bytes(1).prefault("32Mi").describe("SO_RCVBUF of the UDP request and shared transfer sockets (set and read back; capped by net.core.rmem_max unless the process has CAP_NET_ADMIN); 32Mi holds a burst of about 25,000 requests"),
     send_buffer_size: bytes(1).prefault("4Mi").describe("SO_SNDBUF of the UDP request and shared transfer sockets (set and read back; capped by net.core.wmem_max)"),
   }),
@@ -328,26 +327,37 @@ const cache = section({
   enabled: bool().default(true).describe(`Cache served files (local cache; plus the shared cluster cache when type is "distributed")`),
   type: oneOf(["local", "distributed"])
     .default("local")
-    .describe(`"local": per-node cache only; "distributed": also share file blobs across the fleet through Redis ${CLUSTER}`),
-  backend: oneOf(["redis"]).default("redis").describe(`Backend of the distributed cache ${CLUSTER}`),
+    .describe('"local": each node caches the files of its own root; "distributed": also serve files published to the fleet\'s shared cache in Redis (`tftpd cache put`) when the root lacks them'),
+  backend: oneOf(["redis"]).default("redis").describe("Backend of the distributed cache"),
   redis: section({
-    cluster_mode: bool().default(true).describe(`Talk to a Redis Cluster (true) or a single Redis server (false) ${CLUSTER}`),
+    cluster_mode: bool().default(true).describe("Talk to a Redis Cluster (true) or a single Redis server (false)"),
     nodes: listOf(hostPort(), '"HOST:PORT" addresses', { unique: true })
       .default([])
-      .describe(`Seed nodes "HOST:PORT"; required when cache.type is "distributed" ${CLUSTER}`),
-    password: z.string().nullable().default(null).describe(`Redis password, or null ${CLUSTER}`),
-    tls: bool().default(false).describe(`Connect to Redis over TLS ${CLUSTER}`),
-    key_prefix: nonEmptyString().default("tftpd:").describe(`Prefix of every Redis key the fleet writes ${CLUSTER}`),
+      .describe('Seed nodes "HOST:PORT" (--redis); required when cache.type is "distributed", limits.scope is "cluster" or cache.metadata_ttl is above 0'),
+    password: z.string().nullable().default(null).describe("Redis password, or null"),
+    tls: bool().default(false).describe("Connect to Redis over TLS"),
+    key_prefix: nonEmptyString()
+      .refine((s) => !/[{}]/.test(s), { message: "must not contain { or } (they choose the cluster slot of a key)" })
+      .default("tftpd:")
+      .describe("Prefix of every Redis key the fleet writes: fleets sharing one Redis keep apart by prefix"),
   }),
-  ttl: intIn(1).default(3600).describe(`Seconds a blob stays in the shared cache ${CLUSTER}`),
-  max_size: bytes().prefault("4Gi").describe(`Cap of the shared cluster cache ${CLUSTER}`),
+  ttl: intIn(0).default(3600).describe(`Seconds a file published with \`tftpd cache put\` stays in the shared cache; 0 keeps it until removed or evicted`),
+  max_size: bytes().prefault("4Gi").describe("Cap of the bytes stored in the shared cache; publishing past it evicts the least recently served files"),
+  metadata_ttl: intIn(0, 86_400)
+    .default(0)
+    .describe(
+      'Seconds a node keeps what it learnt of its root (file sizes and times, missing names, directory listings) in Redis, so a slow or network-mounted root is not asked per request; a change on disk is seen after at most this long. 0 = off (on a local disk, asking it is faster than a Redis round trip)',
+    ),
+  metadata_scope: oneOf(["node", "fleet"])
+    .default("node")
+    .describe('"node": each node caches what it saw of its own root; "fleet": nodes that mount the same tree at the same tftp.root share it'),
 });
 
 const compression = section({
-  enabled: bool().default(false).describe(`Compress blobs stored in the cluster cache ${CLUSTER}`),
-  algorithm: oneOf(["gzip"]).default("gzip").describe(`Compression algorithm ${CLUSTER}`),
-  level: intIn(1, 9).default(6).describe(`Compression level, 1 (fast) .. 9 (small) ${CLUSTER}`),
-  min_size: bytes().prefault(1024).describe(`Blobs smaller than this are stored uncompressed ${CLUSTER}`),
+  enabled: bool().default(false).describe("Gzip the chunks `tftpd cache put` stores in the shared cache, each one only when it gets smaller"),
+  algorithm: oneOf(["gzip"]).default("gzip").describe("Compression algorithm"),
+  level: intIn(1, 9).default(6).describe("Compression level, 1 (fast) .. 9 (small)"),
+  min_size: bytes().prefault(1024).describe("Chunks smaller than this are stored uncompressed"),
 });
 
 const load_balancing = section({
@@ -377,7 +387,7 @@ const limits = section({
   max_total_connections: intIn(1).default(50000).describe("Concurrent transfers in total"),
   scope: oneOf(["node", "cluster"])
     .default("node")
-    .describe(`Count limits per node, or across the fleet through Redis ("cluster") ${CLUSTER}`),
+    .describe('Count the per-IP and total limits per node, or across the fleet ("cluster": expiring leases in Redis; while Redis is unavailable each node applies its own limits)'),
   on_limit: oneOf(["drop", "busy"])
     .default("drop")
     .describe(
@@ -457,6 +467,14 @@ export const configSchema = z
         path: ["cache", "redis", "nodes"],
         params: { related: "cache.type" },
         message: 'needs at least one "HOST:PORT" when cache.type is "distributed"',
+      });
+    }
+    if (c.cache.metadata_ttl > 0 && c.cache.redis.nodes.length === 0) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["cache", "metadata_ttl"],
+        params: { related: "cache.redis.nodes" },
+        message: "a metadata cache needs Redis nodes in cache.redis.nodes",
       });
     }
     if (c.limits.scope === "cluster" && c.cache.redis.nodes.length === 0) {

@@ -1,6 +1,7 @@
 /**
  * The operations endpoint on `metrics.listen`: /metrics (Prometheus text), /healthz (the
- * process answers) and /readyz (listening, root readable). Loopback by default. With
+ * process answers) and /readyz (listening, root readable; 200 "ready, degraded: …" while the
+ * fleet's Redis is unavailable). Loopback by default. With
  * `metrics.control`, also the control endpoints `tftpd profile` uses, answered to loopback
  * clients only, whatever address the endpoint listens on: /debug/profile?seconds=N (a CPU
  * profile) and /debug/heap (a heap snapshot).
@@ -21,6 +22,11 @@ export interface Readiness {
   ready: boolean;
   /** what is not ready, when not */
   reasons: string[];
+  /**
+   * what works only in part while the node still serves (Redis unavailable: local files and
+   * local copies are served, files only the fleet's cache holds are not)
+   */
+  degraded?: string[];
 }
 
 export function startOpsServer(
@@ -65,9 +71,11 @@ export function startOpsServer(
           return new Response("ok\n");
         case "/readyz": {
           const state = readiness();
-          return state.ready
-            ? new Response("ready\n")
-            : new Response(`not ready: ${state.reasons.join("; ")}\n`, { status: 503 });
+          if (!state.ready) return new Response(`not ready: ${state.reasons.join("; ")}\n`, { status: 503 });
+          // degraded stays 200: the node serves its root, and taking every node out of
+          // service because Redis is down would stop the whole fleet
+          const degraded = state.degraded ?? [];
+          return new Response(degraded.length > 0 ? `ready, degraded: ${degraded.join("; ")}\n` : "ready\n");
         }
         default:
           return new Response("not found: try /metrics, /healthz or /readyz\n", { status: 404 });

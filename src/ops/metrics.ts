@@ -11,9 +11,21 @@ import type { TransferRecord } from "../server/server.ts";
 const FIRST_RESPONSE_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 const DURATION_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
 
+/** The fleet side of a node in cluster mode: its Redis link and the shared cache's use. */
+export interface ClusterStats {
+  redisUp: boolean;
+  lookups: number;
+  fills: number;
+  fillFailures: number;
+  staleServes: number;
+  unavailable: number;
+}
+
 export interface MetricsSources {
   activeTransfers(): number;
   cacheStats(): CacheStats;
+  /** present when the node is in cluster mode */
+  clusterStats?(): ClusterStats;
 }
 
 export class ServerMetrics {
@@ -94,6 +106,35 @@ export class ServerMetrics {
         this.set(sources.cacheStats().bytes);
       },
     });
+    const clusterStats = sources.clusterStats;
+    if (clusterStats) {
+      new client.Gauge({
+        name: "tftpd_redis_up",
+        help: "1 while the fleet's Redis answers, 0 while the node serves local files only (degraded)",
+        registers,
+        collect() {
+          this.set(clusterStats().redisUp ? 1 : 0);
+        },
+      });
+      const clusterCounter = (name: string, help: string, pick: (s: ClusterStats) => number) => {
+        let seen = 0;
+        new client.Counter({
+          name,
+          help,
+          registers,
+          collect() {
+            const now = pick(clusterStats());
+            if (now > seen) this.inc(now - seen);
+            seen = now;
+          },
+        });
+      };
+      clusterCounter("tftpd_cluster_lookups_total", "Requests for files the root lacks, looked up in the shared cache", (s) => s.lookups);
+      clusterCounter("tftpd_cluster_fills_total", "Files fetched from the shared cache into the local cache", (s) => s.fills);
+      clusterCounter("tftpd_cluster_fill_failures_total", "Fetches refused: a chunk missing or not matching its sha256, or Redis lost mid-fetch", (s) => s.fillFailures);
+      clusterCounter("tftpd_cluster_stale_serves_total", "Requests served from a local copy while Redis did not answer", (s) => s.staleServes);
+      clusterCounter("tftpd_cluster_unavailable_total", "Requests refused because only the unreachable shared cache could have served them", (s) => s.unavailable);
+    }
     // process CPU and memory, open fds, event-loop lag
     client.collectDefaultMetrics({ register: this.registry, prefix: "tftpd_" });
   }

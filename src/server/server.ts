@@ -11,11 +11,14 @@ import { ErrorCode, Opcode, type RequestPacket } from "../protocol/packet.ts";
 import { FileCache } from "../storage/cache.ts";
 import { NETASCII_MAX_BYTES, netasciiSource } from "../storage/netascii-source.ts";
 import { applyRemap, type RemapRule } from "../storage/remap.ts";
-import { openForRead, realRoot, resolveRequestPath } from "../storage/resolve.ts";
+import { listDirectory, openForRead, realRoot, resolveRequestPath } from "../storage/resolve.ts";
+import type { MetadataCache } from "../storage/metadata.ts";
+import { refuse, type Refusal } from "../storage/refusal.ts";
+import type { RemoteFiles } from "../storage/remote.ts";
 import type { FileSource } from "../storage/source.ts";
 import { prepareUpload, type UploadPolicy } from "../storage/upload.ts";
 import { formatHostPort } from "../net/address.ts";
-import { Admission, type AdmissionLimits } from "./admission.ts";
+import { Admission, type AdmissionLimits, type SharedAdmission, type SharedVerdict } from "./admission.ts";
 import { LoadBalancer, type Algorithm, type HashKey } from "./balance.ts";
 import { TransferEngine, type EngineOptions, type TransferJob } from "./engine.ts";
 import type { LossPlan } from "./loss.ts";
@@ -64,6 +67,8 @@ export interface ServerOptions {
   limits: AdmissionLimits & { onLimit: "drop" | "busy" };
   lifetimes: Lifetimes;
   loss?: LossPlan | null;
+  /** limits counted beyond this node, asked after the node's own (see SharedAdmission) */
+  sharedAdmission?: SharedAdmission | null;
 }
 
 /** One record per finished transfer: it feeds the log line and, later, the metrics. */
@@ -86,6 +91,10 @@ export interface ServerEvents {
   refused?(peer: Peer, reason: string, code: number | null): void;
   /** a transfer worker died; its transfers were ended and a new worker started */
   workerExit?(index: number, lostTransfers: number): void;
+  /** the shared admission could not answer: requests are admitted on this node's limits alone (once per outage) */
+  sharedAdmissionDown?(error: string): void;
+  /** the shared admission answers again after an outage */
+  sharedAdmissionUp?(): void;
 }
 
 /** A transfer from acceptance to its end record. */
@@ -101,6 +110,8 @@ interface Running {
   source: FileSource | null;
   /** the engine running it: -1 the local engine, else a worker index */
   engine: number;
+  /** its token from the shared admission, when one admitted it */
+  lease: string | null;
 }
 
 function peerKey(peer: Peer): string {
@@ -134,6 +145,8 @@ export class TftpServer {
   private lastId = 0;
   private rootReal = "";
   private stopped = false;
+  /** the shared admission failed its last request: the outage was reported */
+  private sharedDown = false;
   private readonly allow: BlockList | null;
   private readonly deny: BlockList | null;
   private readonly admission: Admission;
@@ -141,6 +154,10 @@ export class TftpServer {
   private readonly local: TransferEngine;
   private pool: WorkerPool | null = null;
   readonly cache: FileCache;
+  /** where files the root lacks come from (the fleet's shared cache); set before start() */
+  remoteFiles: RemoteFiles | null = null;
+  /** what is known of paths below the root without asking the disk; set before start() */
+  metadata: MetadataCache | null = null;
 
   constructor(
     private readonly options: ServerOptions,
@@ -281,8 +298,10 @@ export class TftpServer {
   ): Promise<void> {
     const isRead = request.op === Opcode.RRQ;
     let admitted: string | null = null;
+    let lease: string | null = null;
     const reject = (code: number | null, message: string): void => {
       if (admitted !== null) this.admission.release(peer.address, admitted);
+      if (lease !== null) this.options.sharedAdmission?.release(lease, peer.address);
       this.active.delete(key);
       this.refuse(listener, peer, code, message);
     };
@@ -294,13 +313,19 @@ export class TftpServer {
     const resolved = resolveRequestPath(this.rootReal, remapped.name);
     if (!resolved.ok) return reject(resolved.code, resolved.message);
 
+    // Dropped, the ROM retries later; "busy" tells it now (some firmware gives up on an ERROR).
+    const limitCode = this.options.limits.onLimit === "busy" ? ErrorCode.NOT_DEFINED : null;
     const refusal = this.admission.admit(peer.address, resolved.relative);
-    if (refusal !== null) {
-      // Dropped, the ROM retries later; "busy" tells it now (some firmware gives up on an ERROR).
-      const busy = this.options.limits.onLimit === "busy";
-      return reject(busy ? ErrorCode.NOT_DEFINED : null, `busy: ${refusal} transfer limit reached`);
-    }
+    if (refusal !== null) return reject(limitCode, `busy: ${refusal} transfer limit reached`);
     admitted = resolved.relative;
+    // The node's own limits come first (they protect this node); then the fleet's, if shared.
+    // "unavailable" admits: this node's limits still hold.
+    const shared = this.options.sharedAdmission;
+    const verdict = shared ? await this.admitShared(shared, peer.address) : null;
+    if (verdict?.ok) lease = verdict.token;
+    else if (verdict && verdict.refusal !== "unavailable") {
+      return reject(limitCode, `busy: ${verdict.refusal} transfer limit reached across the cluster`);
+    }
 
     const limits = {
       blksizeMax: this.options.blksizeMax,
@@ -317,6 +342,7 @@ export class TftpServer {
       started: performance.now(),
       source: null,
       engine: -1,
+      lease,
     };
     const recordBase = { client: formatHostPort(peer.address, peer.port), file: resolved.relative, mode: request.mode };
     const job = (blksize: number, windowsize: number, oack: [string, string][] | null, timeoutMs: number | null): TransferJob => ({
@@ -331,17 +357,15 @@ export class TftpServer {
     });
 
     if (isRead) {
-      const opened = await openForRead(this.rootReal, resolved.relative);
+      const opened = await this.openSource(resolved.relative, request.mode === "netascii");
       if (!opened.ok) return reject(opened.code, opened.message);
-      let source: FileSource;
+      let source = opened.source;
       if (request.mode === "netascii") {
-        if (opened.source.size > NETASCII_MAX_BYTES) {
-          opened.source.close();
+        if (source.size > NETASCII_MAX_BYTES) {
+          source.close();
           return reject(ErrorCode.NOT_DEFINED, "file too large for netascii mode");
         }
-        source = netasciiSource(opened.source);
-      } else {
-        source = await this.cache.acquire(opened.source);
+        source = netasciiSource(source);
       }
       const negotiated = negotiate(request, limits, request.mode === "octet" ? source.size : null);
       if (!negotiated.ok) {
@@ -388,6 +412,56 @@ export class TftpServer {
       .catch((error: unknown) => this.failed(running.id, (error as Error).message));
   }
 
+  /**
+   * The bytes of a file to read: the local root first (through the file cache), then, for a
+   * file the root does not hold, the remote files (the fleet's shared cache) when there are any.
+   */
+  private async openSource(relative: string, raw: boolean): Promise<{ ok: true; source: FileSource } | Refusal> {
+    const facts = this.metadata && !raw ? await this.metadata.lookup(relative) : null;
+    if (facts?.kind === "file") {
+      // known to the metadata cache and held in memory: served without touching the disk
+      const known = this.cache.acquireKnown(relative, facts);
+      if (known) return { ok: true, source: known };
+    }
+    if (facts?.kind !== "missing") {
+      const opened = await openForRead(this.rootReal, relative);
+      if (opened.ok) {
+        const { size, mtimeMs, ctimeMs } = opened.source.identity;
+        this.metadata?.remember(relative, { kind: "file", size, mtimeMs, ctimeMs });
+        return { ok: true, source: raw ? opened.source : await this.cache.acquire(opened.source, relative) };
+      }
+      if (opened.code !== ErrorCode.FILE_NOT_FOUND) return opened;
+      this.metadata?.remember(relative, { kind: "missing" }, listDirectory(this.rootReal, relative));
+    }
+    if (!this.remoteFiles) return refuse(ErrorCode.FILE_NOT_FOUND, "file not found");
+    return this.remoteFiles.open(relative);
+  }
+
+  /**
+   * Applies the settings that may change while serving (a config pushed to the fleet):
+   * admission limits and remap rules. Running transfers keep going; new requests see the
+   * new settings.
+   */
+  reconfigure(change: { limits?: ServerOptions["limits"]; remap?: RemapRule[] }): void {
+    if (change.limits) {
+      this.options.limits = change.limits;
+      this.admission.setLimits(change.limits);
+    }
+    if (change.remap) this.options.remap = change.remap;
+  }
+
+  /** Asks the shared admission; reports an outage once, and its end. */
+  private async admitShared(shared: SharedAdmission, address: string): Promise<SharedVerdict> {
+    const verdict: SharedVerdict = await shared
+      .acquire(address, this.options.limits)
+      .catch((error: unknown) => ({ ok: false, refusal: "unavailable", error: (error as Error).message }));
+    const down = !verdict.ok && verdict.refusal === "unavailable";
+    if (down && !this.sharedDown) this.events.sharedAdmissionDown?.(verdict.error);
+    if (!down && this.sharedDown) this.events.sharedAdmissionUp?.();
+    this.sharedDown = down;
+    return verdict;
+  }
+
   private abandon(running: Running): void {
     const reason = "superseded by a new request from the same client port";
     if (running.engine < 0) this.local.cancel(running.id, reason, false);
@@ -411,6 +485,7 @@ export class TftpServer {
     this.running.delete(id);
     if (this.active.get(running.key) === running) this.active.delete(running.key);
     this.admission.release(running.peer.address, running.file);
+    if (running.lease !== null) this.options.sharedAdmission?.release(running.lease, running.peer.address);
     running.source?.close();
     running.source = null;
     return running;
