@@ -222,8 +222,10 @@ export default defineCommand({
       log.warn({ drop: dropSpec }, "test loss injection is on");
     }
 
-    // limits.scope "cluster": each transfer also holds a lease in Redis, counted fleet-wide
-    const leases = config.limits.scope === "cluster" && redis ? new ClusterLeases(redis, { nodeId: `${hostname()}:${process.pid}` }) : null;
+    // limits.scope "cluster": each transfer also holds a lease in Redis, counted fleet-wide; the
+    // start time in the id keeps a restarted process (same host, same pid in a container) from
+    // taking over the leases its previous life left to expire
+    const leases = config.limits.scope === "cluster" && redis ? new ClusterLeases(redis, { nodeId: `${hostname()}:${process.pid}:${Date.now().toString(36)}` }) : null;
     if (leases) options.sharedAdmission = leaseAdmission(leases);
 
     let metrics: ServerMetrics | null = null;

@@ -306,110 +306,120 @@ export class TftpServer {
       this.refuse(listener, peer, code, message);
     };
 
-    // Windows PXE clients send backslashes; remap rules are written against forward slashes.
-    const asked = request.filename.replaceAll("\\", "/");
-    const remapped = applyRemap(this.options.remap, asked, isRead ? "read" : "write");
-    if (!remapped.ok) return reject(remapped.code, remapped.message);
-    const resolved = resolveRequestPath(this.rootReal, remapped.name);
-    if (!resolved.ok) return reject(resolved.code, resolved.message);
+    // Past admission, anything thrown must give the slots back (a transfer that began gives
+    // them back when it ends).
+    let begun = false;
+    try {
+      // Windows PXE clients send backslashes; remap rules are written against forward slashes.
+      const asked = request.filename.replaceAll("\\", "/");
+      const remapped = applyRemap(this.options.remap, asked, isRead ? "read" : "write");
+      if (!remapped.ok) return reject(remapped.code, remapped.message);
+      const resolved = resolveRequestPath(this.rootReal, remapped.name);
+      if (!resolved.ok) return reject(resolved.code, resolved.message);
 
-    // Dropped, the ROM retries later; "busy" tells it now (some firmware gives up on an ERROR).
-    const limitCode = this.options.limits.onLimit === "busy" ? ErrorCode.NOT_DEFINED : null;
-    const refusal = this.admission.admit(peer.address, resolved.relative);
-    if (refusal !== null) return reject(limitCode, `busy: ${refusal} transfer limit reached`);
-    admitted = resolved.relative;
-    // The node's own limits come first (they protect this node); then the fleet's, if shared.
-    // "unavailable" admits: this node's limits still hold.
-    const shared = this.options.sharedAdmission;
-    const verdict = shared ? await this.admitShared(shared, peer.address) : null;
-    if (verdict?.ok) lease = verdict.token;
-    else if (verdict && verdict.refusal !== "unavailable") {
-      return reject(limitCode, `busy: ${verdict.refusal} transfer limit reached across the cluster`);
-    }
+      // Dropped, the ROM retries later; "busy" tells it now (some firmware gives up on an ERROR).
+      const limitCode = this.options.limits.onLimit === "busy" ? ErrorCode.NOT_DEFINED : null;
+      const refusal = this.admission.admit(peer.address, resolved.relative);
+      if (refusal !== null) return reject(limitCode, `busy: ${refusal} transfer limit reached`);
+      admitted = resolved.relative;
+      // The node's own limits come first (they protect this node); then the fleet's, if shared.
+      // "unavailable" admits: this node's limits still hold.
+      const shared = this.options.sharedAdmission;
+      const verdict = shared ? await this.admitShared(shared, peer.address) : null;
+      if (verdict?.ok) lease = verdict.token;
+      else if (verdict && verdict.refusal !== "unavailable") {
+        return reject(limitCode, `busy: ${verdict.refusal} transfer limit reached across the cluster`);
+      }
 
-    const limits = {
-      blksizeMax: this.options.blksizeMax,
-      windowsizeMax: this.options.windowsizeMax,
-      windowBytesMax: this.options.windowBytesMax,
-      uploadMax: this.options.uploadMax,
-    };
-    const base = {
-      id: ++this.lastId,
-      key,
-      peer,
-      file: resolved.relative,
-      listener,
-      started: performance.now(),
-      source: null,
-      engine: -1,
-      lease,
-    };
-    const recordBase = { client: formatHostPort(peer.address, peer.port), file: resolved.relative, mode: request.mode };
-    const job = (blksize: number, windowsize: number, oack: [string, string][] | null, timeoutMs: number | null): TransferJob => ({
-      id: base.id,
-      peer,
-      localAddress: listener.address,
-      blksize,
-      windowsize,
-      oack,
-      retransmit: this.retransmitPolicy(timeoutMs),
-      receivedAtEpoch,
-    });
+      const limits = {
+        blksizeMax: this.options.blksizeMax,
+        windowsizeMax: this.options.windowsizeMax,
+        windowBytesMax: this.options.windowBytesMax,
+        uploadMax: this.options.uploadMax,
+      };
+      const base = {
+        id: ++this.lastId,
+        key,
+        peer,
+        file: resolved.relative,
+        listener,
+        started: performance.now(),
+        source: null,
+        engine: -1,
+        lease,
+      };
+      const recordBase = { client: formatHostPort(peer.address, peer.port), file: resolved.relative, mode: request.mode };
+      const job = (blksize: number, windowsize: number, oack: [string, string][] | null, timeoutMs: number | null): TransferJob => ({
+        id: base.id,
+        peer,
+        localAddress: listener.address,
+        blksize,
+        windowsize,
+        oack,
+        retransmit: this.retransmitPolicy(timeoutMs),
+        receivedAtEpoch,
+      });
 
-    if (isRead) {
-      const opened = await this.openSource(resolved.relative, request.mode === "netascii");
-      if (!opened.ok) return reject(opened.code, opened.message);
-      let source = opened.source;
-      if (request.mode === "netascii") {
-        if (source.size > NETASCII_MAX_BYTES) {
-          source.close();
-          return reject(ErrorCode.NOT_DEFINED, "file too large for netascii mode");
+      if (isRead) {
+        const opened = await this.openSource(resolved.relative, request.mode === "netascii");
+        if (!opened.ok) return reject(opened.code, opened.message);
+        let source = opened.source;
+        if (request.mode === "netascii") {
+          if (source.size > NETASCII_MAX_BYTES) {
+            source.close();
+            return reject(ErrorCode.NOT_DEFINED, "file too large for netascii mode");
+          }
+          source = netasciiSource(source);
         }
-        source = netasciiSource(source);
+        const negotiated = negotiate(request, limits, request.mode === "octet" ? source.size : null);
+        if (!negotiated.ok) {
+          source.close();
+          return reject(negotiated.code, negotiated.message);
+        }
+        const running: Running = {
+          ...base,
+          record: { ...recordBase, direction: "read", blksize: negotiated.blksize, windowsize: negotiated.windowsize, tsize: source.size, options: negotiated.requested },
+        };
+        const transferJob = job(negotiated.blksize, negotiated.windowsize, negotiated.oack, negotiated.timeoutMs);
+        if (this.stopped) {
+          source.close();
+          return reject(ErrorCode.NOT_DEFINED, "server shutting down");
+        }
+        begun = true;
+        this.begin(running);
+        if (this.pool && source.share) {
+          running.engine = this.balancer.pick({ clientAddress: peer.address, clientPort: peer.port, filename: resolved.relative }, this.pool.loads);
+          running.source = source;
+          this.pool.dispatch(running.engine, transferJob, source.share, source.identity);
+        } else {
+          await this.local.startRead(transferJob, source).catch((error: unknown) => this.failed(running.id, (error as Error).message));
+        }
+        return;
       }
-      const negotiated = negotiate(request, limits, request.mode === "octet" ? source.size : null);
-      if (!negotiated.ok) {
-        source.close();
-        return reject(negotiated.code, negotiated.message);
-      }
+
+      const negotiated = negotiate(request, limits, null);
+      if (!negotiated.ok) return reject(negotiated.code, negotiated.message);
+      const prepared = await prepareUpload(this.rootReal, resolved.relative, this.options.write, this.options.uploadMax);
+      if (!prepared.ok) return reject(prepared.code, prepared.message);
+      const declared = request.options.get("tsize");
       const running: Running = {
         ...base,
-        record: { ...recordBase, direction: "read", blksize: negotiated.blksize, windowsize: negotiated.windowsize, tsize: source.size, options: negotiated.requested },
+        record: { ...recordBase, direction: "write", blksize: negotiated.blksize, windowsize: negotiated.windowsize, tsize: declared === undefined ? null : Number(declared), options: negotiated.requested },
       };
-      const transferJob = job(negotiated.blksize, negotiated.windowsize, negotiated.oack, negotiated.timeoutMs);
       if (this.stopped) {
-        source.close();
+        prepared.sink.abort();
         return reject(ErrorCode.NOT_DEFINED, "server shutting down");
       }
+      begun = true;
       this.begin(running);
-      if (this.pool && source.share) {
-        running.engine = this.balancer.pick({ clientAddress: peer.address, clientPort: peer.port, filename: resolved.relative }, this.pool.loads);
-        running.source = source;
-        this.pool.dispatch(running.engine, transferJob, source.share, source.identity);
-      } else {
-        await this.local.startRead(transferJob, source).catch((error: unknown) => this.failed(running.id, (error as Error).message));
-      }
-      return;
+      // Uploads are rare in network boot and write through the main thread's sink: they run here.
+      await this.local
+        .startWrite(job(negotiated.blksize, negotiated.windowsize, negotiated.oack, negotiated.timeoutMs), prepared.sink, request.mode)
+        .catch((error: unknown) => this.failed(running.id, (error as Error).message));
+    } catch (error) {
+      if (begun) throw error;
+      reject(ErrorCode.NOT_DEFINED, `server error: ${(error as Error).message}`);
     }
-
-    const negotiated = negotiate(request, limits, null);
-    if (!negotiated.ok) return reject(negotiated.code, negotiated.message);
-    const prepared = await prepareUpload(this.rootReal, resolved.relative, this.options.write, this.options.uploadMax);
-    if (!prepared.ok) return reject(prepared.code, prepared.message);
-    const declared = request.options.get("tsize");
-    const running: Running = {
-      ...base,
-      record: { ...recordBase, direction: "write", blksize: negotiated.blksize, windowsize: negotiated.windowsize, tsize: declared === undefined ? null : Number(declared), options: negotiated.requested },
-    };
-    if (this.stopped) {
-      prepared.sink.abort();
-      return reject(ErrorCode.NOT_DEFINED, "server shutting down");
-    }
-    this.begin(running);
-    // Uploads are rare in network boot and write through the main thread's sink: they run here.
-    await this.local
-      .startWrite(job(negotiated.blksize, negotiated.windowsize, negotiated.oack, negotiated.timeoutMs), prepared.sink, request.mode)
-      .catch((error: unknown) => this.failed(running.id, (error as Error).message));
   }
 
   /**
