@@ -15,7 +15,7 @@ import type { BenchResult } from "../src/bench/tally.ts";
 import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { randomFillSync } from "node:crypto";
 import { cpus, tmpdir } from "node:os";
-import { join, relative, resolve } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import { ensurePeer, type PeerBinary } from "./peers.ts";
 import { alive, ignoresSigchld, machineBusySeconds, MemorySampler, peakRssKiB, ProcessAccounting, treeCpu } from "./proc.ts";
 
@@ -106,6 +106,9 @@ the same load generator (tftpd bench) and prints one table; writes build/BENCH.m
   --ours-from-source   run our server as \`bun src/main.ts serve\` instead of dist/tftpd
   --build              run \`bun build/compile.ts\` (npm run build) first
   --bench-cmd "CMD"    load generator command instead of \`dist/tftpd bench\` (split on spaces)
+  --lean-client        load generator build/loadgen.c (compiled with cc into .bench/): closed-
+                       loop scenarios only (1, 2); uses about a third of the CPU of tftpd bench,
+                       so on a small machine the storms measure the servers, not the client
   --run-timeout S      hard limit on one load-generator run (default 300); "timeout" if hit
   --settle S           pause between runs (default 1.5)
   --verify             have the load generator compare every download with the file
@@ -159,6 +162,7 @@ function parseOptions(argv: string[]): Options {
       case "--settle": o.settleS = num(0); break;
       case "--repeat": o.repeat = Math.floor(num(1)); break;
       case "--bench-cmd": o.benchCmd = value().trim().split(/\s+/); break;
+      case "--lean-client": o.benchCmd = [leanClient()]; break;
       case "--pin": {
         const v = value();
         if (v !== "auto" && v !== "on" && v !== "off") die(`--pin: auto, on or off, not "${v}"`);
@@ -506,8 +510,23 @@ async function runBench(loadgen: string[], target: string, args: string[], timeo
   return { status: "ok", json, argv, detail: code === 0 ? "" : `exit ${code}` };
 }
 
+/** Compiles build/loadgen.c into .bench/loadgen (when it is newer than the binary). */
+function leanClient(): string {
+  const source = join(REPO, "build/loadgen.c");
+  const binary = join(REPO, ".bench/loadgen");
+  if (!existsSync(binary) || statSync(binary).mtimeMs < statSync(source).mtimeMs) {
+    mkdirSync(dirname(binary), { recursive: true });
+    const r = spawnText(["cc", "-O2", "-o", binary, source]);
+    if (!existsSync(binary)) die(`--lean-client: cc failed (apt-get install gcc): ${r.out}`, 1);
+  }
+  return binary;
+}
+
 function resolveLoadgen(o: Options): { argv: string[]; label: string } {
-  if (o.benchCmd) return { argv: o.benchCmd, label: display(o.benchCmd) };
+  if (o.benchCmd) {
+    const lean = o.benchCmd.length === 1 && o.benchCmd[0] === join(REPO, ".bench/loadgen");
+    return { argv: o.benchCmd, label: lean ? "build/loadgen.c (cc -O2, --lean-client)" : display(o.benchCmd) };
+  }
   const hasBench = (base: string[]) => {
     const r = spawnText([...base, "bench", "--help"]);
     return r.out.includes("--concurrency");
