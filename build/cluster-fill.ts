@@ -9,7 +9,8 @@
  *
  * Prints time to first byte (request → first DATA/OACK) and total transfer time from
  * `tftpd bench`, and the Redis commands each transfer caused, summed over every master from
- * INFO commandstats of the masters (heartbeats are paused so only transfer traffic is counted;
+ * INFO commandstats of the masters (heartbeats and config polls are paused so only transfer
+ * traffic is counted;
  * connection set-up is left out). Commands of one transfer go out pipelined or 8 at a time.
  *
  *   bun build/cluster-fill.ts [--binary dist/tftpd] [--size-mib 100] [--runs 3]
@@ -96,7 +97,7 @@ try {
     writeFileSync(join(root, "local.img"), bytes);
     const node = await spawnServer(["--root", root, "--listen", "127.0.0.1:0", "--redis", cluster.seeds, "--no-tune"], {
       binary: values.binary,
-      env: { ...env, TFTPD_TEST_HEARTBEAT_MS: "3600000", TFTPD_LOG_LEVEL: "info" },
+      env: { ...env, TFTPD_TEST_HEARTBEAT_MS: "3600000", TFTPD_TEST_CONFIG_POLL_MS: "3600000", TFTPD_LOG_LEVEL: "info" },
     });
     nodes.push(node);
     await node.waitForLog((l) => l.msg === "redis up");
