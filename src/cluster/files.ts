@@ -2,9 +2,11 @@
  * Files a node serves from the fleet's shared cache: the `RemoteFiles` behind the local root.
  *
  * One request costs one Redis round trip (the manifest, which also marks the file as served);
- * the bytes are fetched once per node and file version into the local file cache, checked
- * chunk by chunk and as a whole, and every later transfer reads them from memory. Concurrent
- * requests for a file being fetched wait for the same fetch.
+ * the bytes are fetched once per node and file version into the local file cache, and every
+ * later transfer reads them from memory. The first transfers start on the first checked chunk
+ * and follow the fetch window by window (concurrent requests share it); every chunk is checked
+ * against its sha256 before a byte of it leaves, and the whole file against the manifest
+ * before the last block does.
  *
  * When Redis cannot answer, a file this node fetched before is still served from its local
  * copy (the last version it saw); any other file gets a clear ERROR after at most one
@@ -45,7 +47,7 @@ export class ClusterFiles implements RemoteFiles {
     private readonly events: ClusterFileEvents = {},
   ) {}
 
-  async open(name: string): Promise<{ ok: true; source: FileSource } | Refusal> {
+  async open(name: string, options: { whole?: boolean } = {}): Promise<{ ok: true; source: FileSource } | Refusal> {
     let manifest: Manifest | null;
     try {
       this.stats.lookups++;
@@ -74,7 +76,7 @@ export class ClusterFiles implements RemoteFiles {
           throw error;
         }
         this.events.filled?.(name, fetched.size, performance.now() - started);
-      });
+      }, { stream: !options.whole });
       this.known.set(name, copy);
       return { ok: true, source };
     } catch (error) {

@@ -46,6 +46,8 @@ export class ReadTransfer {
   readonly clock: RetransmitClock;
   /** one reusable packet buffer (header + block) per position in the window */
   private readonly slots: Uint8Array[] = [];
+  /** a window waits for bytes still being fetched (FileSource.whenReadable) */
+  private awaitingBytes = false;
   /** blocks per sendmmsg within a window (WINDOW_BATCH_*) */
   private readonly batchBlocks: number;
   private readonly packets: Uint8Array[] = [];
@@ -167,6 +169,8 @@ export class ReadTransfer {
   }
 
   private retransmit(): void {
+    // nothing went out yet: the window leaves once its bytes are in (no loss to react to)
+    if (this.awaitingBytes) return;
     if (this.phase === "oack") {
       this.retransmits++;
       if (this.params.oack) this.channel.send(encodeOack(this.params.oack));
@@ -187,6 +191,27 @@ export class ReadTransfer {
   private sendWindow(first: number, again: boolean): void {
     const { blksize, windowsize } = this.params;
     const last = Math.min(first + windowsize - 1, this.lastBlock);
+    if (this.source.whenReadable) {
+      // bytes still arriving (a file being fetched from the fleet's cache): this window goes
+      // out once they are in; a retransmission asked for meanwhile is that same send
+      const pending = this.source.whenReadable(Math.min(this.source.size, last * blksize));
+      if (pending) {
+        if (!this.awaitingBytes) {
+          this.awaitingBytes = true;
+          pending.then(
+            () => {
+              this.awaitingBytes = false;
+              if (this.phase !== "done") this.sendWindow(first, again);
+            },
+            (error: Error) => {
+              this.awaitingBytes = false;
+              this.fail(ErrorCode.NOT_DEFINED, `read error: ${error.message}`);
+            },
+          );
+        }
+        return;
+      }
+    }
     this.channel.settle();
     this.packets.length = 0;
     for (let block = first, slot = 0; block <= last; block++, slot++) {

@@ -444,7 +444,7 @@ export class TftpServer {
       this.metadata?.remember(relative, { kind: "missing" }, listDirectory(this.rootReal, relative));
     }
     if (!this.remoteFiles) return refuse(ErrorCode.FILE_NOT_FOUND, "file not found");
-    return this.remoteFiles.open(relative);
+    return this.remoteFiles.open(relative, { whole: raw });
   }
 
   /**

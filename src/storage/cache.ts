@@ -35,6 +35,8 @@ interface Entry {
   failed: boolean;
   /** why the copy could not be made, for the requests that waited for it */
   failure: string | null;
+  /** while a copy is written out of order (acquireFilled): which bytes are in, and its memfd */
+  progress: FillProgress | null;
   /** bytes counted against the cache size for this version */
   charged: number;
   readers: number;
@@ -133,7 +135,7 @@ export class FileCache {
         this.counters.bypasses++;
         return file;
       }
-      const created: Entry = { id: ++this.lastId, key, identity: file.identity, copy: null, filling: null, failed: false, failure: null, charged: file.size, readers: 0, lastUsed: 0 };
+      const created: Entry = { id: ++this.lastId, key, identity: file.identity, copy: null, filling: null, failed: false, failure: null, progress: null, charged: file.size, readers: 0, lastUsed: 0 };
       this.entries.set(key, created);
       this.bytes += created.charged;
       entry = created;
@@ -167,6 +169,7 @@ export class FileCache {
     key: string,
     identity: FileIdentity,
     fill: (write: (bytes: Uint8Array, offset: number) => void) => Promise<void>,
+    options: { stream?: boolean } = {},
   ): Promise<FileSource> {
     if (!this.enabled) throw new Error("the local file cache is off (performance.memory.cache_size 0 or cache.enabled false)");
     if (identity.size > this.maxBytes) throw new Error(`file of ${identity.size} bytes exceeds performance.memory.cache_size`);
@@ -177,7 +180,7 @@ export class FileCache {
     } else {
       this.counters.misses++;
       if (!this.makeRoom(identity.size)) throw new Error("the local file cache is full of files being served");
-      const created: Entry = { id: ++this.lastId, key: entryKey, identity, copy: null, filling: null, failed: false, failure: null, charged: identity.size, readers: 0, lastUsed: 0 };
+      const created: Entry = { id: ++this.lastId, key: entryKey, identity, copy: null, filling: null, failed: false, failure: null, progress: null, charged: identity.size, readers: 0, lastUsed: 0 };
       this.entries.set(entryKey, created);
       this.bytes += created.charged;
       created.filling = this.fillFrom(created, fill).then(() => {
@@ -185,6 +188,8 @@ export class FileCache {
       });
       entry = created;
     }
+    // streaming: the transfer starts on the first bytes and waits, window by window, for the rest
+    if (options.stream && entry.progress && !entry.copy) return this.fillingSource(entry);
     entry.readers++;
     entry.lastUsed = performance.now();
     if (entry.filling) await entry.filling;
@@ -193,6 +198,46 @@ export class FileCache {
       throw new Error(entry.failure ?? "the file could not be cached");
     }
     return this.sourceOf(entry);
+  }
+
+  /**
+   * A source over a copy still being filled: bytes already written are read from the memfd,
+   * `whenReadable` says when the others arrive, and once the copy is sealed reads move onto
+   * its mapping. Read on this thread only (no share for workers until the copy is ready).
+   */
+  private fillingSource(entry: Entry): FileSource {
+    const progress = entry.progress!;
+    const size = entry.identity.size;
+    entry.readers++;
+    entry.lastUsed = performance.now();
+    let copy: FileSource | null = null;
+    let released = false;
+    return {
+      size,
+      identity: entry.identity,
+      read: (position, into, offset, length) => {
+        if (released) throw new Error("read on a closed FileSource");
+        if (!copy && entry.copy) copy = memorySource(entry.copy.bytes, entry.identity);
+        if (copy) return copy.read(position, into, offset, length);
+        // failed is set before the memfd is closed: its descriptor number is never read after
+        if (entry.failed) throw new Error(entry.failure ?? "the file could not be fetched");
+        const end = Math.min(size, position + length);
+        if (end > progress.readable) throw new Error("read past the bytes fetched so far");
+        let done = 0;
+        while (position + done < end) {
+          const n = fs.readSync(progress.fd, into, offset + done, end - position - done, position + done);
+          if (n === 0) break;
+          done += n;
+        }
+        return done;
+      },
+      whenReadable: (end) => (entry.copy ? null : progress.whenReadable(end)),
+      close: () => {
+        if (released) return;
+        released = true;
+        this.unread(entry);
+      },
+    };
   }
 
   /** True when a copy for `key` (of acquireFilled) is ready now. */
@@ -205,16 +250,25 @@ export class FileCache {
     try {
       filler = new MemfdFiller(null, entry.identity.size);
       const target = filler;
-      await fill((bytes, offset) => target.write(bytes, offset));
+      const progress = new FillProgress(target.fd, entry.identity.size);
+      entry.progress = progress;
+      await fill((bytes, offset) => {
+        target.write(bytes, offset);
+        progress.wrote(offset, offset + bytes.length);
+      });
       // seal() closes the memfd itself when it fails
       filler = null;
       entry.copy = target.seal();
+      progress.complete();
       this.onFilled?.(entry.id, entry.copy.fd, entry.identity.size);
     } catch (error) {
-      filler?.abort();
       entry.failed = true;
       entry.failure = (error as Error).message;
+      entry.progress?.fail(new Error(entry.failure));
+      filler?.abort();
       this.drop(entry);
+    } finally {
+      entry.progress = null;
     }
   }
 
@@ -330,5 +384,64 @@ export class FileCache {
     }
     this.bytes -= entry.charged;
     entry.charged = 0;
+  }
+}
+
+/**
+ * Which bytes of a copy written out of order are in: the readable prefix, the ranges written
+ * past it, and the readers waiting for more. The last byte becomes readable only when the
+ * fill completes (the whole copy checked): a transfer never ends on a copy that fails.
+ */
+class FillProgress {
+  /** bytes [0, readable) are written */
+  readable = 0;
+  private written = 0;
+  private readonly ahead = new Map<number, number>();
+  private waiters: { end: number; resolve: () => void; reject: (error: Error) => void }[] = [];
+  private failure: Error | null = null;
+
+  constructor(
+    readonly fd: number,
+    private readonly size: number,
+  ) {}
+
+  wrote(start: number, end: number): void {
+    if (start !== this.written) {
+      this.ahead.set(start, end);
+      return;
+    }
+    this.written = end;
+    for (let next = this.ahead.get(this.written); next !== undefined; next = this.ahead.get(this.written)) {
+      this.ahead.delete(this.written);
+      this.written = next;
+    }
+    this.readable = Math.min(this.written, this.size - 1);
+    this.wake();
+  }
+
+  whenReadable(end: number): Promise<void> | null {
+    if (end <= this.readable) return null;
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => this.waiters.push({ end, resolve, reject }));
+  }
+
+  complete(): void {
+    this.readable = Number.MAX_SAFE_INTEGER;
+    this.wake();
+  }
+
+  fail(error: Error): void {
+    this.failure = error;
+    for (const w of this.waiters.splice(0)) w.reject(error);
+  }
+
+  private wake(): void {
+    if (this.waiters.length === 0) return;
+    const still: typeof this.waiters = [];
+    for (const w of this.waiters) {
+      if (w.end <= this.readable) w.resolve();
+      else still.push(w);
+    }
+    this.waiters = still;
   }
 }

@@ -7,6 +7,10 @@ import type { Refusal } from "./refusal.ts";
 import type { FileSource } from "./source.ts";
 
 export interface RemoteFiles {
-  /** `name` is the request's path below the root, already normalised and confined */
-  open(name: string): Promise<{ ok: true; source: FileSource } | Refusal>;
+  /**
+   * `name` is the request's path below the root, already normalised and confined. `whole`:
+   * the caller reads the entire file at once (netascii conversion), so the source must hold
+   * every byte before it is returned; otherwise a transfer may start while bytes arrive.
+   */
+  open(name: string, options?: { whole?: boolean }): Promise<{ ok: true; source: FileSource } | Refusal>;
 }

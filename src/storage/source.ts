@@ -32,6 +32,12 @@ export interface FileSource {
   /** Release the underlying resource. Idempotent. `read` after `close` throws. */
   close(): void;
   /**
+   * For a source whose bytes are still arriving (a file being fetched from the fleet's
+   * cache): null when bytes [0, end) can be read now, else a promise that resolves once they
+   * can, or rejects when they never will. Absent: every byte can always be read.
+   */
+  whenReadable?(end: number): Promise<void> | null;
+  /**
    * How another thread of this process can read the same bytes while this source stays open
    * here: a cached copy's memfd, or the open file's descriptor.
    */

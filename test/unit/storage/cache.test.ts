@@ -514,3 +514,95 @@ describe("sizes", () => {
     b.close();
   });
 });
+
+describe("acquireFilled: files whose bytes come from elsewhere (the fleet's cache)", () => {
+  const identity = (size: number) => ({ dev: 0, ino: 0, size, mtimeMs: 1, ctimeMs: 2 });
+
+  /** A fill the test drives: each call of `give` writes one range. */
+  function controlledFill() {
+    let write: ((bytes: Uint8Array, offset: number) => void) | null = null;
+    let finish!: () => void;
+    let fail!: (e: Error) => void;
+    const done = new Promise<void>((resolve, reject) => {
+      finish = resolve;
+      fail = reject;
+    });
+    return {
+      fill: (w: (bytes: Uint8Array, offset: number) => void) => {
+        write = w;
+        return done;
+      },
+      give: (bytes: Uint8Array, offset: number) => write!(bytes, offset),
+      finish: () => finish(),
+      fail: (e: Error) => fail(e),
+    };
+  }
+
+  test("whole: returns once every byte is in, and later requests share the copy", async () => {
+    const cache = new FileCache(1 << 20);
+    const bytes = Uint8Array.from({ length: 3000 }, (_, i) => i & 0xff);
+    const fill = controlledFill();
+    const first = cache.acquireFilled("a", identity(3000), fill.fill);
+    fill.give(bytes.subarray(1000), 1000);
+    fill.give(bytes.subarray(0, 1000), 0);
+    fill.finish();
+    const source = await first;
+    const out = new Uint8Array(3000);
+    expect(source.read(0, out, 0, 3000)).toBe(3000);
+    expect(out).toEqual(bytes);
+    expect(cache.holdsFilled("a")).toBe(true);
+    const again = await cache.acquireFilled("a", identity(3000), () => Promise.reject(new Error("no second fill")));
+    expect(again.size).toBe(3000);
+    source.close();
+    again.close();
+  });
+
+  test("stream: readable prefix grows as ranges arrive out of order; the last byte waits for the end", async () => {
+    const cache = new FileCache(1 << 20);
+    const bytes = Uint8Array.from({ length: 3000 }, (_, i) => (i * 7) & 0xff);
+    const fill = controlledFill();
+    const source = await cache.acquireFilled("s", identity(3000), fill.fill, { stream: true });
+    expect(source.whenReadable).toBeDefined();
+    const wantFirst = source.whenReadable!(1000);
+    expect(wantFirst).not.toBeNull();
+    let firstIn = false;
+    void wantFirst!.then(() => (firstIn = true));
+    fill.give(bytes.subarray(1000, 2000), 1000); // out of order: nothing readable yet
+    await Bun.sleep(1);
+    expect(firstIn).toBe(false);
+    fill.give(bytes.subarray(0, 1000), 0);
+    await wantFirst;
+    const out = new Uint8Array(2000);
+    expect(source.read(0, out, 0, 2000)).toBe(2000);
+    expect(out).toEqual(bytes.subarray(0, 2000));
+    expect(() => source.read(2000, out, 0, 1000)).toThrow("past the bytes fetched");
+    fill.give(bytes.subarray(2000), 2000);
+    // every byte written, but the copy is not complete: the end is not readable yet
+    expect(source.whenReadable!(3000)).not.toBeNull();
+    fill.finish();
+    await source.whenReadable!(3000);
+    const all = new Uint8Array(3000);
+    expect(source.read(0, all, 0, 3000)).toBe(3000);
+    expect(all).toEqual(bytes);
+    source.close();
+  });
+
+  test("stream: a failed fill rejects the waiting readers, reads throw, and the next request tries again", async () => {
+    const cache = new FileCache(1 << 20);
+    const fill = controlledFill();
+    const source = await cache.acquireFilled("f", identity(2000), fill.fill, { stream: true });
+    fill.give(new Uint8Array(1000).fill(9), 0);
+    const waiting = source.whenReadable!(2000)!;
+    fill.fail(new Error("chunk 1 does not match its sha256"));
+    await expect(waiting).rejects.toThrow("does not match its sha256");
+    await Bun.sleep(1);
+    expect(() => source.read(0, new Uint8Array(10), 0, 10)).toThrow("does not match its sha256");
+    source.close();
+    expect(cache.holdsFilled("f")).toBe(false);
+    const retry = controlledFill();
+    const next = cache.acquireFilled("f", identity(2000), retry.fill);
+    retry.give(new Uint8Array(2000).fill(1), 0);
+    retry.finish();
+    expect((await next).size).toBe(2000);
+  });
+});
