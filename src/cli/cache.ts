@@ -11,7 +11,7 @@ import { DEFAULT_CHUNK_SIZE, listFiles, publish, remove } from "../cluster/conte
 import { cacheLines, formatBytes } from "../cluster/fleet.ts";
 import { resolveRequestPath } from "../storage/resolve.ts";
 import { fail, unknownOption } from "./args.ts";
-import { fleetArgs, fleetConfig, openFleetLink } from "./fleet-link.ts";
+import { fleetArgs, fleetConfig, withFleetLink } from "./fleet-link.ts";
 
 /** A published name follows the rules of a request path: what a client asks for finds it. */
 function publishedName(command: string, name: string): string {
@@ -58,10 +58,9 @@ const put = defineCommand({
     if (!stat.isFile()) fail(command, `${a.file}: not a regular file`);
     const bytes = await Bun.file(a.file).bytes();
 
-    const link = await openFleetLink(command, config, a.redis);
-    try {
-      const started = performance.now();
-      const { manifest, evicted } = await publish(link, name, bytes, {
+    const started = performance.now();
+    const { manifest, evicted } = await withFleetLink(command, config, a.redis, (link) =>
+      publish(link, name, bytes, {
         chunkSize,
         ttlS: ttl,
         maxSizeBytes: config.cache.max_size,
@@ -71,18 +70,14 @@ const put = defineCommand({
           level: config.compression.level,
           minSize: config.compression.min_size,
         },
-      });
-      for (const victim of evicted) console.log(`evicted ${victim} (least recently served) to stay within cache.max_size`);
-      console.log(
-        `published ${manifest.name} size ${formatBytes(manifest.size)} stored ${formatBytes(manifest.stored)} chunks ${manifest.chunks.length} ` +
-          `compression ${manifest.compression} sha256 ${manifest.sha256} ttl ${manifest.ttlS === 0 ? "none" : `${manifest.ttlS}s`} ` +
-          `in ${Math.round(performance.now() - started)} ms`,
-      );
-    } catch (error) {
-      fail(command, (error as Error).message);
-    } finally {
-      await link.close();
-    }
+      }),
+    );
+    for (const victim of evicted) console.log(`evicted ${victim} (least recently served) to stay within cache.max_size`);
+    console.log(
+      `published ${manifest.name} size ${formatBytes(manifest.size)} stored ${formatBytes(manifest.stored)} chunks ${manifest.chunks.length} ` +
+        `compression ${manifest.compression} sha256 ${manifest.sha256} ttl ${manifest.ttlS === 0 ? "none" : `${manifest.ttlS}s`} ` +
+        `in ${Math.round(performance.now() - started)} ms`,
+    );
   },
 });
 
@@ -99,16 +94,9 @@ const ls = defineCommand({
     const unknown = unknownOption(lsArgs, rawArgs);
     if (unknown) fail(command, `unknown option ${unknown} (see tftpd cache ls --help)`, 2);
     const config = fleetConfig(command, a.config);
-    const link = await openFleetLink(command, config, a.redis);
-    try {
-      const files = await listFiles(link);
-      if (a.json) console.log(JSON.stringify({ files, maxSize: config.cache.max_size }));
-      else console.log(cacheLines(files, Date.now(), config.cache.max_size).join("\n"));
-    } catch (error) {
-      fail(command, (error as Error).message);
-    } finally {
-      await link.close();
-    }
+    const files = await withFleetLink(command, config, a.redis, listFiles);
+    if (a.json) console.log(JSON.stringify({ files, maxSize: config.cache.max_size }));
+    else console.log(cacheLines(files, Date.now(), config.cache.max_size).join("\n"));
   },
 });
 
@@ -126,15 +114,7 @@ const rm = defineCommand({
     if (unknown) fail(command, `unknown option ${unknown} (see tftpd cache rm --help)`, 2);
     const config = fleetConfig(command, a.config);
     const name = publishedName(command, a.name);
-    const link = await openFleetLink(command, config, a.redis);
-    let removed = false;
-    try {
-      removed = await remove(link, name);
-    } catch (error) {
-      fail(command, (error as Error).message);
-    } finally {
-      await link.close();
-    }
+    const removed = await withFleetLink(command, config, a.redis, (link) => remove(link, name));
     if (!removed) fail(command, `${name} is not in the shared cache`);
     console.log(`removed ${name}`);
   },

@@ -7,7 +7,7 @@ import { defineCommand } from "citty";
 import { listFiles } from "../cluster/content.ts";
 import { cacheLines, cacheTotals, fleetLines, readFleet, summedFigures } from "../cluster/fleet.ts";
 import { fail, unknownOption } from "./args.ts";
-import { connectFleet, fleetArgs } from "./fleet-link.ts";
+import { fleetArgs, fleetConfig, withFleetLink } from "./fleet-link.ts";
 
 const statusArgs = {
   ...fleetArgs,
@@ -20,19 +20,15 @@ const status = defineCommand({
   async run({ args: a, rawArgs }) {
     const unknown = unknownOption(statusArgs, rawArgs);
     if (unknown) fail("cluster status", `unknown option ${unknown} (see tftpd cluster status --help)`, 2);
-    const link = await connectFleet("cluster status", a);
-    try {
-      const fleet = await readFleet(link);
-      const files = await listFiles(link);
-      if (a.json) {
-        console.log(JSON.stringify({ ...fleet, fleet: summedFigures(fleet), cache: { ...cacheTotals(files), list: files } }));
-      } else {
-        console.log([...fleetLines(fleet), ...cacheLines(files, fleet.read_at_ms)].join("\n"));
-      }
-    } catch (error) {
-      fail("cluster status", `reading the fleet from Redis at ${link.settings.nodes.join(",")}: ${(error as Error).message}`);
-    } finally {
-      await link.close();
+    const command = "cluster status";
+    const { fleet, files } = await withFleetLink(command, fleetConfig(command, a.config), a.redis, async (link) => ({
+      fleet: await readFleet(link),
+      files: await listFiles(link),
+    }));
+    if (a.json) {
+      console.log(JSON.stringify({ ...fleet, fleet: summedFigures(fleet), cache: { ...cacheTotals(files), list: files } }));
+    } else {
+      console.log([...fleetLines(fleet), ...cacheLines(files, fleet.read_at_ms)].join("\n"));
     }
   },
 });

@@ -12,7 +12,7 @@ import { loadConfig, readConfigLayer, type Config } from "../config/load.ts";
 import type { RedisLink } from "../cluster/redis.ts";
 import { parseRemapRules } from "../storage/remap.ts";
 import { fail, unknownOption } from "./args.ts";
-import { openFleetLink } from "./fleet-link.ts";
+import { withFleetLink } from "./fleet-link.ts";
 
 export interface CheckResult {
   exitCode: 0 | 1;
@@ -127,16 +127,11 @@ const push = defineCommand({
       const local = loadConfig({ env: process.env });
       return local.ok ? local.config : null;
     });
-    const link = await openFleetLink("config push", via, args.redis);
-    const nodes = link.settings.nodes.join(",");
-    try {
-      const version = await pushDocument(link, document);
-      process.stdout.write(`pushed config version ${version} to ${nodes}\n`);
-    } catch (error) {
-      await link.close();
-      fail("config push", `Redis at ${nodes}: ${(error as Error).message}`);
-    }
-    await link.close();
+    const { version, nodes } = await withFleetLink("config push", via, args.redis, async (link) => ({
+      version: await pushDocument(link, document),
+      nodes: link.settings.nodes.join(","),
+    }));
+    process.stdout.write(`pushed config version ${version} to ${nodes}\n`);
   },
 });
 

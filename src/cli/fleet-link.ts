@@ -42,3 +42,19 @@ export async function openFleetLink(command: string, config: Config, redisFlag: 
 export function connectFleet(command: string, flags: { config?: string; redis?: string }): Promise<RedisLink> {
   return openFleetLink(command, fleetConfig(command, flags.config), flags.redis);
 }
+
+/**
+ * Runs `work` on a link to the fleet's Redis and closes it; an error is one line naming the
+ * Redis nodes it came from, and exit 1.
+ */
+export async function withFleetLink<T>(command: string, config: Config, redisFlag: string | undefined, work: (link: RedisLink) => Promise<T>): Promise<T> {
+  const link = await openFleetLink(command, config, redisFlag);
+  try {
+    return await work(link);
+  } catch (error) {
+    await link.close();
+    fail(command, `${(error as Error).message} (Redis at ${link.settings.nodes.join(",")})`);
+  } finally {
+    await link.close();
+  }
+}

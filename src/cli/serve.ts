@@ -127,6 +127,9 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
   };
 }
 
+/** The shared-cache figures of a node in cluster mode that serves no files from it. */
+const NO_CLUSTER_FILES = { lookups: 0, fills: 0, fillFailures: 0, staleServes: 0, unavailable: 0 };
+
 /** How long a starting node waits for Redis to read the fleet's pushed config. */
 const PUSHED_CONFIG_WAIT_MS = 2000;
 
@@ -311,19 +314,7 @@ export default defineCommand({
       metrics = new ServerMetrics({
         activeTransfers: () => server.activeTransfers,
         cacheStats: () => server.cache.stats,
-        clusterStats: redis
-          ? () => {
-              const files = clusterFiles?.stats;
-              return {
-                redisUp: redis.up,
-                lookups: files?.lookups ?? 0,
-                fills: files?.fills ?? 0,
-                fillFailures: files?.fillFailures ?? 0,
-                staleServes: files?.stale ?? 0,
-                unavailable: files?.unavailable ?? 0,
-              };
-            }
-          : undefined,
+        clusterStats: redis ? () => ({ ...(clusterFiles?.stats ?? NO_CLUSTER_FILES), redisUp: redis.up }) : undefined,
       });
       const at = parseListenAddress(config.metrics.listen);
       try {

@@ -17,6 +17,7 @@ import type { FileCache } from "../storage/cache.ts";
 import type { FileIdentity, FileSource } from "../storage/source.ts";
 import type { RemoteFiles } from "../storage/remote.ts";
 import { fetchContent, lookup, type Manifest } from "./content.ts";
+import type { ClusterStats } from "../ops/metrics.ts";
 import type { RedisLink } from "./redis.ts";
 
 export interface ClusterFileEvents {
@@ -39,7 +40,7 @@ interface KnownCopy {
 export class ClusterFiles implements RemoteFiles {
   /** the version of each name this node last fetched: what it can serve while Redis is away */
   private readonly known = new Map<string, KnownCopy>();
-  readonly stats = { lookups: 0, fills: 0, fillFailures: 0, stale: 0, unavailable: 0 };
+  readonly stats: Omit<ClusterStats, "redisUp"> = { lookups: 0, fills: 0, fillFailures: 0, staleServes: 0, unavailable: 0 };
 
   constructor(
     private readonly link: RedisLink,
@@ -101,17 +102,13 @@ export class ClusterFiles implements RemoteFiles {
     return Promise.race([pending, late]).finally(() => clearTimeout(timer));
   }
 
-  private async withoutRedis(name: string, why: string): Promise<{ ok: true; source: FileSource } | Refusal> {
+  private withoutRedis(name: string, why: string): { ok: true; source: FileSource } | Refusal {
     const copy = this.known.get(name);
-    if (copy && this.cache.holdsFilled(copy.key)) {
-      try {
-        const source = await this.cache.acquireFilled(copy.key, copy.identity, () => Promise.reject(new Error(why)));
-        this.stats.stale++;
-        this.events.servedStale?.(name, why);
-        return { ok: true, source };
-      } catch {
-        // evicted meanwhile: fall through to the error
-      }
+    const source = copy ? this.cache.acquireHeld(copy.key) : null;
+    if (source) {
+      this.stats.staleServes++;
+      this.events.servedStale?.(name, why);
+      return { ok: true, source };
     }
     this.stats.unavailable++;
     return refuse(ErrorCode.NOT_DEFINED, "file not on this node and the cluster cache is unavailable");

@@ -28,6 +28,21 @@ export interface MetricsSources {
   clusterStats?(): ClusterStats;
 }
 
+/** A counter that follows a running total kept elsewhere (the cache's, the cluster files'). */
+function runningTotalCounter(registers: client.Registry[], name: string, help: string, total: () => number): void {
+  let seen = 0;
+  new client.Counter({
+    name,
+    help,
+    registers,
+    collect() {
+      const now = total();
+      if (now > seen) this.inc(now - seen);
+      seen = now;
+    },
+  });
+}
+
 export class ServerMetrics {
   readonly registry = new client.Registry();
   private readonly transfers: client.Counter;
@@ -81,19 +96,8 @@ export class ServerMetrics {
         this.set(sources.activeTransfers());
       },
     });
-    const cacheCounter = (name: string, help: string, pick: (s: CacheStats) => number) => {
-      let seen = 0;
-      new client.Counter({
-        name,
-        help,
-        registers,
-        collect() {
-          const now = pick(sources.cacheStats());
-          if (now > seen) this.inc(now - seen);
-          seen = now;
-        },
-      });
-    };
+    const cacheCounter = (name: string, help: string, pick: (s: CacheStats) => number) =>
+      runningTotalCounter(registers, name, help, () => pick(sources.cacheStats()));
     cacheCounter("tftpd_cache_hits_total", "Requests served from a cached copy", (s) => s.hits);
     cacheCounter("tftpd_cache_misses_total", "Requests for a file version not cached yet", (s) => s.misses);
     cacheCounter("tftpd_cache_bypasses_total", "Requests read from disk (too large, cache full, or copy not ready)", (s) => s.bypasses);
@@ -116,19 +120,8 @@ export class ServerMetrics {
           this.set(clusterStats().redisUp ? 1 : 0);
         },
       });
-      const clusterCounter = (name: string, help: string, pick: (s: ClusterStats) => number) => {
-        let seen = 0;
-        new client.Counter({
-          name,
-          help,
-          registers,
-          collect() {
-            const now = pick(clusterStats());
-            if (now > seen) this.inc(now - seen);
-            seen = now;
-          },
-        });
-      };
+      const clusterCounter = (name: string, help: string, pick: (s: ClusterStats) => number) =>
+        runningTotalCounter(registers, name, help, () => pick(clusterStats()));
       clusterCounter("tftpd_cluster_lookups_total", "Requests for files the root lacks, looked up in the shared cache", (s) => s.lookups);
       clusterCounter("tftpd_cluster_fills_total", "Files fetched from the shared cache into the local cache", (s) => s.fills);
       clusterCounter("tftpd_cluster_fill_failures_total", "Fetches refused: a chunk missing or not matching its sha256, or Redis lost mid-fetch", (s) => s.fillFailures);

@@ -437,8 +437,10 @@ export class TftpServer {
       const opened = await openForRead(this.rootReal, relative);
       if (opened.ok) {
         const { size, mtimeMs, ctimeMs } = opened.source.identity;
-        this.metadata?.remember(relative, { kind: "file", size, mtimeMs, ctimeMs });
-        return { ok: true, source: raw ? opened.source : await this.cache.acquire(opened.source, relative) };
+        const known = facts?.kind === "file" && facts.size === size && facts.mtimeMs === mtimeMs && facts.ctimeMs === ctimeMs;
+        // what the metadata cache already says needs no write; the path is indexed only for it
+        if (this.metadata && !known) this.metadata.remember(relative, { kind: "file", size, mtimeMs, ctimeMs });
+        return { ok: true, source: raw ? opened.source : await this.cache.acquire(opened.source, this.metadata ? relative : undefined) };
       }
       if (opened.code !== ErrorCode.FILE_NOT_FOUND) return opened;
       this.metadata?.remember(relative, { kind: "missing" }, listDirectory(this.rootReal, relative));

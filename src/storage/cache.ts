@@ -89,9 +89,10 @@ export class FileCache {
    * cached (too large for the cache, or the copy failed).
    */
   async acquire(file: FdFileSource, path?: string): Promise<FileSource> {
-    const source = await this.acquireVersion(file);
+    const key = versionKey(file.identity);
+    const source = await this.acquireVersion(file, key);
     if (path !== undefined) {
-      const entry = this.entries.get(versionKey(file.identity));
+      const entry = this.entries.get(key);
       if (entry) this.byPath.set(path, entry);
     }
     return source;
@@ -106,19 +107,15 @@ export class FileCache {
     if (!entry || this.entries.get(entry.key) !== entry || !entry.copy) return null;
     const id = entry.identity;
     if (id.size !== facts.size || id.mtimeMs !== facts.mtimeMs || id.ctimeMs !== facts.ctimeMs) return null;
-    this.counters.hits++;
-    entry.readers++;
-    entry.lastUsed = performance.now();
-    return this.sourceOf(entry);
+    return this.readReady(entry);
   }
 
-  private async acquireVersion(file: FdFileSource): Promise<FileSource> {
+  private async acquireVersion(file: FdFileSource, key: string): Promise<FileSource> {
     const fd = file.fd;
     if (!this.enabled || file.size > this.maxBytes) {
       this.counters.bypasses++;
       return file;
     }
-    const key = versionKey(file.identity);
     let entry = this.entries.get(key);
     if (entry && !entry.failed) {
       if (!entry.copy && file.size > WAIT_FOR_FILL_MAX_BYTES) {
@@ -243,6 +240,20 @@ export class FileCache {
   /** True when a copy for `key` (of acquireFilled) is ready now. */
   holdsFilled(key: string): boolean {
     return this.entries.get(`filled:${key}`)?.copy != null;
+  }
+
+  /** The ready copy for `key` (of acquireFilled), or null; never starts a fill. */
+  acquireHeld(key: string): FileSource | null {
+    const entry = this.entries.get(`filled:${key}`);
+    return entry?.copy ? this.readReady(entry) : null;
+  }
+
+  /** A hit on a ready copy, served at once. */
+  private readReady(entry: Entry): FileSource {
+    this.counters.hits++;
+    entry.readers++;
+    entry.lastUsed = performance.now();
+    return this.sourceOf(entry);
   }
 
   private async fillFrom(entry: Entry, fill: (write: (bytes: Uint8Array, offset: number) => void) => Promise<void>): Promise<void> {

@@ -5,9 +5,9 @@
  * (kill a master, stop everything) start their own with `startRedisCluster()`.
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { portFree } from "./ports.ts";
 import { run } from "./run.ts";
 
 export interface RedisNode {
@@ -38,13 +38,6 @@ export interface RedisClusterHandle {
 const REDIS_SERVER = "/usr/bin/redis-server";
 const REDIS_CLI = "/usr/bin/redis-cli";
 
-async function portFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const probe = createServer();
-    probe.once("error", () => resolve(false));
-    probe.listen(port, "127.0.0.1", () => probe.close(() => resolve(true)));
-  });
-}
 
 /** Ports whose cluster bus port (port + 10000) is free as well. */
 async function freePorts(count: number): Promise<number[]> {

@@ -6,7 +6,6 @@
  * serving on its own limits and says so in its log.
  */
 import { afterAll, afterEach, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
-import { createServer } from "node:net";
 import { ClusterLeases, leaseAdmission } from "../../../src/cluster/leases.ts";
 import { RedisLink } from "../../../src/cluster/redis.ts";
 import { Opcode } from "../../../src/protocol/packet.ts";
@@ -14,6 +13,7 @@ import { patternBytes, removeDir, sha256, tempDir, writeFile } from "../../helpe
 import { download, error, peerTracker, recordWhere, rrq, within } from "../../helpers/raw.ts";
 import { sharedRedisCluster, type RedisClusterHandle } from "../../helpers/redis-cluster.ts";
 import { spawnServer, startServer, type ChildServer, type InProcessServer } from "../../helpers/server.ts";
+import { closedPort } from "../../helpers/ports.ts";
 
 setDefaultTimeout(30_000);
 
@@ -188,16 +188,3 @@ test('in process, "drop": node B ignores the held address; refusals after a leas
     }
   }
 });
-
-/** A loopback TCP port nothing listens on (right now). */
-async function closedPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const address = probe.address();
-      const port = typeof address === "object" && address ? address.port : 0;
-      probe.close(() => resolve(port));
-    });
-  });
-}

@@ -7,10 +7,10 @@
  * stalled answers "unavailable" within the command timeout.
  */
 import { afterEach, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { createServer } from "node:net";
 import { ClusterLeases, type LeaseOptions } from "../../../src/cluster/leases.ts";
 import { RedisLink, type RedisSettings } from "../../../src/cluster/redis.ts";
 import { sharedRedisCluster, type RedisClusterHandle } from "../../helpers/redis-cluster.ts";
+import { closedPort } from "../../helpers/ports.ts";
 
 setDefaultTimeout(20_000);
 
@@ -233,16 +233,3 @@ describe("Redis out of reach", () => {
     expect(again.ok).toBe(true);
   });
 });
-
-/** A loopback TCP port nothing listens on (right now). */
-async function closedPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const address = probe.address();
-      const port = typeof address === "object" && address ? address.port : 0;
-      probe.close(() => resolve(port));
-    });
-  });
-}
