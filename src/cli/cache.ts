@@ -10,8 +10,8 @@ import { parseByteSize } from "../config/bytes.ts";
 import { DEFAULT_CHUNK_SIZE, listFiles, publish, remove } from "../cluster/content.ts";
 import { cacheLines, formatBytes } from "../cluster/fleet.ts";
 import { resolveRequestPath } from "../storage/resolve.ts";
-import { fail, unknownOption } from "./args.ts";
-import { fleetArgs, fleetConfig, withFleetLink } from "./fleet-link.ts";
+import { fail } from "./args.ts";
+import { fleetArgs, fleetCommandConfig, withFleetLink } from "./fleet-link.ts";
 
 /** A published name follows the rules of a request path: what a client asks for finds it. */
 function publishedName(command: string, name: string): string {
@@ -34,9 +34,7 @@ const put = defineCommand({
   args: putArgs,
   async run({ args: a, rawArgs }) {
     const command = "cache put";
-    const unknown = unknownOption(putArgs, rawArgs);
-    if (unknown) fail(command, `unknown option ${unknown} (see tftpd cache put --help)`, 2);
-    const config = fleetConfig(command, a.config);
+    const config = fleetCommandConfig(command, putArgs, rawArgs, a.config);
     const name = publishedName(command, a.name ?? basename(a.file));
     const ttl = a.ttl === undefined ? config.cache.ttl : Number(a.ttl);
     if (!Number.isSafeInteger(ttl) || ttl < 0) fail(command, `--ttl must be a whole number of seconds >= 0, got ${a.ttl}`, 2);
@@ -91,9 +89,7 @@ const ls = defineCommand({
   args: lsArgs,
   async run({ args: a, rawArgs }) {
     const command = "cache ls";
-    const unknown = unknownOption(lsArgs, rawArgs);
-    if (unknown) fail(command, `unknown option ${unknown} (see tftpd cache ls --help)`, 2);
-    const config = fleetConfig(command, a.config);
+    const config = fleetCommandConfig(command, lsArgs, rawArgs, a.config);
     const files = await withFleetLink(command, config, a.redis, listFiles);
     if (a.json) console.log(JSON.stringify({ files, maxSize: config.cache.max_size }));
     else console.log(cacheLines(files, Date.now(), config.cache.max_size).join("\n"));
@@ -110,9 +106,7 @@ const rm = defineCommand({
   args: rmArgs,
   async run({ args: a, rawArgs }) {
     const command = "cache rm";
-    const unknown = unknownOption(rmArgs, rawArgs);
-    if (unknown) fail(command, `unknown option ${unknown} (see tftpd cache rm --help)`, 2);
-    const config = fleetConfig(command, a.config);
+    const config = fleetCommandConfig(command, rmArgs, rawArgs, a.config);
     const name = publishedName(command, a.name);
     const removed = await withFleetLink(command, config, a.redis, (link) => remove(link, name));
     if (!removed) fail(command, `${name} is not in the shared cache`);

@@ -6,8 +6,7 @@
 import { defineCommand } from "citty";
 import { listFiles } from "../cluster/content.ts";
 import { cacheLines, cacheTotals, fleetLines, readFleet, summedFigures } from "../cluster/fleet.ts";
-import { fail, unknownOption } from "./args.ts";
-import { fleetArgs, fleetConfig, withFleetLink } from "./fleet-link.ts";
+import { fleetArgs, fleetCommandConfig, withFleetLink } from "./fleet-link.ts";
 
 const statusArgs = {
   ...fleetArgs,
@@ -18,10 +17,9 @@ const status = defineCommand({
   meta: { name: "status", description: "Show the fleet: live and dead nodes, their load, the shared cache" },
   args: statusArgs,
   async run({ args: a, rawArgs }) {
-    const unknown = unknownOption(statusArgs, rawArgs);
-    if (unknown) fail("cluster status", `unknown option ${unknown} (see tftpd cluster status --help)`, 2);
     const command = "cluster status";
-    const { fleet, files } = await withFleetLink(command, fleetConfig(command, a.config), a.redis, async (link) => ({
+    const config = fleetCommandConfig(command, statusArgs, rawArgs, a.config);
+    const { fleet, files } = await withFleetLink(command, config, a.redis, async (link) => ({
       fleet: await readFleet(link),
       files: await listFiles(link),
     }));

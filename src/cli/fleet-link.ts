@@ -5,12 +5,23 @@
  */
 import { loadConfig, type Config } from "../config/load.ts";
 import { connectOrFail, redisSettings, splitNodes, type RedisLink } from "../cluster/redis.ts";
-import { fail } from "./args.ts";
+import type { ArgsDef } from "citty";
+import { fail, unknownOption } from "./args.ts";
 
 export const fleetArgs = {
   redis: { type: "string", description: "Redis seed nodes HOST:PORT[,…] (default: cache.redis.nodes of the config)", valueHint: "HOST:PORT,…" },
   config: { type: "string", description: "Config file (default /etc/tftpd/config.json when it exists)", valueHint: "FILE" },
 } as const;
+
+/**
+ * The start of every fleet subcommand: an option nobody defined is a usage error, then the
+ * config (`--config`, else the default file, and the TFTPD_* environment).
+ */
+export function fleetCommandConfig(command: string, args: ArgsDef, rawArgs: readonly string[], file: string | undefined): Config {
+  const unknown = unknownOption(args, rawArgs);
+  if (unknown) fail(command, `unknown option ${unknown} (see tftpd ${command} --help)`, 2);
+  return fleetConfig(command, file);
+}
 
 export function fleetConfig(command: string, file: string | undefined): Config {
   const loaded = loadConfig({ file, env: process.env });
