@@ -3,6 +3,22 @@
  *
  * Decoding is total: every input yields either a packet or a DecodeFailure that says whether
  * the sender deserves an ERROR reply (and which code) or the datagram is simply dropped.
+ *
+ * Text in requests is UTF-8, and how strictly it is read depends on what the text names:
+ *  - the file name must be valid UTF-8, or the request is refused (ERROR 2, like every other
+ *    name the server will not map onto a file). Names become file-system paths, and a lossy
+ *    decode would fold different byte strings (`\xc0\xaf`, `\xff\xfe`) into one replacement
+ *    character, i.e. one file; a refusal keeps names one to one with files. Keeping the raw
+ *    bytes instead would need byte paths through remap, confinement, the cache and the fleet;
+ *    boot names are ASCII, so nothing real is lost;
+ *  - the mode must be valid UTF-8 too: invalid bytes can never spell a mode (ERROR 4, as for
+ *    any unsupported mode);
+ *  - option names and values are read leniently: an invalid byte becomes U+FFFD, which never
+ *    spells a known option nor parses as a value, so such an option is ignored exactly like
+ *    any other unknown option or bad value (RFC 2347), and a boot does not fail over padding;
+ *  - ERROR messages and OACKs are read leniently: they are only shown, never looked up.
+ * A leading byte-order mark is kept everywhere (never stripped), so it never makes two
+ * different byte strings read the same.
  */
 import {
   DATA_HEADER_SIZE,
@@ -28,8 +44,18 @@ export type DecodeResult = { ok: true; packet: Packet } | DecodeFailure;
  */
 export const MAX_REQUEST_SIZE = 1024;
 
-const utf8 = new TextDecoder("utf-8", { fatal: false });
+const lenient = new TextDecoder("utf-8", { fatal: false, ignoreBOM: true });
+const strict = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 const encoder = new TextEncoder();
+
+/** The text of `bytes` when they are valid UTF-8, else null (never throws). */
+function decodeExact(bytes: Uint8Array): string | null {
+  try {
+    return strict.decode(bytes);
+  } catch {
+    return null;
+  }
+}
 
 const drop = (message: string): DecodeFailure => ({ ok: false, reply: null, message });
 const illegal = (message: string): DecodeFailure => ({
@@ -37,22 +63,28 @@ const illegal = (message: string): DecodeFailure => ({
   reply: ErrorCode.ILLEGAL_OPERATION,
   message,
 });
+/** A well-formed request for a name no file can have: code 2, like the names resolve.ts refuses. */
+const refusedName = (message: string): DecodeFailure => ({
+  ok: false,
+  reply: ErrorCode.ACCESS_VIOLATION,
+  message,
+});
 
 function readU16(bytes: Uint8Array, at: number): number {
   return ((bytes[at] ?? 0) << 8) | (bytes[at + 1] ?? 0);
 }
 
-/** Splits NUL-terminated strings from `start`; a trailing unterminated piece is reported apart. */
-function splitStrings(bytes: Uint8Array, start: number): { fields: string[]; unterminated: boolean } {
-  const fields: string[] = [];
+/** The NUL-terminated fields from `start`, as views; a trailing unterminated piece is left out. */
+function splitFields(bytes: Uint8Array, start: number): Uint8Array[] {
+  const fields: Uint8Array[] = [];
   let from = start;
   for (let i = start; i < bytes.length; i++) {
     if (bytes[i] === 0) {
-      fields.push(utf8.decode(bytes.subarray(from, i)));
+      fields.push(bytes.subarray(from, i));
       from = i + 1;
     }
   }
-  return { fields, unterminated: from < bytes.length };
+  return fields;
 }
 
 /**
@@ -60,30 +92,33 @@ function splitStrings(bytes: Uint8Array, start: number): { fields: string[]; unt
  * A dangling name without a value, empty names and repeated names are ignored (first wins):
  * firmware pads requests with NULs and we must not refuse a boot over it.
  */
-function parseOptions(fields: string[]): OptionMap {
+function parseOptions(fields: Uint8Array[]): OptionMap {
   const options: OptionMap = new Map();
   for (let i = 0; i + 1 < fields.length; i += 2) {
-    const name = (fields[i] ?? "").toLowerCase();
+    const name = lenient.decode(fields[i]).toLowerCase();
     if (name === "" || options.has(name)) continue;
-    options.set(name, fields[i + 1] ?? "");
+    options.set(name, lenient.decode(fields[i + 1]));
   }
   return options;
 }
 
 function decodeRequest(op: RequestPacket["op"], bytes: Uint8Array): DecodeResult {
   if (bytes.length > MAX_REQUEST_SIZE) return illegal("request too long");
-  const { fields } = splitStrings(bytes, 2);
+  const fields = splitFields(bytes, 2);
   // RFC 1350 §5: filename NUL mode NUL; both terminators are mandatory.
-  if (fields.length < 2) return illegal("malformed request");
-  const [filename = "", rawMode = ""] = fields;
-  if (filename === "") return illegal("empty file name");
-  const mode = rawMode.toLowerCase(); // RFC 1350 §5: mode names in any combination of case
+  const [nameBytes, modeBytes] = fields;
+  if (nameBytes === undefined || modeBytes === undefined) return illegal("malformed request");
+  if (nameBytes.length === 0) return illegal("empty file name");
+  const filename = decodeExact(nameBytes);
+  if (filename === null) return refusedName("file name is not valid UTF-8");
+  const rawMode = decodeExact(modeBytes);
+  const mode = rawMode?.toLowerCase(); // RFC 1350 §5: mode names in any combination of case
   if (mode !== "octet" && mode !== "netascii") {
-    return illegal(`unsupported mode "${rawMode.slice(0, 32)}"`);
+    return illegal(`unsupported mode "${(rawMode ?? lenient.decode(modeBytes)).slice(0, 32)}"`);
   }
   return {
     ok: true,
-    packet: { op, filename, mode: mode as TransferMode, options: parseOptions(fields.slice(2)) },
+    packet: { op, filename, mode, options: parseOptions(fields.slice(2)) },
   };
 }
 
@@ -108,12 +143,11 @@ export function decodePacket(bytes: Uint8Array): DecodeResult {
       // Never answer an ERROR (RFC 1350 §7): a malformed one is dropped.
       if (bytes.length < 4) return drop("truncated ERROR");
       const end = bytes.indexOf(0, 4);
-      const message = utf8.decode(bytes.subarray(4, end < 0 ? bytes.length : end));
+      const message = lenient.decode(bytes.subarray(4, end < 0 ? bytes.length : end));
       return { ok: true, packet: { op, code: readU16(bytes, 2), message } };
     }
     case Opcode.OACK: {
-      const { fields } = splitStrings(bytes, 2);
-      return { ok: true, packet: { op, options: parseOptions(fields) } };
+      return { ok: true, packet: { op, options: parseOptions(splitFields(bytes, 2)) } };
     }
     default:
       return illegal("illegal TFTP operation");

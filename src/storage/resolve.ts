@@ -13,6 +13,9 @@
  *     the realpath and the open.
  *
  * Uploads use the same confinement, in upload.ts (`prepareUpload`).
+ *
+ * Names arrive exactly as the client's bytes spelled them: the codec refuses a name that is not
+ * valid UTF-8 rather than folding it into U+FFFD, so two different names never reach one file.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";

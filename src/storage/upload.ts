@@ -5,15 +5,19 @@
  *
  * Temporary file: `.<basename>.<12 hex>.tftpd-part` in the target's directory, created
  * O_CREAT|O_EXCL|O_WRONLY|O_NOFOLLOW with mode 0644 (minus the process umask). Such names are
- * refused by `resolveRequestPath`, so clients can neither read nor clobber them.
+ * refused by `resolveRequestPath`, so clients can neither read nor clobber them. The upload
+ * holds an exclusive flock on it until the file is published or removed: a process that dies
+ * (kill -9, a crash, a power cut) loses the lock, and the start-up sweep (upload-sweep.ts)
+ * removes the temporary files nobody holds.
  *
- * Publishing (commit): fsync + close the temporary file, then
+ * Publishing (commit): fsync the temporary file, then
  *  - policy "create":    link(tmp, final) — fails atomically with EEXIST (→ ERROR 6) if someone
  *                        created the name meanwhile — then unlink(tmp). On a filesystem without
  *                        hard links (EPERM/ENOTSUP) it falls back to check-then-rename, which
  *                        has a small race;
  *  - policy "overwrite": rename(tmp, final);
- * then fsync the directory so the new name survives a crash.
+ * then close it (dropping the lock only once the temporary name is gone) and fsync the
+ * directory so the new name survives a crash.
  *
  * Decisions: a missing parent directory is ERROR 1 "no such directory" (tftpd-hpa also answers
  * "file not found" there); directories are never created.
@@ -21,6 +25,7 @@
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { tryLockExclusive } from "./file-lock.ts";
 import { ErrorCode, errnoOf, refuse, refusalFromFsError, type Refusal } from "./refusal.ts";
 import { isInside, MAX_SEGMENT_BYTES, openedPath, TEMP_SUFFIX } from "./resolve.ts";
 
@@ -53,14 +58,45 @@ const TEMP_ATTEMPTS = 8;
 const TEMP_BASE_MAX_BYTES = MAX_SEGMENT_BYTES - (2 + 12 + TEMP_SUFFIX.length);
 
 const encoder = new TextEncoder();
+/** The longest prefix of `s` within `maxBytes` of UTF-8, cut between code points. */
 function truncateBytes(s: string, maxBytes: number): string {
-  let out = s;
-  while (encoder.encode(out).length > maxBytes) out = out.slice(0, -1);
-  return out;
+  const points = [...s];
+  while (encoder.encode(points.join("")).length > maxBytes) points.pop();
+  return points.join("");
 }
 
 function tempName(base: string): string {
   return `.${truncateBytes(base, TEMP_BASE_MAX_BYTES)}.${randomBytes(6).toString("hex")}${TEMP_SUFFIX}`;
+}
+
+/** Exactly the names `tempName` makes: what the start-up sweep may remove. */
+const TEMP_NAME = new RegExp(`^\\..+\\.[0-9a-f]{12}${TEMP_SUFFIX.replaceAll(".", "\\.")}$`, "s");
+
+/** True for a name this server gives its temporary upload files (`.<base>.<12 hex>.tftpd-part`). */
+export function isUploadTempName(name: string): boolean {
+  return TEMP_NAME.test(name);
+}
+
+/**
+ * Temporary files of this process's running uploads. The sweep skips them whatever their lock
+ * says: where flock is emulated with POSIX record locks (NFS), a process never conflicts with
+ * its own locks, and closing any descriptor of the file would drop them.
+ */
+const liveTempPaths = new Set<string>();
+
+/** True while an upload of this process is writing `tempPath`. */
+export function isLiveUpload(tempPath: string): boolean {
+  return liveTempPaths.has(tempPath);
+}
+
+/** Free bytes for an unprivileged writer on the file system of `dir`, or null when unknown. */
+function freeBytes(dir: string): number | null {
+  try {
+    const stats = fs.statfsSync(dir);
+    return stats.bavail * stats.bsize;
+  } catch {
+    return null;
+  }
 }
 
 function unlinkQuietly(p: string): void {
@@ -91,16 +127,21 @@ const NO_DIR_FSYNC = new Set(["EINVAL", "ENOTSUP", "EOPNOTSUPP", "EBADF", "EISDI
  * symlink → 2 "access violation: symbolic link"; target is a directory / not a regular file → 2;
  * target exists under "create" → 6 "file already exists"; EACCES → 2 "permission denied";
  * ENOSPC/EDQUOT → 3 "disk full".
- * `maxBytes` bounds the upload (Infinity for none).
+ * `maxBytes` bounds the upload (Infinity for none). `declaredBytes` is the size the client
+ * announced (RFC 2349 tsize on a WRQ), or null: more than `maxBytes` → 3 "file too large", more
+ * than the free space of the target's file system → 3 "disk full: not enough free space" —
+ * refused before any byte is written, rather than failing half-way.
  */
 export async function prepareUpload(
   rootReal: string,
   relative: string,
   policy: UploadPolicy,
   maxBytes: number,
+  declaredBytes: number | null = null,
 ): Promise<{ ok: true; sink: UploadSink } | Refusal> {
   if (policy === "off") return refuse(ErrorCode.ACCESS_VIOLATION, "uploads are disabled");
   if (!(maxBytes >= 0)) throw new RangeError(`prepareUpload: bad maxBytes ${maxBytes}`);
+  if (declaredBytes !== null && declaredBytes > maxBytes) return refuse(ErrorCode.DISK_FULL, "file too large");
 
   const requested = path.join(rootReal, relative);
   const base = path.basename(requested);
@@ -132,6 +173,11 @@ export async function prepareUpload(
     if (!existing.isFile()) return refuse(ErrorCode.ACCESS_VIOLATION, "not a regular file");
     if (policy === "create") return refuse(ErrorCode.FILE_EXISTS, "file already exists");
   }
+  if (declaredBytes !== null) {
+    // The temporary file and the file it replaces coexist until the rename: no credit for it.
+    const free = freeBytes(parentReal);
+    if (free !== null && declaredBytes > free) return refuse(ErrorCode.DISK_FULL, "disk full: not enough free space");
+  }
 
   let fd = -1;
   let tempPath = "";
@@ -143,6 +189,12 @@ export async function prepareUpload(
       if (errnoOf(err) === "EEXIST" && attempt + 1 < TEMP_ATTEMPTS) continue;
       return refusalFromFsError(err, "create");
     }
+    if (!claimed(fd)) {
+      closeQuietly(fd);
+      unlinkQuietly(tempPath);
+      fd = -1;
+      if (attempt + 1 >= TEMP_ATTEMPTS) return refuse(ErrorCode.NOT_DEFINED, "create failed: temporary file taken");
+    }
   }
   // The parent directory may have been swapped for a symlink after the realpath above.
   const opened = openedPath(fd);
@@ -151,7 +203,25 @@ export async function prepareUpload(
     unlinkQuietly(tempPath);
     return refuse(ErrorCode.ACCESS_VIOLATION, "access violation: outside root");
   }
+  liveTempPaths.add(tempPath);
   return { ok: true, sink: new FileUploadSink(fd, tempPath, finalPath, parentReal, policy, maxBytes) };
+}
+
+/**
+ * Locks a temporary file just created. False when a sweep of another process got to the
+ * file first (between our create and our lock, it looked abandoned): that process holds it
+ * or has already unlinked it, and the caller takes a new name. Where locks are unavailable
+ * the file stays unlocked, and sweeps judge it by its age instead.
+ */
+function claimed(fd: number): boolean {
+  const lock = tryLockExclusive(fd);
+  if (lock === "held") return false;
+  if (lock === "unsupported") return true;
+  try {
+    return fs.fstatSync(fd).nlink > 0;
+  } catch {
+    return false;
+  }
 }
 
 type SinkState = "open" | "committed" | "aborted";
@@ -199,31 +269,42 @@ class FileUploadSink implements UploadSink {
     if (this.#state !== "open") return refuse(ErrorCode.NOT_DEFINED, "upload already finished");
     try {
       fs.fsyncSync(this.#fd);
-      const fd = this.#fd;
-      this.#fd = -1;
-      fs.closeSync(fd);
     } catch (err) {
       this.abort();
       return refusalFromFsError(err, "sync");
     }
 
-    const published = this.policy === "create" ? this.#publishNew() : this.#publishOver();
+    // The descriptor (and so the lock) is kept until the temporary name is gone: a sweep of
+    // another process must not take a finished file for an abandoned one before it is published.
+    let published: Refusal | null;
+    try {
+      published = this.policy === "create" ? this.#publishNew() : this.#publishOver();
+    } catch (err) {
+      published = refusalFromFsError(err, "publish");
+    }
     if (published !== null) {
       this.abort();
       return published;
     }
     this.#state = "committed";
+    this.#release();
     return this.#syncDirectory();
   }
 
   abort(): void {
     if (this.#state !== "open") return;
     this.#state = "aborted";
+    unlinkQuietly(this.tempPath);
+    this.#release();
+  }
+
+  /** Closes the descriptor (dropping the lock) once the temporary name is gone. */
+  #release(): void {
+    liveTempPaths.delete(this.tempPath);
     if (this.#fd >= 0) {
       closeQuietly(this.#fd);
       this.#fd = -1;
     }
-    unlinkQuietly(this.tempPath);
   }
 
   /** Policy "create": never replaces a file that appeared since prepareUpload. */

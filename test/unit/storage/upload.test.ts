@@ -3,7 +3,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { refusalFromFsError } from "../../../src/storage/refusal.ts";
 import { resolveRequestPath } from "../../../src/storage/resolve.ts";
-import { prepareUpload, type UploadPolicy, type UploadSink } from "../../../src/storage/upload.ts";
+import { tryLockExclusive } from "../../../src/storage/file-lock.ts";
+import { isLiveUpload, isUploadTempName, prepareUpload, type UploadPolicy, type UploadSink } from "../../../src/storage/upload.ts";
 import { cleanupTempDirs, listing, rootWithSibling, tempDir } from "./helpers.ts";
 
 afterEach(cleanupTempDirs);
@@ -255,5 +256,86 @@ describe("UploadSink", () => {
     expect(b.commit()).toEqual({ ok: false, code: 6, message: "file already exists" });
     expect(fs.readFileSync(path.join(root, "fw.bin"), "utf8")).toBe("a");
     expect(listing(root)).toEqual(["fw.bin"]);
+  });
+});
+
+describe("a declared size (tsize) is checked before anything is written", () => {
+  const free = (dir: string): number => {
+    const st = fs.statfsSync(dir);
+    return st.bavail * st.bsize;
+  };
+
+  test("more than the upload limit is ERROR 3 'file too large', nothing created", async () => {
+    const root = tempDir();
+    const r = await prepareUpload(root, "fw.bin", "create", 1000, 1001);
+    expect(r).toEqual({ ok: false, code: 3, message: "file too large" });
+    expect(listing(root)).toEqual([]);
+  });
+
+  test("more than the free space is ERROR 3 'disk full: not enough free space', nothing created", async () => {
+    const root = tempDir();
+    fs.mkdirSync(path.join(root, "sub"));
+    for (const declared of [free(root) + 1024 * 1024 * 1024, 1e15]) {
+      const r = await prepareUpload(root, "sub/fw.bin", "overwrite", Number.POSITIVE_INFINITY, declared);
+      expect(r).toEqual({ ok: false, code: 3, message: "disk full: not enough free space" });
+    }
+    expect(listing(root)).toEqual(["sub"]);
+    expect(listing(path.join(root, "sub"))).toEqual([]);
+  });
+
+  test("a size that fits is accepted, and so is an upload that declares none", async () => {
+    const root = tempDir();
+    const a = await prepareUpload(root, "a.bin", "create", Number.POSITIVE_INFINITY, 4096);
+    const b = await prepareUpload(root, "b.bin", "create", Number.POSITIVE_INFINITY, null);
+    expect(a.ok && b.ok).toBe(true);
+    if (a.ok) a.sink.abort();
+    if (b.ok) b.sink.abort();
+    expect(listing(root)).toEqual([]);
+  });
+});
+
+describe("temporary files: names and locks", () => {
+  test("the names made are exactly the names the sweep recognises", async () => {
+    const root = tempDir();
+    for (const name of ["fw.bin", ".hidden", "x", "é".repeat(127), "日本語.efi".repeat(19), `abc${"\u{1F680}".repeat(63)}`]) {
+      const sink = await sinkFor(root, name);
+      const temp = path.basename(sink.tempPath);
+      expect(isUploadTempName(temp)).toBe(true);
+      expect(Buffer.byteLength(temp)).toBeLessThanOrEqual(255);
+      // cut between code points: the name on disk is the very name made (no half character)
+      expect(fs.readdirSync(root)).toEqual([temp]);
+      sink.abort();
+    }
+    for (const name of [".fw.bin.tftpd-part", "fw.bin.0123456789ab.tftpd-part", ".fw.bin.0123456789AB.tftpd-part", ".fw.bin.0123456789a.tftpd-part", ".fw.0123456789ab.tftpd-part.x", "..0123456789ab.tftpd-part"]) {
+      expect(isUploadTempName(name)).toBe(false);
+    }
+    expect(listing(root)).toEqual([]);
+  });
+
+  test("a running upload holds the lock on its temporary file; after commit or abort nothing is held", async () => {
+    const root = tempDir();
+    for (const end of ["commit", "abort"] as const) {
+      const sink = await sinkFor(root, `${end}.bin`);
+      sink.write(bytes("data"));
+      expect(isLiveUpload(sink.tempPath)).toBe(true);
+      const probe = fs.openSync(sink.tempPath, "r+");
+      try {
+        expect(tryLockExclusive(probe)).toBe("held");
+      } finally {
+        fs.closeSync(probe);
+      }
+      if (end === "commit") expect(sink.commit()).toBeNull();
+      else sink.abort();
+      expect(isLiveUpload(sink.tempPath)).toBe(false);
+      expect(fs.existsSync(sink.tempPath)).toBe(false);
+    }
+    expect(listing(root)).toEqual(["commit.bin"]);
+    // the published file is not left locked either
+    const fd = fs.openSync(path.join(root, "commit.bin"), "r+");
+    try {
+      expect(tryLockExclusive(fd)).toBe("locked");
+    } finally {
+      fs.closeSync(fd);
+    }
   });
 });
