@@ -13,7 +13,7 @@
  * command timeout.
  */
 import { ErrorCode, refuse, type Refusal } from "../storage/refusal.ts";
-import type { FileCache } from "../storage/cache.ts";
+import type { FileCache, Filler } from "../storage/cache.ts";
 import type { FileIdentity, FileSource } from "../storage/source.ts";
 import type { RemoteFiles } from "../storage/remote.ts";
 import { fetchContent, lookup, type Manifest } from "./content.ts";
@@ -66,18 +66,20 @@ export class ClusterFiles implements RemoteFiles {
     };
     const fetched = manifest;
     try {
-      const source = await this.cache.acquireFilled(copy.key, copy.identity, async (write) => {
+      const fill = (): Filler => async (target) => {
         const started = performance.now();
         this.stats.fills++;
         try {
-          await fetchContent(this.link, fetched, write);
+          await fetchContent(this.link, fetched, (bytes, offset) => target.write(bytes, offset));
         } catch (error) {
           this.stats.fillFailures++;
           this.events.fillFailed?.(name, (error as Error).message);
           throw error;
         }
         this.events.filled?.(name, fetched.size, performance.now() - started);
-      }, { stream: !options.whole });
+      };
+      const source = await this.cache.acquire(copy.key, copy.identity, fill, { mode: options.whole ? "whole" : "stream" });
+      if (!source) return refuse(ErrorCode.NOT_DEFINED, "cluster cache: the local file cache cannot hold this file (performance.memory.cache_size, cache.enabled)");
       this.known.set(name, copy);
       return { ok: true, source };
     } catch (error) {
@@ -93,7 +95,7 @@ export class ClusterFiles implements RemoteFiles {
   private lookupWithin(name: string): Promise<Manifest | null> {
     const pending = lookup(this.link, name);
     const copy = this.known.get(name);
-    if (!copy || !this.cache.holdsFilled(copy.key)) return pending;
+    if (!copy || !this.cache.holds(copy.key)) return pending;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const late = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error(`redis did not answer within ${STALE_AFTER_MS} ms`)), STALE_AFTER_MS);
@@ -102,9 +104,9 @@ export class ClusterFiles implements RemoteFiles {
     return Promise.race([pending, late]).finally(() => clearTimeout(timer));
   }
 
-  private withoutRedis(name: string, why: string): { ok: true; source: FileSource } | Refusal {
+  private async withoutRedis(name: string, why: string): Promise<{ ok: true; source: FileSource } | Refusal> {
     const copy = this.known.get(name);
-    const source = copy ? this.cache.acquireHeld(copy.key) : null;
+    const source = copy ? await this.cache.acquire(copy.key, copy.identity, null) : null;
     if (source) {
       this.stats.staleServes++;
       this.events.servedStale?.(name, why);

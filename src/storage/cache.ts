@@ -4,19 +4,33 @@
  * why the served file itself is never mapped). Memory is the kernel's shared memory, not the
  * JS heap.
  *
- * A version is (device, inode, size, mtime, ctime): a file replaced by rename or rewritten in place
- * is a new version on the next request, while transfers already running keep the bytes they
- * started with. Bounded by `maxBytes` with least-recently-used eviction of versions no
- * transfer is reading. Concurrent requests for one version share one fill.
+ * An entry is one version of one file and is always in one of four states:
+ *
+ *   filling ──(every byte in, checked)──▶ ready ──(a newer version was seen)──▶ stale
+ *      │
+ *      └──(the version changed under the copy, a fetch failed)──▶ failed
+ *
+ * - filling: the copy is being made by a filler (from the disk, or from the fleet's shared
+ *   cache). Readers start at once on the bytes already in and wait, window by window, for
+ *   the others; the last byte becomes readable only once the whole copy is in and checked.
+ * - ready: the sealed copy; nothing can change it.
+ * - stale: a lookup found another version under the entry's name (or none). No new reader
+ *   gets it; the readers it has finish on it, and it is released when the last one is done.
+ * - failed: the copy could not be made whole. Its readers' next wait rejects, so a transfer
+ *   ends with an ERROR rather than ever mixing bytes of two versions; the next request for the
+ *   file starts again from the file as it is then.
+ *
+ * Entries that are not filling and have no reader are evicted least recently used first when
+ * a new version needs the room (`maxBytes`).
  */
 import * as fs from "node:fs";
 import { MemfdFiller, memfdAvailable, type SealedCopy } from "./memfd.ts";
-import { memorySource, type FdFileSource, type FileIdentity, type FileSource } from "./source.ts";
+import { memorySource, sameVersion, type FileIdentity, type FileSource, type SourceShare } from "./source.ts";
 
 export interface CacheStats {
   hits: number;
   misses: number;
-  /** requests served from disk because the file does not fit or caching failed */
+  /** requests served without the cache: the file does not fit, or the cache is off */
   bypasses: number;
   evictions: number;
   /** bytes held by cached versions */
@@ -24,58 +38,83 @@ export interface CacheStats {
   entries: number;
 }
 
+/** Where the bytes of a copy go while it is being made. */
+export interface FillTarget {
+  readonly size: number;
+  /** writes bytes at `offset` (any order) and makes them readable */
+  write(bytes: Uint8Array, offset: number): void;
+  /**
+   * copies bytes [start, end) of an open file into the same place (calls in order, from 0);
+   * they become readable only with `copied`, once the caller has checked them
+   */
+  copyFrom(fd: number, start: number, end: number): void;
+  /** bytes [0, end) copied with copyFrom are good: make them readable */
+  copied(end: number): void;
+}
+
+/** Makes a whole copy; rejects when it cannot (the entry then fails, its readers with it). */
+export type Filler = (target: FillTarget) => Promise<void>;
+
+/** What other threads reading the cache's copies are told (the worker pool relays it). */
+export interface CacheEvents {
+  /** more bytes of a filling copy are readable */
+  progress?(id: number, readable: number): void;
+  /** a copy is sealed: map it (readers of the filling copy move onto the mapping) */
+  filled?(id: number, memfd: number, size: number): void;
+  /** a filling copy failed: its readers stop */
+  failed?(id: number, reason: string): void;
+  /** a copy's memfd was closed: drop any mapping of it */
+  released?(id: number): void;
+}
+
+type State =
+  | { readonly kind: "filling"; readonly memfd: MemfdFiller; readonly progress: FillProgress; readonly done: Promise<void> }
+  | { readonly kind: "ready"; readonly copy: SealedCopy }
+  | { readonly kind: "stale"; readonly copy: SealedCopy }
+  | { readonly kind: "failed"; readonly reason: string; readonly memfd: MemfdFiller | null };
+
 interface Entry {
   /** unique for the life of the process, unlike the memfd's descriptor number */
-  id: number;
-  key: string;
-  identity: FileIdentity;
-  copy: SealedCopy | null;
-  /** set while the copy is being made; every requester of this version awaits it */
-  filling: Promise<void> | null;
-  failed: boolean;
-  /** why the copy could not be made, for the requests that waited for it */
-  failure: string | null;
-  /** while a copy is written out of order (acquireFilled): which bytes are in, and its memfd */
-  progress: FillProgress | null;
-  /** bytes counted against the cache size for this version */
+  readonly id: number;
+  readonly key: string;
+  readonly identity: FileIdentity;
+  state: State;
+  /** bytes counted against the cache size; 0 once released */
   charged: number;
   readers: number;
   lastUsed: number;
 }
 
-function versionKey(id: FileIdentity): string {
+/** A version of a file on disk: device, inode, size, mtime and ctime. */
+export function versionKey(id: FileIdentity): string {
   return `${id.dev}:${id.ino}:${id.size}:${id.mtimeMs}:${id.ctimeMs}`;
 }
 
 /**
- * Requests for a file up to this size wait for its copy (a few ms at most). A larger file is
- * copied once a second transfer wants it or the first one ends, not while a single transfer
- * would pay for it; until the copy is ready, readers read the open file and move onto the copy
- * when it is.
+ * Requests for a file up to this size wait for its whole copy (a few ms at most) and get a
+ * sealed copy any worker can map. A larger file's first readers start on the bytes already
+ * copied and follow the copy.
  */
 export const WAIT_FOR_FILL_MAX_BYTES = 16 << 20;
 
-/** Yields to the event loop between fill chunks so running transfers keep moving. */
+/** The first bytes of a disk copy come in a small step, so the first DATA leaves at once. */
+const FIRST_STEP_BYTES = 1 << 20;
+
+/** Yields to the event loop between fill steps so running transfers keep moving. */
 const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 export class FileCache {
+  /** the current entry of each key: filling, ready or failed (stale entries have left it) */
   private readonly entries = new Map<string, Entry>();
-  /** the version last served for each request path (stale ones are checked on use) */
+  /** the version last seen under each request path, so a lookup notices a change */
   private readonly byPath = new Map<string, Entry>();
   private bytes = 0;
   private lastId = 0;
-  /** told when a cached copy is gone, so other threads drop their mappings of it */
-  onRelease: ((id: number) => void) | null = null;
-  /** told when a copy is ready, so other threads can map it and move their readers onto it */
-  onFilled: ((id: number, memfd: number, size: number) => void) | null = null;
+  events: CacheEvents = {};
   private readonly counters = { hits: 0, misses: 0, bypasses: 0, evictions: 0 };
   readonly enabled: boolean;
 
-  /** @param fillChunkBytes bytes copied between two yields to the event loop during a fill */
-  constructor(
-    private readonly maxBytes: number,
-    private readonly fillChunkBytes = 8 << 20,
-  ) {
+  constructor(private readonly maxBytes: number) {
     this.enabled = maxBytes > 0 && memfdAvailable();
   }
 
@@ -84,318 +123,262 @@ export class FileCache {
   }
 
   /**
-   * Trades an open file for a cached source of the same version. Takes ownership of `file`:
-   * it is closed once the cached copy exists, or kept as the source when the version cannot be
-   * cached (too large for the cache, or the copy failed).
+   * The one way in: a source over the cached copy of version `key`. A ready copy is a hit; a
+   * copy being made is joined; otherwise `filler` makes one (a miss). Without a filler, only
+   * a ready copy is returned. Null when the version is not cached and will not be: the cache
+   * is off, the file does not fit, or every byte of it is being read.
+   *
+   * `mode`: "whole" returns only once the copy is sealed (readers that need every byte at
+   * once); "stream" returns at once, while the copy fills; by default a file up to
+   * WAIT_FOR_FILL_MAX_BYTES waits for its copy and a larger one streams. `path`: the
+   * request path the version was found under; an older version seen under it becomes stale.
+   * Throws the fill's error when a copy it waited for could not be made.
    */
-  async acquire(file: FdFileSource, path?: string): Promise<FileSource> {
-    const key = versionKey(file.identity);
-    const source = await this.acquireVersion(file, key);
-    if (path !== undefined) {
-      const entry = this.entries.get(key);
-      if (entry) this.byPath.set(path, entry);
-    }
-    return source;
-  }
-
-  /**
-   * The cached copy of the file at `path` (as given to acquire) when it is ready and still
-   * matches `facts` (size, mtime, ctime from a metadata cache); null otherwise. No disk access.
-   */
-  acquireKnown(path: string, facts: { size: number; mtimeMs: number; ctimeMs: number }): FileSource | null {
-    const entry = this.byPath.get(path);
-    if (!entry || this.entries.get(entry.key) !== entry || !entry.copy) return null;
-    const id = entry.identity;
-    if (id.size !== facts.size || id.mtimeMs !== facts.mtimeMs || id.ctimeMs !== facts.ctimeMs) return null;
-    return this.readReady(entry);
-  }
-
-  private async acquireVersion(file: FdFileSource, key: string): Promise<FileSource> {
-    const fd = file.fd;
-    if (!this.enabled || file.size > this.maxBytes) {
-      this.counters.bypasses++;
-      return file;
-    }
-    let entry = this.entries.get(key);
-    if (entry && !entry.failed) {
-      if (!entry.copy && file.size > WAIT_FOR_FILL_MAX_BYTES) {
-        // A second reader of a large file: now the copy pays off. Until it is ready, read the
-        // open file.
-        if (!entry.filling) this.startFill(entry, fd);
-        this.counters.bypasses++;
-        return this.promotingSource(file, entry);
-      }
-      this.counters.hits++;
-    } else {
-      this.counters.misses++;
-      if (!this.makeRoom(file.size)) {
-        this.counters.bypasses++;
-        return file;
-      }
-      const created: Entry = { id: ++this.lastId, key, identity: file.identity, copy: null, filling: null, failed: false, failure: null, progress: null, charged: file.size, readers: 0, lastUsed: 0 };
-      this.entries.set(key, created);
-      this.bytes += created.charged;
-      entry = created;
-      if (file.size > WAIT_FOR_FILL_MAX_BYTES) {
-        // Copying hundreds of MiB costs tens of ms of CPU, worth it only for a file read more
-        // than once: the first reader reads the open file, and the copy starts with the second.
-        this.counters.bypasses++;
-        return this.promotingSource(file, entry);
-      }
-      this.startFill(created, fd);
-    }
-    entry.readers++;
-    entry.lastUsed = performance.now();
-    if (entry.filling) await entry.filling;
-    if (!entry.copy) {
-      if (--entry.readers === 0) this.release(entry);
-      this.counters.bypasses++;
-      return file;
-    }
-    file.close();
-    return this.sourceOf(entry);
-  }
-
-  /**
-   * A file this node's disk does not hold (one fetched from the cluster cache): `fill` writes
-   * its bytes into a sealed copy like any other cached version, once per `key` however many
-   * requests wait for it; `identity.size` must be its exact size. Throws, with the fill's
-   * error, when no copy could be made; the next request for the key tries again.
-   */
-  async acquireFilled(
+  async acquire(
     key: string,
     identity: FileIdentity,
-    fill: (write: (bytes: Uint8Array, offset: number) => void) => Promise<void>,
-    options: { stream?: boolean } = {},
-  ): Promise<FileSource> {
-    if (!this.enabled) throw new Error("the local file cache is off (performance.memory.cache_size 0 or cache.enabled false)");
-    if (identity.size > this.maxBytes) throw new Error(`file of ${identity.size} bytes exceeds performance.memory.cache_size`);
-    const entryKey = `filled:${key}`;
-    let entry = this.entries.get(entryKey);
-    if (entry && !entry.failed) {
+    filler: (() => Filler) | null,
+    options: { mode?: "whole" | "stream"; path?: string } = {},
+  ): Promise<FileSource | null> {
+    let entry = this.entries.get(key);
+    if (options.path !== undefined) this.noteVersion(options.path, entry ?? null, key);
+    if (entry?.state.kind === "ready") return this.read(entry, true);
+    if (!filler) return null;
+    if (!this.enabled || identity.size > this.maxBytes) {
+      this.counters.bypasses++;
+      return null;
+    }
+    if (entry?.state.kind === "filling") {
       this.counters.hits++;
     } else {
       this.counters.misses++;
-      if (!this.makeRoom(identity.size)) throw new Error("the local file cache is full of files being served");
-      const created: Entry = { id: ++this.lastId, key: entryKey, identity, copy: null, filling: null, failed: false, failure: null, progress: null, charged: identity.size, readers: 0, lastUsed: 0 };
-      this.entries.set(entryKey, created);
-      this.bytes += created.charged;
-      created.filling = this.fillFrom(created, fill).then(() => {
-        created.filling = null;
-      });
-      entry = created;
-    }
-    // streaming: the transfer starts on the first bytes and waits, window by window, for the rest
-    if (options.stream && entry.progress && !entry.copy) return this.fillingSource(entry);
-    entry.readers++;
-    entry.lastUsed = performance.now();
-    if (entry.filling) await entry.filling;
-    if (!entry.copy) {
-      if (--entry.readers === 0) this.release(entry);
-      throw new Error(entry.failure ?? "the file could not be cached");
-    }
-    return this.sourceOf(entry);
-  }
-
-  /**
-   * A source over a copy still being filled: bytes already written are read from the memfd,
-   * `whenReadable` says when the others arrive, and once the copy is sealed reads move onto
-   * its mapping. Read on this thread only (no share for workers until the copy is ready).
-   */
-  private fillingSource(entry: Entry): FileSource {
-    const progress = entry.progress!;
-    const size = entry.identity.size;
-    entry.readers++;
-    entry.lastUsed = performance.now();
-    let copy: FileSource | null = null;
-    let released = false;
-    return {
-      size,
-      identity: entry.identity,
-      read: (position, into, offset, length) => {
-        if (released) throw new Error("read on a closed FileSource");
-        if (!copy && entry.copy) copy = memorySource(entry.copy.bytes, entry.identity);
-        if (copy) return copy.read(position, into, offset, length);
-        // failed is set before the memfd is closed: its descriptor number is never read after
-        if (entry.failed) throw new Error(entry.failure ?? "the file could not be fetched");
-        const end = Math.min(size, position + length);
-        if (end > progress.readable) throw new Error("read past the bytes fetched so far");
-        let done = 0;
-        while (position + done < end) {
-          const n = fs.readSync(progress.fd, into, offset + done, end - position - done, position + done);
-          if (n === 0) break;
-          done += n;
-        }
-        return done;
-      },
-      whenReadable: (end) => (entry.copy ? null : progress.whenReadable(end)),
-      close: () => {
-        if (released) return;
-        released = true;
-        this.unread(entry);
-      },
-    };
-  }
-
-  /** True when a copy for `key` (of acquireFilled) is ready now. */
-  holdsFilled(key: string): boolean {
-    return this.entries.get(`filled:${key}`)?.copy != null;
-  }
-
-  /** The ready copy for `key` (of acquireFilled), or null; never starts a fill. */
-  acquireHeld(key: string): FileSource | null {
-    const entry = this.entries.get(`filled:${key}`);
-    return entry?.copy ? this.readReady(entry) : null;
-  }
-
-  /** A hit on a ready copy, served at once. */
-  private readReady(entry: Entry): FileSource {
-    this.counters.hits++;
-    entry.readers++;
-    entry.lastUsed = performance.now();
-    return this.sourceOf(entry);
-  }
-
-  private async fillFrom(entry: Entry, fill: (write: (bytes: Uint8Array, offset: number) => void) => Promise<void>): Promise<void> {
-    let filler: MemfdFiller | null = null;
-    try {
-      filler = new MemfdFiller(null, entry.identity.size);
-      const target = filler;
-      const progress = new FillProgress(target.fd, entry.identity.size);
-      entry.progress = progress;
-      await fill((bytes, offset) => {
-        target.write(bytes, offset);
-        progress.wrote(offset, offset + bytes.length);
-      });
-      // seal() closes the memfd itself when it fails
-      filler = null;
-      entry.copy = target.seal();
-      progress.complete();
-      this.onFilled?.(entry.id, entry.copy.fd, entry.identity.size);
-    } catch (error) {
-      entry.failed = true;
-      entry.failure = (error as Error).message;
-      entry.progress?.fail(new Error(entry.failure));
-      filler?.abort();
-      this.drop(entry);
-    } finally {
-      entry.progress = null;
-    }
-  }
-
-  private startFill(entry: Entry, fd: number): void {
-    // fill() can finish before it returns (a file of one chunk is copied without yielding), so
-    // the marker is cleared only after it was set: otherwise the entry would look busy forever
-    // and never be evicted.
-    entry.filling = this.fill(entry, fd).then(() => {
-      entry.filling = null;
-    });
-  }
-
-  private async fill(entry: Entry, fd: number): Promise<void> {
-    // The filler reads through its own descriptor: the requester's may be closed before we finish.
-    let own: number | null = null;
-    try {
-      own = fs.openSync(`/proc/self/fd/${fd}`, fs.constants.O_RDONLY);
-      const filler = new MemfdFiller(own, entry.identity.size, this.fillChunkBytes);
-      // A large file's first reader is answered before the copy starts taking the thread.
-      if (entry.identity.size > WAIT_FOR_FILL_MAX_BYTES) await yieldToLoop();
-      while (!filler.step()) await yieldToLoop();
-      const after = fs.fstatSync(own);
-      if (after.size !== entry.identity.size || after.mtimeMs !== entry.identity.mtimeMs || after.ctimeMs !== entry.identity.ctimeMs) {
-        filler.abort();
-        throw new Error("file changed while it was being cached");
+      if (!this.makeRoom(identity.size)) {
+        this.counters.bypasses++;
+        return null;
       }
-      entry.copy = filler.seal();
-      this.onFilled?.(entry.id, entry.copy.fd, entry.identity.size);
-    } catch {
-      entry.failed = true;
-      this.drop(entry);
+      entry = this.startFill(key, identity, filler);
+      if (options.path !== undefined) this.byPath.set(options.path, entry);
+    }
+    const state = entry.state;
+    if (state.kind !== "filling") return this.settled(entry);
+    const wait = options.mode === "whole" || (options.mode !== "stream" && identity.size <= WAIT_FOR_FILL_MAX_BYTES);
+    if (!wait) return this.read(entry, false);
+    // counted as a reader while it waits, so a copy that turns stale meanwhile is not released under it
+    entry.readers++;
+    try {
+      await state.done;
+      return this.settled(entry);
     } finally {
-      if (own !== null) fs.closeSync(own);
+      this.unread(entry);
     }
   }
 
-  private sourceOf(entry: Entry): FileSource {
-    const inner = memorySource(entry.copy!.bytes, entry.identity);
-    let released = false;
-    return {
-      size: inner.size,
-      identity: inner.identity,
-      share: { kind: "memfd", id: entry.id, fd: entry.copy!.fd },
-      read: (position, into, offset, length) => inner.read(position, into, offset, length),
-      close: () => {
-        if (released) return;
-        released = true;
-        inner.close();
-        this.unread(entry);
+  /** The copy of `key` is ready now. */
+  holds(key: string): boolean {
+    return this.entries.get(key)?.state.kind === "ready";
+  }
+
+  /** The version last seen under `path` while it is cached and ready, else null. No disk access. */
+  versionAt(path: string): { key: string; identity: FileIdentity } | null {
+    const entry = this.byPath.get(path);
+    return entry && entry.state.kind === "ready" ? { key: entry.key, identity: entry.identity } : null;
+  }
+
+  /** A lookup found nothing under `path`: the version cached for it is stale. */
+  forget(path: string): void {
+    const entry = this.byPath.get(path);
+    if (!entry) return;
+    this.byPath.delete(path);
+    this.retire(entry);
+  }
+
+  /** A filling entry that finished while a requester waited: a ready copy, or its error. */
+  private settled(entry: Entry): FileSource {
+    const state = entry.state;
+    if (state.kind === "failed") throw new Error(state.reason);
+    return this.read(entry, false);
+  }
+
+  /** `path` now names version `key`: what it named before is stale. */
+  private noteVersion(path: string, entry: Entry | null, key: string): void {
+    const previous = this.byPath.get(path);
+    if (previous === undefined || previous.key === key) return;
+    if (entry) this.byPath.set(path, entry);
+    else this.byPath.delete(path);
+    this.retire(previous);
+  }
+
+  /** Takes an entry out of the index; a ready copy turns stale and lives on for its readers. */
+  private retire(entry: Entry): void {
+    if (this.entries.get(entry.key) !== entry) return;
+    this.entries.delete(entry.key);
+    for (const [path, held] of this.byPath) if (held === entry) this.byPath.delete(path);
+    if (entry.state.kind === "ready") entry.state = { kind: "stale", copy: entry.state.copy };
+    if (entry.readers === 0 && entry.state.kind !== "filling") this.release(entry);
+  }
+
+  private startFill(key: string, identity: FileIdentity, makeFiller: () => Filler): Entry {
+    const memfd = new MemfdFiller(identity.size);
+    let filler: Filler;
+    try {
+      filler = makeFiller();
+    } catch (error) {
+      memfd.abort();
+      throw error;
+    }
+    const progress = new FillProgress(identity.size);
+    const entry: Entry = { id: ++this.lastId, key, identity, state: null!, charged: identity.size, readers: 0, lastUsed: performance.now() };
+    this.entries.set(key, entry);
+    this.bytes += entry.charged;
+    const target: FillTarget = {
+      size: identity.size,
+      write: (bytes, offset) => {
+        memfd.write(bytes, offset);
+        this.wrote(entry, progress, offset, offset + bytes.length);
       },
+      copyFrom: (fd, start, end) => memfd.copyFrom(fd, start, end),
+      copied: (end) => this.wrote(entry, progress, progress.written, end),
     };
+    const done = Promise.resolve()
+      .then(() => filler(target))
+      .then(
+        () => this.sealed(entry, memfd, progress),
+        (error: unknown) => this.fillFailed(entry, memfd, progress, (error as Error).message),
+      );
+    entry.state = { kind: "filling", memfd, progress, done };
+    return entry;
+  }
+
+  private wrote(entry: Entry, progress: FillProgress, start: number, end: number): void {
+    const before = progress.readable;
+    progress.wrote(start, end);
+    if (progress.readable > before) this.events.progress?.(entry.id, progress.readable);
+  }
+
+  private sealed(entry: Entry, memfd: MemfdFiller, progress: FillProgress): void {
+    let copy: SealedCopy;
+    try {
+      copy = memfd.seal();
+    } catch (error) {
+      this.fillFailed(entry, memfd, progress, (error as Error).message);
+      return;
+    }
+    const current = this.entries.get(entry.key) === entry;
+    entry.state = current ? { kind: "ready", copy } : { kind: "stale", copy };
+    progress.complete();
+    this.events.filled?.(entry.id, copy.fd, entry.identity.size);
+    if (!current && entry.readers === 0) this.release(entry);
+  }
+
+  private fillFailed(entry: Entry, memfd: MemfdFiller, progress: FillProgress, reason: string): void {
+    entry.state = { kind: "failed", reason, memfd };
+    progress.fail(new Error(reason));
+    this.events.failed?.(entry.id, reason);
+    if (this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
+    for (const [path, held] of this.byPath) if (held === entry) this.byPath.delete(path);
+    if (entry.readers === 0) this.release(entry);
   }
 
   /**
-   * Reads the open file until the copy of its version exists, then the copy: the first
-   * request for a large file starts at once and reaches memory speed within milliseconds.
+   * A source over the entry's copy, ready or filling: while it fills, bytes already in are read
+   * from the memfd and `whenReadable` says when the others are; once sealed, reads move onto
+   * the mapping.
    */
-  private promotingSource(file: FdFileSource, entry: Entry): FileSource {
+  private read(entry: Entry, hit: boolean): FileSource {
+    if (hit) this.counters.hits++;
     entry.readers++;
     entry.lastUsed = performance.now();
-    let copy: FileSource | null = null;
-    let released = false;
+    const { identity } = entry;
+    let mapped: FileSource | null = null;
+    let closed = false;
+    const onCopy = (): FileSource | null => {
+      const state = entry.state;
+      if (mapped === null && (state.kind === "ready" || state.kind === "stale")) mapped = memorySource(state.copy.bytes, identity);
+      return mapped;
+    };
+    const close = (): void => {
+      if (closed) return;
+      closed = true;
+      mapped?.close();
+      this.unread(entry);
+    };
+    const state = entry.state;
+    if (state.kind === "ready" || state.kind === "stale") {
+      const copy = onCopy()!;
+      return { size: identity.size, identity, share: { kind: "memfd", id: entry.id, fd: state.copy.fd }, read: copy.read, close };
+    }
+    if (state.kind !== "filling") throw new Error("read of a failed copy");
+    const { progress, memfd } = state;
     return {
-      size: file.size,
-      identity: file.identity,
-      share: { kind: "fd", fd: file.fd, pendingId: entry.id },
+      size: identity.size,
+      identity,
+      // as the copy is when another thread takes the source over: the events that follow tell it the rest
+      get share(): SourceShare | undefined {
+        const now = entry.state;
+        if (now.kind === "ready" || now.kind === "stale") return { kind: "memfd", id: entry.id, fd: now.copy.fd };
+        if (now.kind === "filling") return { kind: "filling", id: entry.id, fd: memfd.fd, readable: progress.readable };
+        return undefined; // failed: read here, where the read says why
+      },
       read: (position, into, offset, length) => {
-        if (!copy && entry.copy) copy = memorySource(entry.copy.bytes, entry.identity);
-        return (copy ?? file).read(position, into, offset, length);
+        if (closed) throw new Error("read on a closed FileSource");
+        const copy = onCopy();
+        if (copy) return copy.read(position, into, offset, length);
+        const now = entry.state;
+        // a failed copy's memfd stays open while it has readers: its descriptor is never reused under us
+        if (now.kind === "failed") throw new Error(now.reason);
+        return readFilled(memfd.fd, progress.readable, identity.size, position, into, offset, length);
       },
-      close: () => {
-        if (released) return;
-        released = true;
-        // A boot file read once is read again: copy it now, while this reader's descriptor is
-        // still open and before the next reader has to wait for it.
-        if (!entry.copy && !entry.filling && !entry.failed && this.entries.get(entry.key) === entry) this.startFill(entry, file.fd);
-        file.close();
-        this.unread(entry);
-      },
+      whenReadable: (end) => (onCopy() ? null : progress.whenReadable(end)),
+      close,
     };
   }
 
   private unread(entry: Entry): void {
     entry.readers--;
     entry.lastUsed = performance.now();
-    // A version replaced on disk is dropped as soon as its last reader is done.
-    if (entry.readers === 0 && this.entries.get(entry.key) !== entry) this.release(entry);
+    if (entry.readers > 0) return;
+    const kind = entry.state.kind;
+    if (kind === "stale" || kind === "failed") this.release(entry);
   }
 
   /** Evicts idle versions, oldest first, until `size` more bytes fit. */
   private makeRoom(size: number): boolean {
     if (this.bytes + size <= this.maxBytes) return true;
-    const idle = [...this.entries.values()].filter((e) => e.readers === 0 && !e.filling).sort((a, b) => a.lastUsed - b.lastUsed);
+    const idle = [...this.entries.values()].filter((e) => e.readers === 0 && e.state.kind === "ready").sort((a, b) => a.lastUsed - b.lastUsed);
     for (const entry of idle) {
-      this.drop(entry);
+      this.retire(entry);
       this.counters.evictions++;
       if (this.bytes + size <= this.maxBytes) return true;
     }
     return false;
   }
 
-  private drop(entry: Entry): void {
-    if (this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
-    for (const [path, held] of this.byPath) if (held === entry) this.byPath.delete(path);
-    if (entry.readers === 0) this.release(entry);
-  }
-
   private release(entry: Entry): void {
-    if (entry.copy) {
-      entry.copy.close();
-      entry.copy = null;
-      this.onRelease?.(entry.id);
-    }
+    if (entry.charged === 0) return;
+    const state = entry.state;
+    if (state.kind === "ready" || state.kind === "stale") state.copy.close();
+    else if (state.kind === "failed") state.memfd?.abort();
+    if (state.kind === "failed") entry.state = { kind: "failed", reason: state.reason, memfd: null };
+    this.events.released?.(entry.id);
     this.bytes -= entry.charged;
     entry.charged = 0;
   }
+}
+
+/**
+ * Reads bytes [position, position + length) of a copy still being filled, from its memfd; they
+ * must lie below `readable` (or the copy's end, once complete).
+ */
+export function readFilled(fd: number, readable: number, size: number, position: number, into: Uint8Array, offset: number, length: number): number {
+  const end = Math.min(size, position + length);
+  if (end > readable && end > position) throw new Error("read past the bytes copied so far");
+  let done = 0;
+  while (position + done < end) {
+    const n = fs.readSync(fd, into, offset + done, end - position - done, position + done);
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
 }
 
 /**
@@ -403,18 +386,16 @@ export class FileCache {
  * past it, and the readers waiting for more. The last byte becomes readable only when the
  * fill completes (the whole copy checked): a transfer never ends on a copy that fails.
  */
-class FillProgress {
-  /** bytes [0, readable) are written */
+export class FillProgress {
+  /** bytes [0, readable) can be read */
   readable = 0;
-  private written = 0;
+  /** bytes [0, written) are in */
+  written = 0;
   private readonly ahead = new Map<number, number>();
   private waiters: { end: number; resolve: () => void; reject: (error: Error) => void }[] = [];
   private failure: Error | null = null;
 
-  constructor(
-    readonly fd: number,
-    private readonly size: number,
-  ) {}
+  constructor(private readonly size: number) {}
 
   wrote(start: number, end: number): void {
     if (start !== this.written) {
@@ -426,7 +407,13 @@ class FillProgress {
       this.ahead.delete(this.written);
       this.written = next;
     }
-    this.readable = Math.min(this.written, this.size - 1);
+    this.advance(Math.min(this.written, this.size - 1));
+  }
+
+  /** Bytes [0, readable) are in (told by the thread that fills the copy). */
+  advance(readable: number): void {
+    if (readable <= this.readable) return;
+    this.readable = readable;
     this.wake();
   }
 
@@ -437,8 +424,7 @@ class FillProgress {
   }
 
   complete(): void {
-    this.readable = Number.MAX_SAFE_INTEGER;
-    this.wake();
+    this.advance(Number.MAX_SAFE_INTEGER);
   }
 
   fail(error: Error): void {
@@ -455,4 +441,32 @@ class FillProgress {
     }
     this.waiters = still;
   }
+}
+
+/**
+ * The filler of a version read from disk: copies it through a descriptor of its own (the
+ * requester's may be closed before the copy is done) in steps, yielding to the event loop
+ * between them, and checks after every step that the file is still the version it started
+ * from. A file rewritten, truncated or touched while it is copied fails the copy: no byte of
+ * the new version is ever readable from it.
+ */
+export function diskFiller(fd: number, identity: FileIdentity, stepBytes = 8 << 20): Filler {
+  const own = fs.openSync(`/proc/self/fd/${fd}`, fs.constants.O_RDONLY);
+  return async (target) => {
+    try {
+      const size = identity.size;
+      // A large file's first reader is answered before the copy starts taking the thread.
+      if (size > WAIT_FOR_FILL_MAX_BYTES) await yieldToLoop();
+      for (let at = 0, step = Math.min(stepBytes, FIRST_STEP_BYTES); at < size; step = stepBytes) {
+        const end = Math.min(size, at + step);
+        target.copyFrom(own, at, end);
+        if (!sameVersion(identity, fs.fstatSync(own))) throw new Error("file changed while it was being cached");
+        target.copied(end);
+        at = end;
+        if (at < size) await yieldToLoop();
+      }
+    } finally {
+      fs.closeSync(own);
+    }
+  };
 }

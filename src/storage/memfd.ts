@@ -66,23 +66,19 @@ export interface SealedCopy {
 const NAME = new TextEncoder().encode("tftpd-cache\0");
 
 /**
- * A filler that copies `size` bytes of `sourceFd` into a new memfd in steps of `chunk` bytes,
- * so a large initrd does not stall the event loop in one go. Call `step()` until it returns
- * true, then `seal()`; on any error the memfd is closed and the error thrown. Without a
- * source descriptor (`null`), the bytes come through `write()` instead (a file fetched from
- * the cluster cache).
+ * A copy being made: a new memfd of `size` bytes, written in place (`write`, for bytes that
+ * arrive out of order from the fleet) or copied from an open file by the kernel (`copyFrom`,
+ * sendfile: no trip through JS), then `seal()`ed. Errors are thrown and leave the memfd open:
+ * readers of the bytes already in may still be reading it (other threads read it by its
+ * descriptor number, which must not be reused under them), so its owner calls `abort()` once
+ * they are done.
  */
 export class MemfdFiller {
   private readonly lib: Libc;
   private readonly offset = new BigInt64Array(1);
-  private copied = 0;
   readonly fd: number;
 
-  constructor(
-    private readonly sourceFd: number | null,
-    readonly size: number,
-    private readonly chunk = 64 << 20,
-  ) {
+  constructor(readonly size: number) {
     const lib = loadLibc();
     if (!lib) throw new Error("memfd is not available on this system");
     this.lib = lib;
@@ -97,38 +93,27 @@ export class MemfdFiller {
     while (done < bytes.length) done += writeSync(this.fd, bytes, done, bytes.length - done, offset + done);
   }
 
-  /** Copies the next chunk; true when the whole file is in. */
-  step(): boolean {
-    if (this.sourceFd === null) throw new Error("this copy is filled through write()");
-    const end = Math.min(this.size, this.copied + this.chunk);
-    while (this.copied < end) {
-      this.offset[0] = BigInt(this.copied);
-      const n = this.lib.sendfile(this.fd, this.sourceFd, this.offset, Math.min(end - this.copied, SENDFILE_MAX));
-      if (n <= 0) {
-        this.abort();
-        // 0: the file ended early (truncated while we copied); <0: an I/O error.
-        throw new Error(n === 0 ? "file changed while it was being cached" : "read error while caching");
-      }
-      this.copied += n;
+  /**
+   * Copies bytes [start, end) of `sourceFd` to the same place in the copy. Calls must follow
+   * each other (start = the previous end): sendfile writes at the memfd's own file position.
+   */
+  copyFrom(sourceFd: number, start: number, end: number): void {
+    let at = start;
+    while (at < end) {
+      this.offset[0] = BigInt(at);
+      const n = this.lib.sendfile(this.fd, sourceFd, this.offset, Math.min(end - at, SENDFILE_MAX));
+      // 0: the file ended early (truncated while we copied); <0: an I/O error.
+      if (n <= 0) throw new Error(n === 0 ? "file changed while it was being cached" : "read error while caching");
+      at += n;
     }
-    return this.copied >= this.size;
   }
 
   /** Seals the copy (no write, shrink or grow, ever) and maps it. */
   seal(): SealedCopy {
     const seals = F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
-    if (this.lib.fcntl(this.fd, F_ADD_SEALS, seals) !== 0) {
-      this.abort();
-      throw new Error("could not seal the cached copy");
-    }
+    if (this.lib.fcntl(this.fd, F_ADD_SEALS, seals) !== 0) throw new Error("could not seal the cached copy");
     // An empty file cannot be mapped; it needs no bytes anyway.
-    let bytes: Uint8Array;
-    try {
-      bytes = this.size === 0 ? new Uint8Array(0) : Bun.mmap(`/proc/self/fd/${this.fd}`, { shared: false });
-    } catch (error) {
-      this.abort(); // the memfd would leak otherwise
-      throw error;
-    }
+    const bytes = this.size === 0 ? new Uint8Array(0) : Bun.mmap(`/proc/self/fd/${this.fd}`, { shared: false });
     const fd = this.fd;
     const lib = this.lib;
     let open = true;
@@ -144,6 +129,7 @@ export class MemfdFiller {
     };
   }
 
+  /** Closes an unsealed copy. Once only; never after seal() succeeded (the copy owns the fd then). */
   abort(): void {
     this.lib.close(this.fd);
   }

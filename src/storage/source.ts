@@ -45,9 +45,31 @@ export interface FileSource {
 }
 
 export type SourceShare =
+  /** a sealed cached copy */
   | { readonly kind: "memfd"; readonly id: number; readonly fd: number }
-  /** `pendingId`: a cached copy of this file is being made; switch to it once it exists */
-  | { readonly kind: "fd"; readonly fd: number; readonly pendingId?: number };
+  /**
+   * a cached copy still being made: bytes [0, readable) are in; the cache tells the other
+   * threads as more arrive, and when the copy is sealed or has failed
+   */
+  | { readonly kind: "filling"; readonly id: number; readonly fd: number; readonly readable: number }
+  /** the open file itself (a file the cache does not hold) */
+  | { readonly kind: "fd"; readonly fd: number };
+
+/**
+ * True while `stat` (an fstat of the open file) still describes the version `identity` names:
+ * a read that is followed by this check holds bytes of that version only, since a write moves
+ * mtime and ctime before it changes a byte.
+ */
+export function sameVersion(identity: FileIdentity, stat: { size: number; mtimeMs: number; ctimeMs: number; nlink: number }): boolean {
+  if (stat.size !== identity.size || stat.mtimeMs !== identity.mtimeMs) return false;
+  // A file renamed over or deleted also gets a new ctime (its link count changed) while the
+  // bytes of the open inode stay as they were; a file still linked whose ctime moved may have
+  // been rewritten with its mtime set back (cp -p, touch -r).
+  return stat.ctimeMs === identity.ctimeMs || stat.nlink === 0;
+}
+
+/** What a read of a file that changed under it throws: the transfer ends with this ERROR. */
+export const FILE_CHANGED = "file changed during transfer";
 
 function checkReadArgs(position: number, into: Uint8Array, offset: number, length: number): void {
   if (!Number.isSafeInteger(position) || position < 0) {
@@ -68,7 +90,8 @@ export interface FdFileSource extends FileSource {
 
 /**
  * A source over an open file descriptor, which it owns (closes). `size` and `identity` come
- * from an fstat the caller already did.
+ * from an fstat the caller already did. Every read checks that the file is still that version
+ * and throws FILE_CHANGED when it is not.
  */
 export function fdSource(fd: number, stat: fs.Stats): FdFileSource {
   const identity = { dev: stat.dev, ino: stat.ino, size: stat.size, mtimeMs: stat.mtimeMs, ctimeMs: stat.ctimeMs };
@@ -99,6 +122,8 @@ function descriptorSource(fd: number, identity: FileIdentity, release: () => voi
         if (n === 0) break; // the file shrank under us: report what we have
         done += n;
       }
+      // Bytes read from a file that changed meanwhile may be of either version: never serve them.
+      if (!sameVersion(identity, fs.fstatSync(fd))) throw new Error(FILE_CHANGED);
       return done;
     },
     close() {

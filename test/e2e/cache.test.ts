@@ -2,8 +2,9 @@
  * The file cache through the real server (in-process, loopback): concurrent curl downloads of
  * one file share one fill; a transfer in flight keeps the bytes it started with when the file
  * is overwritten (`cp`) or truncated to 0 under it, the next request sees the new version, and
- * the server stays up. A control run without the cache shows the same overwrite does change
- * the bytes in flight, so these tests can see the failure they guard against.
+ * the server stays up. Without the cache the same overwrite ends the transfer with an ERROR
+ * before a block of the new version leaves. A deleted file's copy leaves the cache when the
+ * next request for it finds nothing.
  */
 import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
@@ -177,7 +178,7 @@ describe("the served file changes during a transfer", () => {
     expect(server.server.cache.stats).toMatchObject({ misses: 3, bypasses: 0 });
   });
 
-  test("control: without the cache the same overwrite does change the bytes in flight", async () => {
+  test("without the cache, the same overwrite ends the transfer with an ERROR: no block of the new version leaves", async () => {
     const root = dir("tftpd-cache-root-");
     const out = dir("tftpd-cache-out-");
     const file = writeFile(root, "boot.img", OLD);
@@ -188,10 +189,32 @@ describe("the served file changes during a transfer", () => {
       expect((await run(["cp", replacement, file])).exitCode).toBe(0);
     });
     expect(server.server.cache.stats).toMatchObject({ misses: 0, bypasses: 1 });
-    // Read from the live file, the blocks after the pause carry the new content (the server
-    // then notices the file shrank and ends with an ERROR): exactly what the cache prevents.
-    const changed = result.seen.filter(({ block, data }) => sha256(data) !== sha256(OLD.subarray((block - 1) * BLOCK, block * BLOCK)));
-    expect(changed.length).toBeGreaterThan(0);
-    expect(sha256(changed[0]!.data)).toBe(sha256(NEW.subarray((changed[0]!.block - 1) * BLOCK, changed[0]!.block * BLOCK)));
+    // Read from the live file, the blocks after the pause would carry the new content: the
+    // server notices the file changed and stops instead.
+    expectOnlyOldBytes(result.seen, OLD);
+    expect(result.error).toStartWith("0 ");
+    expect(result.error).toContain("file changed during transfer");
+    const record = await recordWhere(server, (r) => r.file === "boot.img");
+    expect(record.result).toBe("error");
+  });
+});
+
+describe("a deleted file leaves the cache", () => {
+  test("the next request is ERROR 1 and the copy is released; a new file under the name is served new", async () => {
+    const root = dir("tftpd-cache-root-");
+    const out = dir("tftpd-cache-out-");
+    const file = writeFile(root, "boot.img", patternBytes(MiB, 50));
+    const server = await serve(root);
+    expect(await curlGet(server, "boot.img", join(out, "a.bin"))).toBe(sha256(patternBytes(MiB, 50)));
+    expect(server.server.cache.stats).toMatchObject({ entries: 1, bytes: MiB });
+
+    fs.unlinkSync(file);
+    const missing = await curl(["-o", join(out, "b.bin"), `tftp://127.0.0.1:${server.port}/boot.img`]);
+    expect(missing.exitCode).toBe(68); // CURLE_TFTP_NOTFOUND: ERROR 1
+    expect(server.server.cache.stats).toMatchObject({ entries: 0, bytes: 0 });
+
+    writeFile(root, "boot.img", patternBytes(MiB / 2, 51));
+    expect(await curlGet(server, "boot.img", join(out, "c.bin"))).toBe(sha256(patternBytes(MiB / 2, 51)));
+    expect(server.server.cache.stats).toMatchObject({ entries: 1, bytes: MiB / 2 });
   });
 });

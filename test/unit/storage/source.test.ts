@@ -51,13 +51,15 @@ describe.each([
   });
 });
 
-test("an fd source keeps the size it was opened with when the file grows", async () => {
+test("an fd source keeps the size it was opened with, and stops reading once the file changed (it grew)", async () => {
   const { source, file } = await fileSource("abc");
-  fs.appendFileSync(file, "def");
   const buf = new Uint8Array(16);
-  expect(source.size).toBe(3);
   expect(source.read(0, buf, 0, 16)).toBe(3);
   expect(source.read(3, buf, 0, 16)).toBe(0);
+  // appended to, or truncated and being written again: the bytes read now may be of another version
+  fs.appendFileSync(file, "def");
+  expect(source.size).toBe(3);
+  expect(() => source.read(0, buf, 0, 16)).toThrow("file changed during transfer");
   source.close();
 });
 

@@ -1,0 +1,40 @@
+/**
+ * Files of the local root as transfers read them: the version found now, through the file
+ * cache when it takes the file, else the open file itself (whose reads stop with an ERROR if
+ * the file changes).
+ */
+import { diskFiller, versionKey, type FileCache } from "./cache.ts";
+import { ErrorCode, refuse, type Refusal } from "./refusal.ts";
+import { openForRead } from "./resolve.ts";
+import type { FileSource } from "./source.ts";
+
+/**
+ * Opens `relative` below `rootReal` and trades the open file for its cached copy. A version
+ * that changes while its copy is made is looked up once more: the request gets the newer one.
+ * `stepBytes`: bytes copied between two yields to the event loop while the copy is made.
+ */
+export async function openCached(
+  cache: FileCache,
+  rootReal: string,
+  relative: string,
+  stepBytes?: number,
+): Promise<{ ok: true; source: FileSource } | Refusal> {
+  for (let attempt = 1; ; attempt++) {
+    const opened = await openForRead(rootReal, relative);
+    if (!opened.ok) {
+      // nothing there any more: the copy of what was there is stale
+      if (opened.code === ErrorCode.FILE_NOT_FOUND) cache.forget(relative);
+      return opened;
+    }
+    const file = opened.source;
+    try {
+      const cached = await cache.acquire(versionKey(file.identity), file.identity, () => diskFiller(file.fd, file.identity, stepBytes), { path: relative });
+      if (!cached) return opened;
+      file.close();
+      return { ok: true, source: cached };
+    } catch (error) {
+      file.close();
+      if (attempt === 2) return refuse(ErrorCode.NOT_DEFINED, (error as Error).message);
+    }
+  }
+}
