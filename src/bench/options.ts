@@ -19,6 +19,8 @@ export interface BenchFlags {
   timeout?: string;
   tsize?: boolean;
   retries?: string;
+  /** false: --no-backoff */
+  backoff?: boolean;
   /** Every --file, in order. */
   files: string[];
   /** Every --verify, in order. */
@@ -68,6 +70,7 @@ export function parseBenchFlags(f: BenchFlags): BenchSettings {
     windowsize: int("windowsize", f.windowsize, 0, 1e9),
     timeoutSeconds: int("timeout", f.timeout, 0, 1e9),
     retries: int("retries", f.retries, 0, 1e9),
+    backoff: f.backoff !== false,
     tsize: f.tsize === true,
   };
   try {

@@ -27,7 +27,7 @@ export interface BenchPlan {
   rate: number | null;
   /** Closed loop: open every first-wave socket, then send all their requests at one instant. */
   burst: boolean;
-  transfer: Pick<TransferOptions, "blksize" | "windowsize" | "timeoutSeconds" | "tsize" | "retries">;
+  transfer: Pick<TransferOptions, "blksize" | "windowsize" | "timeoutSeconds" | "tsize" | "retries" | "backoff">;
   /** sha256 digests to check downloads against: one for every file, or one per file. */
   verify: Uint8Array[] | null;
 }

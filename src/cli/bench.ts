@@ -35,6 +35,11 @@ const args = {
   timeout: transferArgs.timeout,
   tsize: { type: "boolean", description: "Ask tsize 0 in every request, as PXE ROMs do" },
   retries: transferArgs.retries,
+  backoff: {
+    type: "boolean",
+    default: true,
+    description: "Double the wait after each retransmission (--no-backoff resends every timeout, as PXE ROMs with a fixed schedule do)",
+  },
   verify: { type: "string", description: "Local copy to check every download's sha256 against (one, or one per --file)", valueHint: "LOCALFILE" },
   json: { type: "boolean", description: "Print one JSON object on stdout and nothing else" },
   quiet: { type: "boolean", description: "No report and no progress: only the exit status (and one line on stderr if any failed)" },

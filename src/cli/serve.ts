@@ -3,14 +3,14 @@
  * address once it is listening, and stop cleanly on SIGINT/SIGTERM.
  */
 import { defineCommand } from "citty";
-import { accessSync, constants, readdirSync } from "node:fs";
+import { readdirSync } from "node:fs";
 import { availableParallelism, hostname } from "node:os";
 import { resolve } from "node:path";
 import { loadConfig } from "../config/load.ts";
 import { formatHostPort, parseListenAddress } from "../net/address.ts";
 import type { Config } from "../config/schema.ts";
 import { createLogger, flushLogs } from "../log.ts";
-import { startOpsServer, type Readiness } from "../ops/http.ts";
+import { rootProblem, startOpsServer, type Readiness } from "../ops/http.ts";
 import { ServerMetrics } from "../ops/metrics.ts";
 import { autoTune } from "../ops/tune.ts";
 import { isWildcard, expandListenAddresses } from "../server/interfaces.ts";
@@ -18,6 +18,7 @@ import { LossPlan } from "../server/loss.ts";
 import { wasCapped } from "../net/sockopt.ts";
 import { TftpServer, type ServerOptions } from "../server/server.ts";
 import { loadRemapFile } from "../storage/remap.ts";
+import { sweepAbandonedUploads } from "../storage/upload-sweep.ts";
 import { ClusterFiles } from "../cluster/files.ts";
 import { RedisMetadataCache } from "../cluster/metadata.ts";
 import { RedisLink, redisSettings } from "../cluster/redis.ts";
@@ -115,6 +116,7 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
       maxTotal: config.limits.max_total_connections,
       maxPerIp: config.limits.max_connections_per_ip,
       maxPerClient: config.limits.max_connections_per_client,
+      maxMemory: config.limits.max_transfer_memory,
       onLimit: config.limits.on_limit,
     },
     lifetimes: {
@@ -136,18 +138,15 @@ const PUSHED_CONFIG_WAIT_MS = 2000;
 /** How long running transfers may finish after SIGTERM (the unit's TimeoutStopSec is 20 s). */
 const STOP_GRACE_MS = 15_000;
 
-/** Ready: listening, the root still readable, and the file cache working when one is configured. */
+/** Ready: listening, the root still searchable, and the file cache working when one is configured. */
 function readiness(server: TftpServer, root: string, wantCache: boolean, redis: RedisLink | null): Readiness {
   const reasons: string[] = [];
   const degraded: string[] = [];
   if (redis && !redis.up) degraded.push(`redis ${redis.state}${redis.lastError ? ` (${redis.lastError})` : ""}: serving local files only`);
   if (server.addresses.length === 0) reasons.push("not listening");
   if (wantCache && !server.cache.enabled) reasons.push("file cache unavailable (no memfd on this system)");
-  try {
-    accessSync(root, constants.R_OK | constants.X_OK);
-  } catch {
-    reasons.push(`root ${root} not readable`);
-  }
+  const rootUnservable = rootProblem(root);
+  if (rootUnservable) reasons.push(rootUnservable);
   return { ready: reasons.length === 0, reasons, degraded };
 }
 
@@ -219,6 +218,11 @@ export default defineCommand({
     const expanded = expandListenAddresses(options.listen);
     options.listen = expanded.addresses;
     for (const skipped of expanded.skipped) log.debug({ address: skipped }, "not listening on link-local address");
+    const throwAfter = process.env.TFTPD_TEST_WORKER_THROW;
+    if (throwAfter) {
+      options.workerThrowAfterJobs = Number(throwAfter);
+      log.warn({ after_jobs: options.workerThrowAfterJobs }, "test switch: the first transfer worker will throw");
+    }
     const dropSpec = process.env.TFTPD_TEST_DROP;
     if (dropSpec) {
       options.loss = LossPlan.parse(dropSpec);
@@ -249,7 +253,8 @@ export default defineCommand({
       transferEnd: (r) => {
         metrics?.transferEnded(r);
         tally.count(r);
-        const level = r.result === "ok" || r.result === "probe" ? "info" : "warn";
+        // a superseded transfer is no failure: its client rebooted and asked anew
+        const level = r.result === "ok" || r.result === "probe" || r.result === "superseded" ? "info" : "warn";
         log[level](
           {
             client: r.client,
@@ -266,6 +271,7 @@ export default defineCommand({
             retransmits: r.retransmits,
             result: r.result,
             ...(r.error ? { error: r.error } : {}),
+            ...(r.strays ? { strays: r.strays } : {}),
           },
           "transfer",
         );
@@ -274,6 +280,15 @@ export default defineCommand({
         metrics?.requestRefused(reason, code);
         log.debug({ client: formatHostPort(peer.address, peer.port), reason, code }, "request refused");
       },
+      workerExit: (index, exit) => {
+        metrics?.workerRestarted();
+        log.error(
+          { worker: index, reason: exit.reason, transfers_ended_with_error: exit.endedWithError, transfers_lost: exit.lost },
+          "transfer worker died and was replaced; its transfers ended, the others go on",
+        );
+      },
+      // counted, not logged: a flood of garbage would flood the log too
+      garbageUnanswered: () => metrics?.garbageDropped(),
       sharedAdmissionDown: (error) => {
         log.warn({ error }, "cluster limits unavailable: admitting on this node's limits alone");
       },
@@ -307,12 +322,25 @@ export default defineCommand({
     } catch (error) {
       fail("serve", (error as Error).message);
     }
+    // Crash-only uploads: temporary files of uploads an earlier process never finished go now,
+    // in the background (the walk of a big root must not delay serving; live uploads are safe).
+    const idleMs = Math.max(config.connection_pool.idle_timeout, config.connection_pool.connection_timeout) * 1000;
+    void sweepAbandonedUploads(config.tftp.root, { staleAfterMs: 2 * idleMs })
+      .then((swept) => {
+        const fields = { root: config.tftp.root, removed: swept.removed, in_use: swept.inUse, failed: swept.failed };
+        if (swept.removed > 0) log.info(fields, "removed temporary files of interrupted uploads");
+        else log.debug(fields, "no temporary files of interrupted uploads to remove");
+        if (swept.failed > 0) log.warn(fields, "could not remove temporary files of interrupted uploads");
+        if (!swept.complete) log.warn({ ...fields, entries: swept.entries }, "stopped looking for interrupted uploads: root too big");
+      })
+      .catch((error: unknown) => log.warn({ error: (error as Error).message }, "could not look for interrupted uploads"));
     let ops: { stop(force?: boolean): unknown } | null = null;
     let metricsUrl: string | null = null;
     if (config.metrics.enabled) {
       const clusterFiles = server.remoteFiles instanceof ClusterFiles ? server.remoteFiles : null;
       metrics = new ServerMetrics({
         activeTransfers: () => server.activeTransfers,
+        transferMemory: () => server.transferMemory,
         cacheStats: () => server.cache.stats,
         clusterStats: redis ? () => ({ ...(clusterFiles?.stats ?? NO_CLUSTER_FILES), redisUp: redis.up }) : undefined,
       });

@@ -309,7 +309,7 @@ export abstract class ClientSession<R extends TransferReport> {
       return;
     }
     this.tries++;
-    this.rto = Math.min(this.rto * 2, this.baseRto * BACKOFF_CAP);
+    if (this.opts.backoff !== false) this.rto = Math.min(this.rto * 2, this.baseRto * BACKOFF_CAP);
     if (this.phase === "request") {
       this.retransmits++;
       if (this.request) this.send(this.request, this.port, this.host);

@@ -39,6 +39,11 @@ export interface TransferOptions {
   /** Retransmissions of one packet before giving up (default 5: 6 sends in all). */
   retries?: number;
   /**
+   * Default true: each retransmission doubles the wait (up to 8× the base timeout); false
+   * resends every base timeout, the fixed schedule of many PXE ROMs.
+   */
+  backoff?: boolean;
+  /**
    * Base retransmit timeout in ms. Default: the negotiated timeout option, else
    * `timeoutSeconds` when it is not sent, else 1000. Backoff doubles it, capped at 8×.
    */

@@ -385,6 +385,11 @@ const limits = section({
     .describe("Concurrent transfers per client, a client being one source address asking for one file"),
   max_connections_per_ip: intIn(1).default(100).describe("Concurrent transfers per source IP address"),
   max_total_connections: intIn(1).default(50000).describe("Concurrent transfers in total"),
+  max_transfer_memory: bytes(64 * 1024)
+    .prefault("1Gi")
+    .describe(
+      "Memory the running transfers may hold together: each reserves its estimate when admitted (its state, 8 KiB; a netascii read also its converted copy) and gives it back when it ends, and a request that would pass the budget is refused as on_limit says. File bytes are not counted: cached copies are shared (performance.memory.cache_size caps them)",
+    ),
   scope: oneOf(["node", "cluster"])
     .default("node")
     .describe('Count the per-IP and total limits per node, or across the fleet ("cluster": expiring leases in Redis; while Redis is unavailable each node applies its own limits)'),

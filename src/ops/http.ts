@@ -1,12 +1,13 @@
 /**
  * The operations endpoint on `metrics.listen`: /metrics (Prometheus text), /healthz (the
- * process answers) and /readyz (listening, root readable; 200 "ready, degraded: …" while the
- * fleet's Redis is unavailable). Loopback by default. With
+ * process answers) and /readyz (listening, the root searchable; 200 "ready, degraded: …" while
+ * the fleet's Redis is unavailable). Loopback by default. With
  * `metrics.control`, also the control endpoints `tftpd profile` uses, answered to loopback
  * clients only, whatever address the endpoint listens on: /debug/profile?seconds=N (a CPU
  * profile) and /debug/heap (a heap snapshot).
  */
 import type { Server } from "bun";
+import { accessSync, constants, statSync } from "node:fs";
 import type { ServerMetrics } from "./metrics.ts";
 import { heapSnapshot, recordCpuProfile } from "./profiler.ts";
 
@@ -27,6 +28,27 @@ export interface Readiness {
    * local copies are served, files only the fleet's cache holds are not)
    */
   degraded?: string[];
+}
+
+/**
+ * Why the root cannot be served from, or null when it can. Serving opens the files a request
+ * names below the root, which takes search permission on it (x) for this process's user, not
+ * read permission: a root of mode 0711 serves every file it holds without being listable.
+ * Asked of the kernel (access(2)) rather than read from the mode bits, so owner, group, ACLs
+ * and capabilities count as they do when a file is opened.
+ */
+export function rootProblem(root: string): string | null {
+  try {
+    if (!statSync(root).isDirectory()) return `root ${root} is not a directory`;
+  } catch (error) {
+    return `root ${root} not found (${(error as NodeJS.ErrnoException).code ?? "error"})`;
+  }
+  try {
+    accessSync(root, constants.X_OK);
+  } catch (error) {
+    return `root ${root} not searchable by this process (${(error as NodeJS.ErrnoException).code ?? "error"})`;
+  }
+  return null;
 }
 
 export function startOpsServer(

@@ -23,6 +23,8 @@ export interface ClusterStats {
 
 export interface MetricsSources {
   activeTransfers(): number;
+  /** bytes the running transfers reserved in the memory budget, and the budget (Infinity: none) */
+  transferMemory?(): { reserved: number; budget: number };
   cacheStats(): CacheStats;
   /** present when the node is in cluster mode */
   clusterStats?(): ClusterStats;
@@ -55,12 +57,15 @@ export class ServerMetrics {
   private readonly optionRequests: client.Counter;
   private readonly probes: client.Counter;
   private readonly refusals: client.Counter;
+  private readonly strays: client.Counter;
+  private readonly garbageUnanswered: client.Counter;
+  private readonly workerRestarts: client.Counter;
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
     this.transfers = new client.Counter({
       name: "tftpd_transfers_total",
-      help: "Finished transfers by direction and result (ok, probe, client-error, timeout, error)",
+      help: "Finished transfers by direction and result: ok, probe, superseded (not failures: the client asked anew from the same port after a silence), client-error, timeout, error",
       labelNames: ["direction", "result"],
       registers,
     });
@@ -88,6 +93,22 @@ export class ServerMetrics {
       labelNames: ["limit"],
       registers,
     });
+    this.strays = new client.Counter({
+      name: "tftpd_stray_datagrams_total",
+      help: "Datagrams from a transfer's client address and port that were dropped instead of steering it, by kind (malformed, unexpected-opcode, out-of-window, duplicate-request); counted when the transfer ends",
+      labelNames: ["kind"],
+      registers,
+    });
+    this.workerRestarts = new client.Counter({
+      name: "tftpd_worker_restarts_total",
+      help: "Transfer workers that died (an uncaught error, or killed) and were replaced",
+      registers,
+    });
+    this.garbageUnanswered = new client.Counter({
+      name: "tftpd_listener_garbage_unanswered_total",
+      help: "Datagrams at a listen port that were no request and got no ERROR back: over the listener's reply rate",
+      registers,
+    });
     new client.Gauge({
       name: "tftpd_active_transfers",
       help: "Transfers running now",
@@ -96,6 +117,25 @@ export class ServerMetrics {
         this.set(sources.activeTransfers());
       },
     });
+    const transferMemory = sources.transferMemory;
+    if (transferMemory) {
+      new client.Gauge({
+        name: "tftpd_transfer_memory_bytes",
+        help: "Memory reserved by the running transfers in the budget (limits.max_transfer_memory)",
+        registers,
+        collect() {
+          this.set(transferMemory().reserved);
+        },
+      });
+      new client.Gauge({
+        name: "tftpd_transfer_memory_budget_bytes",
+        help: "The budget of memory the running transfers may reserve (limits.max_transfer_memory); a request past it is refused under limit=\"memory\"",
+        registers,
+        collect() {
+          this.set(transferMemory().budget);
+        },
+      });
+    }
     const cacheCounter = (name: string, help: string, pick: (s: CacheStats) => number) =>
       runningTotalCounter(registers, name, help, () => pick(sources.cacheStats()));
     cacheCounter("tftpd_cache_hits_total", "Requests served from a cached copy", (s) => s.hits);
@@ -142,6 +182,17 @@ export class ServerMetrics {
     if (record.error?.from === "server") this.errorsSent.inc({ code: String(record.error.code) });
     for (const option of record.options) this.optionRequests.inc({ option });
     if (record.result === "probe") this.probes.inc();
+    if (record.strays) for (const [kind, count] of Object.entries(record.strays)) this.strays.inc({ kind }, count);
+  }
+
+  /** A datagram at a listen port that was no request, dropped over the reply rate. */
+  garbageDropped(): void {
+    this.garbageUnanswered.inc();
+  }
+
+  /** A transfer worker died and was replaced. */
+  workerRestarted(): void {
+    this.workerRestarts.inc();
   }
 
   /** A request refused before a transfer began; `code` null when it was dropped. */

@@ -11,7 +11,13 @@ import type { UploadSink } from "../storage/upload.ts";
 import type { LossPlan } from "./loss.ts";
 import { ReadTransfer } from "./read-transfer.ts";
 import { SharedTransferSocket, type BatchPolicy } from "./shared-socket.ts";
-import { overdue, type Expirable, type Lifetimes, type RetransmitPolicy, type TransferOutcome } from "./transfer.ts";
+import {
+  judgeRepeat,
+  overdue,
+  type Lifetimes,
+  type RetransmitPolicy,
+  type TransferOutcome,
+} from "./transfer.ts";
 import { openTransferChannel, type Peer, type PortRange, type TransferChannel } from "./transport.ts";
 import { WriteTransfer } from "./write-transfer.ts";
 
@@ -40,15 +46,29 @@ export interface TransferJob {
 
 export type EndHandler = (id: number, outcome: TransferOutcome) => void;
 
+/**
+ * How a request from the port of a client with a running transfer was taken (judgeRepeat in
+ * transfer.ts says why): "answered" (the transfer's first packet went again), "ignored" (a
+ * stray: the transfer goes on), "superseded" (the transfer ended, its record already reported:
+ * the request is a new transfer), "unknown" (no such transfer runs here any more).
+ */
+export type RepeatVerdict = "answered" | "ignored" | "superseded" | "unknown";
+
+type RunningTransfer = ReadTransfer | WriteTransfer;
+
 const SWEEP_MS = 1000;
 
 /** Windows above this many bytes get a bigger socket send buffer than the kernel default. */
 const BIG_WINDOW_BYTES = 128 * 1024;
 
 export class TransferEngine {
-  private readonly transfers = new Map<number, Expirable & { cancel(reason?: string, notify?: boolean): void }>();
+  private readonly transfers = new Map<number, RunningTransfer>();
+  /** jobs whose socket is being opened: their first packet is about to go out */
+  private readonly opening = new Set<number>();
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private readonly sharedSockets = new Map<string, Promise<SharedTransferSocket>>();
+  /** the shared sockets once open, for an end that cannot wait (abort) */
+  private readonly openShared = new Set<SharedTransferSocket>();
   private stopped = false;
 
   constructor(
@@ -65,11 +85,14 @@ export class TransferEngine {
   async startRead(job: TransferJob, source: FileSource): Promise<void> {
     let transfer: ReadTransfer | null = null;
     let channel: TransferChannel;
+    this.opening.add(job.id);
     try {
       channel = await this.openChannel(job, (bytes) => transfer?.handle(bytes));
     } catch (error) {
       source.close();
       throw error;
+    } finally {
+      this.opening.delete(job.id);
     }
     transfer = new ReadTransfer(channel, source, this.params(job), (outcome) => this.ended(job.id, outcome));
     this.run(job.id, transfer);
@@ -79,32 +102,64 @@ export class TransferEngine {
   async startWrite(job: TransferJob, sink: UploadSink, mode: TransferMode): Promise<void> {
     let transfer: WriteTransfer | null = null;
     let channel: TransferChannel;
+    this.opening.add(job.id);
     try {
       channel = await this.openChannel(job, (bytes) => transfer?.handle(bytes));
     } catch (error) {
       sink.abort();
       throw error;
+    } finally {
+      this.opening.delete(job.id);
     }
     transfer = new WriteTransfer(channel, sink, { ...this.params(job), mode }, (outcome) => this.ended(job.id, outcome));
     this.run(job.id, transfer);
   }
 
-  cancel(id: number, reason?: string, notify?: boolean): void {
-    this.transfers.get(id)?.cancel(reason, notify);
+  /**
+   * The client of transfer `id` sent a request to the listen port from the same port (`same`:
+   * the very request that began it). Decided here, where the transfer's clock is, so a request
+   * sent again never ends a transfer that is alive.
+   */
+  requestAgain(id: number, same: boolean): RepeatVerdict {
+    const transfer = this.transfers.get(id);
+    if (!transfer) return this.opening.has(id) ? "ignored" : "unknown";
+    switch (judgeRepeat(transfer.clock, same, performance.now())) {
+      case "resend":
+        transfer.answerRepeat();
+        transfer.clock.sentAgain();
+        return "answered";
+      case "ignore":
+        transfer.noteStray("duplicate-request");
+        return "ignored";
+      case "supersede":
+        transfer.supersede();
+        return "superseded";
+    }
   }
 
-  /** Ends every transfer (the clients are told) and closes the sockets. */
-  async stop(): Promise<void> {
+  /** Ends every transfer (the clients are told why: `reason`) and closes the sockets. */
+  async stop(reason?: string): Promise<void> {
     this.stopped = true;
     if (this.sweeper) clearInterval(this.sweeper);
     this.sweeper = null;
-    for (const transfer of [...this.transfers.values()]) transfer.cancel();
+    for (const transfer of [...this.transfers.values()]) transfer.cancel(reason);
     this.transfers.clear();
     for (const socket of this.sharedSockets.values()) (await socket.catch(() => null))?.close();
     this.sharedSockets.clear();
   }
 
-  private run(id: number, transfer: ReadTransfer | WriteTransfer): void {
+  /**
+   * Ends every transfer at once, telling each client `reason`, with every queued datagram
+   * sent before it returns: for a thread that is about to end.
+   */
+  abort(reason: string): void {
+    this.stopped = true;
+    for (const transfer of [...this.transfers.values()]) transfer.cancel(reason);
+    this.transfers.clear();
+    for (const socket of this.openShared) socket.close();
+  }
+
+  private run(id: number, transfer: RunningTransfer): void {
     this.transfers.set(id, transfer);
     if (this.stopped) {
       transfer.cancel();
@@ -163,7 +218,10 @@ export class TransferEngine {
         send: this.options.sendBufferBytes,
       });
       this.sharedSockets.set(address, socket);
-      socket.catch(() => this.sharedSockets.delete(address));
+      socket.then(
+        (open) => this.openShared.add(open),
+        () => this.sharedSockets.delete(address),
+      );
     }
     return socket;
   }

@@ -3,12 +3,17 @@
  * retransmission, window rewind and give-up. Test-only: enabled by the TFTPD_TEST_DROP
  * environment variable, never by the config file.
  *
- * Spec: comma-separated rules `DIR:KIND[:BLOCK][*COUNT]`
- *   DIR   in | out        (as seen by the server)
- *   KIND  rrq wrq data ack error oack
- *   BLOCK wire block number for data/ack (omitted: any)
- *   COUNT how many matching datagrams to drop (default 1; `*all` drops every match)
- * e.g. `out:data:3` drops DATA block 3 once; `in:ack:2*2` drops the first two ACKs of block 2.
+ * Spec: comma-separated rules `DIR:KIND[:BLOCK][*COUNT]` or `DIR:KIND[:BLOCK]%PERCENT`, and
+ * optionally `seed=N`
+ *   DIR     in | out        (as seen by the server)
+ *   KIND    rrq wrq data ack error oack, or any
+ *   BLOCK   wire block number for data/ack (omitted: any)
+ *   COUNT   how many matching datagrams to drop (default 1; `*all` drops every match)
+ *   PERCENT drop each matching datagram with this probability, for as long as the plan lives
+ *   seed=N  seeds the draws of the PERCENT rules (default 1), so a lossy run can be repeated
+ * e.g. `out:data:3` drops DATA block 3 once; `in:ack:2*2` drops the first two ACKs of block 2;
+ * `in:any%20,out:any%20` loses a fifth of the datagrams each way. Each thread parses the spec
+ * itself (workers too), so each draws its own sequence from the same seed.
  */
 import { Opcode } from "../protocol/packet.ts";
 
@@ -16,9 +21,12 @@ export type Direction = "in" | "out";
 
 interface LossRule {
   direction: Direction;
-  opcode: number;
+  /** null: any datagram */
+  opcode: number | null;
   block: number | null;
   remaining: number;
+  /** drop probability (0..1], or null for a counted rule */
+  chance: number | null;
 }
 
 const KINDS: Record<string, number> = {
@@ -35,21 +43,38 @@ export class LossPlan {
     private readonly rules: LossRule[],
     /** the spec it was parsed from, to build the same plan in a worker thread */
     readonly spec: string,
+    /** xorshift32 state of the PERCENT rules' draws */
+    private random: number,
   ) {}
 
   static parse(spec: string): LossPlan {
     const rules: LossRule[] = [];
+    let seed = 1;
     for (const raw of spec.split(",").map((s) => s.trim()).filter(Boolean)) {
-      const [body = "", count] = raw.split("*");
+      if (raw.startsWith("seed=")) {
+        seed = Number(raw.slice(5));
+        if (!Number.isInteger(seed) || seed <= 0 || seed > 0xffffffff) throw new Error(`TFTPD_TEST_DROP: bad seed in "${raw}"`);
+        continue;
+      }
+      const [counted = "", percent] = raw.split("%");
+      const [body = "", count] = counted.split("*");
       const [direction, kind = "", block] = body.split(":");
       if (direction !== "in" && direction !== "out") throw new Error(`TFTPD_TEST_DROP: bad direction in "${raw}"`);
-      const opcode = KINDS[kind];
+      const opcode = kind === "any" ? null : KINDS[kind];
       if (opcode === undefined) throw new Error(`TFTPD_TEST_DROP: bad packet kind in "${raw}"`);
-      const remaining = count === undefined ? 1 : count === "all" ? Infinity : Number(count);
-      if (!(remaining > 0)) throw new Error(`TFTPD_TEST_DROP: bad count in "${raw}"`);
-      rules.push({ direction, opcode, block: block === undefined ? null : Number(block), remaining });
+      let chance: number | null = null;
+      let remaining: number;
+      if (percent !== undefined) {
+        chance = Number(percent) / 100;
+        if (count !== undefined || percent === "" || !(chance > 0 && chance <= 1)) throw new Error(`TFTPD_TEST_DROP: bad percentage in "${raw}"`);
+        remaining = Infinity;
+      } else {
+        remaining = count === undefined ? 1 : count === "all" ? Infinity : Number(count);
+        if (!(remaining > 0)) throw new Error(`TFTPD_TEST_DROP: bad count in "${raw}"`);
+      }
+      rules.push({ direction, opcode, block: block === undefined ? null : Number(block), remaining, chance });
     }
-    return new LossPlan(rules, spec);
+    return new LossPlan(rules, spec, seed >>> 0);
   }
 
   shouldDrop(direction: Direction, packet: Uint8Array): boolean {
@@ -57,11 +82,26 @@ export class LossPlan {
     const opcode = (packet[0]! << 8) | packet[1]!;
     const block = packet.length >= 4 ? (packet[2]! << 8) | packet[3]! : -1;
     for (const rule of this.rules) {
-      if (rule.remaining <= 0 || rule.direction !== direction || rule.opcode !== opcode) continue;
+      if (rule.remaining <= 0 || rule.direction !== direction) continue;
+      if (rule.opcode !== null && rule.opcode !== opcode) continue;
       if (rule.block !== null && rule.block !== block) continue;
+      if (rule.chance !== null) {
+        if (this.draw() < rule.chance) return true;
+        continue;
+      }
       rule.remaining--;
       return true;
     }
     return false;
+  }
+
+  /** A uniform draw in [0, 1). */
+  private draw(): number {
+    let x = this.random;
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    this.random = x >>> 0;
+    return this.random / 0x100000000;
   }
 }

@@ -6,10 +6,14 @@ import { decodePacket, encodeError, encodeOack, writeDataHeader } from "../proto
 import { DATA_HEADER_SIZE, ErrorCode, Opcode } from "../protocol/packet.ts";
 import type { FileSource } from "../storage/source.ts";
 import type { TransferChannel } from "./transport.ts";
+import { threadSendArena, type SendArena } from "./send-arena.ts";
 import {
   absoluteBlock,
+  countStray,
   RetransmitClock,
   type RetransmitPolicy,
+  type StrayKind,
+  type StrayTally,
   type TransferOutcome,
   type TransferResult,
 } from "./transfer.ts";
@@ -43,9 +47,8 @@ export class ReadTransfer {
   private phase: "oack" | "data" | "done" = "data";
   private retransmits = 0;
   private firstResponseMs = -1;
+  private strays: StrayTally | null = null;
   readonly clock: RetransmitClock;
-  /** one reusable packet buffer (header + block) per position in the window */
-  private readonly slots: Uint8Array[] = [];
   /** a window waits for bytes still being fetched (FileSource.whenReadable) */
   private awaitingBytes = false;
   /** blocks per sendmmsg within a window (WINDOW_BATCH_*) */
@@ -68,15 +71,13 @@ export class ReadTransfer {
     private readonly source: FileSource,
     private readonly params: ReadTransferParams,
     private readonly onEnd: (outcome: TransferOutcome) => void,
+    /** where packets are built: borrowed per batch, so an idle transfer holds none */
+    private readonly arena: SendArena = threadSendArena,
   ) {
     // RFC 1350 §6: a block shorter than blksize ends the transfer, so a size that is an exact
     // multiple needs one more, empty block; an empty file is a single empty block.
     this.lastBlock = Math.floor(source.size / params.blksize) + 1;
-    const window = Math.min(params.windowsize, this.lastBlock);
     this.batchBlocks = Math.max(1, Math.min(WINDOW_BATCH_BLOCKS, Math.floor(WINDOW_BATCH_BYTES / params.blksize)));
-    const stride = params.blksize + DATA_HEADER_SIZE;
-    const buffer = new Uint8Array(window * stride);
-    for (let slot = 0; slot < window; slot++) this.slots.push(buffer.subarray(slot * stride, (slot + 1) * stride));
     this.clock = new RetransmitClock(
       params.retransmit,
       () => this.retransmit(),
@@ -104,32 +105,51 @@ export class ReadTransfer {
       this.onAck((bytes[2]! << 8) | bytes[3]!);
       return;
     }
+    // Anything else from the client's port but a well-formed ERROR is dropped and counted:
+    // answering it with an ERROR would let one forged datagram end the transfer.
     const decoded = decodePacket(bytes);
     if (!decoded.ok) {
-      if (decoded.reply !== null) this.fail(decoded.reply, decoded.message);
+      this.noteStray("malformed");
       return;
     }
     const packet = decoded.packet;
-    switch (packet.op) {
-      case Opcode.ACK:
-        this.onAck(packet.block);
-        return;
-      case Opcode.ERROR:
-        // RFC 2347: an ERROR 8 in answer to the OACK is how firmware probes tsize.
-        this.finish(this.phase === "oack" && packet.code === ErrorCode.OPTION_REFUSED ? "probe" : "client-error", {
-          code: packet.code,
-          message: packet.message,
-          from: "client",
-        });
-        return;
-      default:
-        this.fail(ErrorCode.ILLEGAL_OPERATION, "illegal TFTP operation");
+    if (packet.op !== Opcode.ERROR) {
+      // (an ACK the codec accepts always took the path above)
+      this.noteStray("unexpected-opcode");
+      return;
     }
+    // RFC 2347: an ERROR 8 in answer to the OACK is how firmware probes tsize.
+    this.finish(this.phase === "oack" && packet.code === ErrorCode.OPTION_REFUSED ? "probe" : "client-error", {
+      code: packet.code,
+      message: packet.message,
+      from: "client",
+    });
+  }
+
+  /**
+   * The client's request came again while this transfer runs (engine.requestAgain decided it is
+   * the same request, sent again because our first packet was lost): that packet goes again.
+   */
+  answerRepeat(): void {
+    if (this.phase !== "done") this.retransmit();
+  }
+
+  /** Counts a datagram from the client's port that was dropped (here, or at the listen port). */
+  noteStray(kind: StrayKind): void {
+    this.strays = countStray(this.strays, kind);
+  }
+
+  /** The client asked anew after a silence (engine.requestAgain): ends without an ERROR. */
+  supersede(): void {
+    this.finish("superseded");
   }
 
   private onAck(wire: number): void {
     if (this.phase === "oack") {
-      if (wire !== 0) return;
+      if (wire !== 0) {
+        this.noteStray("out-of-window");
+        return;
+      }
       this.phase = "data";
       this.sendWindow(1, false);
       this.clock.progress();
@@ -137,7 +157,13 @@ export class ReadTransfer {
     }
     const block = absoluteBlock(wire, this.sentUpTo);
     // RFC 1123 §4.2.3.1 (Sorcerer's Apprentice): a duplicate or stale ACK never triggers a send.
-    if (block <= this.acked) return;
+    if (block <= this.acked) {
+      // (mapped below the newest block sent, an ACK up to half the block space ahead of it
+      // lands here too: it names a block never sent)
+      const ahead = (wire - this.sentUpTo) & 0xffff;
+      if (ahead !== 0 && ahead < 0x8000) this.noteStray("out-of-window");
+      return;
+    }
     this.acked = block;
     if (block === this.sentUpTo && !this.windowResent) this.clock.sample(performance.now() - this.windowSentAt);
     if (block === this.lastBlock) {
@@ -212,10 +238,12 @@ export class ReadTransfer {
         return;
       }
     }
-    this.channel.settle();
     this.packets.length = 0;
-    for (let block = first, slot = 0; block <= last; block++, slot++) {
-      const packet = this.slots[slot]!;
+    const stride = blksize + DATA_HEADER_SIZE;
+    let run = this.arena.take(stride, Math.min(this.batchBlocks, last - first + 1), this.channel);
+    let slot = run.first;
+    for (let block = first; block <= last; block++) {
+      const packet = run.packets[slot++]!;
       const position = (block - 1) * blksize;
       const want = Math.max(0, Math.min(blksize, this.source.size - position));
       let got: number;
@@ -231,13 +259,15 @@ export class ReadTransfer {
         return;
       }
       writeDataHeader(packet, block & 0xffff);
-      // Only the final block is short; full blocks reuse the slot's view as is.
+      // Only the final block is short; full blocks reuse the arena's view as is.
       this.packets.push(got === blksize ? packet : packet.subarray(0, DATA_HEADER_SIZE + got));
       if (this.packets.length === this.batchBlocks && block < last) {
         this.markFirstResponse();
         this.channel.sendMany(this.packets);
         this.channel.settle();
         this.packets.length = 0;
+        run = this.arena.take(stride, Math.min(this.batchBlocks, last - block), this.channel);
+        slot = run.first;
       }
     }
     this.markFirstResponse();
@@ -255,10 +285,7 @@ export class ReadTransfer {
     if (this.firstResponseMs < 0) this.firstResponseMs = performance.now() - this.params.receivedAt;
   }
 
-  /**
-   * Ends the transfer from our side; the client is told why unless `notify` is false (it has
-   * moved on: a new request came from its port).
-   */
+  /** Ends the transfer from our side; the client is told why unless `notify` is false. */
   cancel(reason = "server shutting down", notify = true): void {
     if (this.phase === "done") return;
     this.fail(ErrorCode.NOT_DEFINED, reason, "error", notify);
@@ -290,6 +317,7 @@ export class ReadTransfer {
       retransmits: this.retransmits,
       firstResponseMs: Math.max(0, this.firstResponseMs),
       ...(error ? { error } : {}),
+      ...(this.strays ? { strays: this.strays } : {}),
     });
   }
 }

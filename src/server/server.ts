@@ -9,24 +9,25 @@ import { decodePacket, encodeError } from "../protocol/codec.ts";
 import { negotiate } from "../protocol/options.ts";
 import { ErrorCode, Opcode, type RequestPacket } from "../protocol/packet.ts";
 import { FileCache } from "../storage/cache.ts";
+import { openCached } from "../storage/local.ts";
 import { NETASCII_MAX_BYTES, netasciiSource } from "../storage/netascii-source.ts";
 import { applyRemap, type RemapRule } from "../storage/remap.ts";
 import { listDirectory, openForRead, realRoot, resolveRequestPath } from "../storage/resolve.ts";
 import type { MetadataCache } from "../storage/metadata.ts";
 import { refuse, type Refusal } from "../storage/refusal.ts";
 import type { RemoteFiles } from "../storage/remote.ts";
-import type { FileSource } from "../storage/source.ts";
+import type { FileIdentity, FileSource } from "../storage/source.ts";
 import { prepareUpload, type UploadPolicy } from "../storage/upload.ts";
 import { formatHostPort } from "../net/address.ts";
-import { Admission, type AdmissionLimits, type SharedAdmission, type SharedVerdict } from "./admission.ts";
+import { Admission, TRANSFER_MEMORY_BYTES, type AdmissionLimits, type SharedAdmission, type SharedVerdict } from "./admission.ts";
 import { LoadBalancer, type Algorithm, type HashKey } from "./balance.ts";
-import { TransferEngine, type EngineOptions, type TransferJob } from "./engine.ts";
+import { TransferEngine, type EngineOptions, type RepeatVerdict, type TransferJob } from "./engine.ts";
 import type { LossPlan } from "./loss.ts";
 import type { BatchPolicy } from "./shared-socket.ts";
 import type { BufferSizes } from "../net/sockopt.ts";
 import type { Lifetimes, RetransmitPolicy, TransferOutcome } from "./transfer.ts";
 import { openListener, type Listener, type Peer, type PortRange } from "./transport.ts";
-import { WorkerPool } from "./worker-pool.ts";
+import { WorkerPool, type WorkerExit } from "./worker-pool.ts";
 
 export interface ListenAddress {
   host: string;
@@ -67,6 +68,8 @@ export interface ServerOptions {
   limits: AdmissionLimits & { onLimit: "drop" | "busy" };
   lifetimes: Lifetimes;
   loss?: LossPlan | null;
+  /** TFTPD_TEST_WORKER_THROW: the first transfer worker throws once it has started this many transfers */
+  workerThrowAfterJobs?: number | null;
   /** limits counted beyond this node, asked after the node's own (see SharedAdmission) */
   sharedAdmission?: SharedAdmission | null;
 }
@@ -89,8 +92,10 @@ export interface ServerEvents {
   transferEnd?(record: TransferRecord): void;
   /** a request refused before any transfer started (ERROR sent, or dropped) */
   refused?(peer: Peer, reason: string, code: number | null): void;
+  /** a datagram at a listen port that is no request, left unanswered: over the ERROR reply rate */
+  garbageUnanswered?(peer: Peer, reason: string): void;
   /** a transfer worker died; its transfers were ended and a new worker started */
-  workerExit?(index: number, lostTransfers: number): void;
+  workerExit?(index: number, exit: WorkerExit): void;
   /** the shared admission could not answer: requests are admitted on this node's limits alone (once per outage) */
   sharedAdmissionDown?(error: string): void;
   /** the shared admission answers again after an outage */
@@ -112,6 +117,21 @@ interface Running {
   engine: number;
   /** its token from the shared admission, when one admitted it */
   lease: string | null;
+  /** bytes it reserved in the memory budget (admission), given back when it ends */
+  memory: number;
+  /** the request datagram that began it: the same bytes again are the same request resent */
+  request: Uint8Array;
+}
+
+/** The metadata cache's facts describe this version of a file. */
+function isVersion(facts: { size: number; mtimeMs: number; ctimeMs: number }, id: FileIdentity): boolean {
+  return facts.size === id.size && facts.mtimeMs === id.mtimeMs && facts.ctimeMs === id.ctimeMs;
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 function peerKey(peer: Peer): string {
@@ -175,6 +195,11 @@ export class TftpServer {
     return this.active.size;
   }
 
+  /** bytes the running transfers reserved in the memory budget, and the budget (Infinity: none) */
+  get transferMemory(): { reserved: number; budget: number } {
+    return { reserved: this.admission.reservedMemory, budget: this.admission.memoryBudget };
+  }
+
   get addresses(): ListenAddress[] {
     return this.listeners.map((l) => ({ host: l.address, port: l.port }));
   }
@@ -190,16 +215,21 @@ export class TftpServer {
       if (this.options.workers > 1) {
         this.pool = new WorkerPool(
           this.options.workers,
-          { engine: this.engineOptions(), lossSpec: this.options.loss?.spec ?? null },
+          { engine: this.engineOptions(), lossSpec: this.options.loss?.spec ?? null, throwAfterJobs: this.options.workerThrowAfterJobs ?? null },
           {
             end: (id, outcome) => this.ended(id, outcome),
             failed: (id, message) => this.failed(id, message),
-            workerExit: (index, lost) => this.events.workerExit?.(index, lost),
+            workerExit: (index, exit) => this.events.workerExit?.(index, exit),
           },
         );
         await this.pool.start();
-        this.cache.onRelease = (entryId) => this.pool?.release(entryId);
-        this.cache.onFilled = (entryId, fd, size) => this.pool?.filled(entryId, fd, size);
+        const pool = this.pool;
+        this.cache.events = {
+          progress: (entryId, readable) => pool.progress(entryId, readable),
+          filled: (entryId, fd, size) => pool.filled(entryId, fd, size),
+          failed: (entryId, reason) => pool.fillFailed(entryId, reason),
+          released: (entryId) => pool.release(entryId),
+        };
       }
       for (const { host, port } of this.options.listen) {
         const listener = await openListener(host, port, (l, bytes, peer, at) => this.onRequest(l, bytes, peer, at), {
@@ -253,13 +283,13 @@ export class TftpServer {
     if (this.options.loss?.shouldDrop("in", bytes)) return;
     const decoded = decodePacket(bytes);
     if (!decoded.ok) {
-      this.refuse(listener, peer, decoded.reply, decoded.message);
+      this.refuseGarbage(listener, peer, decoded.reply, decoded.message);
       return;
     }
     const packet = decoded.packet;
     if (packet.op === Opcode.ERROR) return; // RFC 1350 §7: never answer an ERROR
     if (packet.op !== Opcode.RRQ && packet.op !== Opcode.WRQ) {
-      this.refuse(listener, peer, ErrorCode.ILLEGAL_OPERATION, "illegal TFTP operation");
+      this.refuseGarbage(listener, peer, ErrorCode.ILLEGAL_OPERATION, "illegal TFTP operation");
       return;
     }
     if ((this.allow && !matches(this.allow, peer.address)) || (this.deny && matches(this.deny, peer.address))) {
@@ -268,25 +298,55 @@ export class TftpServer {
     }
     const key = peerKey(peer);
     const current = this.active.get(key);
-    if (current !== undefined) {
-      // Firmware resends an unanswered request from the same port: one transfer serves it.
-      if (current === null || performance.now() - current.started < this.options.timeoutMs) return;
-      // Older than a timeout, it is a new client on a port reused (a machine that rebooted mid-
-      // transfer, a ROM with a fixed port): the old transfer is abandoned, silently, since an
-      // ERROR now would reach the new session.
-      this.abandon(current);
-    }
-    this.active.set(key, null);
-    const receivedAtEpoch = performance.timeOrigin + receivedAt;
-    this.accept(listener, packet, peer, key, receivedAtEpoch).catch((error: unknown) => {
-      this.active.delete(key);
-      this.refuse(listener, peer, ErrorCode.NOT_DEFINED, `server error: ${(error as Error).message}`);
-    });
+    // Firmware resends an unanswered request from the same port: the one being resolved answers it.
+    if (current === null) return;
+    // a copy: the receive buffer may be reused before a worker's verdict on a repeat comes back
+    const request = bytes.slice();
+    const begin = (): void => {
+      this.active.set(key, null);
+      const receivedAtEpoch = performance.timeOrigin + receivedAt;
+      this.accept(listener, packet, peer, key, receivedAtEpoch, request).catch((error: unknown) => {
+        this.active.delete(key);
+        this.refuse(listener, peer, ErrorCode.NOT_DEFINED, `server error: ${(error as Error).message}`);
+      });
+    };
+    if (current === undefined) begin();
+    else this.requestAgain(current, request, begin);
+  }
+
+  /**
+   * A request from the port of a client whose transfer runs. The engine running the transfer
+   * decides (engine.requestAgain): resent because our first packet was lost, a stray to ignore,
+   * or a new session that supersedes an idle transfer. Only when the transfer has ended does the
+   * request begin a new one, so a request sent again never cuts a live transfer (whose client
+   * would then be told its TID is unknown).
+   */
+  private requestAgain(running: Running, bytes: Uint8Array, begin: () => void): void {
+    const same = sameBytes(running.request, bytes);
+    const decide = (verdict: RepeatVerdict): void => {
+      if (verdict !== "superseded" && verdict !== "unknown") return;
+      // the end record came first (finish freed the port), unless another request took it since
+      if (!this.active.has(running.key)) begin();
+    };
+    if (running.engine < 0) decide(this.local.requestAgain(running.id, same));
+    else if (this.pool) void this.pool.requestAgain(running.engine, running.id, same).then(decide);
   }
 
   private refuse(listener: Listener, peer: Peer, code: number | null, message: string): void {
     if (code !== null) listener.reply(encodeError(code, message), peer);
     this.events.refused?.(peer, message, code);
+  }
+
+  /**
+   * A datagram at a listen port that is no request. Its ERROR goes out at a bounded rate: a
+   * flood of garbage with forged sources must not turn the listener into a reflector.
+   */
+  private refuseGarbage(listener: Listener, peer: Peer, code: number | null, message: string): void {
+    if (code !== null && !listener.garbageReplies.take()) {
+      this.events.garbageUnanswered?.(peer, message);
+      return;
+    }
+    this.refuse(listener, peer, code, message);
   }
 
   private async accept(
@@ -295,12 +355,15 @@ export class TftpServer {
     peer: Peer,
     key: string,
     receivedAtEpoch: number,
+    requestBytes: Uint8Array,
   ): Promise<void> {
     const isRead = request.op === Opcode.RRQ;
     let admitted: string | null = null;
     let lease: string | null = null;
+    /** bytes reserved in the memory budget for this transfer so far */
+    let reserved = 0;
     const reject = (code: number | null, message: string): void => {
-      if (admitted !== null) this.admission.release(peer.address, admitted);
+      if (admitted !== null) this.admission.release(peer.address, admitted, reserved);
       if (lease !== null) this.options.sharedAdmission?.release(lease, peer.address);
       this.active.delete(key);
       this.refuse(listener, peer, code, message);
@@ -319,9 +382,10 @@ export class TftpServer {
 
       // Dropped, the ROM retries later; "busy" tells it now (some firmware gives up on an ERROR).
       const limitCode = this.options.limits.onLimit === "busy" ? ErrorCode.NOT_DEFINED : null;
-      const refusal = this.admission.admit(peer.address, resolved.relative);
+      const refusal = this.admission.admit(peer.address, resolved.relative, TRANSFER_MEMORY_BYTES);
       if (refusal !== null) return reject(limitCode, `busy: ${refusal} transfer limit reached`);
       admitted = resolved.relative;
+      reserved = TRANSFER_MEMORY_BYTES;
       // The node's own limits come first (they protect this node); then the fleet's, if shared.
       // "unavailable" admits: this node's limits still hold.
       const shared = this.options.sharedAdmission;
@@ -347,6 +411,8 @@ export class TftpServer {
         source: null,
         engine: -1,
         lease,
+        memory: reserved,
+        request: requestBytes,
       };
       const recordBase = { client: formatHostPort(peer.address, peer.port), file: resolved.relative, mode: request.mode };
       const job = (blksize: number, windowsize: number, oack: [string, string][] | null, timeoutMs: number | null): TransferJob => ({
@@ -369,7 +435,19 @@ export class TftpServer {
             source.close();
             return reject(ErrorCode.NOT_DEFINED, "file too large for netascii mode");
           }
+          // The converted copy is this transfer's own: it counts against the memory budget, at
+          // its peak (the file read whole plus a copy up to twice as long) until it is made.
+          const peak = 3 * source.size;
+          if (!this.admission.reserve(peak)) {
+            source.close();
+            return reject(limitCode, "busy: memory transfer limit reached");
+          }
+          reserved += peak;
           source = netasciiSource(source);
+          // the copy stays reserved, the rest of the peak is given back
+          this.admission.unreserve(peak - source.size);
+          reserved -= peak - source.size;
+          base.memory = reserved;
         }
         const negotiated = negotiate(request, limits, request.mode === "octet" ? source.size : null);
         if (!negotiated.ok) {
@@ -399,9 +477,12 @@ export class TftpServer {
 
       const negotiated = negotiate(request, limits, null);
       if (!negotiated.ok) return reject(negotiated.code, negotiated.message);
-      const prepared = await prepareUpload(this.rootReal, resolved.relative, this.options.write, this.options.uploadMax);
-      if (!prepared.ok) return reject(prepared.code, prepared.message);
       const declared = request.options.get("tsize");
+      // RFC 2349: a declared size the server cannot store (too large, more than the free space)
+      // is refused now, not half-way; any run of digits counts, however long.
+      const declaredBytes = declared !== undefined && /^[0-9]+$/.test(declared) ? Number(declared) : null;
+      const prepared = await prepareUpload(this.rootReal, resolved.relative, this.options.write, this.options.uploadMax, declaredBytes);
+      if (!prepared.ok) return reject(prepared.code, prepared.message);
       const running: Running = {
         ...base,
         record: { ...recordBase, direction: "write", blksize: negotiated.blksize, windowsize: negotiated.windowsize, tsize: declared === undefined ? null : Number(declared), options: negotiated.requested },
@@ -425,22 +506,27 @@ export class TftpServer {
   /**
    * The bytes of a file to read: the local root first (through the file cache), then, for a
    * file the root does not hold, the remote files (the fleet's shared cache) when there are any.
+   * `raw`: the caller reads the whole file at once (netascii), so the cache is not needed.
    */
   private async openSource(relative: string, raw: boolean): Promise<{ ok: true; source: FileSource } | Refusal> {
     const facts = this.metadata && !raw ? await this.metadata.lookup(relative) : null;
     if (facts?.kind === "file") {
       // known to the metadata cache and held in memory: served without touching the disk
-      const known = this.cache.acquireKnown(relative, facts);
-      if (known) return { ok: true, source: known };
+      const held = this.cache.versionAt(relative);
+      if (held && isVersion(facts, held.identity)) {
+        const known = await this.cache.acquire(held.key, held.identity, null);
+        if (known) return { ok: true, source: known };
+      }
     }
     if (facts?.kind !== "missing") {
-      const opened = await openForRead(this.rootReal, relative);
+      const opened = raw ? await openForRead(this.rootReal, relative) : await openCached(this.cache, this.rootReal, relative);
       if (opened.ok) {
         const { size, mtimeMs, ctimeMs } = opened.source.identity;
-        const known = facts?.kind === "file" && facts.size === size && facts.mtimeMs === mtimeMs && facts.ctimeMs === ctimeMs;
-        // what the metadata cache already says needs no write; the path is indexed only for it
-        if (this.metadata && !known) this.metadata.remember(relative, { kind: "file", size, mtimeMs, ctimeMs });
-        return { ok: true, source: raw ? opened.source : await this.cache.acquire(opened.source, this.metadata ? relative : undefined) };
+        // what the metadata cache already says needs no write
+        if (this.metadata && !(facts?.kind === "file" && isVersion(facts, opened.source.identity))) {
+          this.metadata.remember(relative, { kind: "file", size, mtimeMs, ctimeMs });
+        }
+        return opened;
       }
       if (opened.code !== ErrorCode.FILE_NOT_FOUND) return opened;
       this.metadata?.remember(relative, { kind: "missing" }, listDirectory(this.rootReal, relative));
@@ -451,8 +537,8 @@ export class TftpServer {
 
   /**
    * Applies the settings that may change while serving (a config pushed to the fleet):
-   * admission limits and remap rules. Running transfers keep going; new requests see the
-   * new settings.
+   * admission limits (the memory budget too) and remap rules. Running transfers keep going
+   * and give back what they reserved; new requests see the new settings.
    */
   reconfigure(change: { limits?: ServerOptions["limits"]; remap?: RemapRule[] }): void {
     if (change.limits) {
@@ -474,12 +560,6 @@ export class TftpServer {
     return verdict;
   }
 
-  private abandon(running: Running): void {
-    const reason = "superseded by a new request from the same client port";
-    if (running.engine < 0) this.local.cancel(running.id, reason, false);
-    else this.pool?.cancel(running.id, reason, false);
-  }
-
   private begin(running: Running): void {
     this.active.set(running.key, running);
     this.running.set(running.id, running);
@@ -496,7 +576,7 @@ export class TftpServer {
     if (!running) return null;
     this.running.delete(id);
     if (this.active.get(running.key) === running) this.active.delete(running.key);
-    this.admission.release(running.peer.address, running.file);
+    this.admission.release(running.peer.address, running.file, running.memory);
     if (running.lease !== null) this.options.sharedAdmission?.release(running.lease, running.peer.address);
     running.source?.close();
     running.source = null;

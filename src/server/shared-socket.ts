@@ -13,7 +13,7 @@ import { encodeError } from "../protocol/codec.ts";
 import { ErrorCode } from "../protocol/packet.ts";
 import type { LossPlan } from "./loss.ts";
 import { setBufferSizes } from "../net/sockopt.ts";
-import type { PacketHandler, Peer, PortRange, TransferChannel } from "./transport.ts";
+import { sendAll, sendOne, type PacketHandler, type Peer, type PortRange, type TransferChannel } from "./transport.ts";
 
 const unknownTid = encodeError(ErrorCode.UNKNOWN_TID, "unknown transfer ID");
 
@@ -158,7 +158,7 @@ export class SharedTransferSocket {
 
   enqueue(channel: SharedChannel, packet: Uint8Array): void {
     if (!this.batch.enabled) {
-      this.socket.send(packet, channel.peer.port, channel.peer.address);
+      sendOne(this.socket, packet, channel.peer.port, channel.peer.address);
       return;
     }
     channel.queuedInRound = this.round;
@@ -175,7 +175,8 @@ export class SharedTransferSocket {
     this.scheduled = false;
     this.round++;
     if (this.queue.length === 0) return;
-    this.socket.sendMany(this.queue as never);
+    // one client gone away (an ICMP error pending) must not cost the others their datagrams
+    sendAll(this.socket, this.queue);
     this.queue.length = 0;
   }
 
@@ -195,7 +196,7 @@ export class SharedTransferSocket {
   private receive(bytes: Uint8Array, port: number, address: string): void {
     const channel = this.find(address, port);
     if (!channel) {
-      this.socket.send(unknownTid, port, address);
+      sendOne(this.socket, unknownTid, port, address);
       return;
     }
     channel.receive(bytes);

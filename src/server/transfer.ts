@@ -12,8 +12,32 @@ export type TransferResult =
   | "client-error"
   /** no answer after the last retry */
   | "timeout"
-  /** the server stopped it: storage error, illegal packet, file changed */
-  | "error";
+  /** the server stopped it: storage error, file changed */
+  | "error"
+  /**
+   * not a failure: the client, silent for longer than the timeout, sent a new request from the
+   * same port (it rebooted), so the old transfer ended without an ERROR and the new one runs
+   */
+  | "superseded";
+
+/**
+ * Datagrams from the client's own address and port that were dropped instead of steering its
+ * transfer: undecodable ones ("malformed", including a DATA over the block size), packets of an
+ * opcode the transfer never takes ("unexpected-opcode": DATA, RRQ, WRQ, OACK to a read; ACK,
+ * RRQ, WRQ, OACK to a write), an ACK of a block never sent or a DATA past the window
+ * ("out-of-window"), and a request to the listen port while the transfer runs and progresses
+ * ("duplicate-request").
+ */
+export const STRAY_KINDS = ["malformed", "unexpected-opcode", "out-of-window", "duplicate-request"] as const;
+export type StrayKind = (typeof STRAY_KINDS)[number];
+export type StrayTally = Partial<Record<StrayKind, number>>;
+
+/** Counts one stray into `tally`, made on the first one: most transfers never see any. */
+export function countStray(tally: StrayTally | null, kind: StrayKind): StrayTally {
+  const counted = tally ?? {};
+  counted[kind] = (counted[kind] ?? 0) + 1;
+  return counted;
+}
 
 export interface TransferOutcome {
   result: TransferResult;
@@ -24,6 +48,8 @@ export interface TransferOutcome {
   firstResponseMs: number;
   /** the ERROR sent or received, when there was one */
   error?: { code: number; message: string; from: "client" | "server" };
+  /** datagrams from the client's port that were dropped, by kind; absent when there were none */
+  strays?: StrayTally;
 }
 
 export interface RetransmitPolicy {
@@ -35,14 +61,20 @@ export interface RetransmitPolicy {
   retries: number;
 }
 
-/** Backoff stops growing at this multiple of the first timeout. */
-const BACKOFF_CAP = 4;
 /** Lowest timeout the round-trip estimate may set (Linux TCP's RTO floor). */
 export const RTO_MIN_MS = 200;
 
 /**
  * One timer per transfer, with exponential backoff unless the client fixed the timeout; gives
  * up after `retries` expiries in a row without progress.
+ *
+ * The backoff never waits longer than the configured timeout between two sends of a window.
+ * That timeout is what clients are known to tolerate (PXE ROMs and most clients resend every
+ * second or few and give up after a handful of tries, and their resends are duplicates the
+ * server must ignore): a server backing off past it is still waiting when the client gives up.
+ * RFC 1123 §4.2.3.2's exponential backoff still applies below it, from the round-trip estimate
+ * up; what keeps a lossy network from being flooded is that a stalled transfer sends one window
+ * per timeout at most, and a duplicate ACK never triggers a send.
  *
  * When the client fixed no timeout, round-trip samples set it as RFC 6298 does for TCP:
  * smoothed RTT plus four deviations, between RTO_MIN_MS and the configured timeout — so a
@@ -63,13 +95,15 @@ export class RetransmitClock {
   /** for connection_pool deadlines: when the transfer began and last moved forward */
   readonly startedAt = performance.now();
   lastProgressAt = this.startedAt;
+  /** when the packet this clock guards last went out (first sent, or sent again) */
+  lastSentAt = this.startedAt;
   /** progress() calls: the first comes from start(), the second from the client's first answer */
   private progressCount = 0;
   /** RFC 6298 §2 state; null until the first sample */
   private srtt: number | null = null;
   private rttvar = 0;
   private rto: number;
-  /** the shortest silence that ends a transfer: the configured timeouts, backed off, in a row */
+  /** the shortest silence that ends a transfer: the configured timeout, `retries` + 1 times in a row */
   private readonly patienceMs: number;
 
   constructor(
@@ -79,12 +113,12 @@ export class RetransmitClock {
   ) {
     this.currentMs = policy.timeoutMs;
     this.rto = policy.timeoutMs;
-    let patience = 0;
-    for (let i = 0, wait = policy.timeoutMs; i <= policy.retries; i++) {
-      patience += wait;
-      if (!policy.fixed) wait = Math.min(wait * 2, policy.timeoutMs * BACKOFF_CAP);
-    }
-    this.patienceMs = patience;
+    this.patienceMs = policy.timeoutMs * (policy.retries + 1);
+  }
+
+  /** the configured (or client-fixed) timeout: the backoff's ceiling */
+  get baseTimeoutMs(): number {
+    return this.policy.timeoutMs;
   }
 
   get timeoutMs(): number {
@@ -115,10 +149,16 @@ export class RetransmitClock {
   /** Progress was made: reset the backoff and push the deadline out. */
   progress(): void {
     this.lastProgressAt = performance.now();
+    this.lastSentAt = this.lastProgressAt;
     this.progressCount++;
     this.misses = 0;
     this.currentMs = this.rto;
     this.arm();
+  }
+
+  /** The guarded packet went out again outside the timer (a repeated request was answered). */
+  sentAgain(): void {
+    this.lastSentAt = performance.now();
   }
 
   arm(): void {
@@ -161,12 +201,34 @@ export class RetransmitClock {
       return;
     }
     this.misses++;
-    if (!this.policy.fixed) {
-      this.currentMs = Math.min(this.currentMs * 2, this.policy.timeoutMs * BACKOFF_CAP);
-    }
+    if (!this.policy.fixed) this.currentMs = Math.min(this.currentMs * 2, this.policy.timeoutMs);
+    this.lastSentAt = performance.now();
     this.onRetransmit();
     this.arm();
   }
+}
+
+/**
+ * What to do with a request that arrives at the listen port from the port of a client whose
+ * transfer runs ("same" when its bytes equal the request that began the transfer):
+ * - "resend": the client never answered the transfer's first packet, so it is the same request
+ *   sent again (its answer was lost): answer it with that first packet again — unless that
+ *   packet left less than RTO_MIN_MS ago: a client resends after its own timeout, so such a
+ *   request was sent before our answer could reach it (a burst of copies) and is ignored;
+ * - "ignore": the transfer progressed within its timeout: the client is busy with it, so the
+ *   request is a stray (a late duplicate, or not the client's at all) and must not end it;
+ * - "supersede": the client went silent for longer than its timeout and asks anew (it
+ *   rebooted onto the same port), or never answered and asks for something else: the old
+ *   transfer ends, without an ERROR (that would reach the new session), and the new one runs.
+ */
+export type RepeatAction = "resend" | "ignore" | "supersede";
+
+export function judgeRepeat(clock: RetransmitClock, same: boolean, now: number): RepeatAction {
+  if (!clock.established) {
+    if (!same) return "supersede";
+    return now - clock.lastSentAt >= RTO_MIN_MS ? "resend" : "ignore";
+  }
+  return now - clock.lastProgressAt > clock.baseTimeoutMs ? "supersede" : "ignore";
 }
 
 /** connection_pool.*: how long a transfer may take to start, sit idle, and run in all. */
@@ -174,12 +236,6 @@ export interface Lifetimes {
   connectionTimeoutMs: number;
   idleTimeoutMs: number;
   maxLifetimeMs: number;
-}
-
-/** What the engine's deadline sweep needs from a transfer. */
-export interface Expirable {
-  readonly clock: RetransmitClock;
-  expire(message: string): void;
 }
 
 /** The deadline a transfer has passed at `now`, as the ERROR text, or null. */

@@ -11,6 +11,7 @@ import { encodeError } from "../protocol/codec.ts";
 import { ErrorCode } from "../protocol/packet.ts";
 import type { LossPlan } from "./loss.ts";
 import { setBufferSizes, type BufferSizes } from "../net/sockopt.ts";
+import { TokenBucket } from "./token-bucket.ts";
 
 export interface Peer {
   address: string;
@@ -39,6 +40,52 @@ export type PacketHandler = (bytes: Uint8Array) => void;
 
 const unknownTid = encodeError(ErrorCode.UNKNOWN_TID, "unknown transfer ID");
 
+/** Tries of one datagram: a failed send reports (and clears) the pending ICMP error. */
+const SEND_ATTEMPTS = 3;
+
+/**
+ * Sends one datagram. An ICMP error about an earlier send to another peer (a client that
+ * closed its port) that the event loop has not collected yet makes the next send on the
+ * socket fail with it (ECONNREFUSED) without sending anything; the datagram goes again.
+ */
+export function sendOne(socket: udp.Socket<"uint8array">, packet: Uint8Array, port: number, address: string): void {
+  for (let attempt = 0; attempt < SEND_ATTEMPTS; attempt++) {
+    try {
+      socket.send(packet, port, address);
+      return;
+    } catch {
+      // the pending error is cleared by the failed call: try again
+    }
+  }
+}
+
+/**
+ * Sends a batch (flat [packet, port, address, ...] triplets) in as few sendmmsg calls as it
+ * takes. sendmmsg stops at the first datagram that fails — on loopback a datagram to a closed
+ * port raises its ICMP error during the very call, and the next datagram fails with it — and
+ * reports how many left; the rest, other transfers' datagrams, would be lost silently. So the
+ * rest goes again, until a call in a row after a failed one sends nothing either (a failure
+ * that is no pending ICMP error, e.g. a full send buffer).
+ */
+export function sendAll(socket: udp.Socket<"uint8array">, flat: (Uint8Array | number | string)[]): void {
+  const total = flat.length / 3;
+  let sent = 0;
+  for (let stalled = 0; sent < total && stalled < 2; ) {
+    let left = 0;
+    try {
+      left = socket.sendMany((sent === 0 ? flat : flat.slice(sent * 3)) as never);
+    } catch {
+      // nothing of this call left; a pending error is cleared by it
+    }
+    if (left > 0) {
+      sent += left;
+      stalled = 0;
+    } else {
+      stalled++;
+    }
+  }
+}
+
 class UdpTransferChannel implements TransferChannel {
   private socket: udp.Socket<"uint8array"> | null = null;
   private readonly flat: (Uint8Array | number | string)[] = [];
@@ -62,7 +109,7 @@ class UdpTransferChannel implements TransferChannel {
     if (this.closed) return;
     if (port !== this.peer.port || address !== this.peer.address) {
       // RFC 1350 §4: a packet from a foreign TID gets ERROR 5; the transfer goes on.
-      this.socket?.send(unknownTid, port, address);
+      if (this.socket) sendOne(this.socket, unknownTid, port, address);
       return;
     }
     if (this.loss?.shouldDrop("in", bytes)) return;
@@ -70,8 +117,8 @@ class UdpTransferChannel implements TransferChannel {
   }
 
   send(packet: Uint8Array): void {
-    if (this.closed || this.loss?.shouldDrop("out", packet)) return;
-    this.socket?.send(packet, this.peer.port, this.peer.address);
+    if (this.closed || this.loss?.shouldDrop("out", packet) || !this.socket) return;
+    sendOne(this.socket, packet, this.peer.port, this.peer.address);
   }
 
   sendMany(packets: readonly Uint8Array[]): void {
@@ -82,7 +129,7 @@ class UdpTransferChannel implements TransferChannel {
       if (this.loss?.shouldDrop("out", packet)) continue;
       flat.push(packet, this.peer.port, this.peer.address);
     }
-    if (flat.length > 0) this.socket.sendMany(flat as never);
+    if (flat.length > 0) sendAll(this.socket, flat);
   }
 
   settle(): void {
@@ -167,9 +214,18 @@ export interface Listener {
   readonly port: number;
   /** what the kernel granted for SO_RCVBUF / SO_SNDBUF, null when it could not be read */
   readonly buffers: BufferSizes | null;
+  /** the rate at which datagrams that are no request get an ERROR back */
+  readonly garbageReplies: TokenBucket;
   reply(packet: Uint8Array, peer: Peer): void;
   close(): void;
 }
+
+/**
+ * ERRORs a listener sends per second (and at once) in answer to datagrams that are no request.
+ * A client that sent one by mistake learns why; a flood of them, whose sources may be forged,
+ * gets no more than this back.
+ */
+const GARBAGE_REPLIES_PER_SECOND = 50;
 
 export type RequestHandler = (listener: Listener, bytes: Uint8Array, peer: Peer, receivedAt: number) => void;
 
@@ -198,7 +254,8 @@ export async function openListener(
     address,
     port: socket.port,
     buffers: granted,
-    reply: (packet, peer) => void socket.send(packet, peer.port, peer.address),
+    garbageReplies: new TokenBucket(GARBAGE_REPLIES_PER_SECOND, GARBAGE_REPLIES_PER_SECOND),
+    reply: (packet, peer) => sendOne(socket, packet, peer.port, peer.address),
     close: () => socket.close(),
   };
   return listener;

@@ -4,7 +4,7 @@
  * failed so their slots and files are released; the other workers keep serving).
  */
 import type { FileIdentity, SourceShare } from "../storage/source.ts";
-import type { EndHandler, TransferJob } from "./engine.ts";
+import type { EndHandler, RepeatVerdict, TransferJob } from "./engine.ts";
 import type { TransferOutcome } from "./transfer.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./worker-protocol.ts";
 
@@ -20,14 +20,20 @@ interface Slot {
   ready: Promise<void>;
   jobs: Set<number>;
   stopping: boolean;
+  /** set when the worker reported an uncaught error before exiting */
+  crash: { message: string; ended: number } | null;
 }
 
 export interface PoolEvents {
   end: EndHandler;
   /** a job that could not start in its worker */
   failed(id: number, message: string): void;
-  /** a worker died and is being replaced */
-  workerExit?(index: number, lostTransfers: number): void;
+  /**
+   * a worker died and is being replaced; `endedWithError`: its transfers that it ended with an
+   * ERROR to their clients before it went (a worker that threw); `lost`: those it could not
+   * end itself (it was killed), reported as failed without a word to their clients
+   */
+  workerExit?(index: number, exit: WorkerExit): void;
 }
 
 const workerLost = (): TransferOutcome => ({
@@ -38,11 +44,21 @@ const workerLost = (): TransferOutcome => ({
   error: { code: 0, message: "transfer worker stopped", from: "server" },
 });
 
+export interface WorkerExit {
+  /** why it went: the uncaught error's message, or "exited" */
+  reason: string;
+  endedWithError: number;
+  lost: number;
+}
+
 export class WorkerPool {
   private readonly slots: Slot[] = [];
   /** transfers handed to each worker index since start (a replacement continues the count) */
   private readonly dispatched: number[] = [];
   private stopping = false;
+  /** requestAgain questions waiting for their worker's answer, by sequence number */
+  private readonly repeats = new Map<number, { slot: Slot; resolve: (verdict: RepeatVerdict) => void }>();
+  private repeatSeq = 0;
 
   constructor(
     private readonly count: number,
@@ -66,7 +82,8 @@ export class WorkerPool {
 
   async start(): Promise<void> {
     for (let i = 0; i < this.count; i++) {
-      this.slots.push(this.spawn(i));
+      // the test switch makes the first worker throw once; its replacement starts clean
+      this.slots.push(this.spawn(i, i === 0 ? (this.init.throwAfterJobs ?? null) : null));
       this.dispatched.push(0);
     }
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -87,13 +104,30 @@ export class WorkerPool {
     this.send(slot, { type: "read", job, share, identity });
   }
 
-  cancel(id: number, reason?: string, notify?: boolean): void {
-    for (const slot of this.slots) if (slot.jobs.has(id)) this.send(slot, { type: "cancel", id, reason, notify });
+  /** Asks worker `index` how to take a request repeated by the client of its transfer `id`. */
+  requestAgain(index: number, id: number, same: boolean): Promise<RepeatVerdict> {
+    const slot = this.slots[index];
+    if (!slot?.jobs.has(id)) return Promise.resolve("unknown");
+    const seq = ++this.repeatSeq;
+    const { promise, resolve } = Promise.withResolvers<RepeatVerdict>();
+    this.repeats.set(seq, { slot, resolve });
+    this.send(slot, { type: "requestAgain", id, same, seq });
+    return promise;
   }
 
-  /** A cached copy is ready on the main thread: every worker maps it. */
+  /** More of a cached copy being made is readable: every worker's readers of it may go on. */
+  progress(entryId: number, readable: number): void {
+    for (const slot of this.slots) this.send(slot, { type: "progress", entryId, readable });
+  }
+
+  /** A cached copy is sealed on the main thread: workers reading it map it. */
   filled(entryId: number, fd: number, size: number): void {
     for (const slot of this.slots) this.send(slot, { type: "filled", entryId, fd, size });
+  }
+
+  /** A cached copy being made failed: its readers in every worker stop. */
+  fillFailed(entryId: number, reason: string): void {
+    for (const slot of this.slots) this.send(slot, { type: "fillFailed", entryId, reason });
   }
 
   /** A cached copy was closed on the main thread: every worker drops its mapping. */
@@ -125,13 +159,15 @@ export class WorkerPool {
       ),
     );
     for (const slot of this.slots.splice(0)) slot.worker.terminate();
+    for (const pending of this.repeats.values()) pending.resolve("unknown");
+    this.repeats.clear();
   }
 
   private send(slot: Slot, message: ToWorker): void {
     slot.worker.postMessage(message);
   }
 
-  private spawn(index: number): Slot {
+  private spawn(index: number, throwAfterJobs: number | null = null): Slot {
     const worker = new Worker(WORKER_URL);
     let markReady: () => void = () => {};
     let markFailed: (error: Error) => void = () => {};
@@ -140,7 +176,7 @@ export class WorkerPool {
       markFailed = reject;
     });
     ready.catch(() => {}); // a replacement worker's failure is reported by its exit, not here
-    const slot: Slot = { worker, jobs: new Set(), stopping: false, ready };
+    const slot: Slot = { worker, jobs: new Set(), stopping: false, ready, crash: null };
     worker.addEventListener("error", (event) => markFailed(new Error(`transfer worker failed: ${(event as ErrorEvent).message}`)));
     worker.addEventListener("message", (event: MessageEvent<FromWorker>) => {
       const message = event.data;
@@ -149,13 +185,18 @@ export class WorkerPool {
       } else if (message.type === "end") {
         slot.jobs.delete(message.id);
         this.events.end(message.id, message.outcome);
+      } else if (message.type === "crashed") {
+        slot.crash = { message: message.message, ended: message.ended };
       } else if (message.type === "failed") {
         slot.jobs.delete(message.id);
         this.events.failed(message.id, message.message);
+      } else if (message.type === "requestAgain") {
+        this.repeats.get(message.seq)?.resolve(message.verdict);
+        this.repeats.delete(message.seq);
       }
     });
     worker.addEventListener("close", () => this.onExit(index, slot));
-    worker.postMessage({ type: "init", init: this.init } satisfies ToWorker);
+    worker.postMessage({ type: "init", init: { ...this.init, throwAfterJobs } } satisfies ToWorker);
     return slot;
   }
 
@@ -164,8 +205,13 @@ export class WorkerPool {
     const lost = [...slot.jobs];
     slot.jobs.clear();
     for (const id of lost) this.events.end(id, workerLost());
+    for (const [seq, pending] of this.repeats) {
+      if (pending.slot !== slot) continue;
+      this.repeats.delete(seq);
+      pending.resolve("unknown");
+    }
     if (this.stopping || slot.stopping) return;
-    this.events.workerExit?.(index, lost.length);
+    this.events.workerExit?.(index, { reason: slot.crash?.message ?? "exited", endedWithError: slot.crash?.ended ?? 0, lost: lost.length });
     this.slots[index] = this.spawn(index);
   }
 }

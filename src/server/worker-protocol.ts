@@ -1,20 +1,27 @@
 /** Messages between the main thread (control plane) and transfer workers (data plane). */
 import type { FileIdentity, SourceShare } from "../storage/source.ts";
-import type { EngineOptions, TransferJob } from "./engine.ts";
+import type { EngineOptions, RepeatVerdict, TransferJob } from "./engine.ts";
 import type { TransferOutcome } from "./transfer.ts";
 
 export interface WorkerInit {
   engine: EngineOptions;
   /** TFTPD_TEST_DROP, re-parsed in each worker */
   lossSpec: string | null;
+  /** TFTPD_TEST_WORKER_THROW: this worker throws, uncaught, once it has started this many transfers */
+  throwAfterJobs?: number | null;
 }
 
 export type ToWorker =
   | { type: "init"; init: WorkerInit }
   | { type: "read"; job: TransferJob; share: SourceShare; identity: FileIdentity }
-  | { type: "cancel"; id: number; reason?: string; notify?: boolean }
-  /** a cached copy is ready: map it (readers of the file move over to it) */
+  /** the client of transfer `id` sent a request from its port again: the worker decides (engine.requestAgain) */
+  | { type: "requestAgain"; id: number; same: boolean; seq: number }
+  /** more bytes of a cached copy being made are readable */
+  | { type: "progress"; entryId: number; readable: number }
+  /** a cached copy is sealed: readers of it move onto a mapping */
   | { type: "filled"; entryId: number; fd: number; size: number }
+  /** a cached copy being made failed: its readers stop with this reason */
+  | { type: "fillFailed"; entryId: number; reason: string }
   /** the main thread closed a cached copy: drop its mapping */
   | { type: "release"; entryId: number }
   | { type: "stop" };
@@ -24,4 +31,8 @@ export type FromWorker =
   | { type: "end"; id: number; outcome: TransferOutcome }
   /** the job could not start (no socket could be bound): the main thread answers the client */
   | { type: "failed"; id: number; message: string }
-  | { type: "stopped" };
+  /** the answer to "requestAgain" `seq`; a "superseded" transfer's "end" was posted before it */
+  | { type: "requestAgain"; seq: number; verdict: RepeatVerdict }
+  | { type: "stopped" }
+  /** an uncaught error: every transfer here was ended with an ERROR, and the worker exits */
+  | { type: "crashed"; message: string; ended: number };

@@ -5,8 +5,11 @@
  *
  * File bytes are not copied between threads: a cached copy is mapped here from the main
  * thread's memfd (/proc/self/fd/N names the same descriptor in every thread of the process),
- * and an uncached file is read through the main thread's open descriptor.
+ * or read from that memfd while the main thread still fills it, and an uncached file is read
+ * through the main thread's open descriptor. The main thread keeps every descriptor open
+ * while a transfer here reads it.
  */
+import { FillProgress, readFilled } from "../storage/cache.ts";
 import { borrowedFdSource, memorySource, type FileIdentity, type FileSource, type SourceShare } from "../storage/source.ts";
 import { TransferEngine } from "./engine.ts";
 import { LossPlan } from "./loss.ts";
@@ -15,38 +18,84 @@ import type { FromWorker, ToWorker } from "./worker-protocol.ts";
 declare const self: Worker;
 
 const post = (message: FromWorker): void => self.postMessage(message);
-const mappings = new Map<number, Uint8Array>();
+
+/** A cached copy of the main thread, as this worker reads it: by its memfd until it is sealed, then mapped. */
+interface Copy {
+  readonly fd: number;
+  readonly size: number;
+  readonly progress: FillProgress;
+  sealed: boolean;
+  failure: string | null;
+  bytes: Uint8Array | null;
+}
+
+/** the copies this worker has readers of, by cache entry id, until the main thread releases them */
+const copies = new Map<number, Copy>();
 let engine: TransferEngine | null = null;
 
-function mapCopy(id: number, fd: number, size: number): Uint8Array {
-  let bytes = mappings.get(id);
-  if (!bytes) {
-    bytes = size === 0 ? new Uint8Array(0) : Bun.mmap(`/proc/self/fd/${fd}`, { shared: false });
-    mappings.set(id, bytes);
+function copyFor(share: Extract<SourceShare, { kind: "memfd" | "filling" }>, size: number): Copy {
+  let copy = copies.get(share.id);
+  if (!copy) {
+    copy = { fd: share.fd, size, progress: new FillProgress(size), sealed: false, failure: null, bytes: null };
+    copies.set(share.id, copy);
   }
-  return bytes;
+  if (share.kind === "memfd") seal(copy);
+  else copy.progress.advance(share.readable);
+  return copy;
+}
+
+function seal(copy: Copy): void {
+  if (copy.sealed) return;
+  copy.sealed = true;
+  copy.progress.complete();
+}
+
+function copySource(copy: Copy, identity: FileIdentity): FileSource {
+  let mapped: FileSource | null = null;
+  const onCopy = (): FileSource | null => {
+    if (mapped === null && copy.sealed) {
+      copy.bytes ??= copy.size === 0 ? new Uint8Array(0) : Bun.mmap(`/proc/self/fd/${copy.fd}`, { shared: false });
+      mapped = memorySource(copy.bytes, identity);
+    }
+    return mapped;
+  };
+  const source: FileSource = {
+    size: copy.size,
+    identity,
+    read(position, into, offset, length) {
+      const bytes = onCopy();
+      if (bytes) return bytes.read(position, into, offset, length);
+      if (copy.failure !== null) throw new Error(copy.failure);
+      return readFilled(copy.fd, copy.progress.readable, copy.size, position, into, offset, length);
+    },
+    close: () => mapped?.close(),
+  };
+  if (copy.sealed) return source;
+  return { ...source, whenReadable: (end) => (onCopy() ? null : copy.progress.whenReadable(end)) };
 }
 
 function sourceFor(share: SourceShare, identity: FileIdentity): FileSource {
-  if (share.kind === "memfd") return memorySource(mapCopy(share.id, share.fd, identity.size), identity);
-  const file = borrowedFdSource(share.fd, identity);
-  const pending = share.pendingId;
-  if (pending === undefined) return file;
-  // The main thread is still copying this file: read it until the copy is mapped here.
-  let copy: FileSource | null = null;
-  return {
-    size: file.size,
-    identity,
-    read(position, into, offset, length) {
-      if (!copy) {
-        const bytes = mappings.get(pending);
-        if (bytes) copy = memorySource(bytes, identity);
-      }
-      return (copy ?? file).read(position, into, offset, length);
-    },
-    close: () => file.close(),
-  };
+  if (share.kind === "fd") return borrowedFdSource(share.fd, identity);
+  return copySource(copyFor(share, identity.size), identity);
 }
+
+/** TFTPD_TEST_WORKER_THROW: transfers to start before this worker throws on purpose */
+let throwAfterJobs: number | null = null;
+
+/**
+ * A throw nobody caught leaves this worker's state unknown, and the thread ends right after
+ * this handler. Its transfers end with an ERROR sent from their own sockets (so each client
+ * hears it and can ask again), the main thread is told, and the pool starts a new worker.
+ * The other workers never notice.
+ */
+self.addEventListener("error", (event) => {
+  const error = (event as ErrorEvent).error as unknown;
+  const message = error instanceof Error ? error.message : String(error ?? (event as ErrorEvent).message);
+  const ended = engine?.active ?? 0;
+  engine?.abort(`transfer worker failed: ${message}`);
+  engine = null;
+  post({ type: "crashed", message, ended });
+});
 
 self.onmessage = (event: MessageEvent<ToWorker>) => {
   const message = event.data;
@@ -56,6 +105,7 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
       engine = new TransferEngine(options, lossSpec ? LossPlan.parse(lossSpec) : null, (id, outcome) =>
         post({ type: "end", id, outcome }),
       );
+      throwAfterJobs = message.init.throwAfterJobs ?? null;
       post({ type: "ready" });
       return;
     }
@@ -69,16 +119,36 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
         return;
       }
       engine?.startRead(job, source).catch((error: unknown) => post({ type: "failed", id: job.id, message: (error as Error).message }));
+      if (throwAfterJobs !== null && --throwAfterJobs === 0) {
+        // after the transfer started, outside any handler that would catch it
+        setTimeout(() => {
+          throw new Error("TFTPD_TEST_WORKER_THROW");
+        }, 50);
+      }
       return;
     }
-    case "cancel":
-      engine?.cancel(message.id, message.reason, message.notify);
       return;
-    case "filled":
-      mapCopy(message.entryId, message.fd, message.size);
+    case "requestAgain":
+      post({ type: "requestAgain", seq: message.seq, verdict: engine?.requestAgain(message.id, message.same) ?? "unknown" });
       return;
+    case "progress":
+      copies.get(message.entryId)?.progress.advance(message.readable);
+      return;
+    case "filled": {
+      const copy = copies.get(message.entryId);
+      if (copy) seal(copy);
+      return;
+    }
+    case "fillFailed": {
+      const copy = copies.get(message.entryId);
+      if (copy) {
+        copy.failure = message.reason;
+        copy.progress.fail(new Error(message.reason));
+      }
+      return;
+    }
     case "release":
-      mappings.delete(message.entryId);
+      copies.delete(message.entryId);
       return;
     case "stop":
       void engine?.stop().then(() => post({ type: "stopped" }));

@@ -8,7 +8,15 @@ import { NetasciiDecoder } from "../protocol/netascii.ts";
 import { ErrorCode, Opcode, type TransferMode } from "../protocol/packet.ts";
 import type { UploadSink } from "../storage/upload.ts";
 import type { TransferChannel } from "./transport.ts";
-import { RetransmitClock, type RetransmitPolicy, type TransferOutcome, type TransferResult } from "./transfer.ts";
+import {
+  countStray,
+  RetransmitClock,
+  type RetransmitPolicy,
+  type StrayKind,
+  type StrayTally,
+  type TransferOutcome,
+  type TransferResult,
+} from "./transfer.ts";
 
 export interface WriteTransferParams {
   blksize: number;
@@ -31,6 +39,7 @@ export class WriteTransfer {
   private retransmits = 0;
   private firstResponseMs = -1;
   private reported = false;
+  private strays: StrayTally | null = null;
   readonly clock: RetransmitClock;
   private readonly netascii: NetasciiDecoder | null;
 
@@ -56,9 +65,11 @@ export class WriteTransfer {
 
   handle(bytes: Uint8Array): void {
     if (this.phase === "done") return;
+    // Anything from the client's port but a well-formed DATA or ERROR is dropped and counted:
+    // answering it with an ERROR would let one forged datagram end the upload.
     const decoded = decodePacket(bytes);
     if (!decoded.ok) {
-      if (decoded.reply !== null && this.phase === "receiving") this.fail(decoded.reply, decoded.message);
+      this.noteStray("malformed");
       return;
     }
     const packet = decoded.packet;
@@ -70,9 +81,28 @@ export class WriteTransfer {
       } else {
         this.close();
       }
-    } else if (this.phase === "receiving") {
-      this.fail(ErrorCode.ILLEGAL_OPERATION, "illegal TFTP operation");
+    } else {
+      this.noteStray("unexpected-opcode");
     }
+  }
+
+  /**
+   * The client's request came again while this transfer runs (engine.requestAgain decided it is
+   * the same request, sent again because our first ACK or OACK was lost): it goes again.
+   */
+  answerRepeat(): void {
+    if (this.phase === "receiving") this.retransmit();
+  }
+
+  /** Counts a datagram from the client's port that was dropped (here, or at the listen port). */
+  noteStray(kind: StrayKind): void {
+    if (this.phase === "receiving") this.strays = countStray(this.strays, kind);
+  }
+
+  /** The client asked anew after a silence (engine.requestAgain): ends without an ERROR. */
+  supersede(): void {
+    if (this.phase === "dallying") this.close();
+    else this.finish("superseded");
   }
 
   private onData(wire: number, data: Uint8Array): void {
@@ -81,12 +111,13 @@ export class WriteTransfer {
       if (wire === (this.lastAcked & 0xffff)) this.channel.send(encodeAck(wire));
       return;
     }
-    if (wire !== (this.expected & 0xffff)) {
-      this.onOutOfOrder(wire);
+    // A block over the negotiated size is no block of this upload (RFC 2348).
+    if (data.length > this.params.blksize) {
+      this.noteStray("malformed");
       return;
     }
-    if (data.length > this.params.blksize) {
-      this.fail(ErrorCode.ILLEGAL_OPERATION, `block larger than blksize ${this.params.blksize}`);
+    if (wire !== (this.expected & 0xffff)) {
+      this.onOutOfOrder(wire);
       return;
     }
     if (!this.store(this.netascii ? this.netascii.push(data) : data)) return;
@@ -107,8 +138,14 @@ export class WriteTransfer {
 
   /** RFC 7440 §4: on a gap, acknowledge the last block received in order so the sender rewinds. */
   private onOutOfOrder(wire: number): void {
-    const ahead = ((wire - this.expected) & 0xffff) < 0x8000;
-    if (ahead) {
+    const ahead = (wire - this.expected) & 0xffff;
+    if (ahead < 0x8000) {
+      // The client sends at most a window past the last block we acknowledged (expected - 1
+      // or earlier): a block beyond that was never sent by it.
+      if (ahead >= this.params.windowsize) {
+        this.noteStray("out-of-window");
+        return;
+      }
       if (this.gapReported) return;
       this.gapReported = true;
       this.lastAcked = this.expected - 1;
@@ -162,10 +199,7 @@ export class WriteTransfer {
     this.sendLastAck();
   }
 
-  /**
-   * Ends the transfer from our side; the client is told why unless `notify` is false (it has
-   * moved on: a new request came from its port).
-   */
+  /** Ends the transfer from our side; the client is told why unless `notify` is false. */
   cancel(reason = "server shutting down", notify = true): void {
     if (this.phase === "done") return;
     if (this.phase === "dallying") return this.close();
@@ -200,6 +234,7 @@ export class WriteTransfer {
       retransmits: this.retransmits,
       firstResponseMs: Math.max(0, this.firstResponseMs),
       ...(error ? { error } : {}),
+      ...(this.strays ? { strays: this.strays } : {}),
     });
   }
 

@@ -291,6 +291,15 @@ describe("byte sizes", () => {
       `${file2}: performance.memory.buffer_size: expected a byte size (an integer, or a string like "512", "64Ki", "32Gi", "10MB") from 516 to 16Mi, got 100`,
     );
   });
+
+  test("limits.max_transfer_memory: 1Gi by default, from a file or TFTPD_LIMITS_MAX_TRANSFER_MEMORY, at least 64Ki", () => {
+    expect(ok(load({})).limits.max_transfer_memory).toBe(1024 ** 3);
+    expect(ok(load({ file: writeConfig({ limits: { max_transfer_memory: "256MB" } }) })).limits.max_transfer_memory).toBe(256_000_000);
+    expect(ok(load({ env: { TFTPD_LIMITS_MAX_TRANSFER_MEMORY: "64Ki" } })).limits.max_transfer_memory).toBe(65536);
+    expect(errors(load({ env: { TFTPD_LIMITS_MAX_TRANSFER_MEMORY: "4Ki" } }))).toEqual([
+      'TFTPD_LIMITS_MAX_TRANSFER_MEMORY: limits.max_transfer_memory: expected a byte size (an integer, or a string like "512", "64Ki", "32Gi", "10MB") >= 64Ki, got "4Ki"',
+    ]);
+  });
 });
 
 describe("environment and overrides", () => {

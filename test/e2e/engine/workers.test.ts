@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { Opcode } from "../../../src/protocol/packet.ts";
 import { LossPlan } from "../../../src/server/loss.ts";
 import { TftpServer, type ServerOptions, type TransferRecord } from "../../../src/server/server.ts";
-import type { WorkerPool } from "../../../src/server/worker-pool.ts";
+import type { WorkerExit, WorkerPool } from "../../../src/server/worker-pool.ts";
 import { patternBytes, removeDir, sha256, sha256File, tempDir, writeFile } from "../../helpers/files.ts";
 import { ack, concat, describeReceived, download, peerTracker, recordWhere, rrq, waitFor, within, type RawPeer } from "../../helpers/raw.ts";
 import { run } from "../../helpers/run.ts";
@@ -43,7 +43,7 @@ interface Served {
   pool: WorkerPool;
   port: number;
   records: TransferRecord[];
-  exits: { index: number; lost: number }[];
+  exits: ({ index: number } & WorkerExit)[];
 }
 
 /** The real server with its worker pool; records and worker exits are kept for the test. */
@@ -54,7 +54,7 @@ async function serve(root: string, options: Partial<ServerOptions>): Promise<Ser
     { ...defaultOptions(root), workers: 2, ...options },
     {
       transferEnd: (record) => records.push(record),
-      workerExit: (index, lost) => exits.push({ index, lost }),
+      workerExit: (index, exit) => exits.push({ index, ...exit }),
     },
   );
   servers.push(server);
@@ -256,7 +256,7 @@ describe("workers: 2", () => {
     expect(recA.result).toBe("error");
     expect(recA.error?.from).toBe("server");
     await waitFor(() => s.exits.length === 1, 3000, "workerExit");
-    expect(s.exits).toEqual([{ index: victim, lost: 1 }]);
+    expect(s.exits).toEqual([{ index: victim, reason: "exited", endedWithError: 0, lost: 1 }]);
     await waitFor(() => s.server.activeTransfers === 1, 2000, "only B active");
     expect(s.pool.size).toBe(2);
     expect(s.pool.loads[survivor]).toBe(1);
@@ -288,6 +288,48 @@ describe("workers: 2", () => {
     await waitFor(() => s.server.activeTransfers === 0, 2000, "no active transfers");
     expect(s.exits.length).toBe(1);
     a.peer.close();
+  });
+
+  test("a worker that throws: its transfers end with an ERROR to their clients, the other worker's carry on, a replacement serves", async () => {
+    const root = dir("tftpd-workers-throw-");
+    const files = [0, 1, 2, 3].map((i) => patternBytes(40 * KiB + i * 13, 70 + i));
+    files.forEach((bytes, i) => writeFile(root, `held-${i}.bin`, bytes));
+    writeFile(root, "after.bin", patternBytes(90 * KiB + 5, 79));
+    // the first worker throws, uncaught, 50 ms after it started its second transfer
+    const s = await serve(root, { workers: 2, timeoutMs: 1000, retries: 5, workerThrowAfterJobs: 2 });
+
+    // round robin: two transfers on each worker; which one each went to is noted
+    const held: { slow: Slow; worker: number }[] = [];
+    for (let i = 0; i < 4; i++) {
+      const before = s.pool.started;
+      const slow = await slowRead(s.port, `held-${i}.bin`);
+      await waitFor(() => sum(s.pool.started) === i + 1, 2000, `transfer ${i} on a worker`);
+      held.push({ slow, worker: s.pool.started.findIndex((n, w) => n > before[w]!) });
+    }
+    expect(s.pool.started).toEqual([2, 2]);
+    const victims = held.flatMap((h, i) => (h.worker === 0 ? [i] : []));
+    const survivors = held.flatMap((h, i) => (h.worker === 1 ? [i] : []));
+
+    const errors = await Promise.all(victims.map((i) => within(held[i]!.slow.nextError(), 3000, `ERROR to held-${i}`)));
+    expect(errors).toEqual(["transfer worker failed: TFTPD_TEST_WORKER_THROW", "transfer worker failed: TFTPD_TEST_WORKER_THROW"]);
+    await waitFor(() => s.exits.length === 1, 3000, "workerExit");
+    expect(s.exits).toEqual([{ index: 0, reason: "TFTPD_TEST_WORKER_THROW", endedWithError: 2, lost: 0 }]);
+    for (const i of victims) {
+      const record = await recordWhere(s, (r) => r.file === `held-${i}.bin`, 3000);
+      expect(record.result).toBe("error");
+      expect(record.error).toMatchObject({ from: "server", message: "transfer worker failed: TFTPD_TEST_WORKER_THROW" });
+    }
+
+    // the other worker's transfers were never disturbed; the replacement serves new requests
+    for (const i of survivors) expect(sha256(await within(held[i]!.slow.resume(), 10_000, `held-${i} resumed`))).toBe(sha256(files[i]!));
+    for (let i = 0; i < 2; i++) {
+      const peer = await peers.open();
+      const got = await download(peer, s.port, "after.bin", { options: [["blksize", "1468"]] });
+      expect(sha256(got.bytes)).toBe(sha256(patternBytes(90 * KiB + 5, 79)));
+    }
+    expect(s.pool.size).toBe(2);
+    expect(s.pool.started[0]).toBe(3); // the replacement took one of the two
+    expect(s.exits.length).toBe(1);
   });
 
   test("stop() with transfers in flight on workers returns promptly and tells each client", async () => {

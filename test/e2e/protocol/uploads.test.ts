@@ -3,11 +3,12 @@
  * uploads leaving nothing behind, windows, duplicates and the final dally.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statfsSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Opcode } from "../../../src/protocol/packet.ts";
 import { patternBytes, removeDir, sha256, tempDir, writeFile } from "../../helpers/files.ts";
-import { data, error, peerTracker, type RawPeer, recordWhere, upload, wrq } from "../../helpers/raw.ts";
+import { download, data, error, peerTracker, rawPacket, type RawPeer, recordWhere, upload, waitFor, wrq } from "../../helpers/raw.ts";
+import { tftpd, run } from "../../helpers/run.ts";
 import { startServer, type InProcessServer } from "../../helpers/server.ts";
 
 const peers = peerTracker();
@@ -160,14 +161,21 @@ describe('write "create"', () => {
     }
   });
 
-  test("a DATA larger than blksize → ERROR 4, nothing left", async () => {
-    const before = listing(root);
+  test("a DATA larger than blksize is no block of the upload: dropped, counted, the upload goes on", async () => {
     const peer = await peers.open();
     peer.send(wrq("fat.bin"), srv.port, "127.0.0.1");
     const a0 = await peer.nextAck(0);
     peer.send(data(1, NEW.subarray(0, 600)), a0.port, "127.0.0.1");
-    await peer.nextError(4);
-    expect(listing(root)).toEqual(before);
+    await peer.expectNothing(100);
+    expect(existsSync(join(root, "fat.bin"))).toBe(false);
+    peer.send(data(1, NEW.subarray(0, 512)), a0.port, "127.0.0.1");
+    await peer.nextAck(1);
+    peer.send(data(2, NEW.subarray(512, 700)), a0.port, "127.0.0.1");
+    await peer.nextAck(2);
+    const record = await recordWhere(srv, (r) => r.file === "fat.bin");
+    expect(record.result).toBe("ok");
+    expect(record.strays).toEqual({ malformed: 1 });
+    expect(fileHash(join(root, "fat.bin"))).toBe(sha256(NEW.subarray(0, 700)));
   });
 
   test("a retransmitted final DATA after the final ACK gets the ACK again (dally)", async () => {
@@ -251,5 +259,205 @@ describe('write "overwrite"', () => {
     const final = await peer.next();
     expect(final.packet).toEqual({ op: Opcode.ACK, block: 10 });
     expect(fileHash(join(root, "win.bin"))).toBe(sha256(NEW));
+  });
+});
+
+/** Bytes an unprivileged writer may still use on the file system of `dir`. */
+function freeBytes(dir: string): number {
+  const st = statfsSync(dir);
+  return st.bavail * st.bsize;
+}
+
+describe("a declared size (tsize) the server cannot store is refused before any DATA", () => {
+  let root: string;
+  let srv: InProcessServer;
+
+  beforeAll(async () => {
+    root = tempDir();
+    // no upload limit below the free space: what refuses is the free space itself
+    srv = await startServer(root, { write: "create", uploadMax: Number.MAX_SAFE_INTEGER });
+  });
+  afterAll(async () => {
+    await srv.stop();
+    removeDir(root);
+  });
+
+  for (const [what, tsize, message] of [
+    ["1 PB", "1000000000000000", "disk full: not enough free space"],
+    ["the free space plus 1 GiB", "FREE+1G", "disk full: not enough free space"],
+    ["more than any number (30 digits)", "9".repeat(30), "file too large"],
+  ] as const) {
+    test(`tsize of ${what} → ERROR 3 "${message}" from the listen port, nothing created`, async () => {
+      const peer = await peers.open();
+      const value = tsize === "FREE+1G" ? String(freeBytes(root) + (1 << 30)) : tsize;
+      peer.send(wrq("huge.img", "octet", [["tsize", value]]), srv.port, "127.0.0.1");
+      const err = await peer.nextError(3);
+      expect(err.packet.message).toBe(message);
+      expect(err.port).toBe(srv.port); // no transfer was started for it
+      await peer.expectNothing(100);
+      expect(listing(root)).toEqual([]);
+    });
+  }
+
+  test("a tsize that fits is acknowledged and the upload completes", async () => {
+    const content = patternBytes(3000, 7);
+    const result = await upload(await peers.open(), srv.port, "fits.bin", content, { options: [["tsize", "3000"]] });
+    expect(result.oack?.get("tsize")).toBe("3000");
+    expect(fileHash(join(root, "fits.bin"))).toBe(sha256(content));
+  });
+
+  test("real clients (curl -T, tftpd put --tsize) are refused at once with ERROR 3 for a file larger than the free space", async () => {
+    const outside = tempDir();
+    try {
+      const sparse = join(outside, "huge.img");
+      writeFileSync(sparse, "");
+      truncateSync(sparse, freeBytes(root) + (1 << 30)); // sparse: takes no space
+      const before = listing(root);
+      const started = performance.now();
+      const curl = await run(["curl", "-sS", "--max-time", "10", "-T", sparse, `tftp://127.0.0.1:${srv.port}/huge.img`], { timeoutMs: 15_000 });
+      expect(curl.exitCode).toBe(70); // curl: "disk full or allocation exceeded" (TFTP ERROR 3)
+      const put = await tftpd(["put", "--tsize", `127.0.0.1:${srv.port}`, sparse], { timeoutMs: 15_000 });
+      expect(put.exitCode).not.toBe(0);
+      expect(put.stderr).toContain("disk full: not enough free space (TFTP error 3)");
+      expect(performance.now() - started).toBeLessThan(5000);
+      expect(listing(root)).toEqual(before);
+    } finally {
+      removeDir(outside);
+    }
+  });
+});
+
+describe("file names are bytes: invalid UTF-8 is refused, never folded into one name", () => {
+  // Before, each of these decoded to "\uFFFD\uFFFD" and so named one file.
+  const NAMES: [string, number[]][] = [
+    ["C0 AF", [0xc0, 0xaf]],
+    ["FF FE", [0xff, 0xfe]],
+    ["80 80", [0x80, 0x80]],
+  ];
+  let root: string;
+  let srv: InProcessServer;
+  const FOLDED = "\uFFFD\uFFFD";
+  const CONTENT = patternBytes(700, 9);
+
+  beforeAll(async () => {
+    root = tempDir();
+    writeFile(root, FOLDED, CONTENT); // the file the invalid names used to reach
+    srv = await startServer(root, { write: "overwrite" });
+  });
+  afterAll(async () => {
+    await srv.stop();
+    removeDir(root);
+  });
+
+  for (const [hex, name] of NAMES) {
+    for (const op of [Opcode.RRQ, Opcode.WRQ] as const) {
+      test(`${op === Opcode.RRQ ? "RRQ" : "WRQ"} of the name ${hex} → ERROR 2 "file name is not valid UTF-8", nothing served or written`, async () => {
+        const peer = await peers.open();
+        peer.send(rawPacket(op, Uint8Array.from(name), new Uint8Array(1), "octet", new Uint8Array(1)), srv.port, "127.0.0.1");
+        const err = await peer.nextError(2);
+        expect(err.packet.message).toBe("file name is not valid UTF-8");
+        expect(err.port).toBe(srv.port);
+        await peer.expectNothing(100);
+        expect(listing(root)).toEqual([FOLDED]);
+        expect(fileHash(join(root, FOLDED))).toBe(sha256(CONTENT));
+      });
+    }
+  }
+
+  test("the valid UTF-8 name of U+FFFD U+FFFD still reaches its own file", async () => {
+    const got = await download(await peers.open(), srv.port, FOLDED);
+    expect(sha256(got.bytes)).toBe(sha256(CONTENT));
+  });
+});
+
+describe("every way an upload ends leaves no temporary file", () => {
+  let root: string;
+
+  beforeAll(() => {
+    root = tempDir();
+  });
+  afterAll(() => removeDir(root));
+
+  /** A started upload of `name` on `s`, `blocks` blocks in, then paused. */
+  async function halfway(s: InProcessServer, name: string, blocks = 3): Promise<{ peer: RawPeer; tid: number }> {
+    const peer = await peers.open();
+    const tid = await startUpload(peer, s.port, name, NEW, blocks);
+    expect(readdirSync(root).some((n) => n.startsWith(`.${name}.`))).toBe(true); // the temporary file is there
+    return { peer, tid };
+  }
+
+  test("the server stops mid-upload: the client hears why, the directory is as before", async () => {
+    const s = await startServer(root, { write: "create", timeoutMs: 2000 });
+    const before = listing(root);
+    const { peer } = await halfway(s, "stopped.bin");
+    await s.stop();
+    const err = await peer.nextError(0);
+    expect(err.packet.message).toBe("server shutting down");
+    expect(listing(root)).toEqual(before);
+  });
+
+  test("a drain whose grace ends before the upload does cuts it and leaves nothing", async () => {
+    const s = await startServer(root, { write: "create", timeoutMs: 2000 });
+    const before = listing(root);
+    await halfway(s, "drained.bin");
+    expect(await s.server.drain(100)).toBe(1);
+    expect(listing(root)).toEqual(before);
+  });
+
+  test("a connection_pool deadline (idle timeout) ends a stalled upload and leaves nothing", async () => {
+    const s = await startServer(root, {
+      write: "create",
+      timeoutMs: 5000,
+      lifetimes: { connectionTimeoutMs: 30_000, idleTimeoutMs: 300, maxLifetimeMs: 3_600_000 },
+    });
+    try {
+      const before = listing(root);
+      await halfway(s, "idle.bin");
+      const record = await recordWhere(s, (r) => r.file === "idle.bin", 4000);
+      expect(record.result).toBe("timeout");
+      expect(listing(root)).toEqual(before);
+    } finally {
+      await s.stop();
+    }
+  });
+
+  test("a new request from the same client port after a timeout supersedes the upload; only the new file remains", async () => {
+    const s = await startServer(root, { write: "create", timeoutMs: 200, retries: 10 });
+    try {
+      const before = listing(root);
+      const { peer } = await halfway(s, "first.bin");
+      await Bun.sleep(400); // older than a timeout: a client that rebooted, same port
+      const fresh = NEW.subarray(0, 1000);
+      peer.send(wrq("second.bin"), s.port, "127.0.0.1");
+      // the abandoned upload's ACK retransmissions may still be in flight: skip to the new ACK 0
+      let tid = -1;
+      for (let i = 0; i < 20 && tid < 0; i++) {
+        const r = await peer.next(2000);
+        if (r.packet?.op === Opcode.ACK && r.packet.block === 0) tid = r.port;
+      }
+      expect(tid).toBeGreaterThan(0);
+      peer.send(data(1, fresh.subarray(0, 512)), tid, "127.0.0.1");
+      peer.send(data(2, fresh.subarray(512)), tid, "127.0.0.1");
+      await waitFor(() => existsSync(join(root, "second.bin")), 2000, "second.bin");
+      await waitFor(() => s.records.some((r) => r.file === "first.bin"), 2000, "the first upload's end");
+      expect(listing(root)).toEqual([...before, "second.bin"].sort());
+      expect(fileHash(join(root, "second.bin"))).toBe(sha256(fresh));
+    } finally {
+      await s.stop();
+    }
+  });
+
+  test("a refusal at commit (overwrite target became a directory) leaves only that directory", async () => {
+    const s = await startServer(root, { write: "overwrite", timeoutMs: 2000 });
+    try {
+      const before = listing(root);
+      const { peer, tid } = await halfway(s, "became-dir");
+      mkdirSync(join(root, "became-dir"));
+      peer.send(data(4, NEW.subarray(1536, 1600)), tid, "127.0.0.1");
+      await peer.nextError(2);
+      expect(listing(root)).toEqual([...before, "became-dir"].sort());
+    } finally {
+      await s.stop();
+    }
   });
 });

@@ -21,8 +21,10 @@ test("--duration alone: no total; both: both kept (whichever comes first)", () =
 
 test("transfer options pass through to the engine's names", () => {
   const s = parseBenchFlags({ ...base, blksize: "1468", windowsize: "8", timeout: "2", retries: "3", tsize: true, rate: "2000" });
-  expect(s.transfer).toEqual({ blksize: 1468, windowsize: 8, timeoutSeconds: 2, retries: 3, tsize: true });
+  expect(s.transfer).toEqual({ blksize: 1468, windowsize: 8, timeoutSeconds: 2, retries: 3, backoff: true, tsize: true });
   expect(s.rate).toBe(2000);
+  // --no-backoff: a fixed retransmit schedule
+  expect(parseBenchFlags({ ...base, backoff: false }).transfer.backoff).toBe(false);
 });
 
 test("bad values throw a UsageError that names the flag", () => {

@@ -426,6 +426,25 @@ describe("timeouts", () => {
     expect(total).toBeLessThan(900);
   });
 
+  test("backoff: false resends every base timeout, as PXE ROMs with a fixed schedule do", async () => {
+    const started = performance.now();
+    const result = download(opts({ retransmitMs: 40, retries: 4, backoff: false }));
+    const times: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      await r.nextRequest(2000);
+      times.push(performance.now() - started);
+    }
+    const report = await result;
+    expect(report.error?.message).toBe(`no response from 127.0.0.1:${r.port} after 5 tries`);
+    const gaps = times.slice(1).map((t, i) => t - times[i]!);
+    for (const gap of gaps) {
+      expect(gap).toBeGreaterThan(30);
+      expect(gap).toBeLessThan(75);
+    }
+    // give-up one base timeout after the last try: 5 × 40 ms in all (doubling would take 1.2 s)
+    expect(performance.now() - started).toBeLessThan(400);
+  });
+
   test("retries: 0 means one try", async () => {
     const result = download(opts({ retransmitMs: 20, retries: 0 }));
     await r.nextRequest();

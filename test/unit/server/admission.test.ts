@@ -2,6 +2,8 @@
  * Admission: each limit (total, per address, per client = address + file) refuses at the
  * limit and names itself; a release frees exactly one slot of each kind it took; releasing
  * more than was admitted never drives a count below zero (which would let extra transfers in).
+ * The memory budget: what admitted transfers reserve never passes it, a refusal takes nothing,
+ * a release gives back what the transfer reserved, and a new budget applies to the next request.
  */
 import { describe, expect, test } from "bun:test";
 import { Admission } from "../../../src/server/admission.ts";
@@ -108,5 +110,81 @@ describe("release", () => {
     a.release("10.0.0.1", "a");
     expect(a.admit("10.0.0.1", "c")).toBeNull();
     expect(a.admit("10.0.0.1", "d")).toBe("per-ip");
+  });
+});
+
+describe("memory budget", () => {
+  const KiB = 1024;
+
+  test("admits while the reservations fit, refuses the one that would pass, naming 'memory'", () => {
+    const a = new Admission({ maxTotal: BIG, maxPerIp: BIG, maxPerClient: BIG, maxMemory: 24 * KiB });
+    expect(a.memoryBudget).toBe(24 * KiB);
+    expect(a.admit("10.0.0.1", "a", 8 * KiB)).toBeNull();
+    expect(a.admit("10.0.0.2", "b", 8 * KiB)).toBeNull();
+    expect(a.admit("10.0.0.3", "c", 8 * KiB)).toBeNull();
+    expect(a.reservedMemory).toBe(24 * KiB);
+    expect(a.admit("10.0.0.4", "d", 8 * KiB)).toBe("memory");
+    expect(a.admit("10.0.0.4", "d", 1)).toBe("memory");
+    // a refusal takes neither a slot nor memory
+    expect(a.running).toBe(3);
+    expect(a.reservedMemory).toBe(24 * KiB);
+    a.release("10.0.0.2", "b", 8 * KiB);
+    expect(a.reservedMemory).toBe(16 * KiB);
+    expect(a.admit("10.0.0.4", "d", 8 * KiB)).toBeNull();
+    expect(a.reservedMemory).toBe(24 * KiB);
+  });
+
+  test("the other limits are asked first and a refusal by them reserves nothing", () => {
+    const a = new Admission({ maxTotal: 1, maxPerIp: BIG, maxPerClient: BIG, maxMemory: 24 * KiB });
+    expect(a.admit("10.0.0.1", "a", 8 * KiB)).toBeNull();
+    expect(a.admit("10.0.0.2", "b", 8 * KiB)).toBe("total");
+    expect(a.reservedMemory).toBe(8 * KiB);
+  });
+
+  test("reserve adds to an admitted transfer within the budget, unreserve gives part back", () => {
+    const a = new Admission({ maxTotal: BIG, maxPerIp: BIG, maxPerClient: BIG, maxMemory: 100 * KiB });
+    expect(a.admit("10.0.0.1", "menu.cfg", 8 * KiB)).toBeNull();
+    expect(a.reserve(93 * KiB)).toBe(false); // 101 KiB would pass 100
+    expect(a.reservedMemory).toBe(8 * KiB);
+    expect(a.reserve(92 * KiB)).toBe(true); // exactly the budget
+    expect(a.admit("10.0.0.2", "x", 1)).toBe("memory");
+    a.unreserve(60 * KiB);
+    expect(a.reservedMemory).toBe(40 * KiB);
+    a.release("10.0.0.1", "menu.cfg", 40 * KiB);
+    expect(a.reservedMemory).toBe(0);
+    expect(a.running).toBe(0);
+  });
+
+  test("a release of a slot never held gives nothing back; reservations never go below zero", () => {
+    const a = new Admission({ maxTotal: BIG, maxPerIp: BIG, maxPerClient: BIG, maxMemory: 16 * KiB });
+    expect(a.admit("10.0.0.1", "a", 8 * KiB)).toBeNull();
+    a.release("10.0.0.9", "z", 8 * KiB);
+    expect(a.reservedMemory).toBe(8 * KiB);
+    a.unreserve(64 * KiB);
+    expect(a.reservedMemory).toBe(0);
+  });
+
+  test("a new budget applies to the next request; running transfers keep what they reserved", () => {
+    const a = new Admission({ maxTotal: BIG, maxPerIp: BIG, maxPerClient: BIG, maxMemory: 16 * KiB });
+    expect(a.admit("10.0.0.1", "a", 8 * KiB)).toBeNull();
+    expect(a.admit("10.0.0.2", "b", 8 * KiB)).toBeNull();
+    expect(a.admit("10.0.0.3", "c", 8 * KiB)).toBe("memory");
+    a.setLimits({ maxTotal: BIG, maxPerIp: BIG, maxPerClient: BIG, maxMemory: 24 * KiB });
+    expect(a.admit("10.0.0.3", "c", 8 * KiB)).toBeNull();
+    // lowered below what is reserved: nothing new until enough has ended
+    a.setLimits({ maxTotal: BIG, maxPerIp: BIG, maxPerClient: BIG, maxMemory: 8 * KiB });
+    expect(a.reservedMemory).toBe(24 * KiB);
+    a.release("10.0.0.1", "a", 8 * KiB);
+    expect(a.admit("10.0.0.4", "d", 8 * KiB)).toBe("memory");
+    a.release("10.0.0.2", "b", 8 * KiB);
+    a.release("10.0.0.3", "c", 8 * KiB);
+    expect(a.admit("10.0.0.4", "d", 8 * KiB)).toBeNull();
+  });
+
+  test("without a budget, memory never refuses", () => {
+    const a = new Admission({ maxTotal: BIG, maxPerIp: BIG, maxPerClient: BIG });
+    expect(a.memoryBudget).toBe(Infinity);
+    expect(a.admit("10.0.0.1", "a", 2 ** 40)).toBeNull();
+    expect(a.reserve(2 ** 40)).toBe(true);
   });
 });

@@ -1,0 +1,54 @@
+/**
+ * Clients that go away mid-transfer (their port closed: each datagram the server sends there
+ * comes back as an ICMP port unreachable) must not cost the clients sharing a transfer socket
+ * their datagrams. The pending ICMP error surfaces on the socket's next send: sendmmsg stops
+ * there, and whatever else the batch held — other clients' DATA — would be lost unless sent
+ * again.
+ */
+import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
+import { patternBytes, removeDir, tempDir, writeFile } from "../../helpers/files.ts";
+import { peerTracker, recordWhere, rrq } from "../../helpers/raw.ts";
+import { startServer } from "../../helpers/server.ts";
+
+setDefaultTimeout(20_000);
+
+const peers = peerTracker();
+const FILE = patternBytes(512 * 300 + 7, 51);
+let root: string;
+beforeAll(() => {
+  root = tempDir();
+  writeFile(root, "f.bin", FILE);
+});
+afterAll(() => {
+  peers.closeAll();
+  removeDir(root);
+});
+
+test("a vanished client's retransmission and a live client's leave in one batch: the live one still arrives", async () => {
+  const server = await startServer(root, { transferSockets: "shared", timeoutMs: 60, retries: 4 });
+  try {
+    const gone = await peers.open();
+    const live = await peers.open();
+    // both transfers start in the same moment, so their retransmit timers fire in the same turn
+    // of the event loop and their DATA leave in one sendmmsg, the vanished client's first
+    gone.send(rrq("f.bin"), server.port, "127.0.0.1");
+    live.send(rrq("f.bin"), server.port, "127.0.0.1");
+    await gone.nextData(1);
+    gone.close();
+    const copies = [await live.nextData(1)];
+    // the live client never ACKs either: every retransmission of DATA 1 must reach it
+    for (;;) {
+      try {
+        copies.push(await live.nextData(1, 500));
+      } catch {
+        break;
+      }
+    }
+    const record = await recordWhere(server, (r) => r.client === `127.0.0.1:${live.port}`);
+    expect(record.result).toBe("timeout");
+    expect(record.retransmits).toBe(4);
+    expect(copies).toHaveLength(1 + record.retransmits);
+  } finally {
+    await server.stop();
+  }
+});

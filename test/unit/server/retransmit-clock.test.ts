@@ -1,0 +1,64 @@
+/**
+ * RetransmitClock's schedule: exponential backoff from the round-trip estimate, but never a
+ * wait longer than the configured timeout (what clients tolerate); give-up after `retries`.
+ */
+import { afterEach, expect, test } from "bun:test";
+import { judgeRepeat, RetransmitClock, RTO_MIN_MS } from "../../../src/server/transfer.ts";
+
+const clocks: RetransmitClock[] = [];
+afterEach(() => {
+  for (const c of clocks.splice(0)) c.stop();
+});
+
+function clock(timeoutMs: number, retries: number, fixed = false) {
+  const fired: number[] = [];
+  let gaveUpAt = -1;
+  const c = new RetransmitClock(
+    { timeoutMs, fixed, retries },
+    () => fired.push(performance.now()),
+    () => (gaveUpAt = performance.now()),
+  );
+  clocks.push(c);
+  return { c, fired, gaveUp: () => gaveUpAt };
+}
+
+test("after a short round trip the backoff doubles from the estimate up to the timeout, never past it", async () => {
+  const { c, fired } = clock(400, 6);
+  c.sample(1); // a LAN: the timeout drops to RTO_MIN_MS
+  const start = performance.now();
+  c.progress();
+  await Bun.sleep(RTO_MIN_MS + 400 + 400 + 400 + 150);
+  // 200, then 400 (doubled), then capped at 400 twice more
+  const gaps = fired.map((t, i) => t - (i === 0 ? start : fired[i - 1]!));
+  expect(gaps.length).toBeGreaterThanOrEqual(4);
+  expect(gaps[0]!).toBeGreaterThanOrEqual(RTO_MIN_MS - 5);
+  expect(gaps[0]!).toBeLessThan(RTO_MIN_MS + 80);
+  for (const gap of gaps.slice(1, 4)) {
+    expect(gap).toBeGreaterThanOrEqual(395);
+    expect(gap).toBeLessThan(480);
+  }
+});
+
+test("with no sample, every retransmission waits the configured timeout; give-up after retries + 1 timeouts", async () => {
+  const { c, fired, gaveUp } = clock(60, 3);
+  const start = performance.now();
+  c.progress();
+  await Bun.sleep(60 * 4 + 120);
+  expect(fired).toHaveLength(3);
+  expect(gaveUp() - start).toBeGreaterThanOrEqual(60 * 4 - 5);
+  expect(gaveUp() - start).toBeLessThan(60 * 4 + 100);
+});
+
+test("judgeRepeat: resend before the client answered, ignore while alive, supersede after a silence", () => {
+  const { c } = clock(1000, 3);
+  c.progress(); // the first packet left
+  const sent = c.lastSentAt;
+  expect(judgeRepeat(c, true, sent + 10)).toBe("ignore"); // crossed our first packet
+  expect(judgeRepeat(c, true, sent + RTO_MIN_MS + 1)).toBe("resend");
+  expect(judgeRepeat(c, false, sent + 10)).toBe("supersede");
+  c.progress(); // the client answered
+  const moved = c.lastProgressAt;
+  expect(judgeRepeat(c, true, moved + 500)).toBe("ignore");
+  expect(judgeRepeat(c, false, moved + 500)).toBe("ignore");
+  expect(judgeRepeat(c, true, moved + 1001)).toBe("supersede");
+});
