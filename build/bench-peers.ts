@@ -32,7 +32,7 @@ const OURS_SERVE_FLAGS = ["--no-tune", "--log-level", "warn", "--windowsize-max"
  * admission limits (meant for one real machine each) are raised out of the way; the peers
  * have no such limits.
  */
-const OURS_CONFIG = { limits: { max_connections_per_ip: 100000, max_connections_per_client: 100000 } };
+const OURS_CONFIG = { limits: { max_connections_per_ip: 100000, max_connections_per_client: 100000, requests_per_second_per_ip: 0 } };
 /** atftpd: one thread per transfer; its descriptors must stay below 1024 (select()). */
 const ATFTPD_MAXTHREAD = 10000;
 const ATFTPD_NOFILE = 1024;
@@ -371,7 +371,7 @@ function oursSpec(fromSource: boolean): ServerSpec {
       ...base, "serve", "--config", join(runDir, "tftpd-bench.json"), "--root", root, "--listen", `127.0.0.1:${port}`, ...OURS_SERVE_FLAGS,
     ],
     version: v + (fromSource ? " (from source)" : ""),
-    note: `${fromSource ? "run from source with bun" : "compiled dist/tftpd"}; .bench/run/tftpd-bench.json = \`${JSON.stringify(OURS_CONFIG)}\` (all simulated clients share 127.0.0.1, so the per-IP/per-client admission limits are lifted)`,
+    note: `${fromSource ? "run from source with bun" : "compiled dist/tftpd"}; .bench/run/tftpd-bench.json = \`${JSON.stringify(OURS_CONFIG)}\` (all simulated clients share 127.0.0.1, so the per-IP/per-client admission limits and the per-IP request rate are lifted)`,
   };
 }
 

@@ -29,9 +29,9 @@ export interface BenchFlags {
 
 export type BenchSettings = Omit<BenchPlan, "host" | "port" | "target" | "verify"> & { verifyFiles: string[] };
 
-export const DEFAULT_CONCURRENCY = 10;
+const DEFAULT_CONCURRENCY = 10;
 /** Without --total or --duration: this many transfers per session slot. */
-export const DEFAULT_ROUNDS = 10;
+const DEFAULT_ROUNDS = 10;
 /** Open files besides the sockets: stdio, the event loop, the --verify file, slack. */
 export const FD_MARGIN = 100;
 

@@ -57,7 +57,7 @@ export interface PushDocument {
  * Validate `file` as `config check` does, and read its remap rules when it names a rule file.
  * Errors are one line each, naming the key path (or the file and line).
  */
-export function preparePush(
+function preparePush(
   file: string,
   env: Record<string, string | undefined> = process.env,
 ): { ok: true; document: PushDocument } | { ok: false; errors: string[] } {
@@ -84,14 +84,14 @@ export function preparePush(
  * The config whose Redis settings a push uses: the pushed file's when it names nodes or
  * `--redis` does, else the local config's (the key prefix, password and TLS go with the nodes).
  */
-export function pushVia(pushed: Config, nodesFlag: string | undefined, localConfig: () => Config | null): Config {
+function pushVia(pushed: Config, nodesFlag: string | undefined, localConfig: () => Config | null): Config {
   if (pushed.cache.redis.nodes.length > 0 || nodesFlag !== undefined) return pushed;
   const local = localConfig();
   return local && local.cache.redis.nodes.length > 0 ? local : pushed;
 }
 
 /** Store `document` as the fleet's next config version; resolves to the version number. */
-export async function pushDocument(link: RedisLink, document: PushDocument, by = hostname()): Promise<number> {
+async function pushDocument(link: RedisLink, document: PushDocument, by = hostname()): Promise<number> {
   const key = link.keys.config;
   const tx = link.client
     .multi()

@@ -86,7 +86,7 @@ export async function resolveServer(
 }
 
 /** The one error line of a failed transfer. */
-export function errorLine(report: TransferReport, display: string, retries: number): string {
+function errorLine(report: TransferReport, display: string, retries: number): string {
   const e = report.error;
   if (!e) return "failed";
   if (e.source === "timeout") return `no response from ${display} after ${retries + 1} tries`;
@@ -94,7 +94,7 @@ export function errorLine(report: TransferReport, display: string, retries: numb
   return e.message;
 }
 
-export function summaryLine(report: TransferReport, what: string): string {
+function summaryLine(report: TransferReport, what: string): string {
   const seconds = report.durationMs / 1000;
   const rate = seconds > 0 ? report.bytes / seconds : 0;
   return (
@@ -105,7 +105,7 @@ export function summaryLine(report: TransferReport, what: string): string {
 }
 
 /** Aborts on Ctrl-C so the temporary file is removed; returns the cleanup. */
-export function abortOnInterrupt(controller: AbortController): () => void {
+function abortOnInterrupt(controller: AbortController): () => void {
   const onSignal = (): void => controller.abort();
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);

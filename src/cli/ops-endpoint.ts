@@ -1,7 +1,7 @@
 /** Talking to a running server's metrics/control endpoint, for `tftpd metrics` and `tftpd profile`. */
 import { fail } from "./args.ts";
 
-export const DEFAULT_OPS_URL = "http://127.0.0.1:9469";
+const DEFAULT_OPS_URL = "http://127.0.0.1:9469";
 
 /** The endpoint's base URL from --url (default the local metrics listener), without a trailing slash. */
 export function opsBase(url: string | undefined): string {

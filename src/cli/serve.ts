@@ -13,7 +13,7 @@ import { createLogger, flushLogs } from "../log.ts";
 import { rootProblem, startOpsServer, type Readiness } from "../ops/http.ts";
 import { ServerMetrics } from "../ops/metrics.ts";
 import { autoTune } from "../ops/tune.ts";
-import { isWildcard, expandListenAddresses } from "../server/interfaces.ts";
+import { isWildcard, expandListenAddresses } from "../net/interfaces.ts";
 import { LossPlan } from "../server/loss.ts";
 import { wasCapped } from "../net/sockopt.ts";
 import { TftpServer, type ServerOptions } from "../server/server.ts";
@@ -118,6 +118,7 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
       maxPerClient: config.limits.max_connections_per_client,
       maxMemory: config.limits.max_transfer_memory,
       onLimit: config.limits.on_limit,
+      requestRate: { perSecond: config.limits.requests_per_second_per_ip, burst: config.limits.request_burst_per_ip },
     },
     lifetimes: {
       connectionTimeoutMs: config.connection_pool.connection_timeout * 1000,
@@ -276,9 +277,22 @@ export default defineCommand({
           "transfer",
         );
       },
-      refused: (peer, reason, code) => {
-        metrics?.requestRefused(reason, code);
-        log.debug({ client: formatHostPort(peer.address, peer.port), reason, code }, "request refused");
+      // One line per refused request, with the name asked: a machine that fails to boot is
+      // usually one missing file away, and this is where it shows.
+      refused: (r) => {
+        metrics?.requestRefused(r);
+        log.info({ client: r.client, op: r.op, file: r.file, remapped: r.remapped, reason: r.reason, kind: r.kind, code: r.code }, "request refused");
+      },
+      // no request (no file to name): counted, and logged at debug only
+      garbageRefused: (peer, reason, code) => {
+        metrics?.garbageRefused(code);
+        log.debug({ client: formatHostPort(peer.address, peer.port), reason, code }, "datagram refused");
+      },
+      // one line per source and interval, however many requests it sent over its rate
+      rateLimited: ({ sources, unreported, intervalMs }) => {
+        const interval_s = intervalMs / 1000;
+        for (const s of sources) log.warn({ address: s.address, dropped: s.dropped, interval_s }, "requests rate-limited");
+        if (unreported > 0) log.warn({ address: null, dropped: unreported, interval_s }, "requests rate-limited");
       },
       workerExit: (index, exit) => {
         metrics?.workerRestarted();
@@ -341,6 +355,7 @@ export default defineCommand({
       metrics = new ServerMetrics({
         activeTransfers: () => server.activeTransfers,
         transferMemory: () => server.transferMemory,
+        requestsRateLimited: () => server.requestsRateLimited,
         cacheStats: () => server.cache.stats,
         clusterStats: redis ? () => ({ ...(clusterFiles?.stats ?? NO_CLUSTER_FILES), redisUp: redis.up }) : undefined,
       });

@@ -28,7 +28,7 @@ const WINDOW_BUFFER_THRESHOLD = 128 * 1024;
 export const DEFAULT_RETRIES = 5;
 export const DEFAULT_RETRANSMIT_MS = 1000;
 /** Backoff doubles the retransmit timeout up to this multiple of the base. */
-export const BACKOFF_CAP = 8;
+const BACKOFF_CAP = 8;
 
 const UNKNOWN_TID = encodeError(ErrorCode.UNKNOWN_TID, "Unknown transfer ID");
 
@@ -59,7 +59,7 @@ function stripBrackets(host: string): string {
   return host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
 }
 
-export function errorMessage(e: unknown): string {
+function errorMessage(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 

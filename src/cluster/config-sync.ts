@@ -24,7 +24,7 @@ export interface ConfigChange {
 }
 
 /** How often a node asks Redis for the pushed config's version. */
-export const DEFAULT_POLL_MS = 2000;
+const DEFAULT_POLL_MS = 2000;
 
 type Obj = Record<string, unknown>;
 

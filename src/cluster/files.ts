@@ -30,7 +30,7 @@ export interface ClusterFileEvents {
 }
 
 /** Longest a request for a file this node holds waits for Redis before it gets the local copy. */
-export const STALE_AFTER_MS = 250;
+const STALE_AFTER_MS = 250;
 
 interface KnownCopy {
   key: string;

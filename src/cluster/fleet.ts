@@ -10,7 +10,7 @@ import { formatBits } from "../ops/summary.ts";
 import type { RedisLink } from "./redis.ts";
 
 /** Index entries of nodes not seen for this long are removed by whoever reads the fleet. */
-export const PRUNE_AFTER_MS = 24 * 3600 * 1000;
+const PRUNE_AFTER_MS = 24 * 3600 * 1000;
 
 interface NodeSeen {
   id: string;
@@ -198,7 +198,7 @@ function deadLine(node: DeadNode): string {
 }
 
 /** The `fleet` line: live and dead nodes and the live ones' figures summed. */
-export function totalsLine(totals: FleetTotals): string {
+function totalsLine(totals: FleetTotals): string {
   return (
     `fleet live ${totals.live} dead ${totals.dead} active ${totals.active} throughput ${formatBits(totals.throughput_bps)} ` +
     `transfers ${totals.transfers_total} failed ${totals.failed_total} sent ${formatBytes(totals.bytes_sent_total)} ` +

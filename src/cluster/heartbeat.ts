@@ -12,7 +12,7 @@ import { VERSION } from "../version.ts";
 import type { RedisLink } from "./redis.ts";
 
 /** Milliseconds between beats unless the node says otherwise. */
-export const HEARTBEAT_INTERVAL_MS = 2000;
+const HEARTBEAT_INTERVAL_MS = 2000;
 
 /** A heartbeat hash lives this many intervals: a node is dead after missing them all. */
 export const BEATS_TO_LIVE = 3;

@@ -17,7 +17,7 @@ import type { MetadataCache, PathFacts } from "../storage/metadata.ts";
 import type { RedisLink } from "./redis.ts";
 
 /** A metadata lookup exists to save time: past this, asking the disk is faster. */
-export const LOOKUP_BUDGET_MS = 50;
+const LOOKUP_BUDGET_MS = 50;
 
 export class RedisMetadataCache implements MetadataCache {
   private readonly namespace: string;

@@ -27,7 +27,7 @@ export interface RedisSettings {
 }
 
 /** Longest a command waits for Redis: a PXE ROM's request timeout is a few seconds. */
-export const COMMAND_TIMEOUT_MS = 2000;
+const COMMAND_TIMEOUT_MS = 2000;
 
 /** Settings from the config; `nodes` (a `--redis HOST:PORT[,…]` flag) replaces cache.redis.nodes. */
 export function redisSettings(config: Config, nodes?: string): RedisSettings {

@@ -43,7 +43,7 @@ export function renderConfigReference(): string {
 }
 
 /** Replace the generated block of a markdown text. */
-export function withGeneratedReference(markdown: string): string {
+function withGeneratedReference(markdown: string): string {
   const begin = markdown.indexOf(BEGIN_MARK);
   const end = markdown.indexOf(END_MARK);
   if (begin < 0 || end < begin) throw new Error("docs: generated-block markers not found");

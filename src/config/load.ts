@@ -8,15 +8,13 @@ import { describeValue } from "./bytes.ts";
 import { parseJson } from "./json.ts";
 import { CONFIG_KEYS, KEYS_BY_ENV, KEYS_BY_PATH, SECTION_KEYS, configSchema, type Config, type ConfigKey } from "./schema.ts";
 
-export { parseListenAddress, safeParseListenAddress, safeParseCidr, type ListenAddress, type Cidr } from "../net/address.ts";
-export { parseByteSize, formatByteSize } from "./bytes.ts";
 export type { Config } from "./schema.ts";
 
-export const DEFAULT_CONFIG_FILE = "/etc/tftpd/config.json";
+const DEFAULT_CONFIG_FILE = "/etc/tftpd/config.json";
 /** Env var naming the config file (when no file is passed explicitly). */
-export const CONFIG_FILE_ENV = "TFTPD_CONFIG";
+const CONFIG_FILE_ENV = "TFTPD_CONFIG";
 /** TFTPD_TEST_* variables are test-only switches, never config keys. */
-export const TEST_ENV_PREFIX = "TFTPD_TEST_";
+const TEST_ENV_PREFIX = "TFTPD_TEST_";
 
 export interface LoadOptions {
   /** Config file to read; a missing file is an error. */
@@ -156,15 +154,6 @@ export function loadConfig(opts: LoadOptions = {}): LoadResult {
   return { ok: true, config: result.config, source: file, applied };
 }
 
-/**
- * Validate an already-parsed config object (e.g. one received from the fleet). Relative paths
- * are not resolved here. Errors name `source`.
- */
-export function validateConfig(raw: unknown, source: string): { ok: true; config: Config } | { ok: false; errors: string[] } {
-  if (!isPlainObject(raw)) return { ok: false, errors: [`${source}: the config must be a JSON object, got ${describeValue(raw)}`] };
-  return validate(raw, () => undefined, source);
-}
-
 function validate(
   raw: Obj,
   lookup: (path: readonly PropertyKey[]) => string | undefined,
@@ -214,7 +203,7 @@ function genericMessage(iss: z.core.$ZodRawIssue): string {
   }
 }
 
-export function formatPath(path: readonly PropertyKey[]): string {
+function formatPath(path: readonly PropertyKey[]): string {
   let out = "";
   for (const p of path) {
     if (typeof p === "number") out += `[${p}]`;

@@ -6,7 +6,9 @@
 // The output of a parse is itself valid input (config check output can be fed back).
 import { z } from "zod";
 import { BYTE_SIZE_HINT, describeValue, formatByteSize, parseByteSize } from "./bytes.ts";
-import { safeParseCidr, safeParseHostPort, safeParseListenAddress, type ParseResult } from "../net/address.ts";
+import { safeParseCidr, safeParseHostPort, safeParseListenAddress, type ParseResult, type PortRange } from "../net/address.ts";
+import { BLKSIZE_MAX, BLKSIZE_MIN, TIMEOUT_MAX, WINDOWSIZE_MAX, WINDOWSIZE_MIN } from "../protocol/options.ts";
+import { DATA_HEADER_SIZE, DEFAULT_BLKSIZE } from "../protocol/packet.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Leaf builders. Each one carries its own one-line error messages ("expected X, got Y") and a
@@ -138,11 +140,6 @@ const cidr = () =>
     return r.ok ? { ok: true, value: r.value.text } : r;
   });
 
-export interface PortRange {
-  low: number;
-  high: number;
-}
-
 function parsePortRange(v: unknown): ParseResult<PortRange | null> {
   const hint = 'expected "LOW:HIGH" with 1 <= LOW <= HIGH <= 65535, or null';
   if (v === null) return { ok: true, value: null };
@@ -228,11 +225,6 @@ export function reservedBy(description: string | undefined): string | null {
 export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
-/** Largest blksize of RFC 2348. */
-export const BLKSIZE_LIMIT = 65464;
-/** TFTP header bytes in front of a DATA block (opcode + block number). */
-export const TFTP_HEADER = 4;
-
 const tftp = section({
   root: filePath()
     .default("/srv/tftp")
@@ -253,16 +245,16 @@ const tftp = section({
     .nullable()
     .default(null)
     .describe("File of path remap rules applied to requested file names (tftpd-hpa style), or null. Relative paths resolve against the config file's directory."),
-  blksize_max: intIn(8, BLKSIZE_LIMIT)
+  blksize_max: intIn(BLKSIZE_MIN, BLKSIZE_MAX)
     .default(1468)
     .describe("Largest block size granted to a client's blksize option (RFC 2348); 1468 fills a 1500-byte Ethernet MTU."),
-  windowsize_max: intIn(1, 65535)
+  windowsize_max: intIn(WINDOWSIZE_MIN, WINDOWSIZE_MAX)
     .default(64)
     .describe("Largest window (blocks sent before an ACK) granted to a client's windowsize option (RFC 7440)."),
   window_bytes_max: bytes(1)
     .prefault("4Mi")
     .describe("A window never carries more bytes than this: the granted windowsize is lowered to fit blksize x windowsize."),
-  timeout: numberAbove(0, 255)
+  timeout: numberAbove(0, TIMEOUT_MAX)
     .default(1)
     .describe("Initial retransmit timeout in seconds when the client sets no timeout option (RFC 2349)."),
   retries: intIn(1, 100)
@@ -311,7 +303,7 @@ const performance = section({
   memory: section({
     cache_size: bytes().prefault("1Gi").describe("Cap of the local file cache: bytes of sealed in-memory (memfd) copies of served files, shared by all transfers and workers"),
     connection_pool_size: intIn(0, 1_000_000).default(1024).describe(`Transfer slots pre-allocated at startup ${ENGINE}`),
-    buffer_size: bytes(512 + TFTP_HEADER, 16 * 1024 * 1024)
+    buffer_size: bytes(DEFAULT_BLKSIZE + DATA_HEADER_SIZE, 16 * 1024 * 1024)
       .prefault(65536)
       .describe("Largest datagram buffer; must hold tftp.blksize_max + 4 bytes of header."),
   }),
@@ -393,6 +385,14 @@ const limits = section({
   scope: oneOf(["node", "cluster"])
     .default("node")
     .describe('Count the per-IP and total limits per node, or across the fleet ("cluster": expiring leases in Redis; while Redis is unavailable each node applies its own limits)'),
+  requests_per_second_per_ip: intIn(0, 1_000_000)
+    .default(100)
+    .describe(
+      "Requests a source IP address may send per second on average (a token bucket; 0 turns it off). Requests over it are dropped, counted (tftpd_requests_rate_limited_total) and logged as one line per address every 10 s. One machine's boot asks for a handful to a few dozen files; a machine in a retry loop or a flood asks for far more. Load generators that send from one address need it raised or off",
+    ),
+  request_burst_per_ip: intIn(1, 1_000_000)
+    .default(200)
+    .describe("Requests a source IP address may send at once before requests_per_second_per_ip applies: a whole boot's requests (config search, modules, size probes) fit, a few times over"),
   on_limit: oneOf(["drop", "busy"])
     .default("drop")
     .describe(
@@ -441,13 +441,13 @@ export const configSchema = z
     error: (iss: Issue) => `the config must be a JSON object, got ${describeValue(iss.input)}`,
   })
   .superRefine((c, ctx) => {
-    const need = c.tftp.blksize_max + TFTP_HEADER;
+    const need = c.tftp.blksize_max + DATA_HEADER_SIZE;
     if (c.performance.memory.buffer_size < need) {
       ctx.addIssue({
         code: "custom",
         path: ["performance", "memory", "buffer_size"],
         params: { related: "tftp.blksize_max" },
-        message: `must be at least tftp.blksize_max + ${TFTP_HEADER} = ${need} bytes, got ${c.performance.memory.buffer_size}`,
+        message: `must be at least tftp.blksize_max + ${DATA_HEADER_SIZE} = ${need} bytes, got ${c.performance.memory.buffer_size}`,
       });
     }
     if (c.tftp.window_bytes_max < c.tftp.blksize_max) {

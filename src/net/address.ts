@@ -1,15 +1,14 @@
 /**
  * Addresses as people write them, shared by the config schema, the server and the client:
- * listen addresses ("ADDR:PORT", IP literals only), destinations ("HOST[:PORT]", names allowed)
- * and CIDRs.
+ * listen addresses ("ADDR:PORT", IP literals only), destinations ("HOST[:PORT]", names allowed),
+ * CIDRs and port ranges.
  */
 import { isIP, isIPv4, isIPv6 } from "node:net";
 import { describeValue } from "../config/bytes.ts";
 
-export interface ListenAddress {
+export interface ListenAddress extends HostPort {
   /** IP literal without brackets: "0.0.0.0", "::1", "fe80::1%eth0". */
   host: string;
-  port: number;
   family: 4 | 6;
 }
 
@@ -115,6 +114,12 @@ export interface HostPort {
   /** Without brackets: an IP literal or a name still to resolve. */
   host: string;
   port: number;
+}
+
+/** Local UDP ports transfers may bind, both ends included (tftp.port_range). */
+export interface PortRange {
+  low: number;
+  high: number;
 }
 
 function portIn(text: string, spec: string): number {

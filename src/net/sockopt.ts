@@ -56,7 +56,7 @@ function setInt(lib: Libc, fd: number, name: number, bytes: number): void {
 }
 
 /** The descriptor Bun keeps on its UDP sockets (not in the public types). */
-export function socketFd(socket: object): number | null {
+function socketFd(socket: object): number | null {
   const fd = (socket as { fd?: unknown }).fd;
   return typeof fd === "number" && fd >= 0 ? fd : null;
 }

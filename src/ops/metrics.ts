@@ -6,6 +6,7 @@
 import client from "prom-client";
 import type { CacheStats } from "../storage/cache.ts";
 import type { TransferRecord } from "../server/server.ts";
+import { REFUSAL_KINDS, type RefusalRecord } from "../server/refusal-record.ts";
 
 /** First responses on a LAN take tens of µs; a storm pushes them to ms; retries to seconds. */
 const FIRST_RESPONSE_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
@@ -26,6 +27,8 @@ export interface MetricsSources {
   /** bytes the running transfers reserved in the memory budget, and the budget (Infinity: none) */
   transferMemory?(): { reserved: number; budget: number };
   cacheStats(): CacheStats;
+  /** requests dropped over their source's rate since start */
+  requestsRateLimited?(): number;
   /** present when the node is in cluster mode */
   clusterStats?(): ClusterStats;
 }
@@ -57,6 +60,7 @@ export class ServerMetrics {
   private readonly optionRequests: client.Counter;
   private readonly probes: client.Counter;
   private readonly refusals: client.Counter;
+  private readonly requestsRefused: client.Counter;
   private readonly strays: client.Counter;
   private readonly garbageUnanswered: client.Counter;
   private readonly workerRestarts: client.Counter;
@@ -93,6 +97,23 @@ export class ServerMetrics {
       labelNames: ["limit"],
       registers,
     });
+    this.requestsRefused = new client.Counter({
+      name: "tftpd_requests_refused_total",
+      help: "Requests refused before a transfer began (answered with an ERROR or dropped), by reason: not_found, access, limit, allow_deny, options, malformed (datagrams at a listen port that are no valid request), other",
+      labelNames: ["reason"],
+      registers,
+    });
+    // every reason present from the start, so a rate over it needs no first refusal
+    for (const reason of REFUSAL_KINDS) this.requestsRefused.inc({ reason }, 0);
+    const rateLimited = sources.requestsRateLimited;
+    if (rateLimited) {
+      runningTotalCounter(
+        registers,
+        "tftpd_requests_rate_limited_total",
+        "Requests dropped because their source address sent more than limits.requests_per_second_per_ip (after the burst)",
+        rateLimited,
+      );
+    }
     this.strays = new client.Counter({
       name: "tftpd_stray_datagrams_total",
       help: "Datagrams from a transfer's client address and port that were dropped instead of steering it, by kind (malformed, unexpected-opcode, out-of-window, duplicate-request); counted when the transfer ends",
@@ -188,6 +209,13 @@ export class ServerMetrics {
   /** A datagram at a listen port that was no request, dropped over the reply rate. */
   garbageDropped(): void {
     this.garbageUnanswered.inc();
+    this.requestsRefused.inc({ reason: "malformed" });
+  }
+
+  /** A datagram at a listen port that was no request, answered with ERROR `code` (null: dropped). */
+  garbageRefused(code: number | null): void {
+    if (code !== null) this.errorsSent.inc({ code: String(code) });
+    this.requestsRefused.inc({ reason: "malformed" });
   }
 
   /** A transfer worker died and was replaced. */
@@ -195,10 +223,12 @@ export class ServerMetrics {
     this.workerRestarts.inc();
   }
 
-  /** A request refused before a transfer began; `code` null when it was dropped. */
-  requestRefused(reason: string, code: number | null): void {
-    if (code !== null) this.errorsSent.inc({ code: String(code) });
-    const limit = /^busy: (\S+) transfer limit/.exec(reason)?.[1];
+  /** A request refused before a transfer began (`code` null when it was dropped). */
+  requestRefused(record: RefusalRecord): void {
+    if (record.code !== null) this.errorsSent.inc({ code: String(record.code) });
+    this.requestsRefused.inc({ reason: record.kind });
+    if (record.kind !== "limit") return;
+    const limit = /^busy: (\S+) transfer limit/.exec(record.reason)?.[1];
     if (limit) this.refusals.inc({ limit });
   }
 

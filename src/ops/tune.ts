@@ -12,10 +12,10 @@ import { join } from "node:path";
 import type { Config } from "../config/load.ts";
 
 export const DEFAULT_SYSCTL_ROOT = "/proc/sys";
-export const DEFAULT_LIMITS_FILE = "/proc/self/limits";
+const DEFAULT_LIMITS_FILE = "/proc/self/limits";
 /** The unit of net.ipv4.udp_mem. */
-export const PAGE_SIZE = 4096;
-export const RLIMIT_KEY = "RLIMIT_NOFILE";
+const PAGE_SIZE = 4096;
+const RLIMIT_KEY = "RLIMIT_NOFILE";
 
 export const TUNE_KEYS = [
   "net.core.rmem_max",
@@ -42,7 +42,7 @@ export interface Machine {
   cpus: number;
 }
 
-export function currentMachine(): Machine {
+function currentMachine(): Machine {
   return { totalMemory: totalmem(), cpus: availableParallelism() };
 }
 
@@ -105,13 +105,13 @@ export function formatBytes(n: number): string {
 }
 
 /** Engines that each hold their own request and shared transfer sockets. */
-export function engineCount(config: Config, machine: Machine): number {
+function engineCount(config: Config, machine: Machine): number {
   const w = config.performance.cpu.worker_threads;
   return w === "auto" ? Math.max(1, machine.cpus - 1) : w;
 }
 
 /** File descriptors the server may need: a socket and a file per transfer, plus a margin. */
-export function descriptorsNeeded(config: Config, machine: Machine): number {
+function descriptorsNeeded(config: Config, machine: Machine): number {
   const engines = engineCount(config, machine);
   return roundUp(2 * config.limits.max_total_connections + 1024 * (engines + 1), 1024);
 }
@@ -234,7 +234,7 @@ export function sysctlPath(root: string, key: string): string {
   return join(root, ...key.split("."));
 }
 
-export function describeErrno(e: unknown): string {
+function describeErrno(e: unknown): string {
   const err = e as NodeJS.ErrnoException;
   switch (err?.code) {
     case "EACCES":
@@ -253,7 +253,7 @@ export function describeErrno(e: unknown): string {
   }
 }
 
-export function parseNumbers(text: string): number[] | null {
+function parseNumbers(text: string): number[] | null {
   const parts = text.trim().split(/\s+/);
   if (parts.length === 0 || parts[0] === "") return null;
   const nums = parts.map((p) => (p === "unlimited" ? Number.POSITIVE_INFINITY : Number(p)));
@@ -287,7 +287,7 @@ export function readNofile(limitsFile: string = DEFAULT_LIMITS_FILE): Reading & 
 }
 
 /** Writes a setting in place: never creates a file (a missing setting stays missing). */
-export function writeSysctl(root: string, key: string, values: number[]): void {
+function writeSysctl(root: string, key: string, values: number[]): void {
   const fd = openSync(sysctlPath(root, key), fsc.O_WRONLY | fsc.O_TRUNC);
   try {
     writeSync(fd, `${values.join("\t")}\n`);
@@ -296,10 +296,10 @@ export function writeSysctl(root: string, key: string, values: number[]): void {
   }
 }
 
-export const formatValue = (values: number[]): string => values.map((n) => (n === Number.POSITIVE_INFINITY ? "unlimited" : String(n))).join(" ");
+const formatValue = (values: number[]): string => values.map((n) => (n === Number.POSITIVE_INFINITY ? "unlimited" : String(n))).join(" ");
 
 /** Current merged with recommended, element by element, never worse than current. */
-export function merge(current: number[], target: Target): number[] {
+function merge(current: number[], target: Target): number[] {
   return current.map((c, i) => {
     const r = target.values[i] ?? c;
     return target.directions[i] === "atMost" ? Math.min(c, r) : Math.max(c, r);

@@ -13,7 +13,8 @@ export interface AdmissionLimits {
   maxMemory?: number;
 }
 
-export type Refusal = "total" | "per-ip" | "per-client" | "memory";
+/** The limit a refused request ran into. */
+export type LimitName = "total" | "per-ip" | "per-client" | "memory";
 
 /**
  * What one running transfer holds beyond the buffers all transfers share (the file cache, the
@@ -27,7 +28,7 @@ export const TRANSFER_MEMORY_BYTES = 8 * 1024;
 /** A shared admission's answer: a token to give back, a refusal, or "could not ask". */
 export type SharedVerdict =
   | { ok: true; token: string }
-  | { ok: false; refusal: Refusal }
+  | { ok: false; refusal: LimitName }
   | { ok: false; refusal: "unavailable"; error: string };
 
 /**
@@ -69,7 +70,7 @@ export class Admission {
   }
 
   /** Takes a slot and reserves `memory` bytes for it, or says which limit refused it. */
-  admit(address: string, file: string, memory = 0): Refusal | null {
+  admit(address: string, file: string, memory = 0): LimitName | null {
     if (this.total >= this.limits.maxTotal) return "total";
     const ip = this.perIp.get(address) ?? 0;
     if (ip >= this.limits.maxPerIp) return "per-ip";

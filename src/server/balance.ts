@@ -19,7 +19,7 @@ export interface BalanceInput {
 const VIRTUAL_NODES = 128;
 
 /** FNV-1a, 32 bits: fast and well spread for short keys. */
-export function fnv1a(text: string): number {
+function fnv1a(text: string): number {
   let hash = 0x811c9dc5;
   for (let i = 0; i < text.length; i++) {
     hash ^= text.charCodeAt(i);
@@ -33,7 +33,7 @@ export function fnv1a(text: string): number {
  * last characters differ ("worker-0-1", "worker-0-2", "10.0.0.7"), so ring points and keys
  * would bunch up on a few arcs. The finalizer spreads every input bit over the whole word.
  */
-export function ringHash(text: string): number {
+function ringHash(text: string): number {
   let h = fnv1a(text);
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);

@@ -18,7 +18,8 @@ import {
   type RetransmitPolicy,
   type TransferOutcome,
 } from "./transfer.ts";
-import { openTransferChannel, type Peer, type PortRange, type TransferChannel } from "./transport.ts";
+import type { PortRange } from "../net/address.ts";
+import { openTransferChannel, type Peer, type TransferChannel } from "./transport.ts";
 import { WriteTransfer } from "./write-transfer.ts";
 
 export interface EngineOptions {

@@ -15,7 +15,7 @@
 import type { TransferChannel } from "./transport.ts";
 
 /** Bytes of the arena buffer: several windows of any size, so wraps (and early flushes) are rare. */
-export const SEND_ARENA_BYTES = 1 << 20;
+const SEND_ARENA_BYTES = 1 << 20;
 /**
  * Packet views kept per packet size: a run is a slice of ready-made views, since cutting a new
  * view per packet costs more than the rest of choosing its buffer. Small packets use only the

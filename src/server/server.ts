@@ -18,7 +18,7 @@ import { refuse, type Refusal } from "../storage/refusal.ts";
 import type { RemoteFiles } from "../storage/remote.ts";
 import type { FileIdentity, FileSource } from "../storage/source.ts";
 import { prepareUpload, type UploadPolicy } from "../storage/upload.ts";
-import { formatHostPort } from "../net/address.ts";
+import { formatHostPort, type HostPort, type PortRange } from "../net/address.ts";
 import { Admission, TRANSFER_MEMORY_BYTES, type AdmissionLimits, type SharedAdmission, type SharedVerdict } from "./admission.ts";
 import { LoadBalancer, type Algorithm, type HashKey } from "./balance.ts";
 import { TransferEngine, type EngineOptions, type RepeatVerdict, type TransferJob } from "./engine.ts";
@@ -26,17 +26,14 @@ import type { LossPlan } from "./loss.ts";
 import type { BatchPolicy } from "./shared-socket.ts";
 import type { BufferSizes } from "../net/sockopt.ts";
 import type { Lifetimes, RetransmitPolicy, TransferOutcome } from "./transfer.ts";
-import { openListener, type Listener, type Peer, type PortRange } from "./transport.ts";
+import { openListener, type Listener, type Peer } from "./transport.ts";
 import { WorkerPool, type WorkerExit } from "./worker-pool.ts";
-
-export interface ListenAddress {
-  host: string;
-  port: number;
-}
+import { refusalKindOf, type RefusalKind, type RefusalRecord } from "./refusal-record.ts";
+import { RequestRate, type RateLimitSummary, type RequestRateLimits } from "./request-rate.ts";
 
 export interface ServerOptions {
   root: string;
-  listen: ListenAddress[];
+  listen: HostPort[];
   write: UploadPolicy;
   uploadMax: number;
   blksizeMax: number;
@@ -65,7 +62,8 @@ export interface ServerOptions {
   /** transfer engines: 1 runs transfers on the main thread, N > 1 starts N worker threads */
   workers: number;
   balance: { algorithm: Algorithm; hashKey: HashKey };
-  limits: AdmissionLimits & { onLimit: "drop" | "busy" };
+  /** requestRate: requests per source address (a token bucket); absent: no rate limit */
+  limits: AdmissionLimits & { onLimit: "drop" | "busy"; requestRate?: RequestRateLimits };
   lifetimes: Lifetimes;
   loss?: LossPlan | null;
   /** TFTPD_TEST_WORKER_THROW: the first transfer worker throws once it has started this many transfers */
@@ -88,10 +86,14 @@ export interface TransferRecord extends TransferOutcome {
 }
 
 export interface ServerEvents {
-  listening?(address: ListenAddress, buffers: BufferSizes | null): void;
+  listening?(address: HostPort, buffers: BufferSizes | null): void;
   transferEnd?(record: TransferRecord): void;
   /** a request refused before any transfer started (ERROR sent, or dropped) */
-  refused?(peer: Peer, reason: string, code: number | null): void;
+  refused?(record: RefusalRecord): void;
+  /** a datagram at a listen port that is no request, answered with ERROR `code` (or dropped: null) */
+  garbageRefused?(peer: Peer, reason: string, code: number | null): void;
+  /** requests dropped over their source's rate (limits.requests_per_second_per_ip) in the last `intervalMs` */
+  rateLimited?(summary: RateLimitSummary & { intervalMs: number }): void;
   /** a datagram at a listen port that is no request, left unanswered: over the ERROR reply rate */
   garbageUnanswered?(peer: Peer, reason: string): void;
   /** a transfer worker died; its transfers were ended and a new worker started */
@@ -121,6 +123,20 @@ interface Running {
   memory: number;
   /** the request datagram that began it: the same bytes again are the same request resent */
   request: Uint8Array;
+}
+
+/** Which request a refusal refused: its part of the RefusalRecord. */
+interface Asked {
+  op: "read" | "write";
+  /** the name as asked, backslashes made slashes */
+  file: string;
+  /** after the remap rules, when there are rules and they ran */
+  remapped: string | null;
+}
+
+function asked(request: RequestPacket, remapped: string | null): Asked {
+  // Windows PXE clients send backslashes; remap rules are written against forward slashes.
+  return { op: request.op === Opcode.RRQ ? "read" : "write", file: request.filename.replaceAll("\\", "/"), remapped };
 }
 
 /** The metadata cache's facts describe this version of a file. */
@@ -154,6 +170,11 @@ function matches(list: BlockList, address: string): boolean {
   return list.check(address, isIPv6(address) ? "ipv6" : "ipv4");
 }
 
+const NO_REQUEST_RATE: RequestRateLimits = { perSecond: 0, burst: 1 };
+
+/** How often requests dropped over their source's rate are summed up: one line per source and interval. */
+const RATE_SUMMARY_MS = 10_000;
+
 export class TftpServer {
   private readonly listeners: Listener[] = [];
   /**
@@ -170,6 +191,8 @@ export class TftpServer {
   private readonly allow: BlockList | null;
   private readonly deny: BlockList | null;
   private readonly admission: Admission;
+  private readonly requestRate: RequestRate;
+  private rateSummaryTimer: ReturnType<typeof setInterval> | null = null;
   private readonly balancer: LoadBalancer;
   private readonly local: TransferEngine;
   private pool: WorkerPool | null = null;
@@ -187,6 +210,7 @@ export class TftpServer {
     this.deny = buildBlockList(options.deny);
     this.cache = new FileCache(options.cacheBytes);
     this.admission = new Admission(options.limits);
+    this.requestRate = new RequestRate(options.limits.requestRate ?? NO_REQUEST_RATE);
     this.balancer = new LoadBalancer(options.balance.algorithm, options.balance.hashKey, options.workers);
     this.local = new TransferEngine(this.engineOptions(), options.loss ?? null, (id, outcome) => this.ended(id, outcome));
   }
@@ -200,7 +224,12 @@ export class TftpServer {
     return { reserved: this.admission.reservedMemory, budget: this.admission.memoryBudget };
   }
 
-  get addresses(): ListenAddress[] {
+  /** requests dropped over their source's rate since start */
+  get requestsRateLimited(): number {
+    return this.requestRate.dropped;
+  }
+
+  get addresses(): HostPort[] {
     return this.listeners.map((l) => ({ host: l.address, port: l.port }));
   }
 
@@ -239,6 +268,8 @@ export class TftpServer {
         this.listeners.push(listener);
         this.events.listening?.({ host: listener.address, port: listener.port }, listener.buffers);
       }
+      this.rateSummaryTimer = setInterval(() => this.summarizeRateLimited(), RATE_SUMMARY_MS);
+      this.rateSummaryTimer.unref();
     } catch (error) {
       await this.stop();
       throw error;
@@ -261,6 +292,11 @@ export class TftpServer {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.rateSummaryTimer) {
+      clearInterval(this.rateSummaryTimer);
+      this.rateSummaryTimer = null;
+      this.summarizeRateLimited();
+    }
     for (const listener of this.listeners.splice(0)) listener.close();
     await Promise.all([this.local.stop(), this.pool?.stop()]);
     this.pool = null;
@@ -292,8 +328,10 @@ export class TftpServer {
       this.refuseGarbage(listener, peer, ErrorCode.ILLEGAL_OPERATION, "illegal TFTP operation");
       return;
     }
+    // Before anything that answers or logs: a flood from one address costs a lookup and a drop.
+    if (!this.requestRate.allow(peer.address, receivedAt)) return;
     if ((this.allow && !matches(this.allow, peer.address)) || (this.deny && matches(this.deny, peer.address))) {
-      this.refuse(listener, peer, ErrorCode.ACCESS_VIOLATION, "access denied");
+      this.refuse(listener, peer, asked(packet, null), ErrorCode.ACCESS_VIOLATION, "access denied", "allow_deny");
       return;
     }
     const key = peerKey(peer);
@@ -307,7 +345,7 @@ export class TftpServer {
       const receivedAtEpoch = performance.timeOrigin + receivedAt;
       this.accept(listener, packet, peer, key, receivedAtEpoch, request).catch((error: unknown) => {
         this.active.delete(key);
-        this.refuse(listener, peer, ErrorCode.NOT_DEFINED, `server error: ${(error as Error).message}`);
+        this.refuse(listener, peer, asked(packet, null), ErrorCode.NOT_DEFINED, `server error: ${(error as Error).message}`);
       });
     };
     if (current === undefined) begin();
@@ -332,9 +370,17 @@ export class TftpServer {
     else if (this.pool) void this.pool.requestAgain(running.engine, running.id, same).then(decide);
   }
 
-  private refuse(listener: Listener, peer: Peer, code: number | null, message: string): void {
+  /** Refuses a request: its ERROR (unless dropped: code null), and its record. */
+  private refuse(listener: Listener, peer: Peer, what: Asked, code: number | null, message: string, kind: RefusalKind = refusalKindOf(code)): void {
     if (code !== null) listener.reply(encodeError(code, message), peer);
-    this.events.refused?.(peer, message, code);
+    const refused = this.events.refused;
+    if (refused) refused({ client: formatHostPort(peer.address, peer.port), op: what.op, file: what.file, remapped: what.remapped, kind, reason: message, code });
+  }
+
+  /** Sums up the requests dropped over their source's rate since the last time. */
+  private summarizeRateLimited(): void {
+    const summary = this.requestRate.summarize(performance.now());
+    if (summary.sources.length > 0 || summary.unreported > 0) this.events.rateLimited?.({ ...summary, intervalMs: RATE_SUMMARY_MS });
   }
 
   /**
@@ -346,7 +392,8 @@ export class TftpServer {
       this.events.garbageUnanswered?.(peer, message);
       return;
     }
-    this.refuse(listener, peer, code, message);
+    if (code !== null) listener.reply(encodeError(code, message), peer);
+    this.events.garbageRefused?.(peer, message, code);
   }
 
   private async accept(
@@ -362,28 +409,28 @@ export class TftpServer {
     let lease: string | null = null;
     /** bytes reserved in the memory budget for this transfer so far */
     let reserved = 0;
-    const reject = (code: number | null, message: string): void => {
+    const what = asked(request, null);
+    const reject = (code: number | null, message: string, kind?: RefusalKind): void => {
       if (admitted !== null) this.admission.release(peer.address, admitted, reserved);
       if (lease !== null) this.options.sharedAdmission?.release(lease, peer.address);
       this.active.delete(key);
-      this.refuse(listener, peer, code, message);
+      this.refuse(listener, peer, what, code, message, kind);
     };
 
     // Past admission, anything thrown must give the slots back (a transfer that began gives
     // them back when it ends).
     let begun = false;
     try {
-      // Windows PXE clients send backslashes; remap rules are written against forward slashes.
-      const asked = request.filename.replaceAll("\\", "/");
-      const remapped = applyRemap(this.options.remap, asked, isRead ? "read" : "write");
+      const remapped = applyRemap(this.options.remap, what.file, what.op);
       if (!remapped.ok) return reject(remapped.code, remapped.message);
+      if (this.options.remap.length > 0) what.remapped = remapped.name;
       const resolved = resolveRequestPath(this.rootReal, remapped.name);
       if (!resolved.ok) return reject(resolved.code, resolved.message);
 
       // Dropped, the ROM retries later; "busy" tells it now (some firmware gives up on an ERROR).
       const limitCode = this.options.limits.onLimit === "busy" ? ErrorCode.NOT_DEFINED : null;
       const refusal = this.admission.admit(peer.address, resolved.relative, TRANSFER_MEMORY_BYTES);
-      if (refusal !== null) return reject(limitCode, `busy: ${refusal} transfer limit reached`);
+      if (refusal !== null) return reject(limitCode, `busy: ${refusal} transfer limit reached`, "limit");
       admitted = resolved.relative;
       reserved = TRANSFER_MEMORY_BYTES;
       // The node's own limits come first (they protect this node); then the fleet's, if shared.
@@ -392,7 +439,7 @@ export class TftpServer {
       const verdict = shared ? await this.admitShared(shared, peer.address) : null;
       if (verdict?.ok) lease = verdict.token;
       else if (verdict && verdict.refusal !== "unavailable") {
-        return reject(limitCode, `busy: ${verdict.refusal} transfer limit reached across the cluster`);
+        return reject(limitCode, `busy: ${verdict.refusal} transfer limit reached across the cluster`, "limit");
       }
 
       const limits = {
@@ -440,7 +487,7 @@ export class TftpServer {
           const peak = 3 * source.size;
           if (!this.admission.reserve(peak)) {
             source.close();
-            return reject(limitCode, "busy: memory transfer limit reached");
+            return reject(limitCode, "busy: memory transfer limit reached", "limit");
           }
           reserved += peak;
           source = netasciiSource(source);
@@ -452,7 +499,7 @@ export class TftpServer {
         const negotiated = negotiate(request, limits, request.mode === "octet" ? source.size : null);
         if (!negotiated.ok) {
           source.close();
-          return reject(negotiated.code, negotiated.message);
+          return reject(negotiated.code, negotiated.message, "options");
         }
         const running: Running = {
           ...base,
@@ -476,7 +523,7 @@ export class TftpServer {
       }
 
       const negotiated = negotiate(request, limits, null);
-      if (!negotiated.ok) return reject(negotiated.code, negotiated.message);
+      if (!negotiated.ok) return reject(negotiated.code, negotiated.message, "options");
       const declared = request.options.get("tsize");
       // RFC 2349: a declared size the server cannot store (too large, more than the free space)
       // is refused now, not half-way; any run of digits counts, however long.
@@ -537,13 +584,14 @@ export class TftpServer {
 
   /**
    * Applies the settings that may change while serving (a config pushed to the fleet):
-   * admission limits (the memory budget too) and remap rules. Running transfers keep going
+   * admission limits (the memory budget and the request rate too) and remap rules. Running transfers keep going
    * and give back what they reserved; new requests see the new settings.
    */
   reconfigure(change: { limits?: ServerOptions["limits"]; remap?: RemapRule[] }): void {
     if (change.limits) {
       this.options.limits = change.limits;
       this.admission.setLimits(change.limits);
+      this.requestRate.setLimits(change.limits.requestRate ?? NO_REQUEST_RATE);
     }
     if (change.remap) this.options.remap = change.remap;
   }
@@ -593,6 +641,7 @@ export class TftpServer {
   private failed(id: number, message: string): void {
     const running = this.finish(id);
     if (!running) return;
-    this.refuse(running.listener, running.peer, ErrorCode.NOT_DEFINED, `server error: ${message}`);
+    const what = { op: running.record.direction, file: running.record.file, remapped: null };
+    this.refuse(running.listener, running.peer, what, ErrorCode.NOT_DEFINED, `server error: ${message}`);
   }
 }

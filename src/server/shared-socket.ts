@@ -12,8 +12,9 @@ import type { udp } from "bun";
 import { encodeError } from "../protocol/codec.ts";
 import { ErrorCode } from "../protocol/packet.ts";
 import type { LossPlan } from "./loss.ts";
+import type { PortRange } from "../net/address.ts";
 import { setBufferSizes } from "../net/sockopt.ts";
-import { sendAll, sendOne, type PacketHandler, type Peer, type PortRange, type TransferChannel } from "./transport.ts";
+import { sendAll, sendOne, type PacketHandler, type Peer, type TransferChannel } from "./transport.ts";
 
 const unknownTid = encodeError(ErrorCode.UNKNOWN_TID, "unknown transfer ID");
 

@@ -10,6 +10,7 @@ import type { udp } from "bun";
 import { encodeError } from "../protocol/codec.ts";
 import { ErrorCode } from "../protocol/packet.ts";
 import type { LossPlan } from "./loss.ts";
+import type { PortRange } from "../net/address.ts";
 import { setBufferSizes, type BufferSizes } from "../net/sockopt.ts";
 import { TokenBucket } from "./token-bucket.ts";
 
@@ -29,11 +30,6 @@ export interface TransferChannel {
    */
   settle(): void;
   close(): void;
-}
-
-export interface PortRange {
-  low: number;
-  high: number;
 }
 
 export type PacketHandler = (bytes: Uint8Array) => void;

@@ -55,7 +55,7 @@ export interface SweepReport {
   complete: boolean;
 }
 
-export const SWEEP_MAX_ENTRIES = 1_000_000;
+const SWEEP_MAX_ENTRIES = 1_000_000;
 
 const CANDIDATE_FLAGS = fs.constants.O_RDWR | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK;
 

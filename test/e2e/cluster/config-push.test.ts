@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { patternBytes, removeDir, sha256, tempDir, writeFile } from "../../helpers/files.ts";
+import { rawPacket, RawPeer } from "../../helpers/raw.ts";
 import { sharedRedisCluster, startRedisCluster, type RedisClusterHandle } from "../../helpers/redis-cluster.ts";
 import { run, tftpd } from "../../helpers/run.ts";
 import { spawnServer, type ChildServer } from "../../helpers/server.ts";
@@ -104,9 +105,14 @@ describe("a running node applies a pushed config", () => {
     expect(fetched.exitCode).toBe(0);
     expect(sha256(readFileSync(dest))).toBe(sha256(real));
 
-    // the new level is in effect: refusals are logged at debug
-    await curl(["-o", join(dir, "missing.bin"), `tftp://127.0.0.1:${node.port}/missing.bin`]);
-    await node.waitForLog((l) => l.level === "debug" && l.msg === "request refused");
+    // the new level is in effect: a datagram that is no request is logged at debug
+    const peer = await RawPeer.open();
+    try {
+      peer.send(rawPacket(9, "x"), node.port, "127.0.0.1");
+      await node.waitForLog((l) => l.level === "debug" && l.msg === "datagram refused");
+    } finally {
+      peer.close();
+    }
   });
 
   test("a changed key that needs a restart is reported once and not applied", async () => {

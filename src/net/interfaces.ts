@@ -7,14 +7,10 @@
  * restart or an explicit listen address.
  */
 import { networkInterfaces } from "node:os";
-
-export interface ExpandedAddress {
-  host: string;
-  port: number;
-}
+import type { HostPort } from "./address.ts";
 
 export interface Expansion {
-  addresses: ExpandedAddress[];
+  addresses: HostPort[];
   /** addresses left out, with why (IPv6 link-local needs a scope the socket API lacks) */
   skipped: string[];
 }
@@ -24,10 +20,10 @@ export function isWildcard(host: string): boolean {
 }
 
 export function expandListenAddresses(
-  listen: readonly ExpandedAddress[],
+  listen: readonly HostPort[],
   interfaces = networkInterfaces(),
 ): Expansion {
-  const addresses: ExpandedAddress[] = [];
+  const addresses: HostPort[] = [];
   const skipped: string[] = [];
   const seen = new Set<string>();
   const add = (host: string, port: number): void => {
