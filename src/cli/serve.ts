@@ -9,6 +9,7 @@ import { resolve } from "node:path";
 import { loadConfig } from "../config/load.ts";
 import { formatHostPort, parseListenAddress } from "../net/address.ts";
 import type { Config } from "../config/schema.ts";
+import { readTestSwitches, type TestSwitches } from "../config/test-switches.ts";
 import { createLogger, flushLogs } from "../log.ts";
 import { rootProblem, startOpsServer, type Readiness } from "../ops/http.ts";
 import { ServerMetrics } from "../ops/metrics.ts";
@@ -174,6 +175,12 @@ export default defineCommand({
       process.exit(1);
     }
     let config = loaded.config;
+    let test: TestSwitches;
+    try {
+      test = readTestSwitches();
+    } catch (error) {
+      fail("serve", (error as Error).message, 1);
+    }
     const log = createLogger(config.log.level);
 
     // The fleet's Redis, when the config uses it. A node serves its own root while Redis is
@@ -219,15 +226,13 @@ export default defineCommand({
     const expanded = expandListenAddresses(options.listen);
     options.listen = expanded.addresses;
     for (const skipped of expanded.skipped) log.debug({ address: skipped }, "not listening on link-local address");
-    const throwAfter = process.env.TFTPD_TEST_WORKER_THROW;
-    if (throwAfter) {
-      options.workerThrowAfterJobs = Number(throwAfter);
-      log.warn({ after_jobs: options.workerThrowAfterJobs }, "test switch: the first transfer worker will throw");
+    if (test.workerThrowAfterJobs !== null) {
+      options.workerThrowAfterJobs = test.workerThrowAfterJobs;
+      log.warn({ after_jobs: test.workerThrowAfterJobs }, "test switch: the first transfer worker will throw");
     }
-    const dropSpec = process.env.TFTPD_TEST_DROP;
-    if (dropSpec) {
-      options.loss = LossPlan.parse(dropSpec);
-      log.warn({ drop: dropSpec }, "test loss injection is on");
+    if (test.drop !== null) {
+      options.loss = LossPlan.parse(test.drop);
+      log.warn({ drop: test.drop }, "test loss injection is on");
     }
 
     // limits.scope "cluster": each transfer also holds a lease in Redis, counted fleet-wide; the
@@ -326,8 +331,7 @@ export default defineCommand({
 
     if (values.tune !== false && config.tune.enabled) {
       // Raise what the config needs (never lowers); without privileges it only warns.
-      // TFTPD_TEST_SYSCTL_ROOT: tests point tuning at a temporary tree instead of /proc/sys.
-      const tuned = await autoTune(config, { sysctlRoot: process.env.TFTPD_TEST_SYSCTL_ROOT });
+      const tuned = await autoTune(config, { sysctlRoot: test.sysctlRoot ?? undefined });
       for (const c of tuned.changed) log.info({ key: c.key, from: c.from, to: c.to }, "tuned");
       for (const f of tuned.failed) log.warn({ key: f.key, reason: f.reason }, "could not tune");
     }
@@ -379,8 +383,6 @@ export default defineCommand({
     }
 
     // Cluster mode: beat into the fleet's Redis (tftpd cluster status, metrics --cluster).
-    // TFTPD_TEST_HEARTBEAT_MS: tests beat faster than every 2 s.
-    const testBeatMs = Number(process.env.TFTPD_TEST_HEARTBEAT_MS);
     const heartbeat = redis
       ? new Heartbeat(
           redis,
@@ -393,15 +395,13 @@ export default defineCommand({
             bytesSentTotal: tally.bytesSent,
             cacheBytes: server.cache.stats.bytes,
           }),
-          { intervalMs: testBeatMs > 0 ? testBeatMs : undefined },
+          { intervalMs: test.heartbeatMs ?? undefined },
         )
       : null;
     heartbeat?.start();
 
     // Cluster mode: apply the config pushed to the fleet (tftpd config push), now and on every
     // new version, over this node's file and under its env and flags.
-    // TFTPD_TEST_CONFIG_POLL_MS: tests poll faster than every 2 s.
-    const testPollMs = Number(process.env.TFTPD_TEST_CONFIG_POLL_MS);
     const configSync = redis
       ? new ConfigSync({
           redis,
@@ -411,7 +411,7 @@ export default defineCommand({
           load: loadWith,
           startedWith,
           limitsOf: (c) => serverOptions(c, []).limits,
-          pollMs: testPollMs > 0 ? testPollMs : undefined,
+          pollMs: test.configPollMs ?? undefined,
         })
       : null;
     configSync?.start();
