@@ -285,10 +285,10 @@ export class ReadTransfer {
     if (this.firstResponseMs < 0) this.firstResponseMs = performance.now() - this.params.receivedAt;
   }
 
-  /** Ends the transfer from our side; the client is told why unless `notify` is false. */
-  cancel(reason = "server shutting down", notify = true): void {
+  /** Ends the transfer from our side; the client is told why. */
+  cancel(reason = "server shutting down"): void {
     if (this.phase === "done") return;
-    this.fail(ErrorCode.NOT_DEFINED, reason, "error", notify);
+    this.fail(ErrorCode.NOT_DEFINED, reason);
   }
 
   /** Ends a transfer that passed a connection_pool deadline (the engine's sweep decides). */
@@ -297,9 +297,9 @@ export class ReadTransfer {
     this.fail(ErrorCode.NOT_DEFINED, message, "timeout");
   }
 
-  /** Ends the transfer from our side, telling the client why unless `notify` is false. */
-  private fail(code: number, message: string, result: TransferResult = "error", notify = true): void {
-    if (notify) this.channel.send(encodeError(code, message));
+  /** Ends the transfer from our side, telling the client why. */
+  private fail(code: number, message: string, result: TransferResult = "error"): void {
+    this.channel.send(encodeError(code, message));
     this.finish(result, { code, message, from: "server" });
   }
 

@@ -9,8 +9,8 @@
  * through the main thread's open descriptor. The main thread keeps every descriptor open
  * while a transfer here reads it.
  */
-import { FillProgress, readFilled } from "../storage/cache.ts";
-import { borrowedFdSource, memorySource, type FileIdentity, type FileSource, type SourceShare } from "../storage/source.ts";
+import { FillProgress, followingSource } from "../storage/copy-progress.ts";
+import { borrowedFdSource, type FileIdentity, type FileSource, type SourceShare } from "../storage/source.ts";
 import { TransferEngine } from "./engine.ts";
 import { LossPlan } from "./loss.ts";
 import type { FromWorker, ToWorker } from "./worker-protocol.ts";
@@ -51,27 +51,15 @@ function seal(copy: Copy): void {
 }
 
 function copySource(copy: Copy, identity: FileIdentity): FileSource {
-  let mapped: FileSource | null = null;
-  const onCopy = (): FileSource | null => {
-    if (mapped === null && copy.sealed) {
-      copy.bytes ??= copy.size === 0 ? new Uint8Array(0) : Bun.mmap(`/proc/self/fd/${copy.fd}`, { shared: false });
-      mapped = memorySource(copy.bytes, identity);
-    }
-    return mapped;
+  const sealedBytes = (): Uint8Array | null => {
+    if (!copy.sealed) return null;
+    copy.bytes ??= copy.size === 0 ? new Uint8Array(0) : Bun.mmap(`/proc/self/fd/${copy.fd}`, { shared: false });
+    return copy.bytes;
   };
-  const source: FileSource = {
-    size: copy.size,
-    identity,
-    read(position, into, offset, length) {
-      const bytes = onCopy();
-      if (bytes) return bytes.read(position, into, offset, length);
-      if (copy.failure !== null) throw new Error(copy.failure);
-      return readFilled(copy.fd, copy.progress.readable, copy.size, position, into, offset, length);
-    },
-    close: () => mapped?.close(),
-  };
-  if (copy.sealed) return source;
-  return { ...source, whenReadable: (end) => (onCopy() ? null : copy.progress.whenReadable(end)) };
+  const source = followingSource({ fd: copy.fd, progress: copy.progress, sealedBytes, failure: () => copy.failure }, identity, () => {});
+  if (!copy.sealed) return source;
+  // sealed already: no wait per window (ReadTransfer asks only sources that have whenReadable)
+  return { size: source.size, identity, read: source.read, close: source.close };
 }
 
 function sourceFor(share: SourceShare, identity: FileIdentity): FileSource {

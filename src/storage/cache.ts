@@ -24,6 +24,7 @@
  * a new version needs the room (`maxBytes`).
  */
 import * as fs from "node:fs";
+import { FillProgress, followingSource, type CopyView } from "./copy-progress.ts";
 import { MemfdFiller, memfdAvailable, type SealedCopy } from "./memfd.ts";
 import { memorySource, sameVersion, type FileIdentity, type FileSource, type SourceShare } from "./source.ts";
 
@@ -289,48 +290,35 @@ export class FileCache {
     entry.readers++;
     entry.lastUsed = performance.now();
     const { identity } = entry;
-    let mapped: FileSource | null = null;
-    let closed = false;
-    const onCopy = (): FileSource | null => {
-      const state = entry.state;
-      if (mapped === null && (state.kind === "ready" || state.kind === "stale")) mapped = memorySource(state.copy.bytes, identity);
-      return mapped;
-    };
-    const close = (): void => {
-      if (closed) return;
-      closed = true;
-      mapped?.close();
-      this.unread(entry);
-    };
     const state = entry.state;
     if (state.kind === "ready" || state.kind === "stale") {
-      const copy = onCopy()!;
+      const copy = memorySource(state.copy.bytes, identity);
+      let closed = false;
+      const close = (): void => {
+        if (closed) return;
+        closed = true;
+        copy.close();
+        this.unread(entry);
+      };
       return { size: identity.size, identity, share: { kind: "memfd", id: entry.id, fd: state.copy.fd }, read: copy.read, close };
     }
     if (state.kind !== "filling") throw new Error("read of a failed copy");
     const { progress, memfd } = state;
-    return {
-      size: identity.size,
-      identity,
-      // as the copy is when another thread takes the source over: the events that follow tell it the rest
-      get share(): SourceShare | undefined {
-        const now = entry.state;
-        if (now.kind === "ready" || now.kind === "stale") return { kind: "memfd", id: entry.id, fd: now.copy.fd };
-        if (now.kind === "filling") return { kind: "filling", id: entry.id, fd: memfd.fd, readable: progress.readable };
-        return undefined; // failed: read here, where the read says why
-      },
-      read: (position, into, offset, length) => {
-        if (closed) throw new Error("read on a closed FileSource");
-        const copy = onCopy();
-        if (copy) return copy.read(position, into, offset, length);
-        const now = entry.state;
-        // a failed copy's memfd stays open while it has readers: its descriptor is never reused under us
-        if (now.kind === "failed") throw new Error(now.reason);
-        return readFilled(memfd.fd, progress.readable, identity.size, position, into, offset, length);
-      },
-      whenReadable: (end) => (onCopy() ? null : progress.whenReadable(end)),
-      close,
+    const view: CopyView = {
+      fd: memfd.fd,
+      progress,
+      sealedBytes: () => (entry.state.kind === "ready" || entry.state.kind === "stale" ? entry.state.copy.bytes : null),
+      // a failed copy's memfd stays open while it has readers: its descriptor is never reused under them
+      failure: () => (entry.state.kind === "failed" ? entry.state.reason : null),
     };
+    // as the copy is when another thread takes the source over: the events that follow tell it the rest
+    const share = (): SourceShare | undefined => {
+      const now = entry.state;
+      if (now.kind === "ready" || now.kind === "stale") return { kind: "memfd", id: entry.id, fd: now.copy.fd };
+      if (now.kind === "filling") return { kind: "filling", id: entry.id, fd: memfd.fd, readable: progress.readable };
+      return undefined; // failed: read here, where the read says why
+    };
+    return followingSource(view, identity, () => this.unread(entry), share);
   }
 
   private unread(entry: Entry): void {
@@ -362,84 +350,6 @@ export class FileCache {
     this.events.released?.(entry.id);
     this.bytes -= entry.charged;
     entry.charged = 0;
-  }
-}
-
-/**
- * Reads bytes [position, position + length) of a copy still being filled, from its memfd; they
- * must lie below `readable` (or the copy's end, once complete).
- */
-export function readFilled(fd: number, readable: number, size: number, position: number, into: Uint8Array, offset: number, length: number): number {
-  const end = Math.min(size, position + length);
-  if (end > readable && end > position) throw new Error("read past the bytes copied so far");
-  let done = 0;
-  while (position + done < end) {
-    const n = fs.readSync(fd, into, offset + done, end - position - done, position + done);
-    if (n === 0) break;
-    done += n;
-  }
-  return done;
-}
-
-/**
- * Which bytes of a copy written out of order are in: the readable prefix, the ranges written
- * past it, and the readers waiting for more. The last byte becomes readable only when the
- * fill completes (the whole copy checked): a transfer never ends on a copy that fails.
- */
-export class FillProgress {
-  /** bytes [0, readable) can be read */
-  readable = 0;
-  /** bytes [0, written) are in */
-  written = 0;
-  private readonly ahead = new Map<number, number>();
-  private waiters: { end: number; resolve: () => void; reject: (error: Error) => void }[] = [];
-  private failure: Error | null = null;
-
-  constructor(private readonly size: number) {}
-
-  wrote(start: number, end: number): void {
-    if (start !== this.written) {
-      this.ahead.set(start, end);
-      return;
-    }
-    this.written = end;
-    for (let next = this.ahead.get(this.written); next !== undefined; next = this.ahead.get(this.written)) {
-      this.ahead.delete(this.written);
-      this.written = next;
-    }
-    this.advance(Math.min(this.written, this.size - 1));
-  }
-
-  /** Bytes [0, readable) are in (told by the thread that fills the copy). */
-  advance(readable: number): void {
-    if (readable <= this.readable) return;
-    this.readable = readable;
-    this.wake();
-  }
-
-  whenReadable(end: number): Promise<void> | null {
-    if (end <= this.readable) return null;
-    if (this.failure) return Promise.reject(this.failure);
-    return new Promise((resolve, reject) => this.waiters.push({ end, resolve, reject }));
-  }
-
-  complete(): void {
-    this.advance(Number.MAX_SAFE_INTEGER);
-  }
-
-  fail(error: Error): void {
-    this.failure = error;
-    for (const w of this.waiters.splice(0)) w.reject(error);
-  }
-
-  private wake(): void {
-    if (this.waiters.length === 0) return;
-    const still: typeof this.waiters = [];
-    for (const w of this.waiters) {
-      if (w.end <= this.readable) w.resolve();
-      else still.push(w);
-    }
-    this.waiters = still;
   }
 }
 
