@@ -16,10 +16,12 @@ import {
   overdue,
   type Lifetimes,
   type RetransmitPolicy,
+  type Transfer,
   type TransferOutcome,
+  type TransferParams,
 } from "./transfer.ts";
 import type { PortRange } from "../net/address.ts";
-import { openTransferChannel, type Peer, type TransferChannel } from "./transport.ts";
+import { openTransferChannel, type PacketHandler, type Peer, type TransferChannel } from "./transport.ts";
 import { WriteTransfer } from "./write-transfer.ts";
 
 export interface EngineOptions {
@@ -55,15 +57,13 @@ export type EndHandler = (id: number, outcome: TransferOutcome) => void;
  */
 export type RepeatVerdict = "answered" | "ignored" | "superseded" | "unknown";
 
-type RunningTransfer = ReadTransfer | WriteTransfer;
-
 const SWEEP_MS = 1000;
 
 /** Windows above this many bytes get a bigger socket send buffer than the kernel default. */
 const BIG_WINDOW_BYTES = 128 * 1024;
 
 export class TransferEngine {
-  private readonly transfers = new Map<number, RunningTransfer>();
+  private readonly transfers = new Map<number, Transfer>();
   /** jobs whose socket is being opened: their first packet is about to go out */
   private readonly opening = new Set<number>();
   private sweeper: ReturnType<typeof setInterval> | null = null;
@@ -83,37 +83,21 @@ export class TransferEngine {
   }
 
   /** Starts sending `source`; the engine closes the source when the transfer ends. */
-  async startRead(job: TransferJob, source: FileSource): Promise<void> {
-    let transfer: ReadTransfer | null = null;
-    let channel: TransferChannel;
-    this.opening.add(job.id);
-    try {
-      channel = await this.openChannel(job, (bytes) => transfer?.handle(bytes));
-    } catch (error) {
-      source.close();
-      throw error;
-    } finally {
-      this.opening.delete(job.id);
-    }
-    transfer = new ReadTransfer(channel, source, this.params(job), (outcome) => this.ended(job.id, outcome));
-    this.run(job.id, transfer);
+  startRead(job: TransferJob, source: FileSource): Promise<void> {
+    return this.begin(
+      job,
+      (channel, onEnd) => new ReadTransfer(channel, source, this.params(job), onEnd),
+      () => source.close(),
+    );
   }
 
   /** Starts receiving into `sink`; the transfer commits or aborts it. */
-  async startWrite(job: TransferJob, sink: UploadSink, mode: TransferMode): Promise<void> {
-    let transfer: WriteTransfer | null = null;
-    let channel: TransferChannel;
-    this.opening.add(job.id);
-    try {
-      channel = await this.openChannel(job, (bytes) => transfer?.handle(bytes));
-    } catch (error) {
-      sink.abort();
-      throw error;
-    } finally {
-      this.opening.delete(job.id);
-    }
-    transfer = new WriteTransfer(channel, sink, { ...this.params(job), mode }, (outcome) => this.ended(job.id, outcome));
-    this.run(job.id, transfer);
+  startWrite(job: TransferJob, sink: UploadSink, mode: TransferMode): Promise<void> {
+    return this.begin(
+      job,
+      (channel, onEnd) => new WriteTransfer(channel, sink, { ...this.params(job), mode }, onEnd),
+      () => sink.abort(),
+    );
   }
 
   /**
@@ -160,7 +144,31 @@ export class TransferEngine {
     for (const socket of this.openShared) socket.close();
   }
 
-  private run(id: number, transfer: RunningTransfer): void {
+  /**
+   * Opens the job's channel and runs the transfer `create` makes on it; when no channel can be
+   * opened, `giveBack` releases what the job holds (its file or upload) and the error goes up.
+   */
+  private async begin(
+    job: TransferJob,
+    create: (channel: TransferChannel, onEnd: (outcome: TransferOutcome) => void) => Transfer,
+    giveBack: () => void,
+  ): Promise<void> {
+    let transfer: Transfer | null = null;
+    let channel: TransferChannel;
+    this.opening.add(job.id);
+    try {
+      channel = await this.openChannel(job, (bytes) => transfer?.handle(bytes));
+    } catch (error) {
+      giveBack();
+      throw error;
+    } finally {
+      this.opening.delete(job.id);
+    }
+    transfer = create(channel, (outcome) => this.ended(job.id, outcome));
+    this.run(job.id, transfer);
+  }
+
+  private run(id: number, transfer: Transfer): void {
     this.transfers.set(id, transfer);
     if (this.stopped) {
       transfer.cancel();
@@ -183,7 +191,7 @@ export class TransferEngine {
     }
   }
 
-  private params(job: TransferJob) {
+  private params(job: TransferJob): TransferParams {
     return {
       blksize: job.blksize,
       windowsize: job.windowsize,
@@ -199,16 +207,23 @@ export class TransferEngine {
     this.onEnd(id, outcome);
   }
 
-  private async openChannel(job: TransferJob, handler: (bytes: Uint8Array) => void): Promise<TransferChannel> {
+  /** The job's channel; with a loss plan (a test switch), losing what the plan picks both ways. */
+  private async openChannel(job: TransferJob, handler: PacketHandler): Promise<TransferChannel> {
+    const loss = this.loss;
+    if (!loss) return this.bindChannel(job, handler);
+    return loss.outgoing(await this.bindChannel(job, loss.incoming(handler)));
+  }
+
+  private async bindChannel(job: TransferJob, handler: PacketHandler): Promise<TransferChannel> {
     if (this.options.transferSockets === "shared") {
       const shared = await this.sharedSocket(job.localAddress);
       // The same client port twice at once (a client reusing its port) needs a socket of its own.
-      const channel = shared.attach(job.peer, handler, this.loss);
+      const channel = shared.attach(job.peer, handler);
       if (channel) return channel;
     }
     const windowBytes = job.windowsize * (job.blksize + 4);
     const sendBuffer = windowBytes > BIG_WINDOW_BYTES ? Math.min(this.options.sendBufferBytes, windowBytes * 2) : 0;
-    return openTransferChannel(job.localAddress, job.peer, this.options.portRange, this.loss, handler, sendBuffer);
+    return openTransferChannel(job.localAddress, job.peer, this.options.portRange, handler, sendBuffer);
   }
 
   private sharedSocket(address: string): Promise<SharedTransferSocket> {

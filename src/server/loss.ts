@@ -14,8 +14,13 @@
  * e.g. `out:data:3` drops DATA block 3 once; `in:ack:2*2` drops the first two ACKs of block 2;
  * `in:any%20,out:any%20` loses a fifth of the datagrams each way. Each thread parses the spec
  * itself (workers too), so each draws its own sequence from the same seed.
+ *
+ * A plan is applied where sockets open, never on the data path: `incoming` wraps what receives
+ * a listener's or a transfer's datagrams, `outgoing` wraps a transfer's channel. A datagram
+ * answered with ERROR 5 (a foreign TID) never reaches either, so it is never lost.
  */
 import { Opcode } from "../protocol/packet.ts";
+import type { TransferChannel } from "./transport.ts";
 
 export type Direction = "in" | "out";
 
@@ -95,6 +100,20 @@ export class LossPlan {
     return false;
   }
 
+  /** `deliver`, but the datagrams this plan loses on their way in never reach it. */
+  incoming<Rest extends unknown[]>(
+    deliver: (bytes: Uint8Array, ...rest: Rest) => void,
+  ): (bytes: Uint8Array, ...rest: Rest) => void {
+    return (bytes, ...rest) => {
+      if (!this.shouldDrop("in", bytes)) deliver(bytes, ...rest);
+    };
+  }
+
+  /** `channel`, but the datagrams this plan loses on their way out never reach it. */
+  outgoing(channel: TransferChannel): TransferChannel {
+    return new LossyChannel(channel, this);
+  }
+
   /** A uniform draw in [0, 1). */
   private draw(): number {
     let x = this.random;
@@ -103,5 +122,41 @@ export class LossPlan {
     x ^= x << 5;
     this.random = x >>> 0;
     return this.random / 0x100000000;
+  }
+}
+
+class LossyChannel implements TransferChannel {
+  private readonly kept: Uint8Array[] = [];
+  /** a closed channel sends nothing, so nothing sent after its close may use up a rule */
+  private closed = false;
+
+  constructor(
+    private readonly inner: TransferChannel,
+    private readonly plan: LossPlan,
+  ) {}
+
+  get localPort(): number {
+    return this.inner.localPort;
+  }
+
+  send(packet: Uint8Array): void {
+    if (!this.closed && !this.plan.shouldDrop("out", packet)) this.inner.send(packet);
+  }
+
+  sendMany(packets: readonly Uint8Array[]): void {
+    if (this.closed) return;
+    const kept = this.kept;
+    kept.length = 0;
+    for (const packet of packets) if (!this.plan.shouldDrop("out", packet)) kept.push(packet);
+    if (kept.length > 0) this.inner.sendMany(kept);
+  }
+
+  settle(): void {
+    this.inner.settle();
+  }
+
+  close(): void {
+    this.closed = true;
+    this.inner.close();
   }
 }

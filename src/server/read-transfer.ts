@@ -2,21 +2,12 @@
  * RRQ state machine: the server sends DATA, the client ACKs. RFC 1350 with the window of
  * RFC 7440 (windowsize 1 is exactly RFC 1350's lock-step).
  */
-import { decodePacket, encodeError, encodeOack, writeDataHeader } from "../protocol/codec.ts";
+import { decodePacket, encodeOack, writeDataHeader } from "../protocol/codec.ts";
 import { DATA_HEADER_SIZE, ErrorCode, Opcode } from "../protocol/packet.ts";
 import type { FileSource } from "../storage/source.ts";
 import type { TransferChannel } from "./transport.ts";
 import { threadSendArena, type SendArena } from "./send-arena.ts";
-import {
-  absoluteBlock,
-  countStray,
-  RetransmitClock,
-  type RetransmitPolicy,
-  type StrayKind,
-  type StrayTally,
-  type TransferOutcome,
-  type TransferResult,
-} from "./transfer.ts";
+import { absoluteBlock, EndingTransfer, type TransferOutcome, type TransferParams, type TransferResult } from "./transfer.ts";
 
 /** Longest pause between windows after repeated losses. */
 const PACING_MAX_MS = 50;
@@ -30,25 +21,14 @@ const PACING_MAX_MS = 50;
 const WINDOW_BATCH_BLOCKS = 16;
 const WINDOW_BATCH_BYTES = 64 * 1024;
 
-export interface ReadTransferParams {
-  blksize: number;
-  windowsize: number;
-  oack: [string, string][] | null;
-  retransmit: RetransmitPolicy;
-  receivedAt: number;
-}
-
-export class ReadTransfer {
+export class ReadTransfer extends EndingTransfer {
   /** highest block the client acknowledged */
   private acked = 0;
   /** highest block sent so far */
   private sentUpTo = 0;
   private readonly lastBlock: number;
-  private phase: "oack" | "data" | "done" = "data";
-  private retransmits = 0;
-  private firstResponseMs = -1;
-  private strays: StrayTally | null = null;
-  readonly clock: RetransmitClock;
+  /** "oack": the OACK waits for its ACK 0 */
+  private phase: "oack" | "data" = "data";
   /** a window waits for bytes still being fetched (FileSource.whenReadable) */
   private awaitingBytes = false;
   /** blocks per sendmmsg within a window (WINDOW_BATCH_*) */
@@ -67,22 +47,18 @@ export class ReadTransfer {
   private paced: ReturnType<typeof setTimeout> | null = null;
 
   constructor(
-    private readonly channel: TransferChannel,
+    channel: TransferChannel,
     private readonly source: FileSource,
-    private readonly params: ReadTransferParams,
-    private readonly onEnd: (outcome: TransferOutcome) => void,
+    params: TransferParams,
+    onEnd: (outcome: TransferOutcome) => void,
     /** where packets are built: borrowed per batch, so an idle transfer holds none */
     private readonly arena: SendArena = threadSendArena,
   ) {
+    super(channel, params, onEnd);
     // RFC 1350 §6: a block shorter than blksize ends the transfer, so a size that is an exact
     // multiple needs one more, empty block; an empty file is a single empty block.
     this.lastBlock = Math.floor(source.size / params.blksize) + 1;
     this.batchBlocks = Math.max(1, Math.min(WINDOW_BATCH_BLOCKS, Math.floor(WINDOW_BATCH_BYTES / params.blksize)));
-    this.clock = new RetransmitClock(
-      params.retransmit,
-      () => this.retransmit(),
-      () => this.finish("timeout"),
-    );
   }
 
   start(): void {
@@ -98,7 +74,7 @@ export class ReadTransfer {
   }
 
   handle(bytes: Uint8Array): void {
-    if (this.phase === "done") return;
+    if (this.state !== "running") return;
     // The hot path, once per window: an ACK is opcode 4 and a block number (RFC 1350 §5),
     // read in place without building a packet object.
     if (bytes.length >= 4 && bytes[0] === 0 && bytes[1] === Opcode.ACK) {
@@ -119,29 +95,11 @@ export class ReadTransfer {
       return;
     }
     // RFC 2347: an ERROR 8 in answer to the OACK is how firmware probes tsize.
-    this.finish(this.phase === "oack" && packet.code === ErrorCode.OPTION_REFUSED ? "probe" : "client-error", {
+    this.end(this.phase === "oack" && packet.code === ErrorCode.OPTION_REFUSED ? "probe" : "client-error", {
       code: packet.code,
       message: packet.message,
       from: "client",
     });
-  }
-
-  /**
-   * The client's request came again while this transfer runs (engine.requestAgain decided it is
-   * the same request, sent again because our first packet was lost): that packet goes again.
-   */
-  answerRepeat(): void {
-    if (this.phase !== "done") this.retransmit();
-  }
-
-  /** Counts a datagram from the client's port that was dropped (here, or at the listen port). */
-  noteStray(kind: StrayKind): void {
-    this.strays = countStray(this.strays, kind);
-  }
-
-  /** The client asked anew after a silence (engine.requestAgain): ends without an ERROR. */
-  supersede(): void {
-    this.finish("superseded");
   }
 
   private onAck(wire: number): void {
@@ -167,7 +125,7 @@ export class ReadTransfer {
     this.acked = block;
     if (block === this.sentUpTo && !this.windowResent) this.clock.sample(performance.now() - this.windowSentAt);
     if (block === this.lastBlock) {
-      this.finish("ok");
+      this.end("ok");
       return;
     }
     const rewind = block < this.sentUpTo;
@@ -186,7 +144,7 @@ export class ReadTransfer {
     }
     this.paced = setTimeout(() => {
       this.paced = null;
-      if (this.phase === "data") this.sendWindow(block + 1, rewind);
+      if (this.state === "running") this.sendWindow(block + 1, rewind);
     }, this.pacingMs);
   }
 
@@ -194,7 +152,7 @@ export class ReadTransfer {
     if (this.params.windowsize > 1) this.pacingMs = Math.min(PACING_MAX_MS, Math.max(1, this.pacingMs * 2));
   }
 
-  private retransmit(): void {
+  protected override retransmit(): void {
     // nothing went out yet: the window leaves once its bytes are in (no loss to react to)
     if (this.awaitingBytes) return;
     if (this.phase === "oack") {
@@ -227,7 +185,7 @@ export class ReadTransfer {
           pending.then(
             () => {
               this.awaitingBytes = false;
-              if (this.phase !== "done") this.sendWindow(first, again);
+              if (this.state === "running") this.sendWindow(first, again);
             },
             (error: Error) => {
               this.awaitingBytes = false;
@@ -281,43 +239,12 @@ export class ReadTransfer {
     if (!again) this.windowSentAt = performance.now();
   }
 
-  private markFirstResponse(): void {
-    if (this.firstResponseMs < 0) this.firstResponseMs = performance.now() - this.params.receivedAt;
+  protected override bytesMoved(result: TransferResult): number {
+    return result === "ok" ? this.source.size : Math.min(this.acked * this.params.blksize, this.source.size);
   }
 
-  /** Ends the transfer from our side; the client is told why. */
-  cancel(reason = "server shutting down"): void {
-    if (this.phase === "done") return;
-    this.fail(ErrorCode.NOT_DEFINED, reason);
-  }
-
-  /** Ends a transfer that passed a connection_pool deadline (the engine's sweep decides). */
-  expire(message: string): void {
-    if (this.phase === "done") return;
-    this.fail(ErrorCode.NOT_DEFINED, message, "timeout");
-  }
-
-  /** Ends the transfer from our side, telling the client why. */
-  private fail(code: number, message: string, result: TransferResult = "error"): void {
-    this.channel.send(encodeError(code, message));
-    this.finish(result, { code, message, from: "server" });
-  }
-
-  private finish(result: TransferResult, error?: TransferOutcome["error"]): void {
-    if (this.phase === "done") return;
-    this.phase = "done";
-    this.clock.stop();
+  protected override release(): void {
     if (this.paced) clearTimeout(this.paced);
-    this.channel.close();
     this.source.close();
-    const bytes = result === "ok" ? this.source.size : Math.min(this.acked * this.params.blksize, this.source.size);
-    this.onEnd({
-      result,
-      bytes,
-      retransmits: this.retransmits,
-      firstResponseMs: Math.max(0, this.firstResponseMs),
-      ...(error ? { error } : {}),
-      ...(this.strays ? { strays: this.strays } : {}),
-    });
   }
 }

@@ -9,14 +9,10 @@
  * RFC 1350 §4 still holds: a datagram from an address/port with no transfer here gets ERROR 5.
  */
 import type { udp } from "bun";
-import { encodeError } from "../protocol/codec.ts";
-import { ErrorCode } from "../protocol/packet.ts";
-import type { LossPlan } from "./loss.ts";
 import type { PortRange } from "../net/address.ts";
+import { bindInPortRange } from "../net/port-range-bind.ts";
 import { setBufferSizes } from "../net/sockopt.ts";
-import { sendAll, sendOne, type PacketHandler, type Peer, type TransferChannel } from "./transport.ts";
-
-const unknownTid = encodeError(ErrorCode.UNKNOWN_TID, "unknown transfer ID");
+import { ignoreSocketError, sendAll, sendOne, unknownTid, type PacketHandler, type Peer, type TransferChannel } from "./transport.ts";
 
 export interface BatchPolicy {
   /** most datagrams in one sendmmsg */
@@ -34,11 +30,10 @@ class SharedChannel implements TransferChannel {
     private readonly owner: SharedTransferSocket,
     readonly peer: Peer,
     private readonly handler: PacketHandler,
-    private readonly loss: LossPlan | null,
   ) {}
 
   receive(bytes: Uint8Array): void {
-    if (this.closed || this.loss?.shouldDrop("in", bytes)) return;
+    if (this.closed) return;
     this.handler(bytes);
   }
 
@@ -52,7 +47,7 @@ class SharedChannel implements TransferChannel {
   }
 
   send(packet: Uint8Array): void {
-    if (this.closed || this.loss?.shouldDrop("out", packet)) return;
+    if (this.closed) return;
     this.owner.enqueue(this, packet);
   }
 
@@ -96,29 +91,11 @@ export class SharedTransferSocket {
       data(_s: unknown, bytes: Uint8Array, port: number, peerAddress: string) {
         shared?.receive(bytes, port, peerAddress);
       },
-      error() {
-        // ICMP reports about earlier sends (a client that went away): the retransmit clock
-        // already handles them (RFC 1122 §4.1.3.3).
-      },
+      error: ignoreSocketError,
     };
-    const bind = (port: number) =>
-      Bun.udpSocket({ hostname: address, port, binaryType: "uint8array", socket: handlers });
-    let socket: udp.Socket<"uint8array"> | null = null;
-    if (range === null) {
-      socket = await bind(0);
-    } else {
-      const span = range.high - range.low + 1;
-      const start = Math.floor(Math.random() * span);
-      for (let i = 0; i < span && socket === null; i++) {
-        try {
-          socket = await bind(range.low + ((start + i) % span));
-        } catch (error) {
-          const code = (error as { code?: string }).code;
-          if (code !== "EADDRINUSE" && code !== "EACCES") throw error;
-        }
-      }
-      if (socket === null) throw new Error(`no free transfer port in ${range.low}:${range.high} on ${address}`);
-    }
+    const socket = await bindInPortRange(address, range, (port) =>
+      Bun.udpSocket({ hostname: address, port, binaryType: "uint8array", socket: handlers }),
+    );
     // Many transfers' ACKs and windows share these buffers.
     setBufferSizes(socket, buffers.receive, buffers.send);
     shared = new SharedTransferSocket(socket, batch);
@@ -138,9 +115,9 @@ export class SharedTransferSocket {
   }
 
   /** A channel to `peer`, or null when this socket already carries a transfer with that peer. */
-  attach(peer: Peer, handler: PacketHandler, loss: LossPlan | null): TransferChannel | null {
+  attach(peer: Peer, handler: PacketHandler): TransferChannel | null {
     if (this.find(peer.address, peer.port)) return null;
-    const channel = new SharedChannel(this, peer, handler, loss);
+    const channel = new SharedChannel(this, peer, handler);
     const list = this.byPort.get(peer.port);
     if (list) list.push(channel);
     else this.byPort.set(peer.port, [channel]);

@@ -1,7 +1,11 @@
 /**
- * What the two transfer state machines (read-transfer.ts, write-transfer.ts) share: how a
- * transfer ends, and the retransmission clock.
+ * What the two transfer state machines (read-transfer.ts, write-transfer.ts) share: the face
+ * the engine sees (`Transfer`), how a transfer ends (`EndingTransfer`), and the retransmission
+ * clock.
  */
+import { encodeError } from "../protocol/codec.ts";
+import { ErrorCode } from "../protocol/packet.ts";
+import type { TransferChannel } from "./transport.ts";
 
 export type TransferResult =
   /** every byte delivered and acknowledged */
@@ -252,4 +256,144 @@ export function overdue(clock: RetransmitClock, limits: Lifetimes, now: number):
  */
 export function absoluteBlock(wire: number, newest: number): number {
   return newest - (((newest & 0xffff) - wire) & 0xffff);
+}
+
+/** What both state machines are given besides their channel and their bytes. */
+export interface TransferParams {
+  blksize: number;
+  windowsize: number;
+  oack: [string, string][] | null;
+  retransmit: RetransmitPolicy;
+  /** when the request arrived, on this thread's performance.now() clock */
+  receivedAt: number;
+}
+
+/** A running read or write, as the engine drives it. */
+export interface Transfer {
+  /** its deadlines (overdue) and how to take a repeated request (judgeRepeat) */
+  readonly clock: RetransmitClock;
+  /** sends the first packet (OACK, DATA 1 or ACK 0) */
+  start(): void;
+  /** a datagram from the client's address and port */
+  handle(bytes: Uint8Array): void;
+  /** the client's request came again because our first packet was lost: it goes again */
+  answerRepeat(): void;
+  /** counts a datagram from the client's port that was dropped (here, or at the listen port) */
+  noteStray(kind: StrayKind): void;
+  /** the client asked anew after a silence: ends without an ERROR (that would reach the new session) */
+  supersede(): void;
+  /** ends the transfer from our side; the client is told why */
+  cancel(reason?: string): void;
+  /** ends a transfer that passed a connection_pool deadline (the engine's sweep decides) */
+  expire(message: string): void;
+}
+
+/**
+ * - "running": the outcome is still open;
+ * - "lingering": the outcome is reported, the channel still answers (an upload's dally);
+ * - "closed": the channel is closed and nothing more happens.
+ */
+type EndState = "running" | "lingering" | "closed";
+
+/**
+ * The end of both state machines, in one place: however a transfer ends (done, client ERROR,
+ * give-up, cancel, deadline, superseded), its clock stops, what it holds is given back
+ * (`release`), its channel closes (or lingers, then closes), and the end callback gets the
+ * one TransferOutcome, exactly once.
+ */
+export abstract class EndingTransfer<P extends TransferParams = TransferParams> implements Transfer {
+  protected state: EndState = "running";
+  protected retransmits = 0;
+  private firstResponseMs = -1;
+  private strays: StrayTally | null = null;
+  private lingerTimer: ReturnType<typeof setTimeout> | null = null;
+  readonly clock: RetransmitClock;
+
+  constructor(
+    protected readonly channel: TransferChannel,
+    protected readonly params: P,
+    private readonly onEnd: (outcome: TransferOutcome) => void,
+  ) {
+    this.clock = new RetransmitClock(
+      params.retransmit,
+      () => this.retransmit(),
+      () => this.end("timeout"),
+    );
+  }
+
+  abstract start(): void;
+  abstract handle(bytes: Uint8Array): void;
+  /** sends again what the clock guards (the window, the last ACK, the OACK) */
+  protected abstract retransmit(): void;
+  /** payload bytes acknowledged (read) or stored (write) when the transfer ends with `result` */
+  protected abstract bytesMoved(result: TransferResult): number;
+  /** gives back what the transfer holds (its file, its upload, its timers) as it ends */
+  protected abstract release(result: TransferResult): void;
+
+  answerRepeat(): void {
+    if (this.state === "running") this.retransmit();
+  }
+
+  noteStray(kind: StrayKind): void {
+    if (this.state === "running") this.strays = countStray(this.strays, kind);
+  }
+
+  supersede(): void {
+    this.end("superseded");
+  }
+
+  cancel(reason = "server shutting down"): void {
+    this.fail(ErrorCode.NOT_DEFINED, reason);
+  }
+
+  expire(message: string): void {
+    this.fail(ErrorCode.NOT_DEFINED, message, "timeout");
+  }
+
+  protected markFirstResponse(): void {
+    if (this.firstResponseMs < 0) this.firstResponseMs = performance.now() - this.params.receivedAt;
+  }
+
+  /** Ends the transfer from our side, telling the client why (unless its outcome is settled). */
+  protected fail(code: number, message: string, result: TransferResult = "error"): void {
+    if (this.state === "running") this.channel.send(encodeError(code, message));
+    this.end(result, { code, message, from: "server" });
+  }
+
+  /**
+   * The one way a transfer ends. `lingerMs` keeps the channel open that long after the
+   * outcome is reported (RFC 1350 §6's dally after an upload's final ACK). Once the outcome
+   * is settled, any further end only closes the channel.
+   */
+  protected end(result: TransferResult, error?: TransferOutcome["error"], lingerMs = 0): void {
+    if (this.state !== "running") {
+      this.close();
+      return;
+    }
+    const outcome: TransferOutcome = {
+      result,
+      bytes: this.bytesMoved(result),
+      retransmits: this.retransmits,
+      firstResponseMs: Math.max(0, this.firstResponseMs),
+      ...(error ? { error } : {}),
+      ...(this.strays ? { strays: this.strays } : {}),
+    };
+    this.clock.stop();
+    this.release(result);
+    if (lingerMs > 0) {
+      this.state = "lingering";
+      this.lingerTimer = setTimeout(() => this.close(), lingerMs);
+    } else {
+      this.close();
+    }
+    this.onEnd(outcome);
+  }
+
+  private close(): void {
+    if (this.state === "closed") return;
+    this.state = "closed";
+    this.clock.stop();
+    if (this.lingerTimer) clearTimeout(this.lingerTimer);
+    this.channel.close();
+  }
 }

@@ -11,6 +11,7 @@ import { encodeError } from "../protocol/codec.ts";
 import { ErrorCode } from "../protocol/packet.ts";
 import type { LossPlan } from "./loss.ts";
 import type { PortRange } from "../net/address.ts";
+import { bindInPortRange } from "../net/port-range-bind.ts";
 import { setBufferSizes, type BufferSizes } from "../net/sockopt.ts";
 import { TokenBucket } from "./token-bucket.ts";
 
@@ -34,7 +35,8 @@ export interface TransferChannel {
 
 export type PacketHandler = (bytes: Uint8Array) => void;
 
-const unknownTid = encodeError(ErrorCode.UNKNOWN_TID, "unknown transfer ID");
+/** RFC 1350 §4: the answer to a datagram from an address and port no transfer here talks to. */
+export const unknownTid = encodeError(ErrorCode.UNKNOWN_TID, "unknown transfer ID");
 
 /** Tries of one datagram: a failed send reports (and clears) the pending ICMP error. */
 const SEND_ATTEMPTS = 3;
@@ -86,11 +88,10 @@ class UdpTransferChannel implements TransferChannel {
   private socket: udp.Socket<"uint8array"> | null = null;
   private readonly flat: (Uint8Array | number | string)[] = [];
   private closed = false;
-  handler: PacketHandler = () => {};
 
   constructor(
     private readonly peer: Peer,
-    private readonly loss: LossPlan | null,
+    private readonly handler: PacketHandler,
   ) {}
 
   get localPort(): number {
@@ -108,12 +109,11 @@ class UdpTransferChannel implements TransferChannel {
       if (this.socket) sendOne(this.socket, unknownTid, port, address);
       return;
     }
-    if (this.loss?.shouldDrop("in", bytes)) return;
     this.handler(bytes);
   }
 
   send(packet: Uint8Array): void {
-    if (this.closed || this.loss?.shouldDrop("out", packet) || !this.socket) return;
+    if (this.closed || !this.socket) return;
     sendOne(this.socket, packet, this.peer.port, this.peer.address);
   }
 
@@ -121,10 +121,7 @@ class UdpTransferChannel implements TransferChannel {
     if (this.closed || !this.socket) return;
     const flat = this.flat;
     flat.length = 0;
-    for (const packet of packets) {
-      if (this.loss?.shouldDrop("out", packet)) continue;
-      flat.push(packet, this.peer.port, this.peer.address);
-    }
+    for (const packet of packets) flat.push(packet, this.peer.port, this.peer.address);
     if (flat.length > 0) sendAll(this.socket, flat);
   }
 
@@ -146,7 +143,7 @@ class UdpTransferChannel implements TransferChannel {
  * handler Bun raises each one as an uncaught exception: one vanished client means an error
  * per retransmission and a failing exit status for the whole server.
  */
-function ignoreSocketError(): void {}
+export function ignoreSocketError(): void {}
 
 function bindSocket(
   hostname: string,
@@ -166,11 +163,6 @@ function bindSocket(
   });
 }
 
-function isAddressInUse(error: unknown): boolean {
-  const code = (error as { code?: string } | null)?.code;
-  return code === "EADDRINUSE" || code === "EACCES";
-}
-
 /**
  * Opens the socket of a new transfer on `localAddress`, on a port from `range` when one is
  * configured (firewalls that only open a range), else on an ephemeral port.
@@ -179,30 +171,15 @@ export async function openTransferChannel(
   localAddress: string,
   peer: Peer,
   range: PortRange | null,
-  loss: LossPlan | null,
   handler: PacketHandler,
   sendBufferBytes = 0,
 ): Promise<TransferChannel> {
-  const channel = new UdpTransferChannel(peer, loss);
-  channel.handler = handler;
-  const attach = (socket: udp.Socket<"uint8array">): TransferChannel => {
-    // A large window leaves in one sendmmsg; the default send buffer would drop its tail.
-    if (sendBufferBytes > 0) setBufferSizes(socket, 0, sendBufferBytes);
-    channel.attach(socket);
-    return channel;
-  };
-  if (range === null) return attach(await bindSocket(localAddress, 0, channel));
-  const span = range.high - range.low + 1;
-  const start = Math.floor(Math.random() * span);
-  for (let i = 0; i < span; i++) {
-    const port = range.low + ((start + i) % span);
-    try {
-      return attach(await bindSocket(localAddress, port, channel));
-    } catch (error) {
-      if (!isAddressInUse(error)) throw error;
-    }
-  }
-  throw new Error(`no free transfer port in ${range.low}:${range.high} on ${localAddress}`);
+  const channel = new UdpTransferChannel(peer, handler);
+  const socket = await bindInPortRange(localAddress, range, (port) => bindSocket(localAddress, port, channel));
+  // A large window leaves in one sendmmsg; the default send buffer would drop its tail.
+  if (sendBufferBytes > 0) setBufferSizes(socket, 0, sendBufferBytes);
+  channel.attach(socket);
+  return channel;
 }
 
 export interface Listener {
@@ -225,21 +202,29 @@ const GARBAGE_REPLIES_PER_SECOND = 50;
 
 export type RequestHandler = (listener: Listener, bytes: Uint8Array, peer: Peer, receivedAt: number) => void;
 
-/** Binds a request socket (port 69 by default) on one local address. */
+/**
+ * Binds a request socket (port 69 by default) on one local address. With `loss` (a test
+ * switch), the requests it picks are lost before `onRequest` sees them.
+ */
 export async function openListener(
   address: string,
   port: number,
   onRequest: RequestHandler,
   buffers: { receive: number; send: number },
+  loss: LossPlan | null = null,
 ): Promise<Listener> {
   let listener: Listener | null = null;
+  const request = (bytes: Uint8Array, peerPort: number, peerAddress: string): void => {
+    if (listener) onRequest(listener, bytes, { address: peerAddress, port: peerPort }, performance.now());
+  };
+  const receive = loss ? loss.incoming(request) : request;
   const socket = await Bun.udpSocket({
     hostname: address,
     port,
     binaryType: "uint8array",
     socket: {
       data(_socket, bytes, peerPort, peerAddress) {
-        if (listener) onRequest(listener, bytes, { address: peerAddress, port: peerPort }, performance.now());
+        receive(bytes, peerPort, peerAddress);
       },
       error: ignoreSocketError,
     },

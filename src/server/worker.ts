@@ -115,7 +115,6 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
       }
       return;
     }
-      return;
     case "requestAgain":
       post({ type: "requestAgain", seq: message.seq, verdict: engine?.requestAgain(message.id, message.same) ?? "unknown" });
       return;

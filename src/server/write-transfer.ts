@@ -3,31 +3,18 @@
  * blocks when windowsize was negotiated (RFC 7440). Bytes go to an UploadSink that publishes
  * the file atomically only when the last block has arrived.
  */
-import { decodePacket, encodeAck, encodeError, encodeOack } from "../protocol/codec.ts";
+import { decodePacket, encodeAck, encodeOack } from "../protocol/codec.ts";
 import { NetasciiDecoder } from "../protocol/netascii.ts";
-import { ErrorCode, Opcode, type TransferMode } from "../protocol/packet.ts";
+import { Opcode, type TransferMode } from "../protocol/packet.ts";
 import type { UploadSink } from "../storage/upload.ts";
 import type { TransferChannel } from "./transport.ts";
-import {
-  countStray,
-  RetransmitClock,
-  type RetransmitPolicy,
-  type StrayKind,
-  type StrayTally,
-  type TransferOutcome,
-  type TransferResult,
-} from "./transfer.ts";
+import { EndingTransfer, type TransferOutcome, type TransferParams, type TransferResult } from "./transfer.ts";
 
-export interface WriteTransferParams {
-  blksize: number;
-  windowsize: number;
+export interface WriteTransferParams extends TransferParams {
   mode: TransferMode;
-  oack: [string, string][] | null;
-  retransmit: RetransmitPolicy;
-  receivedAt: number;
 }
 
-export class WriteTransfer {
+export class WriteTransfer extends EndingTransfer<WriteTransferParams> {
   /** next block we expect */
   private expected = 1;
   /** last block we acknowledged (0 = the ACK 0 / OACK that opened the transfer) */
@@ -35,36 +22,27 @@ export class WriteTransfer {
   private inWindow = 0;
   /** a gap was reported with an ACK since the last progress; report it once, not per block */
   private gapReported = false;
-  private phase: "receiving" | "dallying" | "done" = "receiving";
-  private retransmits = 0;
-  private firstResponseMs = -1;
-  private reported = false;
-  private strays: StrayTally | null = null;
-  readonly clock: RetransmitClock;
   private readonly netascii: NetasciiDecoder | null;
 
   constructor(
-    private readonly channel: TransferChannel,
+    channel: TransferChannel,
     private readonly sink: UploadSink,
-    private readonly params: WriteTransferParams,
-    private readonly onEnd: (outcome: TransferOutcome) => void,
+    params: WriteTransferParams,
+    onEnd: (outcome: TransferOutcome) => void,
   ) {
+    super(channel, params, onEnd);
     this.netascii = params.mode === "netascii" ? new NetasciiDecoder() : null;
-    this.clock = new RetransmitClock(
-      params.retransmit,
-      () => this.retransmit(),
-      () => this.finish("timeout"),
-    );
   }
 
   start(): void {
-    this.firstResponseMs = performance.now() - this.params.receivedAt;
+    this.markFirstResponse();
     this.sendLastAck();
     this.clock.progress();
   }
 
+  /** While dallying after the last block, only that block sent again and an ERROR still count. */
   handle(bytes: Uint8Array): void {
-    if (this.phase === "done") return;
+    if (this.state === "closed") return;
     // Anything from the client's port but a well-formed DATA or ERROR is dropped and counted:
     // answering it with an ERROR would let one forged datagram end the upload.
     const decoded = decodePacket(bytes);
@@ -76,37 +54,15 @@ export class WriteTransfer {
     if (packet.op === Opcode.DATA) {
       this.onData(packet.block, packet.data);
     } else if (packet.op === Opcode.ERROR) {
-      if (this.phase === "receiving") {
-        this.finish("client-error", { code: packet.code, message: packet.message, from: "client" });
-      } else {
-        this.close();
-      }
+      // (while dallying: the upload is complete, and this only ends the dally)
+      this.end("client-error", { code: packet.code, message: packet.message, from: "client" });
     } else {
       this.noteStray("unexpected-opcode");
     }
   }
 
-  /**
-   * The client's request came again while this transfer runs (engine.requestAgain decided it is
-   * the same request, sent again because our first ACK or OACK was lost): it goes again.
-   */
-  answerRepeat(): void {
-    if (this.phase === "receiving") this.retransmit();
-  }
-
-  /** Counts a datagram from the client's port that was dropped (here, or at the listen port). */
-  noteStray(kind: StrayKind): void {
-    if (this.phase === "receiving") this.strays = countStray(this.strays, kind);
-  }
-
-  /** The client asked anew after a silence (engine.requestAgain): ends without an ERROR. */
-  supersede(): void {
-    if (this.phase === "dallying") this.close();
-    else this.finish("superseded");
-  }
-
   private onData(wire: number, data: Uint8Array): void {
-    if (this.phase === "dallying") {
+    if (this.state === "lingering") {
       // Our final ACK was lost and the client sent its last block again: answer it again.
       if (wire === (this.lastAcked & 0xffff)) this.channel.send(encodeAck(wire));
       return;
@@ -180,11 +136,8 @@ export class WriteTransfer {
     }
     this.lastAcked = block;
     this.sendLastAck();
-    this.report("ok");
     // RFC 1350 §6: dally, so a client whose final ACK was lost can get it again.
-    this.phase = "dallying";
-    this.clock.stop();
-    setTimeout(() => this.close(), this.params.retransmit.timeoutMs * 2);
+    this.end("ok", undefined, this.params.retransmit.timeoutMs * 2);
   }
 
   private sendLastAck(): void {
@@ -192,55 +145,19 @@ export class WriteTransfer {
     else this.channel.send(encodeAck(this.lastAcked & 0xffff));
   }
 
-  private retransmit(): void {
+  protected override retransmit(): void {
     this.retransmits++;
     this.lastAcked = this.expected - 1;
     this.inWindow = 0;
     this.sendLastAck();
   }
 
-  /** Ends the transfer from our side; the client is told why. */
-  cancel(reason = "server shutting down"): void {
-    if (this.phase === "done") return;
-    if (this.phase === "dallying") return this.close();
-    this.fail(ErrorCode.NOT_DEFINED, reason);
+  protected override bytesMoved(): number {
+    return this.sink.written;
   }
 
-  /** Ends a transfer that passed a connection_pool deadline (the engine's sweep decides). */
-  expire(message: string): void {
-    if (this.phase === "done") return;
-    this.fail(ErrorCode.NOT_DEFINED, message, "timeout");
-  }
-
-  /** Ends the transfer from our side, telling the client why. */
-  private fail(code: number, message: string, result: TransferResult = "error"): void {
-    this.channel.send(encodeError(code, message));
-    this.finish(result, { code, message, from: "server" });
-  }
-
-  private finish(result: TransferResult, error?: TransferOutcome["error"]): void {
-    if (this.phase === "done") return;
-    this.sink.abort();
-    this.report(result, error);
-    this.close();
-  }
-
-  private report(result: TransferResult, error?: TransferOutcome["error"]): void {
-    if (this.reported) return;
-    this.reported = true;
-    this.onEnd({
-      result,
-      bytes: this.sink.written,
-      retransmits: this.retransmits,
-      firstResponseMs: Math.max(0, this.firstResponseMs),
-      ...(error ? { error } : {}),
-      ...(this.strays ? { strays: this.strays } : {}),
-    });
-  }
-
-  private close(): void {
-    this.phase = "done";
-    this.clock.stop();
-    this.channel.close();
+  /** An upload that ends any other way than complete leaves nothing behind. */
+  protected override release(result: TransferResult): void {
+    if (result !== "ok") this.sink.abort();
   }
 }

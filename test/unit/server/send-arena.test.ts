@@ -91,7 +91,7 @@ describe("with a shared transfer socket", () => {
     opened.push(socket);
     const clients = [await RawPeer.open("127.0.0.1"), await RawPeer.open("127.0.0.1")];
     opened.push(...clients);
-    const channels = clients.map((c) => socket.attach({ address: "127.0.0.1", port: c.port }, () => {}, null)!);
+    const channels = clients.map((c) => socket.attach({ address: "127.0.0.1", port: c.port }, () => {})!);
     const stride = 200;
     const arena = new SendArena(4 * stride);
     // two transfers take turns sending 2 packets, 16 in all through an arena of 4, in one
