@@ -28,11 +28,14 @@
  * `[^[:print:]]` works. JS extras (\d, \x41, lookahead, …) also work.
  *
  * REPLACEMENT: `\0` is the whole match, `\1`..`\9` the groups (a group that did not take part is
- * empty); `\L` lowercases and `\U` uppercases what follows, `\E` ends that; `\\` is a backslash;
- * any other `\c` is `c`. `$` is always literal. An empty replacement is written `""` (a token of
- * exactly two double quotes); an `r` rule without a replacement is an error, so a forgotten
- * token cannot silently delete text. (tftpd-hpa's client-address macros \i and \x are not
- * supported.)
+ * empty); `\i` is the client's IP address and `\x` the same in upper-case hex, as pxelinux names
+ * its config files (8 digits for IPv4: 192.168.1.10 is C0A8010A; 32 for IPv6), as in tftpd-hpa;
+ * a client that reached an IPv6 socket over IPv4 (::ffff:a.b.c.d) counts as IPv4 client a.b.c.d.
+ * `\L` lowercases and `\U` uppercases what follows (the client's address too), `\E` ends that;
+ * `\\` is a backslash; any other `\c` is `c`. `$` is always literal. An empty replacement is
+ * written `""` (a token of exactly two double quotes); an `r` rule without a replacement is an
+ * error, so a forgotten token cannot silently delete text. The ERROR text of an `a` rule is
+ * expanded the same way.
  *
  * Examples:
  *   # Some Intel PXE ROMs append garbage bytes to the file name: strip them.
@@ -45,8 +48,11 @@
  *   a   \.\./                      access\ denied:\ parent\ reference
  *   # Clients configured for tftpd-hpa's -s /tftpboot ask for absolute names.
  *   re  ^/tftpboot/                ""
+ *   # One config per client, named after its address as pxelinux would (cfg-C0A8010A).
+ *   r   ^cfg$                      cfg-\x
  */
 import * as fs from "node:fs";
+import { addressHex, clientAddressText } from "../net/client-address.ts";
 import { ErrorCode, refuse, type Refusal } from "./refusal.ts";
 
 export type RequestKind = "read" | "write";
@@ -57,6 +63,7 @@ export const MAX_REMAP_RESTARTS = 32;
 type ReplacementPart =
   | { readonly kind: "text"; readonly text: string }
   | { readonly kind: "group"; readonly index: number }
+  | { readonly kind: "client"; readonly form: "ip" | "hex" }
   | { readonly kind: "case"; readonly mode: "lower" | "upper" | "none" };
 
 export interface RemapRule {
@@ -205,7 +212,8 @@ function parseReplacement(token: string): { parts: ReplacementPart[]; maxGroup: 
       flush();
       parts.push({ kind: "case", mode: next === "L" ? "lower" : next === "U" ? "upper" : "none" });
     } else if (next === "i" || next === "x") {
-      return { parts, maxGroup, error: `unsupported escape \\${next} in replacement (client address macros)` };
+      flush();
+      parts.push({ kind: "client", form: next === "i" ? "ip" : "hex" });
     } else {
       text += next; // `\\` → `\`, any other `\c` → `c`
     }
@@ -312,7 +320,7 @@ export function loadRemapFile(path: string): RemapParseResult {
   return parseRemapRules(text, path);
 }
 
-function expand(parts: readonly ReplacementPart[], match: string, groups: readonly (string | undefined)[]): string {
+function expand(parts: readonly ReplacementPart[], match: string, groups: readonly (string | undefined)[], client: string): string {
   let out = "";
   let mode: "lower" | "upper" | "none" = "none";
   const emit = (s: string): void => {
@@ -321,21 +329,22 @@ function expand(parts: readonly ReplacementPart[], match: string, groups: readon
   for (const part of parts) {
     if (part.kind === "text") emit(part.text);
     else if (part.kind === "group") emit(part.index === 0 ? match : (groups[part.index - 1] ?? ""));
+    else if (part.kind === "client") emit(part.form === "ip" ? clientAddressText(client) : addressHex(client));
     else mode = part.mode;
   }
   return out;
 }
 
-function rewrite(rule: RemapRule, name: string): string {
+function rewrite(rule: RemapRule, name: string, client: string): string {
   const parts = rule.replacement ?? [];
   return name.replace(rule.globalRegex ?? rule.regex, (match: string, ...rest: unknown[]) =>
-    expand(parts, match, rest.slice(0, rule.groupCount) as (string | undefined)[]),
+    expand(parts, match, rest.slice(0, rule.groupCount) as (string | undefined)[], client),
   );
 }
 
-function abortMessage(rule: RemapRule, match: RegExpExecArray | null): string {
+function abortMessage(rule: RemapRule, match: RegExpExecArray | null, client: string): string {
   if (rule.replacement === undefined) return DEFAULT_ABORT_MESSAGE;
-  const text = expand(rule.replacement, match?.[0] ?? "", match?.slice(1) ?? []);
+  const text = expand(rule.replacement, match?.[0] ?? "", match?.slice(1) ?? [], client);
   // The text goes into an ERROR packet: printable ASCII only, bounded.
   const clean = text.replace(/[^\x20-\x7e]/g, "?").slice(0, MAX_MESSAGE_CHARS);
   return clean === "" ? DEFAULT_ABORT_MESSAGE : clean;
@@ -344,12 +353,14 @@ function abortMessage(rule: RemapRule, match: RegExpExecArray | null): string {
 /**
  * Run `rules` over a requested name. Rules apply in order; a rule whose regex matches (or, with
  * `~`, does not match) rewrites the name (r), refuses the request (a), stops (e) or starts over
- * (s). The result still has to go through `resolveRequestPath`.
+ * (s). `client` is the client's address as the socket reports it ("10.0.0.5", "::ffff:10.0.0.5",
+ * "2001:db8::5"), for `\i` and `\x`. The result still has to go through `resolveRequestPath`.
  */
 export function applyRemap(
   rules: readonly RemapRule[],
   name: string,
   kind: RequestKind,
+  client: string,
 ): { ok: true; name: string } | Refusal {
   let current = name;
   let restarts = 0;
@@ -360,8 +371,8 @@ export function applyRemap(
     if ((rule.onlyRead && kind !== "read") || (rule.onlyWrite && kind !== "write")) continue;
     const match = rule.regex.exec(current);
     if ((match !== null) === rule.inverse) continue;
-    if (rule.rewrite) current = rewrite(rule, current);
-    if (rule.abort) return refuse(ErrorCode.ACCESS_VIOLATION, abortMessage(rule, match));
+    if (rule.rewrite) current = rewrite(rule, current, client);
+    if (rule.abort) return refuse(ErrorCode.ACCESS_VIOLATION, abortMessage(rule, match, client));
     if (rule.end) break;
     if (rule.restart) {
       restarts++;

@@ -29,6 +29,8 @@ const requirements: Requirement[] = [
   // the Redis Cluster the cluster-mode tests start (test/helpers/redis-cluster.ts)
   { path: "/usr/bin/redis-server", pkg: "redis-server" },
   { path: "/usr/bin/redis-cli", pkg: "redis-tools" },
+  // network namespaces and veth pairs for the neighbour-table tests (test/helpers/netns.ts)
+  { path: "/sbin/ip", pkg: "iproute2" },
 ];
 
 const missing = requirements.filter((r) => !existsSync(r.path) || (r.check && !r.check())).map((r) => r.pkg);

@@ -13,6 +13,9 @@ import { cleanupTempDirs, tempDir } from "./helpers.ts";
 
 afterEach(cleanupTempDirs);
 
+/** the client's address, as the socket reports it */
+const CLIENT = "192.168.1.10";
+
 function rules(text: string): RemapRule[] {
   const r = parseRemapRules(text, "test.map");
   if (!r.ok) throw new Error(`rules did not parse:\n${r.errors.join("\n")}`);
@@ -25,8 +28,8 @@ function errors(text: string): string[] {
   return r.errors;
 }
 
-function mapped(text: string, name: string, kind: RequestKind = "read"): string {
-  const r = applyRemap(rules(text), name, kind);
+function mapped(text: string, name: string, kind: RequestKind = "read", client = CLIENT): string {
+  const r = applyRemap(rules(text), name, kind, client);
   if (!r.ok) throw new Error(`expected ${JSON.stringify(name)} to map, got ${r.code} ${r.message}`);
   return r.name;
 }
@@ -62,7 +65,6 @@ describe("parseRemapRules", () => {
     expect(errors("r ^a b c")).toEqual(["test.map:1: unexpected text after the replacement: 'c'"]);
     expect(errors("e ^a b")).toEqual(["test.map:1: replacement given for a rule without 'r' or 'a'"]);
     expect(errors("r ^(a) \\2")).toEqual(["test.map:1: replacement uses \\2 but the regex has 1 group"]);
-    expect(errors("r ^a \\i")).toEqual(["test.map:1: unsupported escape \\i in replacement (client address macros)"]);
     expect(errors("r [[:bogus:]] x")).toEqual(["test.map:1: bad regex: unknown character class [:bogus:]"]);
   });
 
@@ -77,7 +79,7 @@ describe("parseRemapRules", () => {
     fs.writeFileSync(file, "r ^/tftpboot/ \"\"\n");
     const loaded = loadRemapFile(file);
     expect(loaded.ok).toBe(true);
-    if (loaded.ok) expect(applyRemap(loaded.rules, "/tftpboot/pxelinux.0", "read")).toEqual({ ok: true, name: "pxelinux.0" });
+    if (loaded.ok) expect(applyRemap(loaded.rules, "/tftpboot/pxelinux.0", "read", CLIENT)).toEqual({ ok: true, name: "pxelinux.0" });
     const missing = loadRemapFile(path.join(dir, "missing.map"));
     expect(missing.ok).toBe(false);
     if (!missing.ok) expect(missing.errors[0]).toStartWith(`${path.join(dir, "missing.map")}: cannot read remap file:`);
@@ -119,14 +121,14 @@ describe("applyRemap: the documented examples", () => {
 
   test("deny parent references", () => {
     const deny = String.raw`a \.\./`;
-    expect(applyRemap(rules(deny), "boot/../../etc/shadow", "read")).toEqual({
+    expect(applyRemap(rules(deny), "boot/../../etc/shadow", "read", CLIENT)).toEqual({
       ok: false,
       code: 2,
       message: "access denied by remap rule",
     });
     expect(mapped(deny, "boot/vmlinuz")).toBe("boot/vmlinuz");
     const custom = String.raw`a \.\./ no\ parent\ references\ (\0)`;
-    expect(applyRemap(rules(custom), "a/../b", "read")).toEqual({ ok: false, code: 2, message: "no parent references (../)" });
+    expect(applyRemap(rules(custom), "a/../b", "read", CLIENT)).toEqual({ ok: false, code: 2, message: "no parent references (../)" });
   });
 
   test("map ^/tftpboot/ to nothing", () => {
@@ -181,12 +183,12 @@ describe("applyRemap: flags and replacement syntax", () => {
   test(`s loops are refused after ${MAX_REMAP_RESTARTS} restarts`, () => {
     const strip = 'rs ^x ""';
     expect(mapped(strip, "x".repeat(MAX_REMAP_RESTARTS))).toBe("");
-    expect(applyRemap(rules(strip), "x".repeat(MAX_REMAP_RESTARTS + 1), "read")).toEqual({
+    expect(applyRemap(rules(strip), "x".repeat(MAX_REMAP_RESTARTS + 1), "read", CLIENT)).toEqual({
       ok: false,
       code: 2,
       message: "access violation: remap rules loop",
     });
-    expect(applyRemap(rules("rs ^a a"), "a", "read")).toEqual({
+    expect(applyRemap(rules("rs ^a a"), "a", "read", CLIENT)).toEqual({
       ok: false,
       code: 2,
       message: "access violation: remap rules loop",
@@ -195,7 +197,7 @@ describe("applyRemap: flags and replacement syntax", () => {
 
   test("a refuses; G and P restrict a rule to reads or writes", () => {
     const text = "aP ^boot/\nrG ^old/ new/";
-    expect(applyRemap(rules(text), "boot/vmlinuz", "write")).toEqual({
+    expect(applyRemap(rules(text), "boot/vmlinuz", "write", CLIENT)).toEqual({
       ok: false,
       code: 2,
       message: "access denied by remap rule",
@@ -207,17 +209,65 @@ describe("applyRemap: flags and replacement syntax", () => {
 
   test("~ inverts the match", () => {
     const text = String.raw`a~ ^(pxelinux|boot)/ only\ boot\ files`;
-    expect(applyRemap(rules(text), "etc/passwd", "read")).toEqual({ ok: false, code: 2, message: "only boot files" });
+    expect(applyRemap(rules(text), "etc/passwd", "read", CLIENT)).toEqual({ ok: false, code: 2, message: "only boot files" });
     expect(mapped(text, "boot/vmlinuz")).toBe("boot/vmlinuz");
   });
 
   test("abort messages are reduced to printable ASCII", () => {
-    const r = applyRemap(rules(String.raw`a [\x00-\x1f]+ bad:\0`), "a\x01\x02", "read");
+    const r = applyRemap(rules(String.raw`a [\x00-\x1f]+ bad:\0`), "a\x01\x02", "read", CLIENT);
     expect(r).toEqual({ ok: false, code: 2, message: "bad:??" });
   });
 
   test("regexes are stateless between calls (no lastIndex leaks)", () => {
     const parsed = rules("rg a b");
-    for (let i = 0; i < 3; i++) expect(applyRemap(parsed, "aaa", "read")).toEqual({ ok: true, name: "bbb" });
+    for (let i = 0; i < 3; i++) expect(applyRemap(parsed, "aaa", "read", CLIENT)).toEqual({ ok: true, name: "bbb" });
+  });
+});
+
+describe("applyRemap: the client's address (\\i, \\x), as in tftpd-hpa", () => {
+  test("\\i is the client's IP address, \\x its IPv4 address in upper-case hex (pxelinux's config names)", () => {
+    expect(mapped(String.raw`r ^cfg$ cfg-\x`, "cfg", "read", "192.168.1.10")).toBe("cfg-C0A8010A");
+    expect(mapped(String.raw`r ^cfg$ cfg-\x`, "cfg", "read", "127.1.0.5")).toBe("cfg-7F010005");
+    expect(mapped(String.raw`r ^cfg$ cfg-\x`, "cfg", "read", "10.0.0.255")).toBe("cfg-0A0000FF");
+    expect(mapped(String.raw`r ^ \i/`, "boot.ipxe", "read", "10.1.2.3")).toBe("10.1.2.3/boot.ipxe");
+    expect(mapped(String.raw`r ^pxelinux\.cfg/default$ pxelinux.cfg/\x`, "pxelinux.cfg/default", "read", "192.168.1.10")).toBe(
+      "pxelinux.cfg/C0A8010A",
+    );
+  });
+
+  test("an IPv4 client reported on an IPv6 socket (::ffff:a.b.c.d) is named as the IPv4 client", () => {
+    expect(mapped(String.raw`r ^ \i-\x-`, "f", "read", "::ffff:192.168.1.10")).toBe("192.168.1.10-C0A8010A-f");
+    expect(mapped(String.raw`r ^ \i-\x-`, "f", "read", "::FFFF:127.1.0.5")).toBe("127.1.0.5-7F010005-f");
+  });
+
+  test("an IPv6 client: \\i as the socket reports it (no zone), \\x its 16 bytes as 32 hex digits", () => {
+    expect(mapped(String.raw`r ^ \i/`, "f", "read", "2001:db8::5")).toBe("2001:db8::5/f");
+    expect(mapped(String.raw`r ^ \x/`, "f", "read", "2001:db8::5")).toBe("20010DB8000000000000000000000005/f");
+    expect(mapped(String.raw`r ^ \x/`, "f", "read", "::1")).toBe("00000000000000000000000000000001/f");
+    expect(mapped(String.raw`r ^ \i|\x`, "f", "read", "fe80::a:b%eth0")).toBe("fe80::a:b|FE8000000000000000000000000A000Bf");
+    expect(mapped(String.raw`r ^ \x/`, "f", "read", "64:ff9b::10.0.0.1")).toBe("0064FF9B00000000000000000A000001/f");
+  });
+
+  test("\\L and \\U apply to the address too; the macros mix with groups and text; g expands every match", () => {
+    expect(mapped(String.raw`r ^cfg$ cfg-\L\x`, "cfg", "read", "192.168.1.10")).toBe("cfg-c0a8010a");
+    expect(mapped(String.raw`r ^(.*)\.cfg$ \1/\x.cfg`, "pxe.cfg", "read", "10.0.0.1")).toBe("pxe/0A000001.cfg");
+    expect(mapped(String.raw`rg @ \i`, "a@b@", "read", "10.0.0.1")).toBe("a10.0.0.1b10.0.0.1");
+    // an escaped backslash before i or x is a backslash and a letter, not a macro
+    expect(mapped(String.raw`r ^a \\i`, "a", "read", "10.0.0.1")).toBe("\\i");
+  });
+
+  test("each request gets its own client's address (nothing is remembered between calls)", () => {
+    const parsed = rules(String.raw`r ^cfg$ cfg-\x`);
+    expect(applyRemap(parsed, "cfg", "read", "10.0.0.1")).toEqual({ ok: true, name: "cfg-0A000001" });
+    expect(applyRemap(parsed, "cfg", "read", "10.0.0.2")).toEqual({ ok: true, name: "cfg-0A000002" });
+  });
+
+  test("an abort rule's ERROR text expands \\i and \\x too", () => {
+    const text = String.raw`a ^secret no\ secrets\ for\ \i\ (\x)`;
+    expect(applyRemap(rules(text), "secret", "read", "127.1.0.5")).toEqual({
+      ok: false,
+      code: 2,
+      message: "no secrets for 127.1.0.5 (7F010005)",
+    });
   });
 });
