@@ -5,14 +5,22 @@
  * Prints one markdown table (server × scenario) to stdout and writes build/BENCH.md.
  *
  *   bun build/bench-peers.ts [--scenarios 1,2,5a] [--servers tftpd,atftpd] [--quick]
- *                            [--ours-from-source] [--build] [--bench-cmd "CMD …"]
+ *                            [--ours-from-source] [--build] [--before PATH] [--bench-cmd "CMD …"]
  *                            [--run-timeout S] [--settle S] [--verify] [--out FILE] [--no-write]
+ *
+ * --before PATH also runs our server as it was before a change, as row "tftpd (before)" beside
+ * "tftpd" in every scenario: the same flags (OURS_SERVE_FLAGS), config (OURS_CONFIG), load
+ * generator and accounting, run right after "tftpd" in the same order as every server. PATH is
+ * a compiled binary, or a source tree run as `bun PATH/src/main.ts serve` (its node_modules is
+ * linked to this repository's when missing). Compare like with like: a binary against
+ * dist/tftpd, a tree against --ours-from-source. The table's column "tftpd ÷ before" holds the
+ * ratios of goodput, p99 first response and CPU per GiB.
  *
  * Peers are fetched on first use with `apt-get download` + `dpkg -x` into .bench/ (never
  * installed: tftpd-hpa and atftpd conflict as packages); see build/peers.ts.
  */
 import type { BenchResult } from "../src/bench/tally.ts";
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { accessSync, chmodSync, closeSync, constants, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync, writeSync } from "node:fs";
 import { randomFillSync } from "node:crypto";
 import { cpus, tmpdir } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
@@ -72,7 +80,14 @@ const PROBE_FILE = "probe.bin";
 // ───────────────────────────── options ─────────────────────────────
 
 const SERVER_NAMES = ["tftpd", "tftpd-hpa", "atftpd", "dnsmasq"] as const;
-type ServerName = (typeof SERVER_NAMES)[number];
+/** Our server before a change (--before): measured beside "tftpd", never counted as a peer. */
+const BEFORE = "tftpd-before";
+type ServerName = (typeof SERVER_NAMES)[number] | typeof BEFORE;
+
+/** The name a server has in the table and the report. */
+function serverLabel(name: ServerName): string {
+  return name === BEFORE ? "tftpd (before)" : name;
+}
 const SERVER_ALIASES: Record<string, ServerName> = {
   tftpd: "tftpd", ours: "tftpd", "tftpd-hpa": "tftpd-hpa", hpa: "tftpd-hpa", "in.tftpd": "tftpd-hpa",
   atftpd: "atftpd", atftp: "atftpd", dnsmasq: "dnsmasq",
@@ -83,6 +98,8 @@ interface Options {
   servers: ServerName[];
   quick: boolean;
   oursFromSource: boolean;
+  /** --before: a binary, or a source tree, of our server before a change; null = not run. */
+  before: string | null;
   build: boolean;
   benchCmd: string[] | null;
   runTimeoutS: number;
@@ -104,6 +121,11 @@ the same load generator (tftpd bench) and prints one table; writes build/BENCH.m
                        tftpd = ours, also: ours, hpa, atftp)
   --quick              divide every total by 10 (a fast check, not a result)
   --ours-from-source   run our server as \`bun src/main.ts serve\` instead of dist/tftpd
+  --before PATH        also run our server as it was before a change, row "tftpd (before)"
+                       next to "tftpd" in every scenario, measured the same way; PATH is a
+                       compiled binary or a source tree (run as \`bun PATH/src/main.ts serve\`;
+                       a missing PATH/node_modules is linked to this repository's). Compare a
+                       binary with dist/tftpd, a tree with --ours-from-source
   --build              run \`bun build/compile.ts\` (npm run build) first
   --bench-cmd "CMD"    load generator command instead of \`dist/tftpd bench\` (split on spaces)
   --lean-client        load generator build/loadgen.c (compiled with cc into .bench/): closed-
@@ -131,7 +153,7 @@ function die(msg: string, code = 2): never {
 
 function parseOptions(argv: string[]): Options {
   const o: Options = {
-    scenarios: SCENARIOS, servers: [...SERVER_NAMES], quick: false, oursFromSource: false, build: false,
+    scenarios: SCENARIOS, servers: [...SERVER_NAMES], quick: false, oursFromSource: false, before: null, build: false,
     benchCmd: null, runTimeoutS: 300, settleS: 1.5, verify: false, pin: "auto", repeat: null, out: join(REPO, "build/BENCH.md"),
   };
   for (let i = 0; i < argv.length; i++) {
@@ -158,6 +180,7 @@ function parseOptions(argv: string[]): Options {
       case "--verify": o.verify = true; break;
       case "--no-write": o.out = null; break;
       case "--out": o.out = resolve(value()); break;
+      case "--before": o.before = resolve(value()); break;
       case "--run-timeout": o.runTimeoutS = num(1); break;
       case "--settle": o.settleS = num(0); break;
       case "--repeat": o.repeat = Math.floor(num(1)); break;
@@ -294,9 +317,10 @@ function killAllNow(): void {
 
 /**
  * Processes left by an earlier run of this script that died hard (SIGKILL): still holding
- * port 69 or CPU. Only pids we recorded whose executable is one of ours are ended.
+ * port 69 or CPU. Only pids we recorded whose executable is one of ours (or `also`: the
+ * --before binary) are ended.
  */
-function reapStale(): void {
+function reapStale(also: string[]): void {
   if (!existsSync(pidFile)) return;
   // That run may have left process accounting on (it is on only while a forking server runs).
   ProcessAccounting.forceOff();
@@ -309,7 +333,7 @@ function reapStale(): void {
     } catch {
       continue;
     }
-    if (exe.startsWith(CACHE) || exe === OURS_BIN || exe === BUN || exe === "/usr/bin/dash" || exe === "/bin/dash") {
+    if (exe.startsWith(CACHE) || exe === OURS_BIN || exe === BUN || also.includes(exe) || exe === "/usr/bin/dash" || exe === "/bin/dash") {
       say(`ending pid ${pid} (${exe}) left by an earlier run`);
       killGroup(pid, "SIGKILL");
     }
@@ -365,17 +389,66 @@ interface ServerSpec {
 function oursSpec(fromSource: boolean): ServerSpec {
   const base = fromSource ? [BUN, join(REPO, "src/main.ts")] : [OURS_BIN];
   const v = spawnText([...base, "version"]).out.trim().split("\n")[0] ?? "?";
+  return ourServerSpec("tftpd", base, v + (fromSource ? " (from source)" : ""), fromSource ? "run from source with bun" : "compiled dist/tftpd");
+}
+
+/** Our server, new or before (`base` = the command up to "serve"): one set of flags for both. */
+function ourServerSpec(name: "tftpd" | typeof BEFORE, base: string[], version: string, how: string): ServerSpec {
   return {
-    name: "tftpd",
+    name,
     argv: (root, port, runDir) => [
       ...base, "serve", "--config", join(runDir, "tftpd-bench.json"), "--root", root, "--listen", `127.0.0.1:${port}`, ...OURS_SERVE_FLAGS,
     ],
-    version: v + (fromSource ? " (from source)" : ""),
-    note: `${fromSource ? "run from source with bun" : "compiled dist/tftpd"}; .bench/run/tftpd-bench.json = \`${JSON.stringify(OURS_CONFIG)}\` (all simulated clients share 127.0.0.1, so the per-IP/per-client admission limits and the per-IP request rate are lifted)`,
+    version,
+    note: `${how}; .bench/run/tftpd-bench.json = \`${JSON.stringify(OURS_CONFIG)}\` (all simulated clients share 127.0.0.1, so the per-IP/per-client admission limits and the per-IP request rate are lifted)`,
   };
 }
 
-function peerSpec(name: Exclude<ServerName, "tftpd">, bin: PeerBinary): ServerSpec {
+/**
+ * Our server before a change (--before PATH): a compiled binary, or a source tree run with the
+ * same bun as --ours-from-source. A tree without node_modules (a `git archive` or worktree) gets
+ * a link to this repository's; `warn` hears when its dependencies are not the same as ours.
+ */
+function beforeSpec(path: string, warn: (line: string) => void): { spec: ServerSpec; fromSource: boolean } {
+  if (!existsSync(path)) die(`--before: ${path} does not exist`);
+  const fromSource = statSync(path).isDirectory();
+  let base: string[];
+  if (fromSource) {
+    const main = join(path, "src/main.ts");
+    if (!existsSync(main)) die(`--before: ${path} is a directory without src/main.ts (want a source tree or a binary)`);
+    const modules = join(path, "node_modules");
+    if (!existsSync(modules)) {
+      symlinkSync(join(REPO, "node_modules"), modules);
+      say(`tftpd (before): linked ${modules} → ${join(REPO, "node_modules")}`);
+    }
+    const deps = (dir: string) => JSON.stringify((JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as { dependencies?: unknown }).dependencies ?? {});
+    if (existsSync(join(path, "package.json")) && readlinkOrNull(modules) === join(REPO, "node_modules") && deps(path) !== deps(REPO)) {
+      warn(`${path}/package.json has other dependencies than this repository's, but its node_modules is this repository's`);
+    }
+    base = [BUN, main];
+  } else {
+    try {
+      accessSync(path, constants.X_OK);
+    } catch {
+      die(`--before: ${path} is not executable`);
+    }
+    base = [path];
+  }
+  const v = spawnText([...base, "version"]);
+  if (!v.ok) die(`--before: \`${display([...base, "version"])}\` failed:\n${v.out.trim()}`, 1);
+  const version = (v.out.trim().split("\n")[0] ?? "?") + (fromSource ? " (from source)" : "");
+  return { spec: ourServerSpec(BEFORE, base, version, `${fromSource ? "run from source with bun" : "compiled"}: ${path}`), fromSource };
+}
+
+function readlinkOrNull(path: string): string | null {
+  try {
+    return readlinkSync(path);
+  } catch {
+    return null;
+  }
+}
+
+function peerSpec(name: Exclude<ServerName, "tftpd" | typeof BEFORE>, bin: PeerBinary): ServerSpec {
   const version = `${bin.pkg} ${bin.version}`;
   switch (name) {
     case "tftpd-hpa":
@@ -536,6 +609,15 @@ function resolveLoadgen(o: Options): { argv: string[]; label: string } {
     say("dist/tftpd has no bench subcommand: using `bun src/main.ts bench` as the load generator (run npm run build)");
     return { argv: [BUN, join(REPO, "src/main.ts"), "bench"], label: "bun src/main.ts bench" };
   }
+  // A working tree mid-change may not run: the before server's own load generator serves
+  // as well, since every server of the run meets the same one.
+  if (o.before !== null && existsSync(o.before)) {
+    const base = statSync(o.before).isDirectory() ? [BUN, join(o.before, "src/main.ts")] : [o.before];
+    if (hasBench(base)) {
+      say(`neither dist/tftpd nor src/main.ts runs \`bench\`: using --before's (${display(base)} bench) as the load generator`);
+      return { argv: [...base, "bench"], label: `${display(base)} bench (from --before)` };
+    }
+  }
   die("no load generator: neither dist/tftpd nor src/main.ts has a `bench` subcommand yet (pass --bench-cmd)", 1);
 }
 
@@ -582,7 +664,7 @@ async function measure(spec: ServerSpec, s: Scenario, o: Options, loadgen: strin
   try {
     srv = await startServer(spec, root, runDir, s.id, serverCpu);
   } catch (e) {
-    say(`  ${spec.name}: did not start: ${(e as Error).message}`);
+    say(`  ${serverLabel(spec.name)}: did not start: ${(e as Error).message}`);
     return { ...base, status: "no-start", note: (e as Error).message.split("\n")[0]! };
   }
   const target = `127.0.0.1:${srv.port}`;
@@ -591,7 +673,7 @@ async function measure(spec: ServerSpec, s: Scenario, o: Options, loadgen: strin
     const probe = await runBench(loadgen, target, ["--concurrency", "1", "--total", "1", "--file", PROBE_FILE, "--retries", "2"], 30, loadCpu);
     if (probe.status !== "ok" || !probe.json || probe.json.completed !== 1) {
       const why = probe.json ? JSON.stringify(probe.json.failures) : probe.detail;
-      say(`  ${spec.name}: probe transfer failed: ${why}`);
+      say(`  ${serverLabel(spec.name)}: probe transfer failed: ${why}`);
       return { ...base, status: "no-start", note: `probe transfer failed: ${why}` };
     }
     // One unmeasured transfer of the scenario's own file, with its options: every server is
@@ -600,7 +682,7 @@ async function measure(spec: ServerSpec, s: Scenario, o: Options, loadgen: strin
     const warm = await runBench(loadgen, target, ["--concurrency", "1", "--total", "1", "--file", s.file, ...s.flags], 60, loadCpu);
     if (warm.status !== "ok" || !warm.json || warm.json.completed !== 1) {
       const why = warm.json ? JSON.stringify(warm.json.failures) : warm.detail;
-      say(`  ${spec.name}: warm-up transfer failed: ${why}`);
+      say(`  ${serverLabel(spec.name)}: warm-up transfer failed: ${why}`);
     }
     const idle0 = machineBusySeconds();
     await sleep(o.settleS * 1000);
@@ -710,26 +792,49 @@ function statusCell(r: Result): string | null {
   }
 }
 
+const GiB = 1024 * MiB;
+
+/** Server CPU seconds per GiB of payload the completed transfers received; null without bytes. */
+function cpuPerGiB(r: Result): number | null {
+  return r.cpuS !== null && r.json && r.json.bytes > 0 ? r.cpuS / (r.json.bytes / GiB) : null;
+}
+
+/** "×a/b", or "—" when either figure is missing or b is 0. */
+function ratioOf(a: number | null | undefined, b: number | null | undefined): string {
+  return a === null || a === undefined || b === null || b === undefined || !Number.isFinite(a) || !Number.isFinite(b) || b === 0 ? "—" : `×${(a / b).toFixed(2)}`;
+}
+
+/** The "tftpd ÷ before" cell: the new server's figures over the old one's, same scenario. */
+function beforeCell(now: Result, before: Result | undefined): string {
+  if (!before || statusCell(now) !== null || statusCell(before) !== null || !now.json || !before.json) return "—";
+  const failed = now.json.failed !== before.json.failed ? `, failed ${now.json.failed} vs ${before.json.failed}` : "";
+  return `goodput ${ratioOf(now.json.goodput_mbps, before.json.goodput_mbps)}, p99 first ${ratioOf(now.json.first_response_ms.p99, before.json.first_response_ms.p99)}, CPU/GiB ${ratioOf(cpuPerGiB(now), cpuPerGiB(before))}${failed}`;
+}
+
 function table(results: Result[], scenarios: Scenario[], servers: ServerName[], quick: boolean): string {
-  const head = "| scenario | server | goodput Mbit/s | transfers/s | p99 first response ms | failed | server CPU s | peak RSS MiB | ours ÷ best peer (goodput) |";
-  const rows = [head, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"];
+  const withBefore = servers.includes(BEFORE);
+  const head = `| scenario | server | goodput Mbit/s | transfers/s | p99 first response ms | failed | server CPU s | CPU s/GiB | peak RSS MiB | ours ÷ best peer (goodput) |${withBefore ? " tftpd ÷ before |" : ""}`;
+  const rows = [head, `| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |${withBefore ? " --- |" : ""}`];
   for (const s of scenarios) {
     const { concurrency, total } = effective(s, quick);
     const label = `${s.id} ${s.title} (${fmtBytes(s.size)} ×${total}, c${concurrency})`;
     const mine = results.filter((r) => r.scenario === s);
-    const peers = mine.filter((r) => r.server !== "tftpd" && r.json && r.status !== "timeout" && r.status !== "no-start");
+    const peers = mine.filter((r) => r.server !== "tftpd" && r.server !== BEFORE && r.json && r.status !== "timeout" && r.status !== "no-start");
     const best = peers.reduce<Result | null>((b, r) => (b === null || r.json!.goodput_mbps > b.json!.goodput_mbps ? r : b), null);
+    const before = mine.find((x) => x.server === BEFORE);
     for (const name of servers) {
       const r = mine.find((x) => x.server === name);
       if (!r) continue;
       const j = r.json;
       const cell = statusCell(r);
+      const ours = name === "tftpd" || name === BEFORE;
       let ratio = "";
-      if (name === "tftpd" && j && best?.json && cell === null) {
+      if (ours && j && best?.json && cell === null) {
         ratio = best.json.goodput_mbps > 0 ? `×${(j.goodput_mbps / best.json.goodput_mbps).toFixed(2)} (${best.server})` : "∞";
-      } else if (name === "tftpd") ratio = "—";
+      } else if (ours) ratio = "—";
       const failed = j ? `${j.failed}/${j.requested}${r.status === "crashed" ? " (crashed)" : ""}` : "—";
-      rows.push(`| ${label} | ${name} | ${cell ?? num(j?.goodput_mbps, 1)} | ${cell ? "—" : num(j?.transfers_per_s, 1)} | ${cell ? "—" : num(j?.first_response_ms.p99, 2)} | ${failed} | ${num(r.cpuS, 2)} | ${num(r.peakMiB, 1)} | ${ratio} |`);
+      const vsBefore = withBefore ? ` ${name === "tftpd" ? beforeCell(r, before) : ""} |` : "";
+      rows.push(`| ${label} | ${serverLabel(name)} | ${cell ?? num(j?.goodput_mbps, 1)} | ${cell ? "—" : num(j?.transfers_per_s, 1)} | ${cell ? "—" : num(j?.first_response_ms.p99, 2)} | ${failed} | ${num(r.cpuS, 2)} | ${num(cpuPerGiB(r), 2)} | ${num(r.peakMiB, 1)} | ${ratio} |${vsBefore}`);
     }
   }
   return rows.join("\n");
@@ -747,7 +852,7 @@ function details(results: Result[]): string[] {
     }
     if (r.peakProcs > 1) parts.push(`up to ${r.peakProcs} server processes at once`);
     if (r.note) parts.push(r.note);
-    lines.push(`- ${r.scenario.id} / ${r.server}: ${r.status}${parts.length ? ` — ${parts.join("; ")}` : ""}`);
+    lines.push(`- ${r.scenario.id} / ${serverLabel(r.server)}: ${r.status}${parts.length ? ` — ${parts.join("; ")}` : ""}`);
   }
   return lines;
 }
@@ -779,7 +884,7 @@ async function main(): Promise<number> {
   const command = ["bun", "build/bench-peers.ts", ...argv].map(shellQuote).join(" ");
   mkdirSync(CACHE, { recursive: true });
   pidFile = join(CACHE, "bench-peers.pids");
-  reapStale();
+  reapStale(o.before !== null && existsSync(o.before) && !statSync(o.before).isDirectory() ? [o.before] : []);
 
   if (o.build) {
     say("building dist/tftpd (bun build/compile.ts)");
@@ -787,13 +892,18 @@ async function main(): Promise<number> {
     if (r.exitCode !== 0) die("build failed", 1);
   }
   const warnings: string[] = [];
+  const warn = (w: string) => {
+    say(`warning: ${w}`);
+    warnings.push(w);
+  };
   if (o.servers.includes("tftpd") && !o.oursFromSource) {
     if (!existsSync(OURS_BIN)) die("dist/tftpd is missing: run npm run build (or pass --build / --ours-from-source)", 1);
     const stale = staleBinaryWarning();
-    if (stale) {
-      say(`warning: ${stale}`);
-      warnings.push(stale);
-    }
+    if (stale) warn(stale);
+  }
+  const before = o.before !== null ? beforeSpec(o.before, warn) : null;
+  if (before !== null && o.servers.includes("tftpd") && before.fromSource !== o.oursFromSource) {
+    warn(`tftpd runs ${o.oursFromSource ? "from source" : "compiled"} but tftpd (before) ${before.fromSource ? "from source" : "compiled"}: not like for like (pass a binary with dist/tftpd, a source tree with --ours-from-source)`);
   }
 
   const loadgen = resolveLoadgen(o);
@@ -802,9 +912,12 @@ async function main(): Promise<number> {
   const specs: ServerSpec[] = [];
   for (const name of o.servers) {
     if (name === "tftpd") specs.push(oursSpec(o.oursFromSource));
-    else specs.push(peerSpec(name, ensurePeer(name, CACHE, (l) => say(l))));
+    else if (name !== BEFORE) specs.push(peerSpec(name, ensurePeer(name, CACHE, (l) => say(l))));
   }
-  for (const sp of specs) say(`${sp.name}: ${sp.version}`);
+  // Right after "tftpd" (first without it), so the two are measured back to back in every scenario.
+  if (before !== null) specs.splice(specs.findIndex((sp) => sp.name === "tftpd") + 1, 0, before.spec);
+  const servers = specs.map((sp) => sp.name);
+  for (const sp of specs) say(`${serverLabel(sp.name)}: ${sp.version}`);
 
   const runDir = join(CACHE, "run");
   rmSync(runDir, { recursive: true, force: true });
@@ -828,7 +941,7 @@ async function main(): Promise<number> {
         const r = median(runs);
         results.push(r);
         const j = r.json;
-        say(`  ${spec.name}: ${r.status}${j ? ` ${num(j.goodput_mbps, 1)} Mbit/s, ${num(j.transfers_per_s, 1)} transfers/s, p99 first ${num(j.first_response_ms.p99, 2)} ms, failed ${j.failed}/${j.requested}` : ""}, server CPU ${num(r.cpuS, 2)} s, peak ${num(r.peakMiB, 1)} MiB${r.note ? ` (${r.note})` : ""}`);
+        say(`  ${serverLabel(spec.name)}: ${r.status}${j ? ` ${num(j.goodput_mbps, 1)} Mbit/s, ${num(j.transfers_per_s, 1)} transfers/s, p99 first ${num(j.first_response_ms.p99, 2)} ms, failed ${j.failed}/${j.requested}` : ""}, server CPU ${num(r.cpuS, 2)} s (${num(cpuPerGiB(r), 2)} s/GiB), peak ${num(r.peakMiB, 1)} MiB${r.note ? ` (${r.note})` : ""}`);
         await sleep(o.settleS * 1000);
       }
     }
@@ -837,7 +950,7 @@ async function main(): Promise<number> {
   }
   const sysAfter = sysctls();
 
-  const tbl = table(results, o.scenarios, o.servers, o.quick);
+  const tbl = table(results, o.scenarios, servers, o.quick);
   process.stdout.write(`${tbl}\n`);
 
   const m = machine();
@@ -851,7 +964,7 @@ async function main(): Promise<number> {
     `- Command: \`${command}\`${o.quick ? " (**quick**: totals divided by 10 — a smoke check, not a result)" : ""}`,
     `- Machine: ${m.nproc} CPUs (${m.cpu}), ${m.memory} memory, ${m.kernel}`,
     `- Load generator: \`${loadgen.label}\` (one process, the same for every server, on the same machine)`,
-    ...specs.map((sp) => `- ${sp.name}: ${sp.version} — ${sp.note}`),
+    ...specs.map((sp) => `- ${serverLabel(sp.name)}: ${sp.version} — ${sp.note}`),
     ...warnings.map((w) => `- **Warning:** ${w}`),
     "",
     "## Results",
@@ -867,7 +980,7 @@ async function main(): Promise<number> {
     "",
     "## Servers as started",
     "",
-    ...specs.map((sp) => `- ${sp.name}: \`${display(sp.argv("ROOT", sp.fixedPort ?? 0, join(REPO, ".bench/run"))).replace(/127\.0\.0\.1:0\b/, "127.0.0.1:PORT").replace(/--port 0\b/, "--port PORT")}\``),
+    ...specs.map((sp) => `- ${serverLabel(sp.name)}: \`${display(sp.argv("ROOT", sp.fixedPort ?? 0, join(REPO, ".bench/run"))).replace(/127\.0\.0\.1:0\b/, "127.0.0.1:PORT").replace(/--port 0\b/, "--port PORT")}\``),
     "",
     "## How it was measured",
     "",
@@ -877,7 +990,11 @@ async function main(): Promise<number> {
     "- server CPU s: utime+stime+cutime+cstime from /proc/PID/stat of the server (all its threads) and its live descendants, sampled before and after the run (300 ms after it, so forked children have finished). tftpd-hpa ignores SIGCHLD, so the kernel reaps its per-transfer children and drops their times (its cutime stays 0): for a server that ignores SIGCHLD the script turns on BSD process accounting (acct(2)) for the run and adds the CPU time of every exited child whose parent was the server.",
     "- machine busy (notes): all-CPU busy time from /proc/stat over the run: server + load generator + this script + anything else running on the machine, a cross-check.",
     "- peak RSS MiB: the larger of the server's VmHWM (/proc/PID/status) and the peak of a 200 ms sampler over its process tree; while a forking server (tftpd-hpa) has live children the sampler sums Pss (/proc/PID/smaps_rollup) over the tree, so pages shared by the forked children count once.",
+    "- CPU s/GiB: server CPU s divided by the GiB of payload the load generator received in completed transfers (what the server's CPU buys; failed transfers' bytes are not counted).",
     "- ours ÷ best peer: our goodput divided by the highest goodput among the peers that ran the scenario (timeouts and servers that did not start excluded).",
+    ...(o.before !== null
+      ? ["- tftpd (before): our server before the change (--before), started with the same flags and config as tftpd and measured right after it in every scenario. tftpd ÷ before: tftpd's goodput, p99 first response and CPU s/GiB divided by the before server's (goodput above ×1 is better, the other two below ×1), and both failure counts when they differ."]
+      : []),
     "- The load generator shares the machine with the server; its own CPU is in the notes.",
     o.pin === "off"
       ? "- No CPU pinning (--pin off): single-transfer figures depend on whether the scheduler puts server and client on one core (cheap wake-ups) or two."
