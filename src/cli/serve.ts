@@ -1,31 +1,25 @@
 /**
- * `tftpd serve`: load the config (file < TFTPD_* env < flags), start the server, log each
- * address once it is listening, and stop cleanly on SIGINT/SIGTERM.
+ * `tftpd serve`: load the config (file < TFTPD_* env < flags), join the fleet when the config
+ * names one, start the server, log each address once it is listening, and stop cleanly on
+ * SIGINT/SIGTERM.
  */
 import { defineCommand } from "citty";
-import { readdirSync } from "node:fs";
-import { availableParallelism, hostname } from "node:os";
-import { resolve } from "node:path";
 import { loadConfig } from "../config/load.ts";
-import { formatHostPort, parseListenAddress } from "../net/address.ts";
-import type { Config } from "../config/schema.ts";
+import { serverOptions } from "../config/server-options.ts";
 import { readTestSwitches, type TestSwitches } from "../config/test-switches.ts";
+import { joinFleet } from "../cluster/node.ts";
+import { TransferTally } from "../cluster/heartbeat.ts";
 import { createLogger, flushLogs } from "../log.ts";
-import { rootProblem, startOpsServer, type Readiness } from "../ops/http.ts";
-import { ServerMetrics } from "../ops/metrics.ts";
+import { expandListenAddresses } from "../net/interfaces.ts";
+import type { ServerMetrics } from "../ops/metrics.ts";
+import { startNodeEndpoint, type NodeEndpoint } from "../ops/node-endpoint.ts";
+import { logReady, logUploadSweep, serverEvents } from "../ops/server-log.ts";
 import { autoTune } from "../ops/tune.ts";
-import { isWildcard, expandListenAddresses } from "../net/interfaces.ts";
 import { LossPlan } from "../server/loss.ts";
-import { wasCapped } from "../net/sockopt.ts";
-import { TftpServer, type ServerOptions } from "../server/server.ts";
-import { loadRemapFile } from "../storage/remap.ts";
+import { TftpServer } from "../server/server.ts";
+import { FileCache } from "../storage/cache.ts";
+import { loadRemapFile, type RemapRule } from "../storage/remap.ts";
 import { sweepAbandonedUploads } from "../storage/upload-sweep.ts";
-import { ClusterFiles } from "../cluster/files.ts";
-import { RedisMetadataCache } from "../cluster/metadata.ts";
-import { RedisLink, redisSettings } from "../cluster/redis.ts";
-import { ConfigSync, readPushed, startupConfig, type StartupConfig } from "../cluster/config-sync.ts";
-import { Heartbeat, TransferTally } from "../cluster/heartbeat.ts";
-import { ClusterLeases, leaseAdmission } from "../cluster/leases.ts";
 import { fail, repeatedFlag, unknownOption } from "./args.ts";
 
 const args = {
@@ -82,84 +76,13 @@ function flagOverrides(
   return { overrides, overrideSources };
 }
 
-/**
- * "auto": one transfer engine per CPU but one. The main thread (listeners, admission, the
- * cache) and the kernel's loopback and NIC work need a core of their own: on a 2-CPU machine
- * a second engine measured slower, not faster (boot storm 2137 vs 2012 Mbit/s, ramp p99 first
- * response 6.6 vs 10.4 ms), so there the main thread runs the transfers itself.
- */
-export function workerCount(setting: number | "auto", cpus = availableParallelism()): number {
-  return setting === "auto" ? Math.max(1, cpus - 1) : setting;
-}
-
-export function serverOptions(config: Config, remap: ServerOptions["remap"]): ServerOptions {
-  const tftp = config.tftp;
-  return {
-    root: tftp.root,
-    listen: tftp.listen.map((text) => parseListenAddress(text)),
-    write: tftp.write,
-    uploadMax: tftp.max_upload_size,
-    blksizeMax: tftp.blksize_max,
-    windowsizeMax: tftp.windowsize_max,
-    windowBytesMax: tftp.window_bytes_max,
-    timeoutMs: tftp.timeout * 1000,
-    retries: tftp.retries,
-    portRange: tftp.port_range,
-    remap,
-    allow: tftp.allow,
-    deny: tftp.deny,
-    cacheBytes: config.cache.enabled ? config.performance.memory.cache_size : 0,
-    transferSockets: tftp.transfer_sockets,
-    batch: { enabled: config.batch.enabled, size: config.batch.batch_size },
-    workers: workerCount(config.performance.cpu.worker_threads),
-    balance: { algorithm: config.load_balancing.algorithm, hashKey: config.load_balancing.hash_key },
-    limits: {
-      maxTotal: config.limits.max_total_connections,
-      maxPerIp: config.limits.max_connections_per_ip,
-      maxPerClient: config.limits.max_connections_per_client,
-      maxMemory: config.limits.max_transfer_memory,
-      onLimit: config.limits.on_limit,
-      requestRate: { perSecond: config.limits.requests_per_second_per_ip, burst: config.limits.request_burst_per_ip },
-    },
-    lifetimes: {
-      connectionTimeoutMs: config.connection_pool.connection_timeout * 1000,
-      idleTimeoutMs: config.connection_pool.idle_timeout * 1000,
-      maxLifetimeMs: config.connection_pool.max_lifetime * 1000,
-    },
-    receiveBufferBytes: config.performance.network.receive_buffer_size,
-    sendBufferBytes: config.performance.network.send_buffer_size,
-  };
-}
-
-/** The shared-cache figures of a node in cluster mode that serves no files from it. */
-const NO_CLUSTER_FILES = { lookups: 0, fills: 0, fillFailures: 0, staleServes: 0, unavailable: 0 };
-
-/** How long a starting node waits for Redis to read the fleet's pushed config. */
-const PUSHED_CONFIG_WAIT_MS = 2000;
-
 /** How long running transfers may finish after SIGTERM (the unit's TimeoutStopSec is 20 s). */
 const STOP_GRACE_MS = 15_000;
 
-/** Ready: listening, the root still searchable, and the file cache working when one is configured. */
-function readiness(server: TftpServer, root: string, wantCache: boolean, redis: RedisLink | null): Readiness {
-  const reasons: string[] = [];
-  const degraded: string[] = [];
-  if (redis && !redis.up) degraded.push(`redis ${redis.state}${redis.lastError ? ` (${redis.lastError})` : ""}: serving local files only`);
-  if (server.addresses.length === 0) reasons.push("not listening");
-  if (wantCache && !server.cache.enabled) reasons.push("file cache unavailable (no memfd on this system)");
-  const rootUnservable = rootProblem(root);
-  if (rootUnservable) reasons.push(rootUnservable);
-  return { ready: reasons.length === 0, reasons, degraded };
-}
-
-/** A file at the top of the root to show in the start-up hint, if there is one. */
-function sampleFile(root: string): string | null {
-  try {
-    const names = readdirSync(root, { withFileTypes: true }).filter((e) => e.isFile() && !e.name.startsWith("."));
-    return names.map((e) => e.name).sort()[0] ?? null;
-  } catch {
-    return null;
-  }
+/** Exits 1 with one line per error on stderr. */
+function exitWith(errors: string[]): never {
+  for (const line of errors) process.stderr.write(`tftpd serve: ${line}\n`);
+  process.exit(1);
 }
 
 export default defineCommand({
@@ -169,56 +92,25 @@ export default defineCommand({
     const unknown = unknownOption(args, rawArgs);
     if (unknown) fail("serve", `unknown option ${unknown} (see tftpd serve --help)`, 2);
 
-    const loaded = loadConfig({ file: values.config, env: process.env, ...flagOverrides(values, rawArgs) });
-    if (!loaded.ok) {
-      for (const line of loaded.errors) process.stderr.write(`tftpd serve: ${line}\n`);
-      process.exit(1);
-    }
-    let config = loaded.config;
+    const flags = flagOverrides(values, rawArgs);
+    const load = (pushed?: { content: unknown; source: string }) => loadConfig({ file: values.config, env: process.env, pushed, ...flags });
+    const loaded = load();
+    if (!loaded.ok) exitWith(loaded.errors);
     let test: TestSwitches;
     try {
       test = readTestSwitches();
     } catch (error) {
       fail("serve", (error as Error).message, 1);
     }
-    const log = createLogger(config.log.level);
+    const log = createLogger(loaded.config.log.level);
 
-    // The fleet's Redis, when the config uses it. A node serves its own root while Redis is
-    // down or still starting, and the link reconnects by itself; at start it waits a moment
-    // for the config pushed to the fleet, so settings that need a restart take effect.
-    const wantsRedis =
-      (config.cache.enabled && config.cache.type === "distributed") || config.limits.scope === "cluster" || config.cache.metadata_ttl > 0;
-    const redisNodes = config.cache.redis.nodes;
-    const redis = wantsRedis ? new RedisLink(redisSettings(config)) : null;
-    redis?.onState((state, error) => {
-      if (state === "up") log.info({ nodes: redisNodes }, "redis up");
-      else log.warn({ nodes: redisNodes, state, error }, "redis unavailable: serving local files only");
-    });
-    const loadWith = (pushed: { content: unknown; source: string }) =>
-      loadConfig({ file: values.config, env: process.env, pushed, ...flagOverrides(values, rawArgs) });
-    let startedWith: StartupConfig | null = null;
-    if (redis && (await redis.waitUp(PUSHED_CONFIG_WAIT_MS))) {
-      const pushed = await readPushed(redis).catch(() => null);
-      const start = pushed ? startupConfig(pushed, loadWith) : null;
-      if (start?.ok) {
-        startedWith = start.value;
-        config = start.value.config;
-        log.level = config.log.level;
-        log.info({ version: start.value.version }, "started with the config pushed to the fleet");
-      } else if (start) {
-        log.error({ errors: start.errors }, "pushed config rejected: starting with this node's own config");
-      }
-    } else if (redis) {
-      log.warn({ nodes: redisNodes }, "redis not reachable at start: starting with this node's own config");
-    }
-
-    let remap: ServerOptions["remap"] = startedWith?.rules ?? [];
-    if (config.tftp.remap && !startedWith?.rules) {
+    // the fleet's pushed config comes first: settings that need a restart take effect now
+    const fleet = await joinFleet({ config: loaded.config, log, load, heartbeatMs: test.heartbeatMs, configPollMs: test.configPollMs });
+    const config = fleet.config;
+    let remap: RemapRule[] = fleet.startedWith?.rules ?? [];
+    if (config.tftp.remap && !fleet.startedWith?.rules) {
       const rules = loadRemapFile(config.tftp.remap);
-      if (!rules.ok) {
-        for (const line of rules.errors) process.stderr.write(`tftpd serve: ${line}\n`);
-        process.exit(1);
-      }
+      if (!rules.ok) exitWith(rules.errors);
       remap = rules.rules;
     }
 
@@ -235,99 +127,13 @@ export default defineCommand({
       log.warn({ drop: test.drop }, "test loss injection is on");
     }
 
-    // limits.scope "cluster": each transfer also holds a lease in Redis, counted fleet-wide; the
-    // start time in the id keeps a restarted process (same host, same pid in a container) from
-    // taking over the leases its previous life left to expire
-    const leases = config.limits.scope === "cluster" && redis ? new ClusterLeases(redis, { nodeId: `${hostname()}:${process.pid}:${Date.now().toString(36)}` }) : null;
-    if (leases) options.sharedAdmission = leaseAdmission(leases);
-
-    let metrics: ServerMetrics | null = null;
+    // one file cache, shared by the local root and the fleet's files
+    const cache = new FileCache(options.cacheBytes);
     // transfer counts for the fleet heartbeat (kept whether or not metrics are on)
     const tally = new TransferTally();
-    const server: TftpServer = new TftpServer(options, {
-      listening: ({ host, port }, buffers) => {
-        const address = formatHostPort(host, port);
-        log.info({ address, receive_buffer: buffers?.receive, send_buffer: buffers?.send }, "listening");
-        const wanted = options.receiveBufferBytes;
-        if (buffers && wasCapped(wanted, buffers.receive)) {
-          log.warn(
-            { address, requested: wanted, granted: buffers.receive / 2 },
-            "receive buffer capped by net.core.rmem_max: bursts of requests may be dropped (raise net.core.rmem_max)",
-          );
-        }
-      },
-      transferEnd: (r) => {
-        metrics?.transferEnded(r);
-        tally.count(r);
-        // a superseded transfer is no failure: its client rebooted and asked anew
-        const level = r.result === "ok" || r.result === "probe" || r.result === "superseded" ? "info" : "warn";
-        log[level](
-          {
-            client: r.client,
-            file: r.file,
-            direction: r.direction,
-            mode: r.mode,
-            bytes: r.bytes,
-            blksize: r.blksize,
-            windowsize: r.windowsize,
-            tsize: r.tsize,
-            options: r.options,
-            duration_ms: Math.round(r.durationMs * 100) / 100,
-            first_response_ms: Math.round(r.firstResponseMs * 1000) / 1000,
-            retransmits: r.retransmits,
-            result: r.result,
-            ...(r.error ? { error: r.error } : {}),
-            ...(r.strays ? { strays: r.strays } : {}),
-          },
-          "transfer",
-        );
-      },
-      // One line per refused request, with the name asked: a machine that fails to boot is
-      // usually one missing file away, and this is where it shows.
-      refused: (r) => {
-        metrics?.requestRefused(r);
-        log.info({ client: r.client, op: r.op, file: r.file, remapped: r.remapped, reason: r.reason, kind: r.kind, code: r.code }, "request refused");
-      },
-      // no request (no file to name): counted, and logged at debug only
-      garbageRefused: (peer, reason, code) => {
-        metrics?.garbageRefused(code);
-        log.debug({ client: formatHostPort(peer.address, peer.port), reason, code }, "datagram refused");
-      },
-      // one line per source and interval, however many requests it sent over its rate
-      rateLimited: ({ sources, unreported, intervalMs }) => {
-        const interval_s = intervalMs / 1000;
-        for (const s of sources) log.warn({ address: s.address, dropped: s.dropped, interval_s }, "requests rate-limited");
-        if (unreported > 0) log.warn({ address: null, dropped: unreported, interval_s }, "requests rate-limited");
-      },
-      workerExit: (index, exit) => {
-        metrics?.workerRestarted();
-        log.error(
-          { worker: index, reason: exit.reason, transfers_ended_with_error: exit.endedWithError, transfers_lost: exit.lost },
-          "transfer worker died and was replaced; its transfers ended, the others go on",
-        );
-      },
-      // counted, not logged: a flood of garbage would flood the log too
-      garbageUnanswered: () => metrics?.garbageDropped(),
-      sharedAdmissionDown: (error) => {
-        log.warn({ error }, "cluster limits unavailable: admitting on this node's limits alone");
-      },
-      sharedAdmissionUp: () => {
-        log.info("cluster limits available again");
-      },
-    });
-
-    if (redis && config.cache.enabled && config.cache.type === "distributed") {
-      // lookup order: this node's root, then the fleet's shared cache
-      server.remoteFiles = new ClusterFiles(redis, server.cache, {
-        filled: (file, bytes, ms) => log.info({ file, bytes, fill_ms: Math.round(ms) }, "fetched from the cluster cache"),
-        fillFailed: (file, error) => log.error({ file, error }, "cluster cache fetch failed: not served"),
-        servedStale: (file, error) => log.warn({ file, error }, "redis unavailable: served the local copy"),
-      });
-    }
-
-    if (redis && config.cache.metadata_ttl > 0) {
-      server.metadata = new RedisMetadataCache(redis, resolve(config.tftp.root), config.cache.metadata_ttl, config.cache.metadata_scope);
-    }
+    let metrics: ServerMetrics | null = null;
+    const events = serverEvents({ log, metrics: () => metrics, tally, receiveBufferBytes: options.receiveBufferBytes });
+    const server = new TftpServer(options, { events, cache, ...fleet.serverDeps(cache) });
 
     if (values.tune !== false && config.tune.enabled) {
       // Raise what the config needs (never lowers); without privileges it only warns.
@@ -343,78 +149,19 @@ export default defineCommand({
     // Crash-only uploads: temporary files of uploads an earlier process never finished go now,
     // in the background (the walk of a big root must not delay serving; live uploads are safe).
     const idleMs = Math.max(config.connection_pool.idle_timeout, config.connection_pool.connection_timeout) * 1000;
-    void sweepAbandonedUploads(config.tftp.root, { staleAfterMs: 2 * idleMs })
-      .then((swept) => {
-        const fields = { root: config.tftp.root, removed: swept.removed, in_use: swept.inUse, failed: swept.failed };
-        if (swept.removed > 0) log.info(fields, "removed temporary files of interrupted uploads");
-        else log.debug(fields, "no temporary files of interrupted uploads to remove");
-        if (swept.failed > 0) log.warn(fields, "could not remove temporary files of interrupted uploads");
-        if (!swept.complete) log.warn({ ...fields, entries: swept.entries }, "stopped looking for interrupted uploads: root too big");
-      })
-      .catch((error: unknown) => log.warn({ error: (error as Error).message }, "could not look for interrupted uploads"));
-    let ops: { stop(force?: boolean): unknown } | null = null;
-    let metricsUrl: string | null = null;
+    logUploadSweep(log, config.tftp.root, sweepAbandonedUploads(config.tftp.root, { staleAfterMs: 2 * idleMs }));
+    let ops: NodeEndpoint | null = null;
     if (config.metrics.enabled) {
-      const clusterFiles = server.remoteFiles instanceof ClusterFiles ? server.remoteFiles : null;
-      metrics = new ServerMetrics({
-        activeTransfers: () => server.activeTransfers,
-        transferMemory: () => server.transferMemory,
-        requestsRateLimited: () => server.requestsRateLimited,
-        cacheStats: () => server.cache.stats,
-        clusterStats: redis ? () => ({ ...(clusterFiles?.stats ?? NO_CLUSTER_FILES), redisUp: redis.up }) : undefined,
-      });
-      const at = parseListenAddress(config.metrics.listen);
       try {
-        const http = startOpsServer(at.host, at.port, metrics, () => readiness(server, config.tftp.root, options.cacheBytes > 0, redis), config.metrics.control);
-        ops = http;
-        metricsUrl = `http://${formatHostPort(at.host, http.port ?? at.port)}`;
-        log.info({ address: formatHostPort(at.host, http.port ?? at.port) }, "metrics listening");
+        ops = startNodeEndpoint(config, server, fleet);
       } catch (error) {
         fail("serve", `metrics.listen ${config.metrics.listen}: ${(error as Error).message}`);
       }
+      metrics = ops.metrics;
+      log.info({ address: ops.address }, "metrics listening");
     }
-    const first = server.addresses.find((a) => !isWildcard(a.host));
-    if (first) {
-      const file = sampleFile(config.tftp.root) ?? "FILE";
-      log.info(
-        { root: config.tftp.root, config: loaded.source, write: config.tftp.write },
-        `ready: fetch a file with  curl -o ${file} tftp://${formatHostPort(first.host, first.port)}/${file}`,
-      );
-    }
-
-    // Cluster mode: beat into the fleet's Redis (tftpd cluster status, metrics --cluster).
-    const heartbeat = redis
-      ? new Heartbeat(
-          redis,
-          () => ({
-            addresses: server.addresses.map((a) => formatHostPort(a.host, a.port)),
-            metricsUrl,
-            activeTransfers: server.activeTransfers,
-            transfersTotal: tally.transfers,
-            failedTotal: tally.failed,
-            bytesSentTotal: tally.bytesSent,
-            cacheBytes: server.cache.stats.bytes,
-          }),
-          { intervalMs: test.heartbeatMs ?? undefined },
-        )
-      : null;
-    heartbeat?.start();
-
-    // Cluster mode: apply the config pushed to the fleet (tftpd config push), now and on every
-    // new version, over this node's file and under its env and flags.
-    const configSync = redis
-      ? new ConfigSync({
-          redis,
-          log,
-          config,
-          server,
-          load: loadWith,
-          startedWith,
-          limitsOf: (c) => serverOptions(c, []).limits,
-          pollMs: test.configPollMs ?? undefined,
-        })
-      : null;
-    configSync?.start();
+    logReady(log, server.addresses, { root: config.tftp.root, config: loaded.source, write: config.tftp.write });
+    fleet.serve(server, { metricsUrl: ops?.url ?? null, tally });
 
     // SIGTERM/SIGINT: stop taking requests, let running transfers finish for up to
     // STOP_GRACE_MS (a second signal ends them at once), then exit 0.
@@ -430,10 +177,7 @@ export default defineCommand({
         if (cut > 0) log.warn({ cut }, "transfers still running at the end of the grace period were ended");
       }
       ops?.stop(true);
-      configSync?.stop();
-      await heartbeat?.stop();
-      await leases?.stop();
-      await redis?.close();
+      await fleet.stop();
       flushLogs();
       process.exit(0);
     };

@@ -11,8 +11,9 @@
  */
 import type { AppliedSetting, LoadResult } from "../config/load.ts";
 import { KEYS_BY_PATH, type Config } from "../config/schema.ts";
+import { admissionLimits } from "../config/server-options.ts";
 import type { Logger } from "../log.ts";
-import type { ServerOptions, TftpServer } from "../server/server.ts";
+import type { TftpServer } from "../server/server.ts";
 import { loadRemapFile, parseRemapRules, type RemapRule } from "../storage/remap.ts";
 import type { RedisLink } from "./redis.ts";
 
@@ -103,8 +104,6 @@ export interface ConfigSyncOptions {
   config: Config;
   /** the node's effective config with a pushed config layered in (its file < pushed < env < flags) */
   load(pushed: { content: unknown; source: string }): LoadResult;
-  /** the admission limits a config asks for */
-  limitsOf(config: Config): ServerOptions["limits"];
   server: Pick<TftpServer, "reconfigure">;
   pollMs?: number;
   /** the pushed version `config` already holds (see startupConfig): not applied again */
@@ -283,7 +282,7 @@ export class ConfigSync {
     const about = { version, pushed_by: pushed.pushedBy, pushed_at: pushed.pushedAt };
 
     if (reload.length > 0) {
-      const limits = reload.some((c) => c.key.startsWith("limits.")) ? this.opts.limitsOf(next) : undefined;
+      const limits = reload.some((c) => c.key.startsWith("limits.")) ? admissionLimits(next) : undefined;
       this.opts.server.reconfigure({ limits, remap: rules });
       if (rules) this.rules = origin;
       for (const c of reload) setIn(this.running, c.key.split("."), c.to);

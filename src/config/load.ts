@@ -120,8 +120,7 @@ export function loadConfig(opts: LoadOptions = {}): LoadResult {
       errors.push(`${name}: unknown environment variable${guess ? ` (did you mean ${guess}?)` : ""}`);
       continue;
     }
-    let value = coerceText(key, text);
-    if (key.isPath && typeof value === "string" && value !== "" && !isAbsolute(value)) value = resolve(cwd, value);
+    const value = withPathsResolved(key, coerceText(key, text), cwd);
     setIn(envLayer, key.path, value);
     prov.record(key.path, name, value);
     applied.push({ source: name, key: key.dotted });
@@ -139,8 +138,8 @@ export function loadConfig(opts: LoadOptions = {}): LoadResult {
       continue;
     }
     let value = key && typeof raw === "string" ? coerceText(key, raw) : raw;
-    if (key?.isPath && typeof value === "string" && value !== "" && !isAbsolute(value)) value = resolve(cwd, value);
-    if (!key && isPlainObject(value)) resolvePaths(value, cwd, path);
+    if (key) value = withPathsResolved(key, value, cwd);
+    else if (isPlainObject(value)) resolvePaths(value, cwd, path);
     setIn(overrideLayer, path, value);
     prov.record(path, source, value);
     applied.push({ source, key: dotted });
@@ -253,15 +252,27 @@ function readConfigFile(file: string): { ok: true; value: Obj } | { ok: false; e
 /** Resolve relative path leaves inside `layer` (rooted at `prefix`) against `base`. */
 function resolvePaths(layer: Obj, base: string, prefix: string[] = []) {
   for (const key of CONFIG_KEYS) {
-    if (!key.isPath) continue;
+    if (!key.isPath && key.elementPaths.length === 0) continue;
     if (prefix.some((p, i) => key.path[i] !== p)) continue;
     const rel = key.path.slice(prefix.length);
     const parent = getIn(layer, rel.slice(0, -1));
     const leaf = rel[rel.length - 1];
-    if (!isPlainObject(parent) || leaf === undefined) continue;
-    const v = parent[leaf];
-    if (typeof v === "string" && v !== "" && !isAbsolute(v)) parent[leaf] = resolve(base, v);
+    if (!isPlainObject(parent) || leaf === undefined || !(leaf in parent)) continue;
+    parent[leaf] = withPathsResolved(key, parent[leaf], base);
   }
+}
+
+/** A key's value with relative paths resolved against `base`: a path leaf, or the path fields of a list's objects. */
+function withPathsResolved(key: ConfigKey, value: unknown, base: string): unknown {
+  const absolute = (v: unknown) => (typeof v === "string" && v !== "" && !isAbsolute(v) ? resolve(base, v) : v);
+  if (key.isPath) return absolute(value);
+  if (key.elementPaths.length === 0 || !Array.isArray(value)) return value;
+  return value.map((item: unknown) => {
+    if (!isPlainObject(item)) return item;
+    const resolved = { ...item };
+    for (const field of key.elementPaths) if (field in resolved) resolved[field] = absolute(resolved[field]);
+    return resolved;
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
 import { z } from "zod";
 import { BYTE_SIZE_HINT, describeValue, formatByteSize, parseByteSize } from "./bytes.ts";
 import { safeParseCidr, safeParseHostPort, safeParseListenAddress, type ParseResult, type PortRange } from "../net/address.ts";
-import { BLKSIZE_MAX, BLKSIZE_MIN, TIMEOUT_MAX, WINDOWSIZE_MAX, WINDOWSIZE_MIN } from "../protocol/options.ts";
+import { BLKSIZE_MAX, BLKSIZE_MIN, KNOWN_OPTIONS, TIMEOUT_MAX, WINDOWSIZE_MAX, WINDOWSIZE_MIN } from "../protocol/options.ts";
 import { DATA_HEADER_SIZE, DEFAULT_BLKSIZE } from "../protocol/packet.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -140,6 +140,45 @@ const cidr = () =>
     return r.ok ? { ok: true, value: r.value.text } : r;
   });
 
+/** A CIDR or a non-empty list of them, parsed to the list of canonical CIDRs (valid input again). */
+const cidrs = () =>
+  labelled(
+    z.unknown().transform((v, ctx): string[] => {
+      const hint = 'expected a CIDR or a list of CIDRs (e.g. "10.0.0.0/8" or ["10.0.0.0/8", "fd00::/8"])';
+      const list = typeof v === "string" ? [v] : v;
+      if (!Array.isArray(list) || list.length === 0) {
+        ctx.addIssue({ code: "custom", message: `${hint}, got ${Array.isArray(list) ? "an empty list" : describeValue(v)}`, input: v });
+        return z.NEVER;
+      }
+      const out: string[] = [];
+      list.forEach((item: unknown, i) => {
+        const r = safeParseCidr(item);
+        if (r.ok) out.push(r.value.text);
+        else ctx.addIssue({ code: "custom", message: r.error, input: item, path: typeof v === "string" ? [] : [i] });
+      });
+      return out.length === list.length ? out : z.NEVER;
+    }),
+    "CIDR | array of CIDRs",
+  );
+
+/**
+ * One per-network rule of `tftp.rules`. Absent settings parse to null / [] ("the server's"), so
+ * the printed config shows every field of a rule.
+ */
+function networkRule() {
+  const error = (iss: Issue) => `expected an object with "clients", got ${describeValue(iss.input)}`;
+  return z.strictObject(
+    {
+      clients: cidrs(),
+      blksize_max: intIn(BLKSIZE_MIN, BLKSIZE_MAX).nullable().default(null),
+      windowsize_max: intIn(WINDOWSIZE_MIN, WINDOWSIZE_MAX).nullable().default(null),
+      refuse_options: listOf(oneOf(KNOWN_OPTIONS), "option names", { unique: true }).default([]),
+      root: filePath().nullable().default(null),
+    },
+    { error },
+  );
+}
+
 function parsePortRange(v: unknown): ParseResult<PortRange | null> {
   const hint = 'expected "LOW:HIGH" with 1 <= LOW <= HIGH <= 65535, or null';
   if (v === null) return { ok: true, value: null };
@@ -266,6 +305,16 @@ const tftp = section({
   deny: listOf(cidr(), "CIDRs")
     .default([])
     .describe("Client networks refused; deny wins over allow. Parsed to \"ADDR/PREFIX\"."),
+  unique_root: oneOf(["off", "ip", "mac"])
+    .default("off")
+    .describe(
+      'A root per client (dnsmasq\'s --tftp-unique-root): "ip" serves a client from `ROOT/<client IP>/FILE`, "mac" from `ROOT/<client MAC>/FILE` (the MAC written `01-02-03-04-aa-bb`, from the kernel\'s neighbour table, IPv4 and IPv6) when that directory exists; otherwise, and with "off", from `ROOT/FILE`. ROOT is the root of the client\'s rule when it has one, else tftp.root.',
+    ),
+  rules: listOf(networkRule(), "rules")
+    .default([])
+    .describe(
+      'Per-network rules; the first whose clients hold the client\'s address applies: {"clients": CIDR or list of CIDRs (required), "blksize_max" and "windowsize_max" (in place of the server\'s), "refuse_options" (options never acknowledged to these clients: "blksize", "timeout", "tsize", "windowsize"), "root" (a root of their own; relative paths resolve against the config file\'s directory)}. A setting left out or null is the server\'s. E.g. a VPN needs a smaller block size, a boot ROM breaks on an option, a lab network has its own root.',
+    ),
   transfer_sockets: oneOf(["per-transfer", "shared"])
     .default("shared")
     .describe(
@@ -458,6 +507,27 @@ export const configSchema = z
         message: `must be at least tftp.blksize_max (${c.tftp.blksize_max}) bytes, got ${c.tftp.window_bytes_max}`,
       });
     }
+    // a rule's block size takes the place of tftp.blksize_max for its clients: the same bounds hold
+    c.tftp.rules.forEach((rule, i) => {
+      if (rule.blksize_max === null) return;
+      const path = ["tftp", "rules", i, "blksize_max"];
+      if (c.performance.memory.buffer_size < rule.blksize_max + DATA_HEADER_SIZE) {
+        ctx.addIssue({
+          code: "custom",
+          path,
+          params: { related: "performance.memory.buffer_size" },
+          message: `must be at most performance.memory.buffer_size - ${DATA_HEADER_SIZE} = ${c.performance.memory.buffer_size - DATA_HEADER_SIZE} bytes, got ${rule.blksize_max}`,
+        });
+      }
+      if (c.tftp.window_bytes_max < rule.blksize_max) {
+        ctx.addIssue({
+          code: "custom",
+          path,
+          params: { related: "tftp.window_bytes_max" },
+          message: `must be at most tftp.window_bytes_max (${c.tftp.window_bytes_max}) bytes, got ${rule.blksize_max}`,
+        });
+      }
+    });
     if (c.connection_pool.min_connections > c.connection_pool.max_connections) {
       ctx.addIssue({
         code: "custom",
@@ -516,6 +586,8 @@ export interface ConfigKey {
   nullable: boolean;
   /** A filesystem path: relative values resolve against the config file's directory. */
   isPath: boolean;
+  /** A list of objects: the fields of each that are paths, resolved like isPath leaves ("root" of tftp.rules). */
+  elementPaths: string[];
   /** Type for the docs. */
   type: string;
   /** Default as written in a config file (e.g. "4Gi"). */
@@ -533,6 +605,7 @@ interface Def {
   defaultValue?: unknown;
   entries?: Record<string, unknown>;
   values?: unknown[];
+  element?: ZodLike;
 }
 interface ZodLike {
   _zod: { def: Def };
@@ -576,6 +649,16 @@ function kindOf(base: ZodLike): ConfigKey["kind"] {
   return "other";
 }
 
+/** The path fields of the objects a list holds (none for other keys). */
+function elementPathsOf(base: ZodLike): string[] {
+  const element = base._zod.def.type === "array" ? base._zod.def.element : undefined;
+  const shape = element?._zod.def.type === "object" ? element._zod.def.shape : undefined;
+  if (!shape) return [];
+  return Object.entries(shape)
+    .filter(([, field]) => unwrap(field).chain.some((s) => pathLeaves.has(s)))
+    .map(([name]) => name);
+}
+
 function walk(shape: Record<string, ZodLike>, prefix: string[], keys: ConfigKey[], children: Map<string, string[]>) {
   children.set(prefix.join("."), Object.keys(shape));
   for (const [name, schema] of Object.entries(shape)) {
@@ -597,6 +680,7 @@ function walk(shape: Record<string, ZodLike>, prefix: string[], keys: ConfigKey[
       kind: kindOf(u.base),
       nullable: u.nullable,
       isPath: u.chain.some((s) => pathLeaves.has(s)),
+      elementPaths: elementPathsOf(u.base),
       type,
       default: u.defaultValue,
       description,

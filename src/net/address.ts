@@ -3,7 +3,7 @@
  * listen addresses ("ADDR:PORT", IP literals only), destinations ("HOST[:PORT]", names allowed),
  * CIDRs and port ranges.
  */
-import { isIP, isIPv4, isIPv6 } from "node:net";
+import { BlockList, isIP, isIPv4, isIPv6 } from "node:net";
 import { describeValue } from "../config/bytes.ts";
 
 export interface ListenAddress extends HostPort {
@@ -103,6 +103,34 @@ export function safeParseCidr(text: unknown): ParseResult<Cidr> {
     prefix = Number(p);
   }
   return { ok: true, value: { address, prefix, family, text: `${address}/${prefix}` } };
+}
+
+/** The IPv4 address inside an IPv4-mapped IPv6 one ("::ffff:10.0.0.1"); any other as it is. */
+export function unmappedAddress(address: string): string {
+  if (address.length > 7 && address.slice(0, 7).toLowerCase() === "::ffff:") {
+    const inner = address.slice(7);
+    if (isIPv4(inner)) return inner;
+  }
+  return address;
+}
+
+/** A set of networks to test client addresses against; CIDRs as safeParseCidr accepts them. */
+export class CidrList {
+  private readonly list = new BlockList();
+
+  constructor(cidrs: readonly string[]) {
+    for (const text of cidrs) {
+      const cidr = safeParseCidr(text);
+      if (!cidr.ok) throw new Error(cidr.error);
+      this.list.addSubnet(cidr.value.address, cidr.value.prefix, cidr.value.family === 4 ? "ipv4" : "ipv6");
+    }
+  }
+
+  /** The address (IPv4-mapped counts as IPv4) lies in one of the networks. */
+  has(address: string): boolean {
+    const plain = unmappedAddress(address);
+    return this.list.check(plain, isIPv4(plain) ? "ipv4" : "ipv6");
+  }
 }
 
 // HOST[:PORT] as typed on a command line or in a config: `10.0.0.1`, `10.0.0.1:6969`,

@@ -14,6 +14,11 @@ export interface NegotiationLimits {
   windowBytesMax: number;
   /** Largest upload accepted, for a WRQ's tsize. */
   uploadMax: number;
+  /**
+   * Options never acknowledged (some boot ROMs break on one): treated as unknown (RFC 2347),
+   * still listed in `requested`.
+   */
+  refused?: ReadonlySet<string>;
 }
 
 export interface Negotiated {
@@ -67,6 +72,10 @@ export function negotiate(
   const requested: string[] = [];
 
   for (const [name, raw] of request.options) {
+    if (limits.refused?.has(name)) {
+      if ((KNOWN_OPTIONS as readonly string[]).includes(name)) requested.push(name);
+      continue;
+    }
     const value = parseDecimal(raw);
     switch (name) {
       case "blksize":

@@ -1,25 +1,23 @@
 /**
- * The TFTP server's control plane: listeners take requests; admission, remap rules, root
- * confinement, the file cache and option negotiation decide; and each accepted request becomes
- * a job for a transfer engine — on this thread, or on a worker chosen by the load balancer.
- * Knows nothing of config files or Redis; the serve command hands it ready-made ServerOptions.
+ * The TFTP server's control plane: listeners take requests, each request takes the request
+ * pipeline (pipeline/pipeline.ts: name, policy, remap, confinement, admission, resolution,
+ * negotiation), and what comes out is dispatched as a job to a transfer engine — on this
+ * thread, or on a worker chosen by the load balancer. Keeps the listeners, the detection of
+ * requests sent again, and the running transfers. Knows nothing of config files or Redis.
  */
-import { BlockList, isIPv6 } from "node:net";
 import { decodePacket, encodeError } from "../protocol/codec.ts";
-import { negotiate } from "../protocol/options.ts";
 import { ErrorCode, Opcode, type RequestPacket } from "../protocol/packet.ts";
 import { FileCache } from "../storage/cache.ts";
-import { openCached } from "../storage/local.ts";
-import { NETASCII_MAX_BYTES, netasciiSource } from "../storage/netascii-source.ts";
-import { applyRemap, type RemapRule } from "../storage/remap.ts";
-import { listDirectory, openForRead, realRoot, resolveRequestPath } from "../storage/resolve.ts";
+import { localRootLink, rootLookup, FileLookup } from "../storage/lookup.ts";
+import type { RemapRule } from "../storage/remap.ts";
+import { realRoot } from "../storage/resolve.ts";
 import type { MetadataCache } from "../storage/metadata.ts";
-import { refuse, type Refusal } from "../storage/refusal.ts";
 import type { RemoteFiles } from "../storage/remote.ts";
-import type { FileIdentity, FileSource } from "../storage/source.ts";
-import { prepareUpload, type UploadPolicy } from "../storage/upload.ts";
+import type { FileSource } from "../storage/source.ts";
+import type { UploadPolicy } from "../storage/upload.ts";
 import { formatHostPort, type HostPort, type PortRange } from "../net/address.ts";
-import { Admission, TRANSFER_MEMORY_BYTES, type AdmissionLimits, type SharedAdmission, type SharedVerdict } from "./admission.ts";
+import { kernelNeighbours, type Neighbours } from "../net/neighbours.ts";
+import type { AdmissionLimits, SharedAdmission } from "./admission.ts";
 import { LoadBalancer, type Algorithm, type HashKey } from "./balance.ts";
 import { TransferEngine, type EngineOptions, type RepeatVerdict, type TransferJob } from "./engine.ts";
 import type { LossPlan } from "./loss.ts";
@@ -30,6 +28,12 @@ import { openListener, type Listener, type Peer } from "./transport.ts";
 import { WorkerPool, type WorkerExit } from "./worker-pool.ts";
 import { refusalKindOf, type RefusalKind, type RefusalRecord } from "./refusal-record.ts";
 import { RequestRate, type RateLimitSummary, type RequestRateLimits } from "./request-rate.ts";
+import { Admit } from "./pipeline/admit.ts";
+import { ClientDirectories, type UniqueRoot } from "./pipeline/confine.ts";
+import { RequestPipeline, type Accepted } from "./pipeline/pipeline.ts";
+import { nameOf } from "./pipeline/name.ts";
+import type { Asked } from "./pipeline/request.ts";
+import { NetworkRules, type NetworkRule, type RootPlace } from "./pipeline/rules.ts";
 
 export interface ServerOptions {
   root: string;
@@ -68,8 +72,25 @@ export interface ServerOptions {
   loss?: LossPlan | null;
   /** TFTPD_TEST_WORKER_THROW: the first transfer worker throws once it has started this many transfers */
   workerThrowAfterJobs?: number | null;
+  /** serve a client from ROOT/<its IP or MAC>/ when that directory exists (tftp.unique_root) */
+  uniqueRoot?: UniqueRoot;
+  /** per-network rules, first match wins (tftp.rules) */
+  rules?: NetworkRule[];
+}
+
+/** What the server works with but does not make (or makes itself when absent). */
+export interface ServerDeps {
+  events?: ServerEvents;
+  /** the file cache: made from options.cacheBytes when absent (the fleet's files share it) */
+  cache?: FileCache;
+  /** where files the root lacks come from (the fleet's shared cache) */
+  remoteFiles?: RemoteFiles | null;
+  /** what is known of paths below the root without asking the disk */
+  metadata?: MetadataCache | null;
   /** limits counted beyond this node, asked after the node's own (see SharedAdmission) */
   sharedAdmission?: SharedAdmission | null;
+  /** where a client's MAC is found (tftp.unique_root "mac"): the kernel's neighbour tables when absent */
+  neighbours?: Neighbours;
 }
 
 /** One record per finished transfer: it feeds the log line and, later, the metrics. */
@@ -102,6 +123,8 @@ export interface ServerEvents {
   sharedAdmissionDown?(error: string): void;
   /** the shared admission answers again after an outage */
   sharedAdmissionUp?(): void;
+  /** a neighbour table could not be read (tftp.unique_root "mac"): once per run of failures */
+  neighboursUnreadable?(family: 4 | 6, error: string): void;
 }
 
 /** A transfer from acceptance to its end record. */
@@ -109,7 +132,6 @@ interface Running {
   id: number;
   key: string;
   peer: Peer;
-  file: string;
   listener: Listener;
   record: Omit<TransferRecord, keyof TransferOutcome | "durationMs">;
   started: number;
@@ -117,31 +139,10 @@ interface Running {
   source: FileSource | null;
   /** the engine running it: -1 the local engine, else a worker index */
   engine: number;
-  /** its token from the shared admission, when one admitted it */
-  lease: string | null;
-  /** bytes it reserved in the memory budget (admission), given back when it ends */
-  memory: number;
+  /** gives back what its request took (admission, memory, a fleet lease) */
+  release: () => void;
   /** the request datagram that began it: the same bytes again are the same request resent */
   request: Uint8Array;
-}
-
-/** Which request a refusal refused: its part of the RefusalRecord. */
-interface Asked {
-  op: "read" | "write";
-  /** the name as asked, backslashes made slashes */
-  file: string;
-  /** after the remap rules, when there are rules and they ran */
-  remapped: string | null;
-}
-
-function asked(request: RequestPacket, remapped: string | null): Asked {
-  // Windows PXE clients send backslashes; remap rules are written against forward slashes.
-  return { op: request.op === Opcode.RRQ ? "read" : "write", file: request.filename.replaceAll("\\", "/"), remapped };
-}
-
-/** The metadata cache's facts describe this version of a file. */
-function isVersion(facts: { size: number; mtimeMs: number; ctimeMs: number }, id: FileIdentity): boolean {
-  return facts.size === id.size && facts.mtimeMs === id.mtimeMs && facts.ctimeMs === id.ctimeMs;
 }
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
@@ -154,22 +155,6 @@ function peerKey(peer: Peer): string {
   return `${peer.address}|${peer.port}`;
 }
 
-function buildBlockList(cidrs: string[]): BlockList | null {
-  if (cidrs.length === 0) return null;
-  const list = new BlockList();
-  for (const cidr of cidrs) {
-    const [net = "", bits] = cidr.split("/");
-    const family = isIPv6(net) ? "ipv6" : "ipv4";
-    const prefix = bits === undefined ? (family === "ipv6" ? 128 : 32) : Number(bits);
-    list.addSubnet(net, prefix, family);
-  }
-  return list;
-}
-
-function matches(list: BlockList, address: string): boolean {
-  return list.check(address, isIPv6(address) ? "ipv6" : "ipv4");
-}
-
 const NO_REQUEST_RATE: RequestRateLimits = { perSecond: 0, burst: 1 };
 
 /** How often requests dropped over their source's rate are summed up: one line per source and interval. */
@@ -179,37 +164,34 @@ export class TftpServer {
   private readonly listeners: Listener[] = [];
   /**
    * Keyed by client address and port: a repeated request from the same TID is not a new
-   * transfer. Holds requests still being resolved (null) and running transfers.
+   * transfer. Holds requests still on the pipeline (null) and running transfers.
    */
   private readonly active = new Map<string, Running | null>();
   private readonly running = new Map<number, Running>();
   private lastId = 0;
-  private rootReal = "";
   private stopped = false;
-  /** the shared admission failed its last request: the outage was reported */
-  private sharedDown = false;
-  private readonly allow: BlockList | null;
-  private readonly deny: BlockList | null;
-  private readonly admission: Admission;
+  private readonly events: ServerEvents;
+  private readonly admit: Admit;
   private readonly requestRate: RequestRate;
   private rateSummaryTimer: ReturnType<typeof setInterval> | null = null;
   private readonly balancer: LoadBalancer;
   private readonly local: TransferEngine;
   private pool: WorkerPool | null = null;
+  private unfollowCache: (() => void) | null = null;
+  /** made at start(), once the roots are known to exist */
+  private pipeline: RequestPipeline | null = null;
   readonly cache: FileCache;
-  /** where files the root lacks come from (the fleet's shared cache); set before start() */
-  remoteFiles: RemoteFiles | null = null;
-  /** what is known of paths below the root without asking the disk; set before start() */
-  metadata: MetadataCache | null = null;
 
   constructor(
     private readonly options: ServerOptions,
-    private readonly events: ServerEvents = {},
+    private readonly deps: ServerDeps = {},
   ) {
-    this.allow = buildBlockList(options.allow);
-    this.deny = buildBlockList(options.deny);
-    this.cache = new FileCache(options.cacheBytes);
-    this.admission = new Admission(options.limits);
+    this.events = deps.events ?? {};
+    this.cache = deps.cache ?? new FileCache(options.cacheBytes);
+    this.admit = new Admit(options, deps.sharedAdmission ?? null, {
+      down: (error) => this.events.sharedAdmissionDown?.(error),
+      up: () => this.events.sharedAdmissionUp?.(),
+    });
     this.requestRate = new RequestRate(options.limits.requestRate ?? NO_REQUEST_RATE);
     this.balancer = new LoadBalancer(options.balance.algorithm, options.balance.hashKey, options.workers);
     this.local = new TransferEngine(this.engineOptions(), options.loss ?? null, (id, outcome) => this.ended(id, outcome));
@@ -221,7 +203,7 @@ export class TftpServer {
 
   /** bytes the running transfers reserved in the memory budget, and the budget (Infinity: none) */
   get transferMemory(): { reserved: number; budget: number } {
-    return { reserved: this.admission.reservedMemory, budget: this.admission.memoryBudget };
+    return { reserved: this.admit.admission.reservedMemory, budget: this.admit.admission.memoryBudget };
   }
 
   /** requests dropped over their source's rate since start */
@@ -239,8 +221,8 @@ export class TftpServer {
   }
 
   async start(): Promise<void> {
-    this.rootReal = realRoot(this.options.root);
     try {
+      this.pipeline = this.buildPipeline();
       if (this.options.workers > 1) {
         this.pool = new WorkerPool(
           this.options.workers,
@@ -253,18 +235,21 @@ export class TftpServer {
         );
         await this.pool.start();
         const pool = this.pool;
-        this.cache.events = {
+        this.unfollowCache = this.cache.follow({
           progress: (entryId, readable) => pool.progress(entryId, readable),
           filled: (entryId, fd, size) => pool.filled(entryId, fd, size),
           failed: (entryId, reason) => pool.fillFailed(entryId, reason),
           released: (entryId) => pool.release(entryId),
-        };
+        });
       }
       for (const { host, port } of this.options.listen) {
-        const listener = await openListener(host, port, (l, bytes, peer, at) => this.onRequest(l, bytes, peer, at), {
-          receive: this.options.receiveBufferBytes,
-          send: this.options.sendBufferBytes,
-        });
+        const listener = await openListener(
+          host,
+          port,
+          (l, bytes, peer, at) => this.onRequest(l, bytes, peer, at),
+          { receive: this.options.receiveBufferBytes, send: this.options.sendBufferBytes },
+          this.options.loss ?? null,
+        );
         this.listeners.push(listener);
         this.events.listening?.({ host: listener.address, port: listener.port }, listener.buffers);
       }
@@ -276,7 +261,45 @@ export class TftpServer {
     }
   }
 
-  /** Stops listening and ends every transfer. */
+  /**
+   * The request pipeline over the roots as they are now: the server's root with its whole
+   * lookup chain, and each rule's own root with its local link alone (the fleet's files and
+   * the metadata cache describe the server's root).
+   */
+  private buildPipeline(): RequestPipeline {
+    const o = this.options;
+    const rootReal = realRoot(o.root);
+    const root: RootPlace = { real: rootReal, lookup: rootLookup(rootReal, this.cache, this.deps.metadata ?? null, this.deps.remoteFiles ?? null) };
+    const rules = o.rules ?? [];
+    const ruleRoots = rules.map((rule, i): RootPlace | null => {
+      if (rule.root === null) return null;
+      let real: string;
+      try {
+        real = realRoot(rule.root);
+      } catch (error) {
+        throw new Error(`tftp.rules[${i}].root: ${(error as Error).message.replace(/^tftp\.root: /, "")}`);
+      }
+      return { real, lookup: new FileLookup([localRootLink(real, this.cache, null)]) };
+    });
+    const policies = new NetworkRules(rules, ruleRoots, { root, blksizeMax: o.blksizeMax, windowsizeMax: o.windowsizeMax, refusedOptions: null }, o);
+    const uniqueRoot = o.uniqueRoot ?? "off";
+    const directories = uniqueRoot === "off" ? null : new ClientDirectories(uniqueRoot, this.deps.neighbours ?? this.kernelNeighbours());
+    return new RequestPipeline(
+      {
+        rules: policies,
+        directories,
+        admit: this.admit,
+        limits: { windowBytesMax: o.windowBytesMax, uploadMax: o.uploadMax },
+        write: { policy: o.write, uploadMax: o.uploadMax },
+      },
+      o.remap,
+    );
+  }
+
+  private kernelNeighbours(): Neighbours {
+    return kernelNeighbours({ onReadError: (family, error) => this.events.neighboursUnreadable?.(family, error instanceof Error ? error.message : String(error)) });
+  }
+
   /**
    * Graceful stop: no new requests are taken (the listeners close), running transfers may
    * finish for up to `graceMs`, then whatever is left is ended. Resolves with how many were cut.
@@ -290,6 +313,7 @@ export class TftpServer {
     return cut;
   }
 
+  /** Stops listening and ends every transfer. */
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.rateSummaryTimer) {
@@ -299,24 +323,18 @@ export class TftpServer {
     }
     for (const listener of this.listeners.splice(0)) listener.close();
     await Promise.all([this.local.stop(), this.pool?.stop()]);
+    this.unfollowCache?.();
+    this.unfollowCache = null;
     this.pool = null;
     this.active.clear();
   }
 
   private engineOptions(): EngineOptions {
-    const o = this.options;
-    return {
-      portRange: o.portRange,
-      transferSockets: o.transferSockets,
-      batch: o.batch,
-      receiveBufferBytes: o.receiveBufferBytes,
-      sendBufferBytes: o.sendBufferBytes,
-      lifetimes: o.lifetimes,
-    };
+    const { portRange, transferSockets, batch, receiveBufferBytes, sendBufferBytes, lifetimes } = this.options;
+    return { portRange, transferSockets, batch, receiveBufferBytes, sendBufferBytes, lifetimes };
   }
 
   private onRequest(listener: Listener, bytes: Uint8Array, peer: Peer, receivedAt: number): void {
-    if (this.options.loss?.shouldDrop("in", bytes)) return;
     const decoded = decodePacket(bytes);
     if (!decoded.ok) {
       this.refuseGarbage(listener, peer, decoded.reply, decoded.message);
@@ -328,25 +346,18 @@ export class TftpServer {
       this.refuseGarbage(listener, peer, ErrorCode.ILLEGAL_OPERATION, "illegal TFTP operation");
       return;
     }
-    // Before anything that answers or logs: a flood from one address costs a lookup and a drop.
+    // The request rate is the pipeline's gate, taken here, before anything that answers or
+    // logs: a flood from one address costs a lookup and a drop.
     if (!this.requestRate.allow(peer.address, receivedAt)) return;
-    if ((this.allow && !matches(this.allow, peer.address)) || (this.deny && matches(this.deny, peer.address))) {
-      this.refuse(listener, peer, asked(packet, null), ErrorCode.ACCESS_VIOLATION, "access denied", "allow_deny");
-      return;
-    }
     const key = peerKey(peer);
     const current = this.active.get(key);
-    // Firmware resends an unanswered request from the same port: the one being resolved answers it.
+    // Firmware resends an unanswered request from the same port: the one on the pipeline answers it.
     if (current === null) return;
     // a copy: the receive buffer may be reused before a worker's verdict on a repeat comes back
     const request = bytes.slice();
     const begin = (): void => {
       this.active.set(key, null);
-      const receivedAtEpoch = performance.timeOrigin + receivedAt;
-      this.accept(listener, packet, peer, key, receivedAtEpoch, request).catch((error: unknown) => {
-        this.active.delete(key);
-        this.refuse(listener, peer, asked(packet, null), ErrorCode.NOT_DEFINED, `server error: ${(error as Error).message}`);
-      });
+      void this.take(listener, packet, peer, key, performance.timeOrigin + receivedAt, request);
     };
     if (current === undefined) begin();
     else this.requestAgain(current, request, begin);
@@ -368,6 +379,87 @@ export class TftpServer {
     };
     if (running.engine < 0) decide(this.local.requestAgain(running.id, same));
     else if (this.pool) void this.pool.requestAgain(running.engine, running.id, same).then(decide);
+  }
+
+  /** A new request: down the pipeline, then dispatched, or refused. */
+  private async take(listener: Listener, packet: RequestPacket, peer: Peer, key: string, receivedAtEpoch: number, request: Uint8Array): Promise<void> {
+    const pipeline = this.pipeline;
+    if (!pipeline) return;
+    let outcome: Awaited<ReturnType<RequestPipeline["run"]>>;
+    try {
+      outcome = await pipeline.run(packet, peer.address);
+    } catch (error) {
+      this.active.delete(key);
+      this.refuse(listener, peer, nameOf(packet), ErrorCode.NOT_DEFINED, `server error: ${(error as Error).message}`);
+      return;
+    }
+    if (!outcome.ok) {
+      this.active.delete(key);
+      this.refuse(listener, peer, outcome.asked, outcome.code, outcome.message, outcome.kind);
+      return;
+    }
+    if (this.stopped) {
+      if (outcome.op === "read") outcome.source.close();
+      else outcome.sink.abort();
+      outcome.release();
+      this.active.delete(key);
+      this.refuse(listener, peer, outcome.asked, ErrorCode.NOT_DEFINED, "server shutting down");
+      return;
+    }
+    this.dispatch(outcome, listener, packet, peer, key, receivedAtEpoch, request);
+  }
+
+  /** Starts an accepted request's transfer: reads on a worker when there are workers, else here. */
+  private dispatch(accepted: Accepted, listener: Listener, packet: RequestPacket, peer: Peer, key: string, receivedAtEpoch: number, request: Uint8Array): void {
+    const { negotiated } = accepted;
+    const declared = accepted.op === "write" ? packet.options.get("tsize") : undefined;
+    const running: Running = {
+      id: ++this.lastId,
+      key,
+      peer,
+      listener,
+      record: {
+        client: formatHostPort(peer.address, peer.port),
+        file: accepted.file,
+        mode: packet.mode,
+        direction: accepted.op,
+        blksize: negotiated.blksize,
+        windowsize: negotiated.windowsize,
+        tsize: accepted.op === "read" ? accepted.source.size : declared === undefined ? null : Number(declared),
+        options: negotiated.requested,
+      },
+      started: performance.now(),
+      source: null,
+      engine: -1,
+      release: accepted.release,
+      request,
+    };
+    const job: TransferJob = {
+      id: running.id,
+      peer,
+      localAddress: listener.address,
+      blksize: negotiated.blksize,
+      windowsize: negotiated.windowsize,
+      oack: negotiated.oack,
+      retransmit: this.retransmitPolicy(negotiated.timeoutMs),
+      receivedAtEpoch,
+    };
+    this.active.set(key, running);
+    this.running.set(running.id, running);
+    const startFailed = (error: unknown): void => this.failed(running.id, (error as Error).message);
+    if (accepted.op === "write") {
+      // Uploads are rare in network boot and write through the main thread's sink: they run here.
+      this.local.startWrite(job, accepted.sink, packet.mode).catch(startFailed);
+      return;
+    }
+    const source = accepted.source;
+    if (this.pool && source.share) {
+      running.engine = this.balancer.pick({ clientAddress: peer.address, clientPort: peer.port, filename: accepted.file }, this.pool.loads);
+      running.source = source;
+      this.pool.dispatch(running.engine, job, source.share, source.identity);
+    } else {
+      this.local.startRead(job, source).catch(startFailed);
+    }
   }
 
   /** Refuses a request: its ERROR (unless dropped: code null), and its record. */
@@ -396,221 +488,21 @@ export class TftpServer {
     this.events.garbageRefused?.(peer, message, code);
   }
 
-  private async accept(
-    listener: Listener,
-    request: RequestPacket,
-    peer: Peer,
-    key: string,
-    receivedAtEpoch: number,
-    requestBytes: Uint8Array,
-  ): Promise<void> {
-    const isRead = request.op === Opcode.RRQ;
-    let admitted: string | null = null;
-    let lease: string | null = null;
-    /** bytes reserved in the memory budget for this transfer so far */
-    let reserved = 0;
-    const what = asked(request, null);
-    const reject = (code: number | null, message: string, kind?: RefusalKind): void => {
-      if (admitted !== null) this.admission.release(peer.address, admitted, reserved);
-      if (lease !== null) this.options.sharedAdmission?.release(lease, peer.address);
-      this.active.delete(key);
-      this.refuse(listener, peer, what, code, message, kind);
-    };
-
-    // Past admission, anything thrown must give the slots back (a transfer that began gives
-    // them back when it ends).
-    let begun = false;
-    try {
-      const remapped = applyRemap(this.options.remap, what.file, what.op);
-      if (!remapped.ok) return reject(remapped.code, remapped.message);
-      if (this.options.remap.length > 0) what.remapped = remapped.name;
-      const resolved = resolveRequestPath(this.rootReal, remapped.name);
-      if (!resolved.ok) return reject(resolved.code, resolved.message);
-
-      // Dropped, the ROM retries later; "busy" tells it now (some firmware gives up on an ERROR).
-      const limitCode = this.options.limits.onLimit === "busy" ? ErrorCode.NOT_DEFINED : null;
-      const refusal = this.admission.admit(peer.address, resolved.relative, TRANSFER_MEMORY_BYTES);
-      if (refusal !== null) return reject(limitCode, `busy: ${refusal} transfer limit reached`, "limit");
-      admitted = resolved.relative;
-      reserved = TRANSFER_MEMORY_BYTES;
-      // The node's own limits come first (they protect this node); then the fleet's, if shared.
-      // "unavailable" admits: this node's limits still hold.
-      const shared = this.options.sharedAdmission;
-      const verdict = shared ? await this.admitShared(shared, peer.address) : null;
-      if (verdict?.ok) lease = verdict.token;
-      else if (verdict && verdict.refusal !== "unavailable") {
-        return reject(limitCode, `busy: ${verdict.refusal} transfer limit reached across the cluster`, "limit");
-      }
-
-      const limits = {
-        blksizeMax: this.options.blksizeMax,
-        windowsizeMax: this.options.windowsizeMax,
-        windowBytesMax: this.options.windowBytesMax,
-        uploadMax: this.options.uploadMax,
-      };
-      const base = {
-        id: ++this.lastId,
-        key,
-        peer,
-        file: resolved.relative,
-        listener,
-        started: performance.now(),
-        source: null,
-        engine: -1,
-        lease,
-        memory: reserved,
-        request: requestBytes,
-      };
-      const recordBase = { client: formatHostPort(peer.address, peer.port), file: resolved.relative, mode: request.mode };
-      const job = (blksize: number, windowsize: number, oack: [string, string][] | null, timeoutMs: number | null): TransferJob => ({
-        id: base.id,
-        peer,
-        localAddress: listener.address,
-        blksize,
-        windowsize,
-        oack,
-        retransmit: this.retransmitPolicy(timeoutMs),
-        receivedAtEpoch,
-      });
-
-      if (isRead) {
-        const opened = await this.openSource(resolved.relative, request.mode === "netascii");
-        if (!opened.ok) return reject(opened.code, opened.message);
-        let source = opened.source;
-        if (request.mode === "netascii") {
-          if (source.size > NETASCII_MAX_BYTES) {
-            source.close();
-            return reject(ErrorCode.NOT_DEFINED, "file too large for netascii mode");
-          }
-          // The converted copy is this transfer's own: it counts against the memory budget, at
-          // its peak (the file read whole plus a copy up to twice as long) until it is made.
-          const peak = 3 * source.size;
-          if (!this.admission.reserve(peak)) {
-            source.close();
-            return reject(limitCode, "busy: memory transfer limit reached", "limit");
-          }
-          reserved += peak;
-          source = netasciiSource(source);
-          // the copy stays reserved, the rest of the peak is given back
-          this.admission.unreserve(peak - source.size);
-          reserved -= peak - source.size;
-          base.memory = reserved;
-        }
-        const negotiated = negotiate(request, limits, request.mode === "octet" ? source.size : null);
-        if (!negotiated.ok) {
-          source.close();
-          return reject(negotiated.code, negotiated.message, "options");
-        }
-        const running: Running = {
-          ...base,
-          record: { ...recordBase, direction: "read", blksize: negotiated.blksize, windowsize: negotiated.windowsize, tsize: source.size, options: negotiated.requested },
-        };
-        const transferJob = job(negotiated.blksize, negotiated.windowsize, negotiated.oack, negotiated.timeoutMs);
-        if (this.stopped) {
-          source.close();
-          return reject(ErrorCode.NOT_DEFINED, "server shutting down");
-        }
-        begun = true;
-        this.begin(running);
-        if (this.pool && source.share) {
-          running.engine = this.balancer.pick({ clientAddress: peer.address, clientPort: peer.port, filename: resolved.relative }, this.pool.loads);
-          running.source = source;
-          this.pool.dispatch(running.engine, transferJob, source.share, source.identity);
-        } else {
-          await this.local.startRead(transferJob, source).catch((error: unknown) => this.failed(running.id, (error as Error).message));
-        }
-        return;
-      }
-
-      const negotiated = negotiate(request, limits, null);
-      if (!negotiated.ok) return reject(negotiated.code, negotiated.message, "options");
-      const declared = request.options.get("tsize");
-      // RFC 2349: a declared size the server cannot store (too large, more than the free space)
-      // is refused now, not half-way; any run of digits counts, however long.
-      const declaredBytes = declared !== undefined && /^[0-9]+$/.test(declared) ? Number(declared) : null;
-      const prepared = await prepareUpload(this.rootReal, resolved.relative, this.options.write, this.options.uploadMax, declaredBytes);
-      if (!prepared.ok) return reject(prepared.code, prepared.message);
-      const running: Running = {
-        ...base,
-        record: { ...recordBase, direction: "write", blksize: negotiated.blksize, windowsize: negotiated.windowsize, tsize: declared === undefined ? null : Number(declared), options: negotiated.requested },
-      };
-      if (this.stopped) {
-        prepared.sink.abort();
-        return reject(ErrorCode.NOT_DEFINED, "server shutting down");
-      }
-      begun = true;
-      this.begin(running);
-      // Uploads are rare in network boot and write through the main thread's sink: they run here.
-      await this.local
-        .startWrite(job(negotiated.blksize, negotiated.windowsize, negotiated.oack, negotiated.timeoutMs), prepared.sink, request.mode)
-        .catch((error: unknown) => this.failed(running.id, (error as Error).message));
-    } catch (error) {
-      if (begun) throw error;
-      reject(ErrorCode.NOT_DEFINED, `server error: ${(error as Error).message}`);
-    }
-  }
-
-  /**
-   * The bytes of a file to read: the local root first (through the file cache), then, for a
-   * file the root does not hold, the remote files (the fleet's shared cache) when there are any.
-   * `raw`: the caller reads the whole file at once (netascii), so the cache is not needed.
-   */
-  private async openSource(relative: string, raw: boolean): Promise<{ ok: true; source: FileSource } | Refusal> {
-    const facts = this.metadata && !raw ? await this.metadata.lookup(relative) : null;
-    if (facts?.kind === "file") {
-      // known to the metadata cache and held in memory: served without touching the disk
-      const held = this.cache.versionAt(relative);
-      if (held && isVersion(facts, held.identity)) {
-        const known = await this.cache.acquire(held.key, held.identity, null);
-        if (known) return { ok: true, source: known };
-      }
-    }
-    if (facts?.kind !== "missing") {
-      const opened = raw ? await openForRead(this.rootReal, relative) : await openCached(this.cache, this.rootReal, relative);
-      if (opened.ok) {
-        const { size, mtimeMs, ctimeMs } = opened.source.identity;
-        // what the metadata cache already says needs no write
-        if (this.metadata && !(facts?.kind === "file" && isVersion(facts, opened.source.identity))) {
-          this.metadata.remember(relative, { kind: "file", size, mtimeMs, ctimeMs });
-        }
-        return opened;
-      }
-      if (opened.code !== ErrorCode.FILE_NOT_FOUND) return opened;
-      this.metadata?.remember(relative, { kind: "missing" }, listDirectory(this.rootReal, relative));
-    }
-    if (!this.remoteFiles) return refuse(ErrorCode.FILE_NOT_FOUND, "file not found");
-    return this.remoteFiles.open(relative, { whole: raw });
-  }
-
   /**
    * Applies the settings that may change while serving (a config pushed to the fleet):
-   * admission limits (the memory budget and the request rate too) and remap rules. Running transfers keep going
-   * and give back what they reserved; new requests see the new settings.
+   * admission limits (the memory budget and the request rate too) and remap rules. Running
+   * transfers keep going and give back what they reserved; new requests see the new settings.
    */
   reconfigure(change: { limits?: ServerOptions["limits"]; remap?: RemapRule[] }): void {
     if (change.limits) {
       this.options.limits = change.limits;
-      this.admission.setLimits(change.limits);
+      this.admit.setLimits(change.limits);
       this.requestRate.setLimits(change.limits.requestRate ?? NO_REQUEST_RATE);
     }
-    if (change.remap) this.options.remap = change.remap;
-  }
-
-  /** Asks the shared admission; reports an outage once, and its end. */
-  private async admitShared(shared: SharedAdmission, address: string): Promise<SharedVerdict> {
-    const verdict: SharedVerdict = await shared
-      .acquire(address, this.options.limits)
-      .catch((error: unknown) => ({ ok: false, refusal: "unavailable", error: (error as Error).message }));
-    const down = !verdict.ok && verdict.refusal === "unavailable";
-    if (down && !this.sharedDown) this.events.sharedAdmissionDown?.(verdict.error);
-    if (!down && this.sharedDown) this.events.sharedAdmissionUp?.();
-    this.sharedDown = down;
-    return verdict;
-  }
-
-  private begin(running: Running): void {
-    this.active.set(running.key, running);
-    this.running.set(running.id, running);
+    if (change.remap) {
+      this.options.remap = change.remap;
+      if (this.pipeline) this.pipeline.remap = change.remap;
+    }
   }
 
   private retransmitPolicy(clientTimeoutMs: number | null): RetransmitPolicy {
@@ -624,8 +516,7 @@ export class TftpServer {
     if (!running) return null;
     this.running.delete(id);
     if (this.active.get(running.key) === running) this.active.delete(running.key);
-    this.admission.release(running.peer.address, running.file, running.memory);
-    if (running.lease !== null) this.options.sharedAdmission?.release(running.lease, running.peer.address);
+    running.release();
     running.source?.close();
     running.source = null;
     return running;

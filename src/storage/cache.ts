@@ -111,9 +111,20 @@ export class FileCache {
   private readonly byPath = new Map<string, Entry>();
   private bytes = 0;
   private lastId = 0;
-  events: CacheEvents = {};
+  private events: CacheEvents = {};
   private readonly counters = { hits: 0, misses: 0, bypasses: 0, evictions: 0 };
   readonly enabled: boolean;
+
+  /**
+   * Tells `events` what happens to the copies other threads read (the worker pool is the one
+   * follower). Returns what stops it.
+   */
+  follow(events: CacheEvents): () => void {
+    this.events = events;
+    return () => {
+      if (this.events === events) this.events = {};
+    };
+  }
 
   constructor(private readonly maxBytes: number) {
     this.enabled = maxBytes > 0 && memfdAvailable();

@@ -8,6 +8,11 @@ import { ErrorCode, refuse, type Refusal } from "./refusal.ts";
 import { openForRead } from "./resolve.ts";
 import type { FileSource } from "./source.ts";
 
+/** The name the file cache knows a path by: one cache serves several roots (per-network rules). */
+export function cachePath(rootReal: string, relative: string): string {
+  return `${rootReal}/${relative}`;
+}
+
 /**
  * Opens `relative` below `rootReal` and trades the open file for its cached copy. A version
  * that changes while its copy is made is looked up once more: the request gets the newer one.
@@ -23,12 +28,12 @@ export async function openCached(
     const opened = await openForRead(rootReal, relative);
     if (!opened.ok) {
       // nothing there any more: the copy of what was there is stale
-      if (opened.code === ErrorCode.FILE_NOT_FOUND) cache.forget(relative);
+      if (opened.code === ErrorCode.FILE_NOT_FOUND) cache.forget(cachePath(rootReal, relative));
       return opened;
     }
     const file = opened.source;
     try {
-      const cached = await cache.acquire(versionKey(file.identity), file.identity, () => diskFiller(file.fd, file.identity, stepBytes), { path: relative });
+      const cached = await cache.acquire(versionKey(file.identity), file.identity, () => diskFiller(file.fd, file.identity, stepBytes), { path: cachePath(rootReal, relative) });
       if (!cached) return opened;
       file.close();
       return { ok: true, source: cached };

@@ -3,7 +3,7 @@
  * can be inspected), or the real CLI as a child process (flags, config, logs, signals).
  */
 import type { Subprocess } from "bun";
-import { TftpServer, type ServerOptions, type TransferRecord } from "../../src/server/server.ts";
+import { TftpServer, type ServerDeps, type ServerOptions, type TransferRecord } from "../../src/server/server.ts";
 import { BUN, MAIN } from "./run.ts";
 
 export interface InProcessServer {
@@ -41,15 +41,25 @@ export const defaultOptions = (root: string): ServerOptions => ({
   sendBufferBytes: 4 << 20,
 });
 
-export async function startServer(root: string, options: Partial<ServerOptions> = {}): Promise<InProcessServer> {
+/** `deps` as the server takes them; its events also see every transfer record the helper collects. */
+export async function startServer(root: string, options: Partial<ServerOptions> = {}, deps: ServerDeps = {}): Promise<InProcessServer> {
   const records: TransferRecord[] = [];
   const waiters: ((r: TransferRecord) => void)[] = [];
-  const server = new TftpServer({ ...defaultOptions(root), ...options }, {
-    transferEnd(record) {
-      records.push(record);
-      waiters.shift()?.(record);
+  const events = deps.events ?? {};
+  const server = new TftpServer(
+    { ...defaultOptions(root), ...options },
+    {
+      ...deps,
+      events: {
+        ...events,
+        transferEnd(record) {
+          records.push(record);
+          waiters.shift()?.(record);
+          events.transferEnd?.(record);
+        },
+      },
     },
-  });
+  );
   await server.start();
   const first = server.addresses[0]!;
   return {

@@ -84,6 +84,8 @@ describe("defaults", () => {
       retries: 5,
       allow: [],
       deny: [],
+      unique_root: "off",
+      rules: [],
       single_port: false,
     });
     expect(c.metrics).toEqual({ enabled: true, listen: "127.0.0.1:9469", control: true });
@@ -569,6 +571,7 @@ describe("docs", () => {
     const file = writeConfig(example ?? "");
     const c = ok(load({ file }));
     expect(c.tftp.root).toBe(join(file.slice(0, file.lastIndexOf("/")), "boot"));
+    expect(c.tftp.rules.map((rule) => rule.root)).toEqual([null, join(file.slice(0, file.lastIndexOf("/")), "lab")]);
   });
 });
 

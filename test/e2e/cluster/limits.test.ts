@@ -137,12 +137,11 @@ async function inProcessNode(keyPrefix: string, nodeId: string): Promise<{ s: In
   expect(await link.waitUp(10_000)).toBe(true);
   const leases = new ClusterLeases(link, { nodeId });
   cleanups.push(() => leases.stop());
-  const s = await startServer(root, {
-    timeoutMs: 1000,
-    retries: 5,
-    limits: { maxTotal: 100, maxPerIp: 1, maxPerClient: 100, onLimit: "drop" },
-    sharedAdmission: leaseAdmission(leases),
-  });
+  const s = await startServer(
+    root,
+    { timeoutMs: 1000, retries: 5, limits: { maxTotal: 100, maxPerIp: 1, maxPerClient: 100, onLimit: "drop" } },
+    { sharedAdmission: leaseAdmission(leases) },
+  );
   cleanups.push(() => s.stop());
   return { s, leases };
 }

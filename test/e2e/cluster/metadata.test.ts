@@ -33,8 +33,7 @@ beforeAll(async () => {
   mkdirSync(join(root, "pxelinux.cfg"), { recursive: true });
   settings = { nodes: cluster.nodes, clusterMode: true, password: null, tls: false, keyPrefix: `t-${crypto.randomUUID()}:`, noDelay: true, keepAlive: true, commandTimeoutMs: 2000 };
   link = await connectOrFail(settings);
-  server = await startServer(root);
-  server.server.metadata = new RedisMetadataCache(link, root, TTL_S, "node");
+  server = await startServer(root, {}, { metadata: new RedisMetadataCache(link, root, TTL_S, "node") });
 }, 60_000);
 
 afterAll(async () => {
@@ -75,8 +74,7 @@ describe("metadata cache", () => {
 
   test("Redis unreachable: the disk answers, nothing waits", async () => {
     const dead = new RedisLink({ ...settings, nodes: ["127.0.0.1:1"] });
-    const other = await startServer(root);
-    other.server.metadata = new RedisMetadataCache(dead, root, TTL_S, "node");
+    const other = await startServer(root, {}, { metadata: new RedisMetadataCache(dead, root, TTL_S, "node") });
     try {
       writeFileSync(join(root, "plain.bin"), "from disk\n");
       const out = join(work, "plain");

@@ -53,8 +53,10 @@ async function serve(root: string, options: Partial<ServerOptions>): Promise<Ser
   const server = new TftpServer(
     { ...defaultOptions(root), workers: 2, ...options },
     {
-      transferEnd: (record) => records.push(record),
-      workerExit: (index, exit) => exits.push({ index, ...exit }),
+      events: {
+        transferEnd: (record) => records.push(record),
+        workerExit: (index, exit) => exits.push({ index, ...exit }),
+      },
     },
   );
   servers.push(server);

@@ -26,7 +26,7 @@ async function rateLimitedServer(perSecond: number, burst: number) {
   const options = defaultOptions(root);
   const server = new TftpServer(
     { ...options, limits: { ...options.limits, requestRate: { perSecond, burst } } },
-    { refused: (r) => refused.push(r), rateLimited: (s) => summaries.push(s) },
+    { events: { refused: (r) => refused.push(r), rateLimited: (s) => summaries.push(s) } },
   );
   await server.start();
   return { server, port: server.addresses[0]!.port, refused, summaries };

@@ -1,0 +1,76 @@
+/**
+ * The effective config as the server's options: the one place config keys become ServerOptions,
+ * for `serve` at start and for the limits a pushed config reloads (cluster/config-sync.ts).
+ */
+import { availableParallelism } from "node:os";
+import { parseListenAddress } from "../net/address.ts";
+import type { NetworkRule } from "../server/pipeline/rules.ts";
+import type { ServerOptions } from "../server/server.ts";
+import type { Config } from "./schema.ts";
+
+/**
+ * "auto": one transfer engine per CPU but one. The main thread (listeners, admission, the
+ * cache) and the kernel's loopback and NIC work need a core of their own: on a 2-CPU machine
+ * a second engine measured slower, not faster, so there the main thread runs the transfers itself.
+ */
+export function workerCount(setting: number | "auto", cpus = availableParallelism()): number {
+  return setting === "auto" ? Math.max(1, cpus - 1) : setting;
+}
+
+/** Admission limits: read at start, and again for each pushed config (they reload). */
+export function admissionLimits(config: Config): ServerOptions["limits"] {
+  const limits = config.limits;
+  return {
+    maxTotal: limits.max_total_connections,
+    maxPerIp: limits.max_connections_per_ip,
+    maxPerClient: limits.max_connections_per_client,
+    maxMemory: limits.max_transfer_memory,
+    onLimit: limits.on_limit,
+    requestRate: { perSecond: limits.requests_per_second_per_ip, burst: limits.request_burst_per_ip },
+  };
+}
+
+/** `tftp.rules` as the server takes them (the schema already made CIDRs canonical and roots absolute). */
+export function networkRules(config: Config): NetworkRule[] {
+  return config.tftp.rules.map((rule) => ({
+    clients: [...rule.clients],
+    blksizeMax: rule.blksize_max,
+    windowsizeMax: rule.windowsize_max,
+    refuseOptions: [...rule.refuse_options],
+    root: rule.root,
+  }));
+}
+
+export function serverOptions(config: Config, remap: ServerOptions["remap"]): ServerOptions {
+  const tftp = config.tftp;
+  return {
+    root: tftp.root,
+    listen: tftp.listen.map((text) => parseListenAddress(text)),
+    write: tftp.write,
+    uploadMax: tftp.max_upload_size,
+    blksizeMax: tftp.blksize_max,
+    windowsizeMax: tftp.windowsize_max,
+    windowBytesMax: tftp.window_bytes_max,
+    timeoutMs: tftp.timeout * 1000,
+    retries: tftp.retries,
+    portRange: tftp.port_range,
+    remap,
+    allow: tftp.allow,
+    deny: tftp.deny,
+    uniqueRoot: tftp.unique_root,
+    rules: networkRules(config),
+    cacheBytes: config.cache.enabled ? config.performance.memory.cache_size : 0,
+    transferSockets: tftp.transfer_sockets,
+    batch: { enabled: config.batch.enabled, size: config.batch.batch_size },
+    workers: workerCount(config.performance.cpu.worker_threads),
+    balance: { algorithm: config.load_balancing.algorithm, hashKey: config.load_balancing.hash_key },
+    limits: admissionLimits(config),
+    lifetimes: {
+      connectionTimeoutMs: config.connection_pool.connection_timeout * 1000,
+      idleTimeoutMs: config.connection_pool.idle_timeout * 1000,
+      maxLifetimeMs: config.connection_pool.max_lifetime * 1000,
+    },
+    receiveBufferBytes: config.performance.network.receive_buffer_size,
+    sendBufferBytes: config.performance.network.send_buffer_size,
+  };
+}
