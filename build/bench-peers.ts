@@ -381,6 +381,8 @@ interface ServerSpec {
   /** Fixed port (dnsmasq's TFTP is always on 69), else a free one is picked per start. */
   fixedPort?: number;
   argv(root: string, port: number, runDir: string): string[];
+  /** our server's config file, written into the run directory */
+  configFile?: { name: string; config: BenchConfig };
   version: string;
   /** What the report says about how it was run. */
   note: string;
@@ -389,19 +391,53 @@ interface ServerSpec {
 function oursSpec(fromSource: boolean): ServerSpec {
   const base = fromSource ? [BUN, join(REPO, "src/main.ts")] : [OURS_BIN];
   const v = spawnText([...base, "version"]).out.trim().split("\n")[0] ?? "?";
-  return ourServerSpec("tftpd", base, v + (fromSource ? " (from source)" : ""), fromSource ? "run from source with bun" : "compiled dist/tftpd");
+  const { config, dropped } = configKnownTo(base);
+  if (dropped.length > 0) say(`tftpd: has no ${dropped.join(", ")}: left out of its config (nothing to lift)`);
+  return ourServerSpec("tftpd", base, v + (fromSource ? " (from source)" : ""), fromSource ? "run from source with bun" : "compiled dist/tftpd", config);
 }
 
 /** Our server, new or before (`base` = the command up to "serve"): one set of flags for both. */
-function ourServerSpec(name: "tftpd" | typeof BEFORE, base: string[], version: string, how: string): ServerSpec {
+function ourServerSpec(name: "tftpd" | typeof BEFORE, base: string[], version: string, how: string, config: BenchConfig = OURS_CONFIG): ServerSpec {
+  const file = name === BEFORE ? "tftpd-before-bench.json" : "tftpd-bench.json";
   return {
     name,
     argv: (root, port, runDir) => [
-      ...base, "serve", "--config", join(runDir, "tftpd-bench.json"), "--root", root, "--listen", `127.0.0.1:${port}`, ...OURS_SERVE_FLAGS,
+      ...base, "serve", "--config", join(runDir, file), "--root", root, "--listen", `127.0.0.1:${port}`, ...OURS_SERVE_FLAGS,
     ],
+    configFile: { name: file, config },
     version,
-    note: `${how}; .bench/run/tftpd-bench.json = \`${JSON.stringify(OURS_CONFIG)}\` (all simulated clients share 127.0.0.1, so the per-IP/per-client admission limits and the per-IP request rate are lifted)`,
+    note: `${how}; .bench/run/${file} = \`${JSON.stringify(config)}\` (all simulated clients share 127.0.0.1, so the per-IP/per-client admission limits and the per-IP request rate are lifted)`,
   };
+}
+
+type BenchConfig = { limits: Record<string, number> };
+
+/**
+ * OURS_CONFIG as a build of our server takes it: a limit it does not know (one from before the
+ * limit existed) is one it does not have, so there is nothing to lift (its `config check` names
+ * such keys "unknown key").
+ */
+function configKnownTo(base: string[]): { config: BenchConfig; dropped: string[] } {
+  const limits: Record<string, number> = { ...OURS_CONFIG.limits };
+  const dropped: string[] = [];
+  const dir = mkdtempSync(join(tmpdir(), "tftpd-bench-config-"));
+  try {
+    for (let attempt = 0; attempt < 8; attempt++) {
+      const file = join(dir, "check.json");
+      writeFileSync(file, JSON.stringify({ limits }));
+      const checked = spawnText([...base, "config", "check", file]);
+      if (checked.ok) break;
+      const unknown = [...checked.out.matchAll(/limits\.([a-z_]+): unknown key/g)].map((m) => m[1]!).filter((k) => k in limits);
+      if (unknown.length === 0) die(`--before: \`${display([...base, "config", "check"])}\` rejects the benchmark config:\n${checked.out.trim()}`, 1);
+      for (const key of unknown) {
+        delete limits[key];
+        dropped.push(`limits.${key}`);
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return { config: { limits }, dropped };
 }
 
 /**
@@ -437,7 +473,9 @@ function beforeSpec(path: string, warn: (line: string) => void): { spec: ServerS
   const v = spawnText([...base, "version"]);
   if (!v.ok) die(`--before: \`${display([...base, "version"])}\` failed:\n${v.out.trim()}`, 1);
   const version = (v.out.trim().split("\n")[0] ?? "?") + (fromSource ? " (from source)" : "");
-  return { spec: ourServerSpec(BEFORE, base, version, `${fromSource ? "run from source with bun" : "compiled"}: ${path}`), fromSource };
+  const { config, dropped } = configKnownTo(base);
+  if (dropped.length > 0) say(`tftpd (before): has no ${dropped.join(", ")}: left out of its config (nothing to lift)`);
+  return { spec: ourServerSpec(BEFORE, base, version, `${fromSource ? "run from source with bun" : "compiled"}: ${path}`, config), fromSource };
 }
 
 function readlinkOrNull(path: string): string | null {
@@ -922,7 +960,7 @@ async function main(): Promise<number> {
   const runDir = join(CACHE, "run");
   rmSync(runDir, { recursive: true, force: true });
   mkdirSync(runDir, { recursive: true });
-  writeFileSync(join(runDir, "tftpd-bench.json"), `${JSON.stringify(OURS_CONFIG, null, 2)}\n`);
+  for (const sp of specs) if (sp.configFile) writeFileSync(join(runDir, sp.configFile.name), `${JSON.stringify(sp.configFile.config, null, 2)}\n`);
   const root = makeRoot(o.scenarios);
   const sysBefore = sysctls();
   const started = new Date();

@@ -19,6 +19,7 @@ import { nameOf } from "../../../../src/server/pipeline/name.ts";
 import { negotiateFor } from "../../../../src/server/pipeline/negotiate.ts";
 import { RequestPipeline, type PipelineParts } from "../../../../src/server/pipeline/pipeline.ts";
 import { remapName } from "../../../../src/server/pipeline/remap.ts";
+import { resolveRead, resolveWrite } from "../../../../src/server/pipeline/resolve.ts";
 import { isRefused, Taken } from "../../../../src/server/pipeline/request.ts";
 import { NetworkRules, type ClientPolicy, type RootPlace } from "../../../../src/server/pipeline/rules.ts";
 import type { Neighbours } from "../../../../src/net/neighbours.ts";
@@ -196,6 +197,57 @@ describe("admit", () => {
     expect(shared.held).toBe(1);
     release();
     expect([shared.held, admit.admission.running]).toEqual([0, 0]);
+  });
+});
+
+describe("resolve", () => {
+  const admitAll = (): Admit => new Admit({ limits: { ...LIMITS, maxMemory: 1 << 20 } }, null);
+
+  test("a read's source comes from the client's lookup chain and is lent: a refusal later closes it", async () => {
+    const root = place({ k: "kernel" });
+    const taken = new Taken();
+    const source = await resolveRead({ root, relative: "k" }, false, admitAll(), taken);
+    if (isRefused(source)) throw new Error(source.message);
+    expect(source.size).toBe(6);
+    taken.giveBack();
+    expect(() => source.read(0, new Uint8Array(6), 0, 6)).toThrow();
+  });
+
+  test("a missing file is the lookup's refusal, as is", async () => {
+    const refusal = await resolveRead({ root: place({}), relative: "nope" }, false, admitAll(), new Taken());
+    expect(isRefused(refusal) && [refusal.code, refusal.kind]).toEqual([ErrorCode.FILE_NOT_FOUND, "not_found"]);
+  });
+
+  test("netascii: the converted copy, its memory held until the transfer ends", async () => {
+    const admit = admitAll();
+    const taken = new Taken();
+    const source = await resolveRead({ root: place({ t: "a\nb" }), relative: "t" }, true, admit, taken);
+    if (isRefused(source)) throw new Error(source.message);
+    const bytes = new Uint8Array(source.size);
+    source.read(0, bytes, 0, bytes.length);
+    expect(new TextDecoder().decode(bytes)).toBe("a\r\nb");
+    expect(admit.admission.reservedMemory).toBe(4);
+    taken.keep()();
+    expect(admit.admission.reservedMemory).toBe(0);
+  });
+
+  test("a write's sink is lent: a refusal later removes its temporary file", async () => {
+    const root = place({});
+    const taken = new Taken();
+    const sink = await resolveWrite({ root, relative: "up" }, "3", { policy: "create", uploadMax: 100 }, taken);
+    if (isRefused(sink)) throw new Error(sink.message);
+    expect(fs.readdirSync(root.real)).toHaveLength(1);
+    taken.giveBack();
+    expect(fs.readdirSync(root.real)).toEqual([]);
+  });
+
+  test("uploads off, or a declared size over the cap, are refused before any file is made", async () => {
+    const root = place({});
+    const off = await resolveWrite({ root, relative: "up" }, undefined, { policy: "off", uploadMax: 100 }, new Taken());
+    expect(isRefused(off) && off.code).toBe(ErrorCode.ACCESS_VIOLATION);
+    const big = await resolveWrite({ root, relative: "up" }, "101", { policy: "create", uploadMax: 100 }, new Taken());
+    expect(isRefused(big) && big.code).toBe(ErrorCode.DISK_FULL);
+    expect(fs.readdirSync(root.real)).toEqual([]);
   });
 });
 
