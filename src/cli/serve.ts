@@ -11,9 +11,11 @@ import { joinFleet } from "../cluster/node.ts";
 import { TransferTally } from "../cluster/heartbeat.ts";
 import { createLogger, flushLogs } from "../log.ts";
 import { expandListenAddresses } from "../net/interfaces.ts";
+import { systemAccounts } from "../ops/accounts.ts";
 import type { ServerMetrics } from "../ops/metrics.ts";
 import { startNodeEndpoint, type NodeEndpoint } from "../ops/node-endpoint.ts";
 import { logReady, logUploadSweep, serverEvents } from "../ops/server-log.ts";
+import { enterPlan, planPrivileges } from "../ops/privilege.ts";
 import { autoTune } from "../ops/tune.ts";
 import { LossPlan } from "../server/loss.ts";
 import { TftpServer } from "../server/server.ts";
@@ -36,6 +38,7 @@ const args = {
   "log-level": { type: "string", description: "fatal|error|warn|info|debug|trace|silent", valueHint: "LEVEL" },
   redis: { type: "string", description: "Redis seed nodes HOST:PORT[,…] (config cache.redis.nodes)", valueHint: "HOST:PORT,…" },
   tune: { type: "boolean", default: true, description: "Tune kernel settings at start-up (--no-tune skips it; config tune.enabled)" },
+  user: { type: "string", description: "Started as root: run as USER[:GROUP] once bound (default tftpd, else nobody; root keeps root)", valueHint: "USER[:GROUP]" },
 } as const;
 
 /** Flags → config key paths; values are read like TFTPD_* env values ("8192" is a number). */
@@ -50,6 +53,7 @@ const FLAG_KEYS: [flag: string, key: string][] = [
   ["remap", "tftp.remap"],
   ["log-level", "log.level"],
   ["redis", "cache.redis.nodes"],
+  ["user", "tftp.user"],
 ];
 
 function flagOverrides(
@@ -107,6 +111,12 @@ export default defineCommand({
     // the fleet's pushed config comes first: settings that need a restart take effect now
     const fleet = await joinFleet({ config: loaded.config, log, load, heartbeatMs: test.heartbeatMs, configPollMs: test.configPollMs });
     const config = fleet.config;
+    // decided now, so a wrong user stops the start before anything is bound; carried out once all is bound
+    const privileges = planPrivileges(config.tftp.user, { uid: process.geteuid!(), gid: process.getegid!() }, systemAccounts);
+    if (privileges.action === "refuse") {
+      const source = config.tftp.user === null ? null : (loaded.applied.filter((a) => a.key === "tftp.user").at(-1)?.source ?? loaded.source ?? "config");
+      exitWith([`${source ? `${source}: ` : ""}tftp.user: ${privileges.reason}`]);
+    }
     let remap: RemapRule[] = fleet.startedWith?.rules ?? [];
     if (config.tftp.remap && !fleet.startedWith?.rules) {
       const rules = loadRemapFile(config.tftp.remap);
@@ -146,10 +156,6 @@ export default defineCommand({
     } catch (error) {
       fail("serve", (error as Error).message);
     }
-    // Crash-only uploads: temporary files of uploads an earlier process never finished go now,
-    // in the background (the walk of a big root must not delay serving; live uploads are safe).
-    const idleMs = Math.max(config.connection_pool.idle_timeout, config.connection_pool.connection_timeout) * 1000;
-    logUploadSweep(log, config.tftp.root, sweepAbandonedUploads(config.tftp.root, { staleAfterMs: 2 * idleMs }));
     let ops: NodeEndpoint | null = null;
     if (config.metrics.enabled) {
       try {
@@ -160,6 +166,17 @@ export default defineCommand({
       metrics = ops.metrics;
       log.info({ address: ops.address }, "metrics listening");
     }
+    // Everything is bound and open: from here on the server is the user it serves as.
+    const roots = [{ key: "tftp.root", path: config.tftp.root }, ...config.tftp.rules.flatMap((r, i) => (r.root ? [{ key: `tftp.rules[${i}].root`, path: r.root }] : []))];
+    const lost = enterPlan(privileges, { log, roots, uploads: config.tftp.write !== "off" });
+    if (lost) {
+      flushLogs();
+      exitWith([lost]);
+    }
+    // Crash-only uploads: temporary files of uploads an earlier process never finished go now,
+    // in the background (the walk of a big root must not delay serving; live uploads are safe).
+    const idleMs = Math.max(config.connection_pool.idle_timeout, config.connection_pool.connection_timeout) * 1000;
+    logUploadSweep(log, config.tftp.root, sweepAbandonedUploads(config.tftp.root, { staleAfterMs: 2 * idleMs }));
     logReady(log, server.addresses, { root: config.tftp.root, config: loaded.source, write: config.tftp.write });
     fleet.serve(server, { metricsUrl: ops?.url ?? null, tally });
 

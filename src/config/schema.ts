@@ -7,6 +7,7 @@
 import { z } from "zod";
 import { BYTE_SIZE_HINT, describeValue, formatByteSize, parseByteSize } from "./bytes.ts";
 import { safeParseCidr, safeParseHostPort, safeParseListenAddress, type ParseResult, type PortRange } from "../net/address.ts";
+import { parseUserSpec } from "../ops/privilege.ts";
 import { BLKSIZE_MAX, BLKSIZE_MIN, KNOWN_OPTIONS, TIMEOUT_MAX, WINDOWSIZE_MAX, WINDOWSIZE_MIN } from "../protocol/options.ts";
 import { DATA_HEADER_SIZE, DEFAULT_BLKSIZE } from "../protocol/packet.ts";
 
@@ -271,6 +272,17 @@ const tftp = section({
   listen: listOf(listenAddress(), '"ADDR:PORT" addresses', { min: 1, unique: true })
     .default(["0.0.0.0:69", "[::]:69"])
     .describe('UDP addresses the server listens on for requests; IPv6 in brackets ("[::1]:69").'),
+  user: labelled(
+    nonEmptyString().refine((v) => parseUserSpec(v) !== null, {
+      error: (iss: Issue) => `expected "USER" or "USER:GROUP" (names or numeric ids), got ${describeValue(iss.input)}`,
+    }),
+    '"USER" | "USER:GROUP"',
+  )
+    .nullable()
+    .default(null)
+    .describe(
+      'Started as root, the server binds its sockets and then runs as this user (every thread; the group is GROUP, else the user\'s primary group; supplementary groups are cleared), so file permissions apply as for that user. null = "tftpd" if that user exists, else "nobody"; "root" keeps root (said once in the log). Started as any other user, nothing changes (another user here is an error). Names or numeric ids.',
+    ),
   port_range: parsedBy<PortRange | null>('"LOW:HIGH" | null', parsePortRange)
     .prefault(null)
     .describe('Local UDP ports for transfers, "LOW:HIGH" (parsed to {"low", "high"}); null = any ephemeral port.'),

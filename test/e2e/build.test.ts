@@ -90,7 +90,8 @@ describe("bun build/compile.ts --outdir DIR", () => {
     writeFile(root, "boot/kernel.img", bytes);
     const proc = Bun.spawn([bin, "serve", "--no-tune", "--root", root, "--listen", "127.0.0.1:0"], {
       // two workers: the worker entry point must be inside the binary
-      env: cleanEnv({ TFTPD_METRICS_LISTEN: "127.0.0.1:0", TFTPD_PERFORMANCE_CPU_WORKER_THREADS: "2" }),
+      // the test preload's TFTPD_TFTP_USER kept: the root sits in a directory only root may enter
+      env: { ...cleanEnv({ TFTPD_METRICS_LISTEN: "127.0.0.1:0", TFTPD_PERFORMANCE_CPU_WORKER_THREADS: "2" }), TFTPD_TFTP_USER: process.env.TFTPD_TFTP_USER },
       stdout: "pipe",
       stderr: "pipe",
     });

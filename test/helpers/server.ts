@@ -109,8 +109,10 @@ export async function spawnServer(
 ): Promise<ChildServer> {
   const cmd = opts.binary ? [opts.binary, "serve", ...args] : [BUN, MAIN, "serve", ...args];
   // Each server's metrics endpoint on a port of its own, so servers can overlap.
-  // Test servers leave the machine's kernel settings alone.
-  const env = { TFTPD_METRICS_LISTEN: "127.0.0.1:0", TFTPD_TUNE_ENABLED: "false", ...process.env, ...opts.env };
+  // Test servers leave the machine's kernel settings alone, and keep root when started as root
+  // (as the test preload arranges; build scripts use this helper without it).
+  const keepUser = process.geteuid?.() === 0 ? { TFTPD_TFTP_USER: "root" } : {};
+  const env = { TFTPD_METRICS_LISTEN: "127.0.0.1:0", TFTPD_TUNE_ENABLED: "false", ...keepUser, ...process.env, ...opts.env };
   const proc = Bun.spawn(cmd, { stdin: "ignore", stdout: "pipe", stderr: "pipe", env });
   const logs: Record<string, unknown>[] = [];
   let stderrText = "";

@@ -72,6 +72,7 @@ describe("defaults", () => {
     expect(c.tftp).toEqual({
       root: "/srv/tftp",
       listen: ["0.0.0.0:69", "[::]:69"],
+      user: null,
       port_range: null,
       write: "off",
       max_upload_size: 4 * 1024 ** 3,
