@@ -3,6 +3,10 @@
  * on the same client engine as `tftpd get`, closed loop or at a fixed arrival rate; prints
  * goodput, transfers/s, latency percentiles, failures by reason and its own CPU time.
  * Exit 0 when every transfer completed, 1 when any failed, 2 for bad arguments.
+ *
+ * `tftpd bench --amplification HOST[:PORT] FILE`: sends one request for FILE (plain, and with
+ * the options that make the largest answer) from sockets that never answer, and reports what
+ * came back in --duration seconds (15 by default) as a factor of the request's size.
  */
 import { lookup } from "node:dns/promises";
 import { writeSync } from "node:fs";
@@ -11,12 +15,15 @@ import { type ArgsDef, defineCommand } from "citty";
 import { formatHostPort, parseHostPort } from "../net/address.ts";
 import { describeFsError } from "../client/sink.ts";
 import { fdLimitProblem, FD_MARGIN, openFileLimit, parseBenchFlags, UsageError } from "../bench/options.ts";
+import { formatAmplification, measureAmplification } from "../bench/amplification.ts";
 import { Bench, sha256OfFile } from "../bench/run.ts";
 import { type BenchResult, formatHuman } from "../bench/tally.ts";
 import { repeatedFlag, unknownOption } from "./args.ts";
 import { transferArgs } from "./get.ts";
 
 const PROGRESS_MS = 250;
+/** How long --amplification listens: longer than any server's whole retransmission schedule. */
+const AMPLIFICATION_SECONDS = 15;
 
 const args = {
   server: { type: "positional", description: "HOST[:PORT] of the server under test; port 69 by default", required: false },
@@ -43,6 +50,10 @@ const args = {
   verify: { type: "string", description: "Local copy to check every download's sha256 against (one, or one per --file)", valueHint: "LOCALFILE" },
   json: { type: "boolean", description: "Print one JSON object on stdout and nothing else" },
   quiet: { type: "boolean", description: "No report and no progress: only the exit status (and one line on stderr if any failed)" },
+  amplification: {
+    type: "boolean",
+    description: `Instead of a load: HOST FILE (or --file): one request for FILE, plain and with blksize 65464, windowsize 16, tsize, from sockets that never answer; counts the datagrams and bytes that come back in --duration seconds (default ${AMPLIFICATION_SECONDS}) and prints bytes received / bytes sent`,
+  },
 } satisfies ArgsDef;
 
 function usage(message: string): never {
@@ -80,6 +91,21 @@ async function resolveTarget(spec: string): Promise<{ host: string; port: number
   }
 }
 
+/** --amplification: one request per probe, never answered; the report, and exit 0. */
+async function amplification(serverSpec: string, file: string | undefined, duration: string | undefined, json: boolean): Promise<never> {
+  if (file === undefined || file === "" || file.includes("\0")) usage("--amplification: name the FILE to ask for (HOST FILE, or --file)");
+  let seconds = AMPLIFICATION_SECONDS;
+  if (duration !== undefined) {
+    seconds = Number(duration);
+    if (!/^([0-9]+\.?[0-9]*|\.[0-9]+)$/.test(duration) || !(seconds > 0) || seconds > 3600) usage(`--duration must be more than 0 and at most 3600, got ${duration}`);
+  }
+  const server = await resolveTarget(serverSpec);
+  const results = await measureAmplification(server.host, server.port, file, seconds);
+  if (json) writeAll(1, `${JSON.stringify({ target: server.target, file, seconds, probes: results })}\n`);
+  else writeAll(1, formatAmplification(server.target, file, seconds, results));
+  process.exit(0);
+}
+
 function failureSummary(r: BenchResult): string {
   const reasons = Object.entries(r.failures).map(([reason, n]) => `${reason} ${n}`).join(", ");
   return `${r.failed} of ${r.requested} transfers failed (${reasons})`;
@@ -92,6 +118,7 @@ export default defineCommand({
     const bad = unknownOption(args, rawArgs);
     if (bad !== null) usage(`unknown option ${bad}`);
     if (a.server === undefined || a.server === "") usage("missing HOST[:PORT] of the server to load");
+    if (a.amplification === true) await amplification(a.server, a._[1] ?? a.file, a.duration, a.json === true);
 
     let settings;
     try {

@@ -197,8 +197,11 @@ export class ServerMetrics {
     this.transfers.inc({ direction: record.direction, result: record.result });
     if (record.direction === "read") this.sent.inc(record.bytes);
     else this.received.inc(record.bytes);
-    this.firstResponse.observe(record.firstResponseMs / 1000);
-    this.duration.observe(record.durationMs / 1000);
+    // a request dropped over its source's budget of unanswered transfers never got a first packet
+    if (record.result !== "dropped") {
+      this.firstResponse.observe(record.firstResponseMs / 1000);
+      this.duration.observe(record.durationMs / 1000);
+    }
     if (record.retransmits > 0) this.retransmits.inc(record.retransmits);
     if (record.error?.from === "server") this.errorsSent.inc({ code: String(record.error.code) });
     for (const option of record.options) this.optionRequests.inc({ option });

@@ -31,6 +31,8 @@ export interface EngineOptions {
   receiveBufferBytes: number;
   sendBufferBytes: number;
   lifetimes: Lifetimes;
+  /** transfers whose client has not answered yet, at once per source address (unverifiedBudget) */
+  unverifiedPerSource: number;
 }
 
 /** A transfer decided by the control plane; plain data, so it can cross to a worker. */
@@ -59,6 +61,25 @@ export type RepeatVerdict = "answered" | "ignored" | "superseded" | "unknown";
 
 const SWEEP_MS = 1000;
 
+/**
+ * Until a client answers its transfer's first packet, nothing shows that the request came from
+ * the address it names, and a forged request aims that packet at someone else. An engine runs
+ * only so many such transfers per source address (a request past them is dropped, and its
+ * record says "dropped"): requests forged in one address's name draw one packet each for that
+ * many, then one only as one of those ends (after timeout × (retries + 1) without an answer).
+ *
+ * The budget is a quarter of the transfers one address may run (limits.max_connections_per_ip
+ * as the engine starts), the setting that says how many clients one address stands for: a real
+ * client leaves this state after one round trip, so only many clients behind one address
+ * starting at the same moment come near it (a dropped one is answered when it asks again), and
+ * a load generator that raises the per-address limit raises this with it.
+ */
+export function unverifiedBudget(maxPerIp: number): number {
+  return Math.max(1, Math.ceil(maxPerIp / 4));
+}
+
+const DROPPED: TransferOutcome = { result: "dropped", bytes: 0, retransmits: 0, firstResponseMs: 0 };
+
 /** Windows above this many bytes get a bigger socket send buffer than the kernel default. */
 const BIG_WINDOW_BYTES = 128 * 1024;
 
@@ -71,6 +92,11 @@ export class TransferEngine {
   /** the shared sockets once open, for an end that cannot wait (abort) */
   private readonly openShared = new Set<SharedTransferSocket>();
   private stopped = false;
+  /**
+   * by source address, the jobs counted against its unverified budget: those opening or
+   * running whose client had not answered when last looked at (holdUnverified prunes the rest)
+   */
+  private readonly unverified = new Map<string, Set<number>>();
 
   constructor(
     private readonly options: EngineOptions,
@@ -153,19 +179,51 @@ export class TransferEngine {
     create: (channel: TransferChannel, onEnd: (outcome: TransferOutcome) => void) => Transfer,
     giveBack: () => void,
   ): Promise<void> {
+    if (!this.holdUnverified(job)) {
+      giveBack();
+      this.onEnd(job.id, DROPPED);
+      return;
+    }
     let transfer: Transfer | null = null;
     let channel: TransferChannel;
     this.opening.add(job.id);
     try {
       channel = await this.openChannel(job, (bytes) => transfer?.handle(bytes));
     } catch (error) {
+      this.forgetUnverified(job);
       giveBack();
       throw error;
     } finally {
       this.opening.delete(job.id);
     }
-    transfer = create(channel, (outcome) => this.ended(job.id, outcome));
+    transfer = create(channel, (outcome) => this.ended(job, outcome));
     this.run(job.id, transfer);
+  }
+
+  /**
+   * Counts `job` against its source's unverified budget, or says false when the source has
+   * that many already. Jobs whose client answered since they were counted stop counting here,
+   * so the data path never pays for this.
+   */
+  private holdUnverified(job: TransferJob): boolean {
+    const address = job.peer.address;
+    let held = this.unverified.get(address);
+    if (held) {
+      if (held.size >= this.options.unverifiedPerSource) {
+        for (const id of held) if (this.transfers.get(id)?.clock.established) held.delete(id);
+        if (held.size >= this.options.unverifiedPerSource) return false;
+      }
+    } else {
+      held = new Set();
+      this.unverified.set(address, held);
+    }
+    held.add(job.id);
+    return true;
+  }
+
+  private forgetUnverified(job: TransferJob): void {
+    const held = this.unverified.get(job.peer.address);
+    if (held?.delete(job.id) && held.size === 0) this.unverified.delete(job.peer.address);
   }
 
   private run(id: number, transfer: Transfer): void {
@@ -202,9 +260,10 @@ export class TransferEngine {
     };
   }
 
-  private ended(id: number, outcome: TransferOutcome): void {
-    this.transfers.delete(id);
-    this.onEnd(id, outcome);
+  private ended(job: TransferJob, outcome: TransferOutcome): void {
+    this.transfers.delete(job.id);
+    this.forgetUnverified(job);
+    this.onEnd(job.id, outcome);
   }
 
   /** The job's channel; with a loss plan (a test switch), losing what the plan picks both ways. */

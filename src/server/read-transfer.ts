@@ -68,7 +68,8 @@ export class ReadTransfer extends EndingTransfer {
       this.channel.send(encodeOack(this.params.oack));
       this.clock.progress();
     } else {
-      this.sendWindow(1, false);
+      // one packet for one request: a window follows only the client's first ACK
+      this.sendWindow(1, false, 1);
       this.clock.progress();
     }
   }
@@ -168,13 +169,17 @@ export class ReadTransfer extends EndingTransfer {
       this.retransmits += this.sentUpTo - this.acked;
       this.lost();
     }
-    this.sendWindow(this.acked + 1, true);
+    // (a client that never answered asked again for its first packet: only that one goes)
+    this.sendWindow(this.acked + 1, true, this.clock.established ? this.params.windowsize : 1);
   }
 
-  /** @param again true when these blocks were sent before (then no RTT sample may come of it) */
-  private sendWindow(first: number, again: boolean): void {
-    const { blksize, windowsize } = this.params;
-    const last = Math.min(first + windowsize - 1, this.lastBlock);
+  /**
+   * @param again true when these blocks were sent before (then no RTT sample may come of it)
+   * @param blocks how many blocks from `first` (fewer when the file ends sooner)
+   */
+  private sendWindow(first: number, again: boolean, blocks = this.params.windowsize): void {
+    const { blksize } = this.params;
+    const last = Math.min(first + blocks - 1, this.lastBlock);
     if (this.source.whenReadable) {
       // bytes still arriving (a file being fetched from the fleet's cache): this window goes
       // out once they are in; a retransmission asked for meanwhile is that same send
@@ -185,7 +190,7 @@ export class ReadTransfer extends EndingTransfer {
           pending.then(
             () => {
               this.awaitingBytes = false;
-              if (this.state === "running") this.sendWindow(first, again);
+              if (this.state === "running") this.sendWindow(first, again, blocks);
             },
             (error: Error) => {
               this.awaitingBytes = false;

@@ -19,7 +19,7 @@ import { formatHostPort, type HostPort, type PortRange } from "../net/address.ts
 import { kernelNeighbours, type Neighbours } from "../net/neighbours.ts";
 import type { AdmissionLimits, SharedAdmission } from "./admission.ts";
 import { LoadBalancer, type Algorithm, type HashKey } from "./balance.ts";
-import { TransferEngine, type EngineOptions, type RepeatVerdict, type TransferJob } from "./engine.ts";
+import { TransferEngine, unverifiedBudget, type EngineOptions, type RepeatVerdict, type TransferJob } from "./engine.ts";
 import type { LossPlan } from "./loss.ts";
 import type { BatchPolicy } from "./shared-socket.ts";
 import type { BufferSizes } from "../net/sockopt.ts";
@@ -69,6 +69,8 @@ export interface ServerOptions {
   /** requestRate: requests per source address (a token bucket); absent: no rate limit */
   limits: AdmissionLimits & { onLimit: "drop" | "busy"; requestRate?: RequestRateLimits };
   lifetimes: Lifetimes;
+  /** per engine, transfers at once per source address whose client has not answered yet; absent: unverifiedBudget(limits.maxPerIp) */
+  unverifiedPerSource?: number;
   loss?: LossPlan | null;
   /** TFTPD_TEST_WORKER_THROW: the first transfer worker throws once it has started this many transfers */
   workerThrowAfterJobs?: number | null;
@@ -330,8 +332,9 @@ export class TftpServer {
   }
 
   private engineOptions(): EngineOptions {
-    const { portRange, transferSockets, batch, receiveBufferBytes, sendBufferBytes, lifetimes } = this.options;
-    return { portRange, transferSockets, batch, receiveBufferBytes, sendBufferBytes, lifetimes };
+    const { portRange, transferSockets, batch, receiveBufferBytes, sendBufferBytes, lifetimes, limits } = this.options;
+    const unverifiedPerSource = this.options.unverifiedPerSource ?? unverifiedBudget(limits.maxPerIp);
+    return { portRange, transferSockets, batch, receiveBufferBytes, sendBufferBytes, lifetimes, unverifiedPerSource };
   }
 
   private onRequest(listener: Listener, bytes: Uint8Array, peer: Peer, receivedAt: number): void {

@@ -22,7 +22,12 @@ export type TransferResult =
    * not a failure: the client, silent for longer than the timeout, sent a new request from the
    * same port (it rebooted), so the old transfer ended without an ERROR and the new one runs
    */
-  | "superseded";
+  | "superseded"
+  /**
+   * never started, nothing sent: its source address already had as many transfers that never
+   * answered their first packet as one engine runs for one address (engine.ts, unverifiedBudget)
+   */
+  | "dropped";
 
 /**
  * Datagrams from the client's own address and port that were dropped instead of steering its
@@ -70,7 +75,8 @@ export const RTO_MIN_MS = 200;
 
 /**
  * One timer per transfer, with exponential backoff unless the client fixed the timeout; gives
- * up after `retries` expiries in a row without progress.
+ * up after `retries` expiries in a row without progress. Before the client's first answer it
+ * sends nothing: it only ends the transfer after the same patience (fire()).
  *
  * The backoff never waits longer than the configured timeout between two sends of a window.
  * That timeout is what clients are known to tolerate (PXE ROMs and most clients resend every
@@ -107,7 +113,10 @@ export class RetransmitClock {
   private srtt: number | null = null;
   private rttvar = 0;
   private rto: number;
-  /** the shortest silence that ends a transfer: the configured timeout, `retries` + 1 times in a row */
+  /**
+   * the shortest silence that ends a transfer: the configured timeout, `retries` + 1 times in a
+   * row; also how long a transfer whose client never answered waits for it (see fire())
+   */
   private readonly patienceMs: number;
 
   constructor(
@@ -129,7 +138,10 @@ export class RetransmitClock {
     return this.currentMs;
   }
 
-  /** true once the client answered the transfer's first packet */
+  /**
+   * true once the client answered the transfer's first packet: only then has the client shown
+   * that the request came from its address (a forged source never sees that packet)
+   */
   get established(): boolean {
     return this.progressCount >= 2;
   }
@@ -160,15 +172,19 @@ export class RetransmitClock {
     this.arm();
   }
 
-  /** The guarded packet went out again outside the timer (a repeated request was answered). */
+  /**
+   * The guarded packet went out again outside the timer (a repeated request was answered). A
+   * client that has not answered yet gets the whole wait again for this copy: it is still there.
+   */
   sentAgain(): void {
     this.lastSentAt = performance.now();
+    if (!this.established) this.arm();
   }
 
   arm(): void {
     if (this.stopped) return;
     const now = performance.now();
-    this.deadline = now + this.currentMs;
+    this.deadline = now + (this.progressCount < 2 ? this.patienceMs : this.currentMs);
     // A timer due before the deadline re-arms itself when it fires; one due after it (the
     // timeout just shrank) must be replaced.
     if (this.timer && this.timerAt > this.deadline + 1) {
@@ -177,7 +193,7 @@ export class RetransmitClock {
     }
     if (!this.timer) {
       this.timerAt = this.deadline;
-      this.timer = setTimeout(() => this.fire(), this.currentMs);
+      this.timer = setTimeout(() => this.fire(), this.deadline - now);
     }
   }
 
@@ -195,6 +211,14 @@ export class RetransmitClock {
     if (early > 1) {
       this.timerAt = this.deadline;
       this.timer = setTimeout(() => this.fire(), early);
+      return;
+    }
+    // Until the client answers, nothing shows that the request came from the address it names:
+    // a forged one would turn every packet sent on this timer into traffic aimed at someone
+    // else. So the first packet goes out again only for a request that comes again (one
+    // datagram for one), and the timer, armed for the whole patience, only ends the transfer.
+    if (!this.established) {
+      this.onGiveUp();
       return;
     }
     // Give up after `retries` misses, but never sooner than the configured timeout schedule
@@ -216,9 +240,10 @@ export class RetransmitClock {
  * What to do with a request that arrives at the listen port from the port of a client whose
  * transfer runs ("same" when its bytes equal the request that began the transfer):
  * - "resend": the client never answered the transfer's first packet, so it is the same request
- *   sent again (its answer was lost): answer it with that first packet again — unless that
- *   packet left less than RTO_MIN_MS ago: a client resends after its own timeout, so such a
- *   request was sent before our answer could reach it (a burst of copies) and is ignored;
+ *   sent again (its answer was lost): answer it with that first packet again, the only way that
+ *   packet is ever sent again (see RetransmitClock.fire) — unless that packet left less than
+ *   RTO_MIN_MS ago: a client resends after its own timeout, so such a request was sent before
+ *   our answer could reach it (a burst of copies) and is ignored;
  * - "ignore": the transfer progressed within its timeout: the client is busy with it, so the
  *   request is a stray (a late duplicate, or not the client's at all) and must not end it;
  * - "supersede": the client went silent for longer than its timeout and asks anew (it
@@ -354,10 +379,18 @@ export abstract class EndingTransfer<P extends TransferParams = TransferParams> 
     if (this.firstResponseMs < 0) this.firstResponseMs = performance.now() - this.params.receivedAt;
   }
 
-  /** Ends the transfer from our side, telling the client why (unless its outcome is settled). */
+  /**
+   * Ends the transfer from our side, telling the client why — unless its outcome is settled, or
+   * it ends for silence (a deadline) before the client ever answered the packet it was sent: an
+   * ERROR then would be a second datagram for one request, aimed at an address that may never
+   * have asked (see RetransmitClock.fire), and silence is what a forged request gets. A failure
+   * of our own (the file could not be read, the server stops) is told: a client waiting on its
+   * first packet would otherwise hang until its own timeouts run out, and no sender can cause it.
+   */
   protected fail(code: number, message: string, result: TransferResult = "error"): void {
-    if (this.state === "running") this.channel.send(encodeError(code, message));
-    this.end(result, { code, message, from: "server" });
+    const tell = this.state === "running" && (result !== "timeout" || this.clock.established || this.firstResponseMs < 0);
+    if (tell) this.channel.send(encodeError(code, message));
+    this.end(result, tell ? { code, message, from: "server" } : undefined);
   }
 
   /**

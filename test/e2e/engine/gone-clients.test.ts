@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
 import { patternBytes, removeDir, tempDir, writeFile } from "../../helpers/files.ts";
-import { peerTracker, recordWhere, rrq } from "../../helpers/raw.ts";
+import { ack, peerTracker, recordWhere, rrq } from "../../helpers/raw.ts";
 import { startServer } from "../../helpers/server.ts";
 
 setDefaultTimeout(20_000);
@@ -29,17 +29,21 @@ test("a vanished client's retransmission and a live client's leave in one batch:
   try {
     const gone = await peers.open();
     const live = await peers.open();
-    // both transfers start in the same moment, so their retransmit timers fire in the same turn
-    // of the event loop and their DATA leave in one sendmmsg, the vanished client's first
     gone.send(rrq("f.bin"), server.port, "127.0.0.1");
     live.send(rrq("f.bin"), server.port, "127.0.0.1");
-    await gone.nextData(1);
+    const [goneFirst, liveFirst] = [await gone.nextData(1), await live.nextData(1)];
+    // both clients answer in the same moment (a first answer starts the retransmit timer), so
+    // their timers fire in the same turn of the event loop and their DATA leave in one
+    // sendmmsg, the vanished client's first
+    gone.send(ack(1), goneFirst.port, "127.0.0.1");
+    live.send(ack(1), liveFirst.port, "127.0.0.1");
+    await gone.nextData(2);
     gone.close();
-    const copies = [await live.nextData(1)];
-    // the live client never ACKs either: every retransmission of DATA 1 must reach it
+    const copies = [await live.nextData(2)];
+    // the live client never ACKs again either: every retransmission of DATA 2 must reach it
     for (;;) {
       try {
-        copies.push(await live.nextData(1, 500));
+        copies.push(await live.nextData(2, 500));
       } catch {
         break;
       }

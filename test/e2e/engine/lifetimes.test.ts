@@ -1,6 +1,5 @@
 /** connection_pool deadlines: connection_timeout, idle_timeout and max_lifetime end transfers. */
 import { afterAll, afterEach, beforeAll, expect, test } from "bun:test";
-import { ErrorCode } from "../../../src/protocol/packet.ts";
 import { patternBytes, removeDir, tempDir, writeFile } from "../../helpers/files.ts";
 import { ack, peerTracker, rrq } from "../../helpers/raw.ts";
 import { startServer, type InProcessServer } from "../../helpers/server.ts";
@@ -25,16 +24,16 @@ afterAll(async () => {
   removeDir(root);
 });
 
-test("connection_timeout: a client that never answers the OACK is dropped with an ERROR", async () => {
+test("connection_timeout: a client that never answers the OACK is dropped, without an ERROR (it may never have asked)", async () => {
   const peer = await peers.open();
   peer.send(rrq("f.bin", "octet", [["blksize", "512"]]), server.port);
   await peer.nextOack();
   const started = performance.now();
-  const error = await peer.nextError(ErrorCode.NOT_DEFINED, 4000);
-  expect(error.packet.message).toContain("first packet");
+  const record = await waitRecord(peer.port, 4000);
   expect(performance.now() - started).toBeLessThan(3500);
-  const record = await waitRecord(peer.port);
   expect(record.result).toBe("timeout");
+  expect(record.error).toBeUndefined();
+  await peer.expectNothing(200);
   expect(server.server.activeTransfers).toBe(0);
 });
 
@@ -58,8 +57,8 @@ test("max_lifetime: a transfer that crawls is ended when it outlives the limit",
   expect((await waitRecord(peer.port)).result).toBe("timeout");
 });
 
-async function waitRecord(clientPort: number) {
-  for (let i = 0; i < 100; i++) {
+async function waitRecord(clientPort: number, timeoutMs = 2000) {
+  for (let i = 0; i < timeoutMs / 20; i++) {
     const hit = server.records.find((r) => r.client.endsWith(`:${clientPort}`));
     if (hit) return hit;
     await Bun.sleep(20);

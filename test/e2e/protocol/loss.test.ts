@@ -68,7 +68,7 @@ describe("a DATA lost inside a window: atftp rewinds the window", () => {
     expect(record.durationMs).toBeLessThan(1000);
   });
 
-  test("a lost OACK is sent again and atftp carries on", async () => {
+  test("a lost OACK: atftp asks again and carries on, though its 5 s outlasted the unanswered transfer", async () => {
     const srv = await lossyServer("out:oack");
     const r = await run(
       ["atftp", "--get", "-r", "kernel.img", "-l", join(out, "oack.bin"), "--option", "blksize 1468", "127.0.0.1", String(srv.port)],
@@ -76,9 +76,11 @@ describe("a DATA lost inside a window: atftp rewinds the window", () => {
     );
     expect(r.exitCode).toBe(0);
     expect(outputHash("oack.bin")).toBe(sha256(file));
-    const record = await recordWhere(srv, (rec) => rec.file === "kernel.img");
-    expect(record.result).toBe("ok");
-    expect(record.retransmits).toBeGreaterThan(0);
+    const served = await recordWhere(srv, (rec) => rec.file === "kernel.img" && rec.result === "ok");
+    expect(served.bytes).toBe(SIZE);
+    // the first transfer, whose OACK was lost, ended silently after timeout × (retries + 1):
+    // nothing was sent again on its timer; atftp's repeated request started the one served
+    expect(srv.records.filter((rec) => rec !== served).map((rec) => [rec.result, rec.retransmits, rec.error])).toEqual([["timeout", 0, undefined]]);
   });
 });
 
@@ -143,7 +145,11 @@ describe("a block that never gets through", () => {
 });
 
 describe("random loss both ways", () => {
-  test("20 % loss each way, 200 downloads at concurrency 50 by clients retrying 5 × 1 s: at least 199 complete, no request resent taken for a failure", async () => {
+  // Before the client's first answer the server sends one datagram per request and nothing on a
+  // timer (no reflection amplifier), so a lost request, DATA 1 or ACK 1 is recovered by the
+  // client's own repeats: with 20 % loss each way one try fails 36 % of the time, and 6 tries
+  // would leave about one transfer in 200 failing; 9 tries leave one in 10,000.
+  test("20 % loss each way, 200 downloads at concurrency 50 by clients retrying 8 × 1 s: at least 199 complete, no request resent taken for a failure", async () => {
     const small = patternBytes(32 * 1024, 72);
     writeFile(root, "small.img", small);
     writeFile(out, "small.img", small);
@@ -152,7 +158,7 @@ describe("random loss both ways", () => {
     const r = await tftpd(
       [
         "bench", `127.0.0.1:${srv.port}`, "--concurrency", "50", "--total", "200", "--file", "small.img",
-        "--blksize", "1468", "--retries", "5", "--no-backoff", "--verify", join(out, "small.img"), "--json",
+        "--blksize", "1468", "--retries", "8", "--no-backoff", "--verify", join(out, "small.img"), "--json",
       ],
       { timeoutMs: 55_000 },
     );

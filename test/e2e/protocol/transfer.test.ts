@@ -423,9 +423,13 @@ describe("retransmission", () => {
   test("unacknowledged DATA comes again every timeout (the backoff never waits longer), a bounded number of times, then the transfer times out", async () => {
     const peer = await peers.open();
     peer.send(rrq("r.bin"), srv.port, "127.0.0.1");
-    const first = await peer.nextData(1);
-    // no round trip measured yet: the timeout is the configured 100 ms, which is also the
-    // backoff's ceiling: copies at +100, +200, +300; give-up at +400
+    const d1 = await peer.nextData(1);
+    // (before the client's first answer nothing is sent again on the timer: amplification.test.ts)
+    peer.send(ack(1), d1.port, "127.0.0.1");
+    const first = await peer.nextData(2);
+    // the timeout is the configured 100 ms (a round trip on loopback would ask for less, but
+    // never below RTO_MIN_MS), which is also the backoff's ceiling: copies at +100, +200,
+    // +300; give-up at +400
     const copies = await peer.collect(900);
     expect(copies.length).toBeLessThan(10);
     for (const c of copies) {
@@ -445,7 +449,7 @@ describe("retransmission", () => {
     expect(record.result).toBe("timeout");
     await waitFor(() => srv.server.activeTransfers === 0, 2000, "the transfer slot to be freed");
     // a late ACK reaches a closed socket: nothing answers
-    peer.send(ack(1), first.port, "127.0.0.1");
+    peer.send(ack(2), first.port, "127.0.0.1");
     await peer.expectNothing(200);
   });
 
@@ -453,12 +457,14 @@ describe("retransmission", () => {
     const peer = await peers.open();
     peer.send(rrq("r.bin"), srv.port, "127.0.0.1");
     const d1 = await peer.nextData(1);
-    // do not ack: the same block must come again
-    const again = await peer.nextData(1, 1000);
-    expect(again.port).toBe(d1.port);
     peer.send(ack(1), d1.port, "127.0.0.1");
-    const chunks = [d1.packet.data];
-    for (let b = 2; b <= 6; b++) {
+    const d2 = await peer.nextData(2);
+    // do not ack: the same block must come again
+    const again = await peer.nextData(2, 1000);
+    expect(again.port).toBe(d1.port);
+    peer.send(ack(2), d1.port, "127.0.0.1");
+    const chunks = [d1.packet.data, d2.packet.data];
+    for (let b = 3; b <= 6; b++) {
       const d = await peer.nextData(b);
       chunks.push(d.packet.data);
       peer.send(ack(b), d1.port, "127.0.0.1");

@@ -24,9 +24,10 @@ function clock(timeoutMs: number, retries: number, fixed = false) {
 
 test("after a short round trip the backoff doubles from the estimate up to the timeout, never past it", async () => {
   const { c, fired } = clock(400, 6);
+  c.progress(); // the first packet left
   c.sample(1); // a LAN: the timeout drops to RTO_MIN_MS
   const start = performance.now();
-  c.progress();
+  c.progress(); // the client answered
   await Bun.sleep(RTO_MIN_MS + 400 + 400 + 400 + 150);
   // 200, then 400 (doubled), then capped at 400 twice more
   const gaps = fired.map((t, i) => t - (i === 0 ? start : fired[i - 1]!));
@@ -41,12 +42,45 @@ test("after a short round trip the backoff doubles from the estimate up to the t
 
 test("with no sample, every retransmission waits the configured timeout; give-up after retries + 1 timeouts", async () => {
   const { c, fired, gaveUp } = clock(60, 3);
+  c.progress(); // the first packet left
   const start = performance.now();
-  c.progress();
+  c.progress(); // the client answered
   await Bun.sleep(60 * 4 + 120);
   expect(fired).toHaveLength(3);
   expect(gaveUp() - start).toBeGreaterThanOrEqual(60 * 4 - 5);
   expect(gaveUp() - start).toBeLessThan(60 * 4 + 100);
+});
+
+test("before the client's first answer nothing is retransmitted: the clock only gives up, after retries + 1 timeouts", async () => {
+  const { c, fired, gaveUp } = clock(60, 3);
+  const start = performance.now();
+  c.progress(); // the first packet left
+  expect(c.established).toBe(false);
+  await Bun.sleep(60 * 4 + 120);
+  expect(fired).toEqual([]);
+  expect(gaveUp() - start).toBeGreaterThanOrEqual(60 * 4 - 5);
+  expect(gaveUp() - start).toBeLessThan(60 * 4 + 100);
+});
+
+test("a repeated request answered before the client's first answer restarts that wait; the answer then starts the timer", async () => {
+  const { c, fired, gaveUp } = clock(60, 3);
+  c.progress();
+  await Bun.sleep(200);
+  const repeatedAt = performance.now();
+  c.sentAgain();
+  await Bun.sleep(150);
+  expect(gaveUp()).toBe(-1);
+  await Bun.sleep(60 * 4 + 100 - 150);
+  expect(gaveUp() - repeatedAt).toBeGreaterThanOrEqual(60 * 4 - 5);
+  expect(fired).toEqual([]);
+
+  const answered = clock(100, 3);
+  answered.c.progress();
+  await Bun.sleep(30);
+  answered.c.progress(); // the client answered
+  expect(answered.c.established).toBe(true);
+  await Bun.sleep(100 + 50);
+  expect(answered.fired).toHaveLength(1);
 });
 
 test("judgeRepeat: resend before the client answered, ignore while alive, supersede after a silence", () => {

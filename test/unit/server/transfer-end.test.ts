@@ -96,13 +96,42 @@ test("a read cancelled mid-way tells the client once, counts what was acknowledg
   expect(ends).toEqual([{ result: "error", bytes: 512, retransmits: 0, firstResponseMs: expect.any(Number), error: { code: 0, message: "going away", from: "server" } }]);
 });
 
-test("a read whose client stays silent gives up once, as a timeout", async () => {
-  const { client, ends } = await startRead(patternBytes(100, 3), 50, 2);
+test("a read whose client goes silent after its first ACK gives up once, as a timeout", async () => {
+  const { client, ends, port } = await startRead(patternBytes(600, 3), 50, 2);
+  await client.nextData(1);
+  client.send(ack(1), port);
   const got = await client.collect(600);
-  // the first send and two retransmissions, nothing after the give-up
-  expect(got.map((r) => r.packet?.op)).toEqual([3, 3, 3]);
+  // DATA 2 and two retransmissions, nothing after the give-up
+  expect(got.map((r) => r.packet?.op === 3 && r.packet.block)).toEqual([2, 2, 2]);
   expect(ends).toHaveLength(1);
-  expect(ends[0]).toMatchObject({ result: "timeout", bytes: 0, retransmits: 2 });
+  expect(ends[0]).toMatchObject({ result: "timeout", bytes: 512, retransmits: 2 });
+});
+
+test("a read whose client never answers: its one DATA, nothing on the timer, and an end without an ERROR", async () => {
+  const { client, ends, transfer } = await startRead(patternBytes(600, 3), 50, 2);
+  const got = await client.collect(600);
+  expect(got.map((r) => r.packet?.op === 3 && r.packet.block)).toEqual([1]);
+  expect(ends).toEqual([{ result: "timeout", bytes: 0, retransmits: 0, firstResponseMs: expect.any(Number) }]);
+  // a deadline or a shutdown after it tells nobody anything either
+  transfer.expire("late");
+  await client.expectNothing(100);
+});
+
+test("a read whose client never answered is ended by a deadline without an ERROR (its first packet again only for a repeated request); a shutdown tells it once", async () => {
+  const { client, ends, transfer } = await startRead(patternBytes(600, 3), 2000);
+  await client.nextData(1);
+  transfer.answerRepeat();
+  await client.nextData(1);
+  transfer.expire("no answer to the first packet in time");
+  await client.expectNothing(200);
+  expect(ends).toEqual([{ result: "timeout", bytes: 0, retransmits: 1, firstResponseMs: expect.any(Number) }]);
+  const other = await startRead(patternBytes(600, 3), 2000);
+  await other.client.nextData(1);
+  // a failure of our own is no silence a forged request could buy: the client hears it, once
+  other.transfer.cancel();
+  const told = await other.client.collect(200);
+  expect(told.map((r) => r.packet?.op === 5 && r.packet.message)).toEqual(["server shutting down"]);
+  expect(other.ends).toMatchObject([{ result: "error", error: { code: 0, message: "server shutting down", from: "server" } }]);
 });
 
 test("an upload reports ok once, dallies (its last block again gets the ACK again), and a cancel in the dally sends no ERROR", async () => {
@@ -134,13 +163,23 @@ test("an upload's dally ends by itself after two timeouts", async () => {
   expect(ends).toHaveLength(1);
 });
 
-test("an upload whose client goes silent gives up once, as a timeout, and leaves no file behind", async () => {
-  const { client, ends, sink, path } = await startWrite(50, 2);
+test("an upload whose client goes silent after DATA 1 gives up once, as a timeout, and leaves no file behind", async () => {
+  const { client, ends, sink, path, port } = await startWrite(50, 2);
+  client.send(data(1, patternBytes(512, 7)), port);
+  await client.nextAck(1);
   const got = await client.collect(600);
-  // ACK 0 sent again twice, nothing after the give-up
-  expect(got.map((r) => r.packet?.op)).toEqual([4, 4]);
+  // ACK 1 sent again twice, nothing after the give-up
+  expect(got.map((r) => r.packet?.op === 4 && r.packet.block)).toEqual([1, 1]);
   expect(ends).toHaveLength(1);
-  expect(ends[0]).toMatchObject({ result: "timeout", bytes: 0, retransmits: 2 });
+  expect(ends[0]).toMatchObject({ result: "timeout", bytes: 512, retransmits: 2 });
+  expect(fs.existsSync(sink.tempPath)).toBe(false);
+  expect(fs.existsSync(path)).toBe(false);
+});
+
+test("an upload whose client never sends DATA 1: its one ACK 0, nothing on the timer, no ERROR, no file", async () => {
+  const { client, ends, sink, path } = await startWrite(50, 2);
+  await client.expectNothing(600);
+  expect(ends).toEqual([{ result: "timeout", bytes: 0, retransmits: 0, firstResponseMs: expect.any(Number) }]);
   expect(fs.existsSync(sink.tempPath)).toBe(false);
   expect(fs.existsSync(path)).toBe(false);
 });
