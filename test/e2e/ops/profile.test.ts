@@ -23,13 +23,18 @@ afterAll(async () => {
 });
 
 test("a CPU profile taken under load lists hot functions and writes a valid .cpuprofile", async () => {
+  // The sampler records nothing while the server waits for packets, so the load lasts until the
+  // profile has been taken: a fixed number of downloads can end before the command has started.
+  let profiling = true;
   const load = (async () => {
-    for (let i = 0; i < 6; i++) {
-      await run(["curl", "-sS", "--tftp-blksize", "1468", "-o", "/dev/null", `tftp://127.0.0.1:${server.port}/f.bin`]);
+    while (profiling) {
+      await run(["curl", "-sS", "--tftp-blksize", "1468", "-o", "/dev/null", `tftp://127.0.0.1:${server.port}/f.bin`], { timeoutMs: 10_000 });
     }
   })();
   const file = join(out, "p.cpuprofile");
-  const r = await tftpd(["profile", "--url", server.metricsUrl!, "--seconds", "1", "--out", file, "--top", "5"]);
+  const r = await tftpd(["profile", "--url", server.metricsUrl!, "--seconds", "1", "--out", file, "--top", "5"]).finally(() => {
+    profiling = false;
+  });
   await load;
   expect(r.exitCode).toBe(0);
   expect(r.stdout).toMatch(/^cpu profile: \d+ samples of the main thread over 1 s/m);

@@ -3,15 +3,18 @@
  * not its mode bits: a root the server may search but not list (0711, owned by someone else)
  * serves every file and is ready; one it may not search is not ready, and ready again once it
  * may. Permission checks pass trivially for root, so when the tests run as root the server runs
- * as `nobody` (setpriv, as the unprivileged storage tests do); that needs the checkout and bun
- * readable by nobody. Run as an ordinary user, the server is that user and owns the root: its
- * owner bits decide (0311 search-only, 0611 no search).
+ * as `nobody` (setpriv, as the unprivileged storage tests do): the compiled binary, from a
+ * directory open to that user, since a checkout under a directory of mode 0700 is not.
+ * Run as an ordinary user, the server is that user and owns the root: its owner bits decide
+ * (0311 search-only, 0611 no search).
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { patternBytes, removeDir, sha256, tempDir, writeFile } from "../../helpers/files.ts";
-import { BUN, MAIN, run } from "../../helpers/run.ts";
+import { executableBy } from "../../helpers/as-user.ts";
+import { compiledBinary } from "../../helpers/binary.ts";
+import { run } from "../../helpers/run.ts";
 import { spawnServer, type ChildServer } from "../../helpers/server.ts";
 
 setDefaultTimeout(30_000);
@@ -49,14 +52,15 @@ beforeAll(async () => {
   let binary: string | undefined;
   if (asRoot) {
     // the server as nobody: `serve ARGS` goes through a wrapper
-    const check = await run([setpriv!, "--reuid=nobody", "--regid=nogroup", "--clear-groups", "test", "-r", MAIN], { timeoutMs: 5000 });
-    if (check.exitCode !== 0) throw new Error(`nobody cannot read ${MAIN}: this test needs a checkout readable by all`);
+    const asNobody = [setpriv!, "--reuid=nobody", "--regid=nogroup", "--clear-groups"];
+    const tftpd = executableBy(asNobody, await compiledBinary(), base);
     binary = join(base, "serve-as-nobody");
-    writeFileSync(binary, `#!/bin/sh\nexec ${setpriv} --reuid=nobody --regid=nogroup --clear-groups ${BUN} ${MAIN} "$@"\n`);
+    writeFileSync(binary, `#!/bin/sh\nexec ${asNobody.join(" ")} ${tftpd} "$@"\n`);
     chmodSync(binary, 0o755);
   }
-  server = await spawnServer(["--root", root, "--listen", "127.0.0.1:0"], { binary, env: { HOME: base } });
-});
+  // TFTPD_TFTP_USER unset: the test preload's "root" is no user an unprivileged server can be
+  server = await spawnServer(["--root", root, "--listen", "127.0.0.1:0"], { binary, env: { HOME: base, TFTPD_TFTP_USER: undefined } });
+}, 180_000); // the first compiled binary of a test run is built here
 
 afterAll(async () => {
   await server?.stop("SIGKILL");

@@ -2,6 +2,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { bundleScript, executableBy, openTempDir } from "../../helpers/as-user.ts";
 
 const made: string[] = [];
 
@@ -44,7 +45,9 @@ export function storageModule(name: string): string {
 /**
  * Run `body` (top-level-await TypeScript) in a child Bun process, optionally wrapped in another
  * command (e.g. setpriv), killed after `timeoutMs`. Used where the code under test could block
- * the whole process (a fifo) or must run without privileges.
+ * the whole process (a fifo) or must run without privileges. The probe runs bundled with what
+ * it imports, from a temporary directory every user can read, never from the checkout: a
+ * checkout under a directory of mode 0700 is closed to the user a wrapper switches to.
  */
 export function runProbe(
   dir: string,
@@ -52,11 +55,15 @@ export function runProbe(
   args: string[],
   options: { wrapper?: string[]; timeoutMs?: number } = {},
 ): { exitCode: number | null; signalCode: string | number | null; stdout: string; stderr: string } {
-  const probe = path.join(dir, `probe-${process.pid}-${Math.random().toString(36).slice(2)}.ts`);
-  fs.writeFileSync(probe, body);
-  fs.chmodSync(probe, 0o644);
+  const wrapper = options.wrapper ?? [];
+  const probeDir = openTempDir("tftpd-probe-");
   try {
-    const child = Bun.spawnSync([...(options.wrapper ?? []), process.execPath, probe, ...args], {
+    const source = path.join(probeDir, "probe.ts");
+    fs.writeFileSync(source, body);
+    const probe = bundleScript(source, probeDir);
+    const bun = executableBy(wrapper, process.execPath, probeDir);
+    const child = Bun.spawnSync([...wrapper, bun, probe, ...args], {
+      cwd: probeDir,
       env: { ...process.env, HOME: dir },
       timeout: options.timeoutMs ?? 10_000,
     });
@@ -67,6 +74,6 @@ export function runProbe(
       stderr: child.stderr.toString(),
     };
   } finally {
-    fs.rmSync(probe, { force: true });
+    fs.rmSync(probeDir, { recursive: true, force: true });
   }
 }
