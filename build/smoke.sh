@@ -4,6 +4,8 @@
 set -euo pipefail
 bin=$(realpath "${1:-dist/tftpd}")
 work=$(mktemp -d)
+# started by root the server runs as tftpd or nobody once bound: it must be able to enter the root
+chmod 0755 "$work"
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 mkdir -p "$work/root"
