@@ -493,19 +493,15 @@ export class TftpServer {
 
   /**
    * Applies the settings that may change while serving (a config pushed to the fleet):
-   * admission limits (the memory budget and the request rate too) and remap rules. Running
+   * admission limits (the memory budget and the request rate too) and remap rules, once started. Running
    * transfers keep going and give back what they reserved; new requests see the new settings.
    */
   reconfigure(change: { limits?: ServerOptions["limits"]; remap?: RemapRule[] }): void {
     if (change.limits) {
-      this.options.limits = change.limits;
       this.admit.setLimits(change.limits);
       this.requestRate.setLimits(change.limits.requestRate ?? NO_REQUEST_RATE);
     }
-    if (change.remap) {
-      this.options.remap = change.remap;
-      if (this.pipeline) this.pipeline.remap = change.remap;
-    }
+    if (change.remap && this.pipeline) this.pipeline.remap = change.remap;
   }
 
   private retransmitPolicy(clientTimeoutMs: number | null): RetransmitPolicy {

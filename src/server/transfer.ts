@@ -184,7 +184,7 @@ export class RetransmitClock {
   arm(): void {
     if (this.stopped) return;
     const now = performance.now();
-    this.deadline = now + (this.progressCount < 2 ? this.patienceMs : this.currentMs);
+    this.deadline = now + (this.established ? this.currentMs : this.patienceMs);
     // A timer due before the deadline re-arms itself when it fires; one due after it (the
     // timeout just shrank) must be replaced.
     if (this.timer && this.timerAt > this.deadline + 1) {

@@ -7,8 +7,10 @@ import { Admission, TRANSFER_MEMORY_BYTES, type AdmissionLimits, type SharedAdmi
 import { refused, type Refused, type Taken } from "./request.ts";
 
 export interface AdmitSettings {
-  limits: AdmissionLimits & { onLimit: "drop" | "busy" };
+  limits: LimitSettings;
 }
+
+type LimitSettings = AdmissionLimits & { onLimit: "drop" | "busy" };
 
 export interface SharedAdmissionEvents {
   /** the shared admission could not answer: admitting on this node's limits alone (once per outage) */
@@ -18,8 +20,7 @@ export interface SharedAdmissionEvents {
 
 export class Admit {
   readonly admission: Admission;
-  private onLimit: "drop" | "busy";
-  private limits: AdmissionLimits;
+  private limits: LimitSettings;
   /** the shared admission failed its last request: the outage was reported */
   private sharedDown = false;
 
@@ -30,18 +31,16 @@ export class Admit {
   ) {
     this.admission = new Admission(settings.limits);
     this.limits = settings.limits;
-    this.onLimit = settings.limits.onLimit;
   }
 
-  setLimits(limits: AdmissionLimits & { onLimit: "drop" | "busy" }): void {
+  setLimits(limits: LimitSettings): void {
     this.limits = limits;
-    this.onLimit = limits.onLimit;
     this.admission.setLimits(limits);
   }
 
   /** The code a request over a limit gets: dropped, the ROM retries later; "busy" tells it now (some firmware gives up on an ERROR). */
   get limitCode(): number | null {
-    return this.onLimit === "busy" ? ErrorCode.NOT_DEFINED : null;
+    return this.limits.onLimit === "busy" ? ErrorCode.NOT_DEFINED : null;
   }
 
   /** Admits a transfer of `file` (below the root) for `address`, or says why not. */
