@@ -68,6 +68,11 @@ export function sameVersion(identity: FileIdentity, stat: { size: number; mtimeM
   return stat.ctimeMs === identity.ctimeMs || stat.nlink === 0;
 }
 
+/** The version of a file a stat describes. */
+export function identityOf(stat: fs.Stats): FileIdentity {
+  return { dev: stat.dev, ino: stat.ino, size: stat.size, mtimeMs: stat.mtimeMs, ctimeMs: stat.ctimeMs };
+}
+
 /** What a read of a file that changed under it throws: the transfer ends with this ERROR. */
 export const FILE_CHANGED = "file changed during transfer";
 
@@ -94,7 +99,7 @@ export interface FdFileSource extends FileSource {
  * and throws FILE_CHANGED when it is not.
  */
 export function fdSource(fd: number, stat: fs.Stats): FdFileSource {
-  const identity = { dev: stat.dev, ino: stat.ino, size: stat.size, mtimeMs: stat.mtimeMs, ctimeMs: stat.ctimeMs };
+  const identity = identityOf(stat);
   return { ...descriptorSource(fd, identity, () => fs.closeSync(fd)), fd, share: { kind: "fd", fd } };
 }
 

@@ -233,6 +233,61 @@ describe("a deleted or replaced file leaves the cache when a lookup notices", ()
   });
 });
 
+describe("a file already cached is checked with one stat of its path", () => {
+  test("unchanged: the cached copy again (a hit, no new copy)", async () => {
+    const root = tempDir();
+    fs.writeFileSync(path.join(root, "f"), patternBytes(MiB, 60));
+    const cache = new FileCache(64 * MiB);
+    (await acquire(cache, root, "f")).close();
+    const again = await acquire(cache, root, "f");
+    expect(sha256(readAll(again))).toBe(sha256(patternBytes(MiB, 60)));
+    again.close();
+    expect(cache.stats).toMatchObject({ misses: 1, hits: 1, entries: 1 });
+  });
+
+  test("chmod after caching moves the ctime: the file is opened again (a new version), not served from the copy", async () => {
+    const root = tempDir();
+    const file = path.join(root, "f");
+    fs.writeFileSync(file, patternBytes(64 * 1024, 61));
+    const cache = new FileCache(64 * MiB);
+    (await acquire(cache, root, "f")).close();
+    const ctime = fs.statSync(file).ctimeMs;
+    while (fs.statSync(file).ctimeMs === ctime) fs.chmodSync(file, fs.statSync(file).mode & 0o7777 ^ 0o004);
+    (await acquire(cache, root, "f")).close();
+    expect(cache.stats).toMatchObject({ misses: 2, hits: 0 });
+  });
+
+  test("a directory on the path swapped for a symlink out of the root: refused, though the copy is held", async () => {
+    const top = tempDir();
+    const root = path.join(top, "root");
+    const outside = path.join(top, "outside");
+    fs.mkdirSync(path.join(root, "boot"), { recursive: true });
+    fs.mkdirSync(outside);
+    fs.writeFileSync(path.join(root, "boot", "f"), patternBytes(4096, 62));
+    fs.writeFileSync(path.join(outside, "f"), "secret");
+    const cache = new FileCache(64 * MiB);
+    (await acquire(cache, root, "boot/f")).close();
+    fs.renameSync(path.join(root, "boot"), path.join(root, "boot.old"));
+    fs.symlinkSync(outside, path.join(root, "boot"));
+    const r = await openCached(cache, root, "boot/f");
+    expect(r).toMatchObject({ ok: false, code: 2, message: "access violation: outside root" });
+  });
+
+  test("the file swapped for a symlink to a file outside the root: refused", async () => {
+    const top = tempDir();
+    const root = path.join(top, "root");
+    fs.mkdirSync(root);
+    fs.writeFileSync(path.join(root, "f"), patternBytes(4096, 63));
+    fs.writeFileSync(path.join(top, "secret"), "secret");
+    const cache = new FileCache(64 * MiB);
+    (await acquire(cache, root, "f")).close();
+    fs.rmSync(path.join(root, "f"));
+    fs.symlinkSync(path.join(top, "secret"), path.join(root, "f"));
+    const r = await openCached(cache, root, "f");
+    expect(r).toMatchObject({ ok: false, code: 2, message: "access violation: outside root" });
+  });
+});
+
 describe("a changed file is a new version; earlier sources keep the old bytes", () => {
   const changes = [
     [
