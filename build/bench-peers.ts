@@ -134,7 +134,8 @@ the same load generator (tftpd bench) and prints one table; writes build/BENCH.m
   --run-timeout S      hard limit on one load-generator run (default 300); "timeout" if hit
   --settle S           pause between runs (default 1.5)
   --verify             have the load generator compare every download with the file
-  --repeat N          runs per server and scenario, each on a fresh server; the table shows
+  --repeat N          runs per server and scenario, each on a fresh server, in rounds of one
+                       run per server (every other round in reverse order); the table shows
                        the median by goodput (default 3 for 5a-5c, which last seconds, else 1)
   --pin auto|on|off    pin the server to CPU 1 and the load generator to CPU 0 (taskset):
                        auto (default) = only in the single-transfer scenarios (5a-5c)
@@ -970,17 +971,21 @@ async function main(): Promise<number> {
       const { concurrency, total } = effective(s, o.quick);
       say(`scenario ${s.id} ${s.title}: ${fmtBytes(s.size)} ×${total}, concurrency ${concurrency} ${s.flags.join(" ")}`);
       const repeat = o.repeat ?? (s.single ? 3 : 1);
-      for (const spec of specs) {
-        const runs: Result[] = [];
-        for (let i = 0; i < repeat; i++) {
-          runs.push(await measure(spec, s, o, loadgen.argv, root, runDir));
-          if (i + 1 < repeat) await sleep(o.settleS * 1000);
+      // Rounds of one run per server, every other round in reverse order (A B, B A, A B): a
+      // drift of the machine over the scenario, or a cost of going first, falls on all alike.
+      const runs = new Map<string, Result[]>(specs.map((spec) => [spec.name, []]));
+      for (let i = 0; i < repeat; i++) {
+        const order = i % 2 === 0 ? specs : [...specs].reverse();
+        for (const spec of order) {
+          runs.get(spec.name)!.push(await measure(spec, s, o, loadgen.argv, root, runDir));
+          await sleep(o.settleS * 1000);
         }
-        const r = median(runs);
+      }
+      for (const spec of specs) {
+        const r = median(runs.get(spec.name)!);
         results.push(r);
         const j = r.json;
         say(`  ${serverLabel(spec.name)}: ${r.status}${j ? ` ${num(j.goodput_mbps, 1)} Mbit/s, ${num(j.transfers_per_s, 1)} transfers/s, p99 first ${num(j.first_response_ms.p99, 2)} ms, failed ${j.failed}/${j.requested}` : ""}, server CPU ${num(r.cpuS, 2)} s (${num(cpuPerGiB(r), 2)} s/GiB), peak ${num(r.peakMiB, 1)} MiB${r.note ? ` (${r.note})` : ""}`);
-        await sleep(o.settleS * 1000);
       }
     }
   } finally {
@@ -1013,7 +1018,7 @@ async function main(): Promise<number> {
     "",
     ...o.scenarios.map((s) => {
       const n = o.repeat ?? (s.single ? 3 : 1);
-      return `- ${s.id} ${s.title}: \`tftpd bench 127.0.0.1:PORT ${benchArgs(s, o.quick, "ROOT", false).join(" ")} --json\`${n > 1 ? ` — ${n} runs per server, each on a fresh server; the table shows the median by goodput` : ""}`;
+      return `- ${s.id} ${s.title}: \`tftpd bench 127.0.0.1:PORT ${benchArgs(s, o.quick, "ROOT", false).join(" ")} --json\`${n > 1 ? ` — ${n} runs per server, each on a fresh server, in rounds of one run per server (every other round in reverse order); the table shows the median by goodput` : ""}`;
     }),
     "",
     "## Servers as started",
@@ -1031,7 +1036,7 @@ async function main(): Promise<number> {
     "- CPU s/GiB: server CPU s divided by the GiB of payload the load generator received in completed transfers (what the server's CPU buys; failed transfers' bytes are not counted).",
     "- ours ÷ best peer: our goodput divided by the highest goodput among the peers that ran the scenario (timeouts and servers that did not start excluded).",
     ...(o.before !== null
-      ? ["- tftpd (before): our server before the change (--before), started with the same flags and config as tftpd and measured right after it in every scenario. tftpd ÷ before: tftpd's goodput, p99 first response and CPU s/GiB divided by the before server's (goodput above ×1 is better, the other two below ×1), and both failure counts when they differ."]
+      ? ["- tftpd (before): our server before the change (--before), started with the same flags and config as tftpd and measured next to it in every round of every scenario (tftpd first in odd rounds, the before server first in even ones). tftpd ÷ before: tftpd's goodput, p99 first response and CPU s/GiB divided by the before server's (goodput above ×1 is better, the other two below ×1), and both failure counts when they differ."]
       : []),
     "- The load generator shares the machine with the server; its own CPU is in the notes.",
     o.pin === "off"

@@ -5,8 +5,10 @@
  * Exit 0 when every transfer completed, 1 when any failed, 2 for bad arguments.
  *
  * `tftpd bench --amplification HOST[:PORT] FILE`: sends one request for FILE (plain, and with
- * the options that make the largest answer) from sockets that never answer, and reports what
- * came back in --duration seconds (15 by default) as a factor of the request's size.
+ * the options that make the largest answer) from sockets that never answer, and two more that
+ * also send the first ACK a forger would (to the transfer port learnt from a request of its
+ * own), and reports what came back in --duration seconds (15 by default) as a factor of what
+ * each sent.
  */
 import { lookup } from "node:dns/promises";
 import { writeSync } from "node:fs";
@@ -52,7 +54,7 @@ const args = {
   quiet: { type: "boolean", description: "No report and no progress: only the exit status (and one line on stderr if any failed)" },
   amplification: {
     type: "boolean",
-    description: `Instead of a load: HOST FILE (or --file): one request for FILE, plain and with blksize 65464, windowsize 16, tsize, from sockets that never answer; counts the datagrams and bytes that come back in --duration seconds (default ${AMPLIFICATION_SECONDS}) and prints bytes received / bytes sent`,
+    description: `Instead of a load: HOST FILE (or --file): one request for FILE, plain and with blksize 65464, windowsize 16, tsize, from sockets that never answer, and two that also send a forged first ACK to the transfer port learnt from a request of their own; counts the datagrams and bytes that come back in --duration seconds (default ${AMPLIFICATION_SECONDS}) and prints bytes received / bytes sent`,
   },
 } satisfies ArgsDef;
 

@@ -51,6 +51,12 @@ export interface TransferJob {
 
 export type EndHandler = (id: number, outcome: TransferOutcome) => void;
 
+/** A transfer's channel, and whether it is on its address's shared port. */
+interface OpenedChannel {
+  channel: TransferChannel;
+  shared: boolean;
+}
+
 /**
  * How a request from the port of a client with a running transfer was taken (judgeRepeat in
  * transfer.ts says why): "answered" (the transfer's first packet went again), "ignored" (a
@@ -112,7 +118,7 @@ export class TransferEngine {
   startRead(job: TransferJob, source: FileSource): Promise<void> {
     return this.begin(
       job,
-      (channel, onEnd) => new ReadTransfer(channel, source, this.params(job), onEnd),
+      (channel, onEnd, sharedPort) => new ReadTransfer(channel, source, this.params(job, sharedPort), onEnd),
       () => source.close(),
     );
   }
@@ -176,7 +182,7 @@ export class TransferEngine {
    */
   private async begin(
     job: TransferJob,
-    create: (channel: TransferChannel, onEnd: (outcome: TransferOutcome) => void) => Transfer,
+    create: (channel: TransferChannel, onEnd: (outcome: TransferOutcome) => void, sharedPort: boolean) => Transfer,
     giveBack: () => void,
   ): Promise<void> {
     if (!this.holdUnverified(job)) {
@@ -185,10 +191,10 @@ export class TransferEngine {
       return;
     }
     let transfer: Transfer | null = null;
-    let channel: TransferChannel;
+    let opened: OpenedChannel;
     this.opening.add(job.id);
     try {
-      channel = await this.openChannel(job, (bytes) => transfer?.handle(bytes));
+      opened = await this.openChannel(job, (bytes) => transfer?.handle(bytes));
     } catch (error) {
       this.forgetUnverified(job);
       giveBack();
@@ -196,7 +202,7 @@ export class TransferEngine {
     } finally {
       this.opening.delete(job.id);
     }
-    transfer = create(channel, (outcome) => this.ended(job, outcome));
+    transfer = create(opened.channel, (outcome) => this.ended(job, outcome), opened.shared);
     this.run(job.id, transfer);
   }
 
@@ -249,12 +255,13 @@ export class TransferEngine {
     }
   }
 
-  private params(job: TransferJob): TransferParams {
+  /** `clientPaced`: the transfer sends from a shared port (RetransmitPolicy.clientPaced) */
+  private params(job: TransferJob, clientPaced = false): TransferParams {
     return {
       blksize: job.blksize,
       windowsize: job.windowsize,
       oack: job.oack,
-      retransmit: job.retransmit,
+      retransmit: clientPaced ? { ...job.retransmit, clientPaced } : job.retransmit,
       // this thread's clock: performance.now() counts from its own timeOrigin
       receivedAt: job.receivedAtEpoch - performance.timeOrigin,
     };
@@ -267,22 +274,30 @@ export class TransferEngine {
   }
 
   /** The job's channel; with a loss plan (a test switch), losing what the plan picks both ways. */
-  private async openChannel(job: TransferJob, handler: PacketHandler): Promise<TransferChannel> {
+  private async openChannel(job: TransferJob, handler: PacketHandler): Promise<OpenedChannel> {
     const loss = this.loss;
     if (!loss) return this.bindChannel(job, handler);
-    return loss.outgoing(await this.bindChannel(job, loss.incoming(handler)));
+    const opened = await this.bindChannel(job, loss.incoming(handler));
+    return { channel: loss.outgoing(opened.channel), shared: opened.shared };
   }
 
-  private async bindChannel(job: TransferJob, handler: PacketHandler): Promise<TransferChannel> {
-    if (this.options.transferSockets === "shared") {
+  /**
+   * A lock-step transfer joins its address's shared port when that is the mode; a windowed one
+   * always gets a port of its own. Anyone learns the shared port by asking for a file, so a
+   * forged ACK can reach a transfer there; it answers with one block (and its timer waits for
+   * the client: RetransmitPolicy.clientPaced), where a window would answer with up to 64. A
+   * port of its own is one the forger never sees.
+   */
+  private async bindChannel(job: TransferJob, handler: PacketHandler): Promise<OpenedChannel> {
+    if (this.options.transferSockets === "shared" && job.windowsize === 1) {
       const shared = await this.sharedSocket(job.localAddress);
       // The same client port twice at once (a client reusing its port) needs a socket of its own.
       const channel = shared.attach(job.peer, handler);
-      if (channel) return channel;
+      if (channel) return { channel, shared: true };
     }
     const windowBytes = job.windowsize * (job.blksize + 4);
     const sendBuffer = windowBytes > BIG_WINDOW_BYTES ? Math.min(this.options.sendBufferBytes, windowBytes * 2) : 0;
-    return openTransferChannel(job.localAddress, job.peer, this.options.portRange, handler, sendBuffer);
+    return { channel: await openTransferChannel(job.localAddress, job.peer, this.options.portRange, handler, sendBuffer), shared: false };
   }
 
   private sharedSocket(address: string): Promise<SharedTransferSocket> {

@@ -121,6 +121,8 @@ export class ReadTransfer extends EndingTransfer {
       // lands here too: it names a block never sent)
       const ahead = (wire - this.sentUpTo) & 0xffff;
       if (ahead !== 0 && ahead < 0x8000) this.noteStray("out-of-window");
+      // the client repeats its ACK because our answer did not reach it
+      else if (block === this.acked) this.clock.heard();
       return;
     }
     this.acked = block;

@@ -68,6 +68,13 @@ export interface RetransmitPolicy {
   fixed: boolean;
   /** retransmissions before giving up */
   retries: number;
+  /**
+   * The client's port can be reached by anyone's forged datagrams (a read on a shared port,
+   * whose number every client learns): once established, the timer resends only after hearing
+   * from the client since its last resend, so a forged ACK gets one block and one resend, not
+   * `retries` of them. The client's own repeated ACK is what lets the next resend go.
+   */
+  clientPaced?: boolean;
 }
 
 /** Lowest timeout the round-trip estimate may set (Linux TCP's RTO floor). */
@@ -75,8 +82,9 @@ export const RTO_MIN_MS = 200;
 
 /**
  * One timer per transfer, with exponential backoff unless the client fixed the timeout; gives
- * up after `retries` expiries in a row without progress. Before the client's first answer it
- * sends nothing: it only ends the transfer after the same patience (fire()).
+ * up after `retries` expiries in a row without progress, once the client has also been silent
+ * for the whole schedule. Before the client's first answer it sends nothing: it only ends the
+ * transfer after the same patience (fire()).
  *
  * The backoff never waits longer than the configured timeout between two sends of a window.
  * That timeout is what clients are known to tolerate (PXE ROMs and most clients resend every
@@ -109,6 +117,10 @@ export class RetransmitClock {
   lastSentAt = this.startedAt;
   /** progress() calls: the first comes from start(), the second from the client's first answer */
   private progressCount = 0;
+  /** the client sent something since the timer last resent (RetransmitPolicy.clientPaced) */
+  private heardSinceResend = true;
+  /** when the client last sent something that moved nothing forward (heard()) */
+  private lastHeardAt = 0;
   /** RFC 6298 §2 state; null until the first sample */
   private srtt: number | null = null;
   private rttvar = 0;
@@ -167,9 +179,19 @@ export class RetransmitClock {
     this.lastProgressAt = performance.now();
     this.lastSentAt = this.lastProgressAt;
     this.progressCount++;
+    this.heardSinceResend = true;
     this.misses = 0;
     this.currentMs = this.rto;
     this.arm();
+  }
+
+  /**
+   * The client repeated its last packet (our answer to it was lost): it is there, so the
+   * give-up waits (fire()), and a client-paced timer may resend once more.
+   */
+  heard(): void {
+    this.heardSinceResend = true;
+    this.lastHeardAt = performance.now();
   }
 
   /**
@@ -224,12 +246,20 @@ export class RetransmitClock {
     // Give up after `retries` misses, but never sooner than the configured timeout schedule
     // would have: a timeout shortened by quick round trips speeds up recovery from loss, not
     // the verdict on a client that is merely slow for a moment (a busy firmware, a busy host).
-    if (this.misses >= this.policy.retries && performance.now() - this.lastProgressAt >= this.patienceMs) {
+    // Patience runs from when the client was last heard: one still repeating its last packet
+    // is there, and on a lossy path our resend may get through yet (it gives up on its own).
+    if (this.misses >= this.policy.retries && performance.now() - Math.max(this.lastProgressAt, this.lastHeardAt) >= this.patienceMs) {
       this.onGiveUp();
       return;
     }
     this.misses++;
     if (!this.policy.fixed) this.currentMs = Math.min(this.currentMs * 2, this.policy.timeoutMs);
+    // a miss all the same: give-up keeps its schedule while the client is silent
+    if (this.policy.clientPaced && !this.heardSinceResend) {
+      this.arm();
+      return;
+    }
+    this.heardSinceResend = false;
     this.lastSentAt = performance.now();
     this.onRetransmit();
     this.arm();

@@ -112,6 +112,7 @@ export class WriteTransfer extends EndingTransfer<WriteTransferParams> {
     // A repeat of the block we last acknowledged means our ACK was lost: repeat it. Any other
     // old block is a duplicate and must not trigger a send (RFC 1123 §4.2.3.1).
     if (this.lastAcked > 0 && wire === (this.lastAcked & 0xffff)) {
+      this.clock.heard();
       this.retransmits++;
       this.sendLastAck();
     }

@@ -131,6 +131,63 @@ for (const mode of modes) {
   });
 }
 
+describe("the shared port, which anyone can learn: a forged answer draws little", () => {
+  const shared = { workers: 1, transferSockets: "shared" } as const;
+
+  test("a forged first ACK to a lock-step transfer gets one DATA and one resend; the timer waits for the client after that", async () => {
+    const server = await serve(shared);
+    const victim = await peers.open();
+    victim.send(rrq("boot.img"), server.port);
+    const d1 = await victim.nextData(1);
+    // what a forger who learnt the shared port sends in the victim's name; the victim says nothing
+    victim.send(ack(1), d1.port);
+    const got = await victim.collect(WATCH_MS);
+    const described = kinds(got);
+    // and nothing else: the transfer gave up on the schedule, silently
+    expect(described).toEqual([expect.stringMatching(/^DATA 2 /), expect.stringMatching(/^DATA 2 /)]);
+    const record = await recordOf(server, victim);
+    expect(record.result).toBe("timeout");
+    expect(record.retransmits).toBe(1);
+  });
+
+  test("a real client that repeats its ACK gets a resend for each repeat, and completes", async () => {
+    const server = await serve(shared);
+    const peer = await peers.open();
+    peer.send(rrq("boot.img"), server.port);
+    const d1 = await peer.nextData(1);
+    peer.send(ack(1), d1.port);
+    await peer.nextData(2); // "lost"
+    await peer.nextData(2, 1000); // the resend: "lost" too
+    // the next expiry sends nothing: the client was not heard since the resend
+    await peer.expectNothing(QUICK.timeoutMs);
+    peer.send(ack(1), d1.port); // the client's own timeout: it repeats its ACK
+    await peer.nextData(2, 1000);
+    for (let block = 2; ; block++) {
+      peer.send(ack(block), d1.port);
+      if (block * 512 > FILE.length) break;
+      await peer.nextData(block + 1);
+    }
+    expect((await recordOf(server, peer)).result).toBe("ok");
+  });
+
+  test("a windowed transfer gets a port of its own, not the shared one", async () => {
+    const server = await serve(shared);
+    const plain = await peers.open();
+    const windowed = await peers.open();
+    plain.send(rrq("boot.img"), server.port);
+    windowed.send(rrq("boot.img", "octet", [["windowsize", "8"]]), server.port);
+    const [d1, oack] = await Promise.all([plain.nextData(1), windowed.nextOack()]);
+    const another = await peers.open();
+    another.send(rrq("boot.img"), server.port);
+    expect((await another.nextData(1)).port).toBe(d1.port);
+    expect(oack.port).not.toBe(d1.port);
+    // an ACK 0 sent to the shared port in the windowed client's name opens nothing
+    windowed.send(ack(0), d1.port);
+    const got = await windowed.collect(QUICK.timeoutMs * 2);
+    expect(got.filter((r) => r.packet?.op === Opcode.DATA)).toEqual([]);
+  });
+});
+
 describe("windows", () => {
   test("a repeated windowed request gets the OACK again; ACK 0 opens the window, which the timer then resends", async () => {
     const server = await serve({});
@@ -246,9 +303,23 @@ describe("tftpd bench --amplification", () => {
     expect(plain!.factor).toBeCloseTo(516 / plain!.requestBytes, 5);
     expect(windowed).toMatchObject({ datagrams: 1, kinds: { OACK: 1 } });
     expect(windowed!.factor).toBeLessThanOrEqual(2);
+    // per-transfer ports: the port learnt is closed by the time the forged ACKs go to it
+    expect(report.probes[2]).toMatchObject({ label: "plain + forged ACK 1", datagrams: 1, kinds: { DATA: 1 } });
+    expect(report.probes[2]!.requestBytes).toBe(plain!.requestBytes + 4);
+    expect(report.probes[3]).toMatchObject({ datagrams: 1, kinds: { OACK: 1 } });
     const human = await tftpd(["bench", "--amplification", `127.0.0.1:${server.port}`, "--file", "boot.img", "--duration", "1"], { timeoutMs: 15_000 });
     expect(human.exitCode).toBe(0);
     expect(human.stdout).toContain("1 datagram (DATA 1), 516 B");
     expect(human.stdout).toContain("1 datagram (OACK 1)");
+  });
+
+  test("on a shared port the forged ACK 1 draws DATA 2 and one resend; the forged ACK 0 of a windowed request no DATA", async () => {
+    const server = await serve({ transferSockets: "shared" });
+    const r = await tftpd(["bench", "--amplification", `127.0.0.1:${server.port}`, "boot.img", "--duration", "2", "--json"], { timeoutMs: 15_000 });
+    expect(r.exitCode).toBe(0);
+    const probes = (JSON.parse(r.stdout) as { probes: { label: string; datagrams: number; kinds: Record<string, number> }[] }).probes;
+    expect(probes[2]).toMatchObject({ datagrams: 3, kinds: { DATA: 3 } });
+    expect(probes[3]!.kinds.DATA).toBeUndefined();
+    expect(probes[3]!.kinds.OACK).toBe(1);
   });
 });

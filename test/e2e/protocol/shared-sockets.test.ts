@@ -1,7 +1,8 @@
 /**
- * transferSockets "shared": transfers to different clients share one port per local address
- * (so datagrams go out in sendmmsg batches), yet each stays its own TID pair: a stranger on
- * that port gets ERROR 5, windows and loss recovery work, and real clients are served.
+ * transferSockets "shared": lock-step transfers to different clients share one port per local
+ * address (so datagrams go out in sendmmsg batches), yet each stays its own TID pair: a stranger
+ * on that port gets ERROR 5, loss recovery works, and real clients are served. A windowed
+ * transfer gets a port of its own (a forged ACK on the shared port must not open a window).
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { ErrorCode, Opcode } from "../../../src/protocol/packet.ts";
@@ -29,16 +30,19 @@ afterAll(async () => {
 });
 
 describe("shared transfer sockets", () => {
-  test("two clients are served from one transfer port, not the listen port, both byte-exact", async () => {
-    const [one, two] = [await peers.open(), await peers.open()];
-    const [a, b] = await Promise.all([
+  test("two lock-step clients are served from one transfer port, not the listen port, both byte-exact; a windowed one from a port of its own", async () => {
+    const [one, two, three] = [await peers.open(), await peers.open(), await peers.open()];
+    const [a, b, c] = await Promise.all([
       download(one, server.port, "a.bin", { options: [["blksize", "1468"]] }),
-      download(two, server.port, "b.bin", { options: [["blksize", "1468"], ["windowsize", "8"]] }),
+      download(two, server.port, "b.bin"),
+      download(three, server.port, "b.bin", { options: [["blksize", "1468"], ["windowsize", "8"]] }),
     ]);
     expect(sha256(a.bytes)).toBe(sha256(big));
     expect(b.bytes.length).toBe(70_000);
+    expect(sha256(c.bytes)).toBe(sha256(b.bytes));
     expect(a.port).toBe(b.port);
     expect(a.port).not.toBe(server.port);
+    expect(c.port).not.toBe(a.port);
   });
 
   test("a stranger writing to the shared port gets ERROR 5 and the transfer in progress completes", async () => {

@@ -10,11 +10,11 @@ afterEach(() => {
   for (const c of clocks.splice(0)) c.stop();
 });
 
-function clock(timeoutMs: number, retries: number, fixed = false) {
+function clock(timeoutMs: number, retries: number, fixed = false, clientPaced = false) {
   const fired: number[] = [];
   let gaveUpAt = -1;
   const c = new RetransmitClock(
-    { timeoutMs, fixed, retries },
+    { timeoutMs, fixed, retries, clientPaced },
     () => fired.push(performance.now()),
     () => (gaveUpAt = performance.now()),
   );
@@ -81,6 +81,39 @@ test("a repeated request answered before the client's first answer restarts that
   expect(answered.c.established).toBe(true);
   await Bun.sleep(100 + 50);
   expect(answered.fired).toHaveLength(1);
+});
+
+test("client-paced (a shared port): one resend per datagram heard from the client; patience from when it was last heard", async () => {
+  const { c, fired, gaveUp } = clock(60, 3, true, true);
+  c.progress(); // the first packet left
+  c.progress(); // an answer (perhaps forged): the next block left
+  await Bun.sleep(60 * 2 + 30);
+  expect(fired).toHaveLength(1); // one resend on the answer's credit, then the timer only waits
+  const heardAt = performance.now();
+  c.heard(); // the client repeats its ACK: it is there
+  await Bun.sleep(60 + 20);
+  expect(fired).toHaveLength(2);
+  await Bun.sleep(60 * 4 + 60);
+  expect(fired).toHaveLength(2);
+  // silent since: it gives up the patience (retries + 1 timeouts) after the client was last heard
+  expect(gaveUp() - heardAt).toBeGreaterThanOrEqual(60 * 4 - 5);
+  expect(gaveUp() - heardAt).toBeLessThan(60 * 4 + 100);
+
+  // never heard after the (forged) answer: one resend, and the give-up on the usual schedule
+  const forged = clock(60, 3, true, true);
+  forged.c.progress();
+  const answeredAt = performance.now();
+  forged.c.progress();
+  await Bun.sleep(60 * 4 + 100);
+  expect(forged.fired).toHaveLength(1);
+  expect(forged.gaveUp() - answeredAt).toBeGreaterThanOrEqual(60 * 4 - 5);
+  expect(forged.gaveUp() - answeredAt).toBeLessThan(60 * 4 + 100);
+
+  const unpaced = clock(60, 3, true);
+  unpaced.c.progress();
+  unpaced.c.progress();
+  await Bun.sleep(60 * 3 + 30);
+  expect(unpaced.fired).toHaveLength(3);
 });
 
 test("judgeRepeat: resend before the client answered, ignore while alive, supersede after a silence", () => {
