@@ -73,6 +73,9 @@ const SCENARIOS: Scenario[] = [
   { id: "5a", title: "single, blksize 1468 + windowsize 64", file: "initrd-100m.bin", size: 100 * MiB, concurrency: 1, total: 5, flags: ["--blksize", "1468", "--windowsize", "64"], single: true },
   { id: "5b", title: "single, blksize 8192 + windowsize 64", file: "initrd-100m.bin", size: 100 * MiB, concurrency: 1, total: 5, flags: ["--blksize", "8192", "--windowsize", "64"], single: true },
   { id: "5c", title: "single, blksize 1468, lock-step", file: "initrd-100m.bin", size: 100 * MiB, concurrency: 1, total: 1, flags: ["--blksize", "1468"], single: true },
+  // What a boot loader does between its big files: one small config after another (pxelinux
+  // asks for up to a dozen names per machine). Measures what a request costs, not bandwidth.
+  { id: "6", title: "config files, one after another", file: "pxelinux-default.cfg", size: 1 * KiB, concurrency: 1, total: 3000, flags: [], single: true },
 ];
 
 const PROBE_FILE = "probe.bin";
@@ -136,9 +139,9 @@ the same load generator (tftpd bench) and prints one table; writes build/BENCH.m
   --verify             have the load generator compare every download with the file
   --repeat N          runs per server and scenario, each on a fresh server, in rounds of one
                        run per server (every other round in reverse order); the table shows
-                       the median by goodput (default 3 for 5a-5c, which last seconds, else 1)
+                       the median by goodput (default 3 for 5a-5c and 6, which last seconds, else 1)
   --pin auto|on|off    pin the server to CPU 1 and the load generator to CPU 0 (taskset):
-                       auto (default) = only in the single-transfer scenarios (5a-5c)
+                       auto (default) = only in the one-at-a-time scenarios (5a-5c, 6)
   --out FILE           report file (default build/BENCH.md)
   --no-write           print the table only
   -h, --help           this text
@@ -1041,7 +1044,7 @@ async function main(): Promise<number> {
     "- The load generator shares the machine with the server; its own CPU is in the notes.",
     o.pin === "off"
       ? "- No CPU pinning (--pin off): single-transfer figures depend on whether the scheduler puts server and client on one core (cheap wake-ups) or two."
-      : `- CPU pinning (--pin ${o.pin}): ${o.pin === "on" ? "in every scenario" : "in the single-transfer scenarios (5a-5c)"} the server (and its threads and children) runs on CPU 1 and the load generator on CPU 0 (taskset), so every round trip crosses cores as it does between two machines; unpinned, a lock-step transfer runs several times faster or slower depending on where the scheduler puts the two.`,
+      : `- CPU pinning (--pin ${o.pin}): ${o.pin === "on" ? "in every scenario" : "in the one-at-a-time scenarios (5a-5c, 6)"} the server (and its threads and children) runs on CPU 1 and the load generator on CPU 0 (taskset), so every round trip crosses cores as it does between two machines; unpinned, a lock-step transfer runs several times faster or slower depending on where the scheduler puts the two.`,
     "",
     "## Notes per run",
     "",

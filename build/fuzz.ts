@@ -169,32 +169,56 @@ function serverCommand(): string[] {
 }
 
 const command = serverCommand();
-const port = await freeUdpPort();
 const configPath = join(work, "config.json");
-const metricsPort = await freeTcpPort();
-fs.writeFileSync(configPath, JSON.stringify({ tune: { enabled: false }, log: { level: "warn" }, metrics: { listen: `127.0.0.1:${metricsPort}` } }));
 const help = Bun.spawnSync([...command, "serve", "--help"], { cwd: ROOT_DIR, stdout: "pipe", stderr: "pipe" });
 // started as root, a server that drops privileges would lose the temporary root: it stays root
 const userFlag = process.getuid?.() === 0 && /--user\b/.test(help.stdout.toString() + help.stderr.toString()) ? ["--user", "root"] : [];
 const logPath = join(work, "server.log");
-const serverArgs = ["serve", "--config", configPath, "--root", root, "--listen", `127.0.0.1:${port}`, "--write", "create", "--no-tune", "--log-level", "warn", ...userFlag];
-say(`seed ${SEED}, server ${[...command, ...serverArgs].join(" ")}, log ${logPath}`);
-const server = Bun.spawn([...command, ...serverArgs], {
-  cwd: ROOT_DIR,
-  env: { ...process.env, TFTPD_TUNE_ENABLED: "false" },
-  stdin: "ignore",
-  stdout: Bun.file(logPath),
-  stderr: Bun.file(join(work, "server.stderr")),
-});
+const stderrPath = join(work, "server.stderr");
+let port = 0;
+let server!: ReturnType<typeof Bun.spawn>;
 let serverExited = false;
 let stopping = false;
+
+/**
+ * Starts the server on ports free a moment ago. Another program may take one before the server
+ * binds it (the suite runs other servers): then, and only then, it starts again on new ones.
+ */
+async function startServer(): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    port = await freeUdpPort();
+    const metricsPort = await freeTcpPort();
+    fs.writeFileSync(configPath, JSON.stringify({ tune: { enabled: false }, log: { level: "warn" }, metrics: { listen: `127.0.0.1:${metricsPort}` } }));
+    const serverArgs = ["serve", "--config", configPath, "--root", root, "--listen", `127.0.0.1:${port}`, "--write", "create", "--no-tune", "--log-level", "warn", ...userFlag];
+    say(`seed ${SEED}, server ${[...command, ...serverArgs].join(" ")}, log ${logPath}`);
+    const spawned = Bun.spawn([...command, ...serverArgs], {
+      cwd: ROOT_DIR,
+      env: { ...process.env, TFTPD_TUNE_ENABLED: "false" },
+      stdin: "ignore",
+      stdout: Bun.file(logPath),
+      stderr: Bun.file(stderrPath),
+    });
+    server = spawned;
+    serverExited = false;
+    const early = await Promise.race([spawned.exited.then(() => true), Bun.sleep(1500).then(() => false)]);
+    const taken = early && /EADDRINUSE/.test(fs.existsSync(stderrPath) ? fs.readFileSync(stderrPath, "utf8") : "");
+    if (taken && attempt < 3) {
+      say(`a port was taken before the server bound it: starting again on other ports`);
+      continue;
+    }
+    void spawned.exited.then((code) => {
+      if (server !== spawned) return;
+      serverExited = true;
+      if (!stopping) say(`server exited on its own (status ${code}, signal ${spawned.signalCode ?? "none"})`);
+    });
+    return;
+  }
+}
+
+await startServer();
 // whatever ends this script, the server does not outlive it
 process.on("exit", () => {
   if (!serverExited) server.kill("SIGKILL");
-});
-void server.exited.then((code) => {
-  serverExited = true;
-  if (!stopping) say(`server exited on its own (status ${code}, signal ${server.signalCode ?? "none"})`);
 });
 
 // ───────────────────────────── tallies ─────────────────────────────

@@ -472,7 +472,11 @@ const io = section({
 const network = section({
   epoll: bool().default(true).describe(`Hint: use epoll for socket readiness ${ENGINE}`),
   io_uring: bool().default(false).describe(`Hint: use io_uring where available ${ENGINE}`),
-  zero_copy: bool().default(true).describe(`Send straight from mmap'd file pages ${ENGINE}`),
+  zero_copy: bool()
+    .default(true)
+    .describe(
+      "A window leaves as one UDP GSO send (the kernel cuts it into DATA packets of 4 + blksize bytes) instead of one send per block, from the windowed transfer's own socket; where the kernel refuses GSO, windows leave block by block and the server says so once at start",
+    ),
 });
 
 const batch = section({

@@ -62,6 +62,7 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
     cacheBytes: config.cache.enabled ? config.performance.memory.cache_size : 0,
     transferSockets: tftp.transfer_sockets,
     batch: { enabled: config.batch.enabled, size: config.batch.batch_size },
+    gso: config.network.zero_copy,
     workers: workerCount(config.performance.cpu.worker_threads),
     balance: { algorithm: config.load_balancing.algorithm, hashKey: config.load_balancing.hash_key },
     limits: admissionLimits(config),

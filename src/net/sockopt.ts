@@ -1,8 +1,13 @@
 /**
- * Socket buffer sizes. Bun.udpSocket silently ignores buffer-size options, and loopback drops
- * bursts without back-pressure when SO_RCVBUF is small, so we set SO_RCVBUF / SO_SNDBUF on
- * the socket's descriptor through libc and read back what the kernel granted (it doubles the
- * request for bookkeeping and caps it at net.core.rmem_max / wmem_max).
+ * Socket options Bun.udpSocket does not offer, set on its descriptor through libc.
+ *
+ * Buffer sizes: Bun.udpSocket silently ignores buffer-size options, and loopback drops bursts
+ * without back-pressure when SO_RCVBUF is small, so we set SO_RCVBUF / SO_SNDBUF and read back
+ * what the kernel granted (it doubles the request for bookkeeping and caps it at
+ * net.core.rmem_max / wmem_max).
+ *
+ * UDP GSO (UDP_SEGMENT, Linux 4.18): one send of N × size bytes leaves as N datagrams of
+ * `size` (the last may be shorter), cut by the kernel (or the NIC) instead of N sends.
  */
 import { dlopen, FFIType, ptr } from "bun:ffi";
 
@@ -12,6 +17,12 @@ const SO_RCVBUF = 8;
 /** Same as SO_SNDBUF / SO_RCVBUF but past net.core.wmem_max / rmem_max; needs CAP_NET_ADMIN. */
 const SO_SNDBUFFORCE = 32;
 const SO_RCVBUFFORCE = 33;
+const SOL_UDP = 17;
+const UDP_SEGMENT = 103;
+/** Most segments one GSO send may carry (UDP_MAX_SEGMENTS of Linux before 6.9). */
+export const GSO_MAX_SEGMENTS = 64;
+/** Most bytes one GSO send may carry: a UDP payload over IPv4, headers taken off 64 KiB. */
+export const GSO_MAX_BYTES = 65_507;
 
 type Libc = {
   setsockopt(fd: number, level: number, name: number, value: Uint8Array, length: number): number;
@@ -85,4 +96,16 @@ export function setBufferSizes(socket: object, receive: number, send: number): B
 /** Linux reports twice the requested size; a grant below that means the sysctl cap hit. */
 export function wasCapped(requested: number, granted: number): boolean {
   return requested > 0 && granted >= 0 && granted < requested * 2;
+}
+
+/**
+ * Turns on UDP GSO with segments of `segmentBytes`; false when the kernel (or libc, or the
+ * descriptor) refuses, and sends then leave one datagram per send as before.
+ */
+export function setUdpSegment(socket: object, segmentBytes: number): boolean {
+  const fd = socketFd(socket);
+  const lib = loadLibc();
+  if (fd === null || lib === null) return false;
+  const value = new Int32Array([segmentBytes]);
+  return lib.setsockopt(fd, SOL_UDP, UDP_SEGMENT, new Uint8Array(value.buffer), 4) === 0;
 }

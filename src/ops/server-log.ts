@@ -96,6 +96,9 @@ export function serverEvents({ log, metrics, tally, receiveBufferBytes }: Server
     sharedAdmissionUp: () => {
       log.info("cluster limits available again");
     },
+    gsoUnavailable: (reason) => {
+      log.warn({ reason }, "network.zero_copy: the kernel refuses UDP GSO here, so windows leave one datagram per block");
+    },
   };
 }
 

@@ -28,6 +28,8 @@ export interface EngineOptions {
   portRange: PortRange | null;
   transferSockets: "per-transfer" | "shared";
   batch: BatchPolicy;
+  /** windows leave as one UDP GSO send each (ServerOptions.gso) */
+  gso: boolean;
   receiveBufferBytes: number;
   sendBufferBytes: number;
   lifetimes: Lifetimes;
@@ -295,9 +297,12 @@ export class TransferEngine {
       const channel = shared.attach(job.peer, handler);
       if (channel) return { channel, shared: true };
     }
-    const windowBytes = job.windowsize * (job.blksize + 4);
+    const stride = job.blksize + 4;
+    const windowBytes = job.windowsize * stride;
     const sendBuffer = windowBytes > BIG_WINDOW_BYTES ? Math.min(this.options.sendBufferBytes, windowBytes * 2) : 0;
-    return { channel: await openTransferChannel(job.localAddress, job.peer, this.options.portRange, handler, sendBuffer), shared: false };
+    const segment = this.options.gso && job.windowsize > 1 ? stride : 0;
+    // (where the kernel refuses GSO the channel sends a window as before: the server said so at start)
+    return { channel: await openTransferChannel(job.localAddress, job.peer, this.options.portRange, handler, sendBuffer, segment), shared: false };
   }
 
   private sharedSocket(address: string): Promise<SharedTransferSocket> {

@@ -16,10 +16,11 @@ const PACING_MAX_MS = 50;
  * copied: the client works on the first blocks while the server copies the next, instead of
  * idling until the whole window is ready. One 100 MiB transfer at windowsize 64 (server and
  * client on separate CPUs, medians of 8): blksize 1468 ~3,550 → ~4,050 Mbit/s (batches of 16);
- * blksize 8192 ~11,150 → ~11,900 (batches of 8 = 64 KiB).
+ * blksize 8192 ~11,150 → ~11,900 (batches of 8 = 64 KiB). A batch, headers included, also fits
+ * one UDP GSO send (GSO_MAX_BYTES), which a windowed transfer's own socket turns it into.
  */
 const WINDOW_BATCH_BLOCKS = 16;
-const WINDOW_BATCH_BYTES = 64 * 1024;
+const WINDOW_BATCH_BYTES = 63 * 1024;
 
 export class ReadTransfer extends EndingTransfer {
   /** highest block the client acknowledged */

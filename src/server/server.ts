@@ -24,7 +24,7 @@ import type { LossPlan } from "./loss.ts";
 import type { BatchPolicy } from "./shared-socket.ts";
 import type { BufferSizes } from "../net/sockopt.ts";
 import type { Lifetimes, RetransmitPolicy, TransferOutcome } from "./transfer.ts";
-import { openListener, type Listener, type Peer } from "./transport.ts";
+import { openListener, probeGso, type Listener, type Peer } from "./transport.ts";
 import { WorkerPool, type WorkerExit } from "./worker-pool.ts";
 import { refusalKindOf, type RefusalKind, type RefusalRecord } from "./refusal-record.ts";
 import { RequestRate, type RateLimitSummary, type RequestRateLimits } from "./request-rate.ts";
@@ -61,6 +61,8 @@ export interface ServerOptions {
   transferSockets: "per-transfer" | "shared";
   /** sendmmsg batching of shared sockets */
   batch: BatchPolicy;
+  /** a window leaves as one UDP GSO send where the kernel allows (network.zero_copy) */
+  gso: boolean;
   /** bytes of file content kept in memory for all transfers to share; 0 turns the cache off */
   cacheBytes: number;
   /** transfer engines: 1 runs transfers on the main thread, N > 1 starts N worker threads */
@@ -127,6 +129,8 @@ export interface ServerEvents {
   sharedAdmissionUp?(): void;
   /** a neighbour table could not be read (tftp.unique_root "mac"): once per run of failures */
   neighboursUnreadable?(family: 4 | 6, error: string): void;
+  /** windows cannot leave as UDP GSO sends here (network.zero_copy): they leave block by block */
+  gsoUnavailable?(reason: string): void;
 }
 
 /** A transfer from acceptance to its end record. */
@@ -255,6 +259,10 @@ export class TftpServer {
         this.listeners.push(listener);
         this.events.listening?.({ host: listener.address, port: listener.port }, listener.buffers);
       }
+      if (this.options.gso && this.listeners.length > 0) {
+        const refused = await probeGso(this.listeners[0]!.address);
+        if (refused !== null) this.events.gsoUnavailable?.(refused);
+      }
       this.rateSummaryTimer = setInterval(() => this.summarizeRateLimited(), RATE_SUMMARY_MS);
       this.rateSummaryTimer.unref();
     } catch (error) {
@@ -332,9 +340,9 @@ export class TftpServer {
   }
 
   private engineOptions(): EngineOptions {
-    const { portRange, transferSockets, batch, receiveBufferBytes, sendBufferBytes, lifetimes, limits } = this.options;
+    const { portRange, transferSockets, batch, gso, receiveBufferBytes, sendBufferBytes, lifetimes, limits } = this.options;
     const unverifiedPerSource = this.options.unverifiedPerSource ?? unverifiedBudget(limits.maxPerIp);
-    return { portRange, transferSockets, batch, receiveBufferBytes, sendBufferBytes, lifetimes, unverifiedPerSource };
+    return { portRange, transferSockets, batch, gso, receiveBufferBytes, sendBufferBytes, lifetimes, unverifiedPerSource };
   }
 
   private onRequest(listener: Listener, bytes: Uint8Array, peer: Peer, receivedAt: number): void {

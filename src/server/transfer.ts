@@ -70,9 +70,10 @@ export interface RetransmitPolicy {
   retries: number;
   /**
    * The client's port can be reached by anyone's forged datagrams (a read on a shared port,
-   * whose number every client learns): once established, the timer resends only after hearing
-   * from the client since its last resend, so a forged ACK gets one block and one resend, not
-   * `retries` of them. The client's own repeated ACK is what lets the next resend go.
+   * whose number every client learns): once established, the timer resends only on credit,
+   * one resend earned by each datagram heard from the client (its request, each ACK, each
+   * repeat), at most `retries` banked. A forged ACK draws its answer and one resend at most;
+   * a client a few blocks in has a full bank, and a stall is resent on the timer as before.
    */
   clientPaced?: boolean;
 }
@@ -117,8 +118,8 @@ export class RetransmitClock {
   lastSentAt = this.startedAt;
   /** progress() calls: the first comes from start(), the second from the client's first answer */
   private progressCount = 0;
-  /** the client sent something since the timer last resent (RetransmitPolicy.clientPaced) */
-  private heardSinceResend = true;
+  /** resends the timer may still send (RetransmitPolicy.clientPaced): one per datagram heard */
+  private credit = 0;
   /** when the client last sent something that moved nothing forward (heard()) */
   private lastHeardAt = 0;
   /** RFC 6298 §2 state; null until the first sample */
@@ -179,7 +180,7 @@ export class RetransmitClock {
     this.lastProgressAt = performance.now();
     this.lastSentAt = this.lastProgressAt;
     this.progressCount++;
-    this.heardSinceResend = true;
+    this.earn();
     this.misses = 0;
     this.currentMs = this.rto;
     this.arm();
@@ -187,11 +188,15 @@ export class RetransmitClock {
 
   /**
    * The client repeated its last packet (our answer to it was lost): it is there, so the
-   * give-up waits (fire()), and a client-paced timer may resend once more.
+   * give-up waits (fire()), and a client-paced timer has earned one more resend.
    */
   heard(): void {
-    this.heardSinceResend = true;
+    this.earn();
     this.lastHeardAt = performance.now();
+  }
+
+  private earn(): void {
+    if (this.credit < this.policy.retries) this.credit++;
   }
 
   /**
@@ -255,11 +260,13 @@ export class RetransmitClock {
     this.misses++;
     if (!this.policy.fixed) this.currentMs = Math.min(this.currentMs * 2, this.policy.timeoutMs);
     // a miss all the same: give-up keeps its schedule while the client is silent
-    if (this.policy.clientPaced && !this.heardSinceResend) {
-      this.arm();
-      return;
+    if (this.policy.clientPaced) {
+      if (this.credit === 0) {
+        this.arm();
+        return;
+      }
+      this.credit--;
     }
-    this.heardSinceResend = false;
     this.lastSentAt = performance.now();
     this.onRetransmit();
     this.arm();

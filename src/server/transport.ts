@@ -12,7 +12,7 @@ import { ErrorCode } from "../protocol/packet.ts";
 import type { LossPlan } from "./loss.ts";
 import type { PortRange } from "../net/address.ts";
 import { bindInPortRange } from "../net/port-range-bind.ts";
-import { setBufferSizes, type BufferSizes } from "../net/sockopt.ts";
+import { GSO_MAX_BYTES, GSO_MAX_SEGMENTS, setBufferSizes, setUdpSegment, type BufferSizes } from "../net/sockopt.ts";
 import { TokenBucket } from "./token-bucket.ts";
 
 export interface Peer {
@@ -88,11 +88,23 @@ class UdpTransferChannel implements TransferChannel {
   private socket: udp.Socket<"uint8array"> | null = null;
   private readonly flat: (Uint8Array | number | string)[] = [];
   private closed = false;
+  /** UDP GSO segment size when the socket has it on (windowed transfers), else 0 */
+  private segment = 0;
 
   constructor(
     private readonly peer: Peer,
     private readonly handler: PacketHandler,
   ) {}
+
+  /** Sends of packets laid end to end, each `bytes` long but the last, leave as one GSO send. */
+  segmentsOf(bytes: number): void {
+    this.segment = bytes;
+  }
+
+  /** true when the socket sends windows as GSO sends */
+  get segmented(): boolean {
+    return this.segment > 0;
+  }
 
   get localPort(): number {
     return this.socket?.port ?? 0;
@@ -106,19 +118,43 @@ class UdpTransferChannel implements TransferChannel {
     if (this.closed) return;
     if (port !== this.peer.port || address !== this.peer.address) {
       // RFC 1350 §4: a packet from a foreign TID gets ERROR 5; the transfer goes on.
-      if (this.socket) sendOne(this.socket, unknownTid, port, address);
+      this.sendWhole(unknownTid, port, address);
       return;
     }
     this.handler(bytes);
   }
 
   send(packet: Uint8Array): void {
-    if (this.closed || !this.socket) return;
-    sendOne(this.socket, packet, this.peer.port, this.peer.address);
+    if (this.closed) return;
+    this.sendWhole(packet, this.peer.port, this.peer.address);
+  }
+
+  /**
+   * One datagram, whatever its size. With GSO on, the socket cuts every send into segments,
+   * and an OACK or ERROR longer than a DATA packet of a small blksize would arrive in pieces:
+   * GSO is off for that one send.
+   */
+  private sendWhole(packet: Uint8Array, port: number, address: string): void {
+    const socket = this.socket;
+    if (!socket) return;
+    if (packet.length <= this.segment || this.segment === 0) {
+      sendOne(socket, packet, port, address);
+      return;
+    }
+    setUdpSegment(socket, 0);
+    sendOne(socket, packet, port, address);
+    setUdpSegment(socket, this.segment);
   }
 
   sendMany(packets: readonly Uint8Array[]): void {
     if (this.closed || !this.socket) return;
+    if (this.segment > 0 && packets.length > 1) {
+      const run = contiguousRun(packets, this.segment);
+      if (run) {
+        sendOne(this.socket, run, this.peer.port, this.peer.address);
+        return;
+      }
+    }
     const flat = this.flat;
     flat.length = 0;
     for (const packet of packets) flat.push(packet, this.peer.port, this.peer.address);
@@ -134,6 +170,29 @@ class UdpTransferChannel implements TransferChannel {
     this.closed = true;
     this.socket?.close();
   }
+}
+
+/**
+ * `packets` as one view when they lie end to end in one buffer, each `segment` bytes but the
+ * last (at most that), within what one GSO send may carry; else null. Read transfers build a
+ * window's packets so (SendArena runs), so a window costs one send instead of one per block.
+ */
+export function contiguousRun(packets: readonly Uint8Array[], segment: number): Uint8Array | null {
+  const count = packets.length;
+  if (count > GSO_MAX_SEGMENTS) return null;
+  const first = packets[0]!;
+  const last = packets[count - 1]!;
+  const total = (count - 1) * segment + last.length;
+  if (total > GSO_MAX_BYTES || last.length > segment) return null;
+  const buffer = first.buffer;
+  let offset = first.byteOffset;
+  for (let i = 0; i < count - 1; i++) {
+    const packet = packets[i]!;
+    if (packet.buffer !== buffer || packet.byteOffset !== offset || packet.length !== segment) return null;
+    offset += segment;
+  }
+  if (last.buffer !== buffer || last.byteOffset !== offset) return null;
+  return new Uint8Array(buffer, first.byteOffset, total);
 }
 
 /**
@@ -173,13 +232,33 @@ export async function openTransferChannel(
   range: PortRange | null,
   handler: PacketHandler,
   sendBufferBytes = 0,
-): Promise<TransferChannel> {
+  segmentBytes = 0,
+): Promise<TransferChannel & { readonly segmented: boolean }> {
   const channel = new UdpTransferChannel(peer, handler);
   const socket = await bindInPortRange(localAddress, range, (port) => bindSocket(localAddress, port, channel));
   // A large window leaves in one sendmmsg; the default send buffer would drop its tail.
   if (sendBufferBytes > 0) setBufferSizes(socket, 0, sendBufferBytes);
+  if (segmentBytes > 0 && setUdpSegment(socket, segmentBytes)) channel.segmentsOf(segmentBytes);
   channel.attach(socket);
   return channel;
+}
+
+/**
+ * Whether sockets on `address` take UDP GSO (setsockopt UDP_SEGMENT), asked of a throwaway
+ * socket; the reason when not.
+ */
+export async function probeGso(address: string): Promise<string | null> {
+  let socket: udp.Socket<"uint8array">;
+  try {
+    socket = await Bun.udpSocket({ hostname: address, port: 0, binaryType: "uint8array", socket: { data() {}, error: ignoreSocketError } });
+  } catch (error) {
+    return (error as Error).message;
+  }
+  try {
+    return setUdpSegment(socket, 1472) ? null : "setsockopt(UDP_SEGMENT) refused";
+  } finally {
+    socket.close();
+  }
 }
 
 export interface Listener {

@@ -33,6 +33,7 @@ export const defaultOptions = (root: string): ServerOptions => ({
   cacheBytes: 64 << 20,
   transferSockets: "per-transfer",
   batch: { enabled: true, size: 64 },
+  gso: true,
   workers: 1,
   balance: { algorithm: "round_robin", hashKey: "client_ip" },
   limits: { maxTotal: 100_000, maxPerIp: 100_000, maxPerClient: 100_000, onLimit: "drop" },

@@ -134,7 +134,7 @@ for (const mode of modes) {
 describe("the shared port, which anyone can learn: a forged answer draws little", () => {
   const shared = { workers: 1, transferSockets: "shared" } as const;
 
-  test("a forged first ACK to a lock-step transfer gets one DATA and one resend; the timer waits for the client after that", async () => {
+  test("a forged first ACK to a lock-step transfer draws its answer and one resend per datagram sent (request and ACK); then the timer waits for the client", async () => {
     const server = await serve(shared);
     const victim = await peers.open();
     victim.send(rrq("boot.img"), server.port);
@@ -144,10 +144,10 @@ describe("the shared port, which anyone can learn: a forged answer draws little"
     const got = await victim.collect(WATCH_MS);
     const described = kinds(got);
     // and nothing else: the transfer gave up on the schedule, silently
-    expect(described).toEqual([expect.stringMatching(/^DATA 2 /), expect.stringMatching(/^DATA 2 /)]);
+    expect(described).toEqual([expect.stringMatching(/^DATA 2 /), expect.stringMatching(/^DATA 2 /), expect.stringMatching(/^DATA 2 /)]);
     const record = await recordOf(server, victim);
     expect(record.result).toBe("timeout");
-    expect(record.retransmits).toBe(1);
+    expect(record.retransmits).toBe(2);
   });
 
   test("a real client that repeats its ACK gets a resend for each repeat, and completes", async () => {
@@ -157,8 +157,9 @@ describe("the shared port, which anyone can learn: a forged answer draws little"
     const d1 = await peer.nextData(1);
     peer.send(ack(1), d1.port);
     await peer.nextData(2); // "lost"
-    await peer.nextData(2, 1000); // the resend: "lost" too
-    // the next expiry sends nothing: the client was not heard since the resend
+    await peer.nextData(2, 1000); // the resends the request and the ACK earned: "lost" too
+    await peer.nextData(2, 1000);
+    // the next expiry sends nothing: nothing heard from the client since
     await peer.expectNothing(QUICK.timeoutMs);
     peer.send(ack(1), d1.port); // the client's own timeout: it repeats its ACK
     await peer.nextData(2, 1000);
@@ -313,12 +314,12 @@ describe("tftpd bench --amplification", () => {
     expect(human.stdout).toContain("1 datagram (OACK 1)");
   });
 
-  test("on a shared port the forged ACK 1 draws DATA 2 and one resend; the forged ACK 0 of a windowed request no DATA", async () => {
+  test("on a shared port the forged ACK 1 draws DATA 2 and two resends (one per datagram sent); the forged ACK 0 of a windowed request no DATA", async () => {
     const server = await serve({ transferSockets: "shared" });
     const r = await tftpd(["bench", "--amplification", `127.0.0.1:${server.port}`, "boot.img", "--duration", "2", "--json"], { timeoutMs: 15_000 });
     expect(r.exitCode).toBe(0);
     const probes = (JSON.parse(r.stdout) as { probes: { label: string; datagrams: number; kinds: Record<string, number> }[] }).probes;
-    expect(probes[2]).toMatchObject({ datagrams: 3, kinds: { DATA: 3 } });
+    expect(probes[2]).toMatchObject({ datagrams: 4, kinds: { DATA: 4 } });
     expect(probes[3]!.kinds.DATA).toBeUndefined();
     expect(probes[3]!.kinds.OACK).toBe(1);
   });

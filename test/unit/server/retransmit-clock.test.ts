@@ -83,31 +83,37 @@ test("a repeated request answered before the client's first answer restarts that
   expect(answered.fired).toHaveLength(1);
 });
 
-test("client-paced (a shared port): one resend per datagram heard from the client; patience from when it was last heard", async () => {
+test("client-paced (a shared port): one resend earned per datagram heard, at most retries banked; patience from when the client was last heard", async () => {
   const { c, fired, gaveUp } = clock(60, 3, true, true);
-  c.progress(); // the first packet left
-  c.progress(); // an answer (perhaps forged): the next block left
-  await Bun.sleep(60 * 2 + 30);
-  expect(fired).toHaveLength(1); // one resend on the answer's credit, then the timer only waits
+  c.progress(); // the first packet left, for the request: one resend earned
+  c.progress(); // an answer (perhaps forged): the next block left, one more earned
+  await Bun.sleep(60 * 3 + 30);
+  expect(fired).toHaveLength(2); // both spent; the third expiry only waits
   const heardAt = performance.now();
-  c.heard(); // the client repeats its ACK: it is there
+  c.heard(); // the client repeats its ACK: it is there, and one more resend is earned
   await Bun.sleep(60 + 20);
-  expect(fired).toHaveLength(2);
+  expect(fired).toHaveLength(3);
   await Bun.sleep(60 * 4 + 60);
-  expect(fired).toHaveLength(2);
+  expect(fired).toHaveLength(3);
   // silent since: it gives up the patience (retries + 1 timeouts) after the client was last heard
   expect(gaveUp() - heardAt).toBeGreaterThanOrEqual(60 * 4 - 5);
   expect(gaveUp() - heardAt).toBeLessThan(60 * 4 + 100);
 
-  // never heard after the (forged) answer: one resend, and the give-up on the usual schedule
+  // never heard after the (forged) answer: the two resends it earned, then the usual give-up
   const forged = clock(60, 3, true, true);
   forged.c.progress();
   const answeredAt = performance.now();
   forged.c.progress();
   await Bun.sleep(60 * 4 + 100);
-  expect(forged.fired).toHaveLength(1);
+  expect(forged.fired).toHaveLength(2);
   expect(forged.gaveUp() - answeredAt).toBeGreaterThanOrEqual(60 * 4 - 5);
   expect(forged.gaveUp() - answeredAt).toBeLessThan(60 * 4 + 100);
+
+  // many blocks in, the bank is full (retries): a stall is resent as an unpaced clock would
+  const running = clock(60, 3, true, true);
+  for (let block = 0; block < 10; block++) running.c.progress();
+  await Bun.sleep(60 * 3 + 30);
+  expect(running.fired).toHaveLength(3);
 
   const unpaced = clock(60, 3, true);
   unpaced.c.progress();
