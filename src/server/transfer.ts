@@ -78,6 +78,12 @@ export interface RetransmitPolicy {
   clientPaced?: boolean;
 }
 
+/**
+ * How many times its usual patience a client-paced transfer out of credit waits for its client
+ * (RetransmitPolicy.clientPaced): its wait costs a slot, never a datagram.
+ */
+export const STARVED_PATIENCE = 4;
+
 /** Lowest timeout the round-trip estimate may set (Linux TCP's RTO floor). */
 export const RTO_MIN_MS = 200;
 
@@ -253,7 +259,10 @@ export class RetransmitClock {
     // the verdict on a client that is merely slow for a moment (a busy firmware, a busy host).
     // Patience runs from when the client was last heard: one still repeating its last packet
     // is there, and on a lossy path our resend may get through yet (it gives up on its own).
-    if (this.misses >= this.policy.retries && performance.now() - Math.max(this.lastProgressAt, this.lastHeardAt) >= this.patienceMs) {
+    // A client-paced transfer out of credit sends nothing while it waits, so it waits longer:
+    // a client backing off (1, 2, 4, 8 s between repeats) is still on its way.
+    const patience = this.policy.clientPaced && this.credit === 0 ? this.patienceMs * STARVED_PATIENCE : this.patienceMs;
+    if (this.misses >= this.policy.retries && performance.now() - Math.max(this.lastProgressAt, this.lastHeardAt) >= patience) {
       this.onGiveUp();
       return;
     }

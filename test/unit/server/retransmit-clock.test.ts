@@ -3,7 +3,7 @@
  * wait longer than the configured timeout (what clients tolerate); give-up after `retries`.
  */
 import { afterEach, expect, test } from "bun:test";
-import { judgeRepeat, RetransmitClock, RTO_MIN_MS } from "../../../src/server/transfer.ts";
+import { judgeRepeat, RetransmitClock, RTO_MIN_MS, STARVED_PATIENCE } from "../../../src/server/transfer.ts";
 
 const clocks: RetransmitClock[] = [];
 afterEach(() => {
@@ -83,7 +83,7 @@ test("a repeated request answered before the client's first answer restarts that
   expect(answered.fired).toHaveLength(1);
 });
 
-test("client-paced (a shared port): one resend earned per datagram heard, at most retries banked; patience from when the client was last heard", async () => {
+test("client-paced (a shared port): one resend earned per datagram heard, at most retries banked; out of credit, patience × STARVED_PATIENCE from when the client was last heard", async () => {
   const { c, fired, gaveUp } = clock(60, 3, true, true);
   c.progress(); // the first packet left, for the request: one resend earned
   c.progress(); // an answer (perhaps forged): the next block left, one more earned
@@ -93,21 +93,22 @@ test("client-paced (a shared port): one resend earned per datagram heard, at mos
   c.heard(); // the client repeats its ACK: it is there, and one more resend is earned
   await Bun.sleep(60 + 20);
   expect(fired).toHaveLength(3);
-  await Bun.sleep(60 * 4 + 60);
+  const starved = 60 * 4 * STARVED_PATIENCE;
+  await Bun.sleep(starved + 60);
   expect(fired).toHaveLength(3);
-  // silent since: it gives up the patience (retries + 1 timeouts) after the client was last heard
-  expect(gaveUp() - heardAt).toBeGreaterThanOrEqual(60 * 4 - 5);
-  expect(gaveUp() - heardAt).toBeLessThan(60 * 4 + 100);
+  // silent since and out of credit: it gives up STARVED_PATIENCE patiences after the client was last heard
+  expect(gaveUp() - heardAt).toBeGreaterThanOrEqual(starved - 5);
+  expect(gaveUp() - heardAt).toBeLessThan(starved + 100);
 
-  // never heard after the (forged) answer: the two resends it earned, then the usual give-up
+  // never heard after the (forged) answer: the two resends it earned, then the wait and the give-up
   const forged = clock(60, 3, true, true);
   forged.c.progress();
   const answeredAt = performance.now();
   forged.c.progress();
-  await Bun.sleep(60 * 4 + 100);
+  await Bun.sleep(starved + 100);
   expect(forged.fired).toHaveLength(2);
-  expect(forged.gaveUp() - answeredAt).toBeGreaterThanOrEqual(60 * 4 - 5);
-  expect(forged.gaveUp() - answeredAt).toBeLessThan(60 * 4 + 100);
+  expect(forged.gaveUp() - answeredAt).toBeGreaterThanOrEqual(starved - 5);
+  expect(forged.gaveUp() - answeredAt).toBeLessThan(starved + 100);
 
   // many blocks in, the bank is full (retries): a stall is resent as an unpaced clock would
   const running = clock(60, 3, true, true);
