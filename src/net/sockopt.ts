@@ -61,9 +61,10 @@ function getInt(lib: Libc, fd: number, name: number): number {
   return rc === 0 ? value[0]! : -1;
 }
 
-function setInt(lib: Libc, fd: number, name: number, bytes: number): void {
-  const value = new Int32Array([Math.min(bytes, 0x7fffffff)]);
-  lib.setsockopt(fd, SOL_SOCKET, name, new Uint8Array(value.buffer), 4);
+/** Sets an int option (SOL_SOCKET unless `level` says otherwise); true when the kernel took it. */
+function setInt(lib: Libc, fd: number, name: number, value: number, level = SOL_SOCKET): boolean {
+  const int = new Int32Array([Math.min(value, 0x7fffffff)]);
+  return lib.setsockopt(fd, level, name, new Uint8Array(int.buffer), 4) === 0;
 }
 
 /** The descriptor Bun keeps on its UDP sockets (not in the public types). */
@@ -106,6 +107,5 @@ export function setUdpSegment(socket: object, segmentBytes: number): boolean {
   const fd = socketFd(socket);
   const lib = loadLibc();
   if (fd === null || lib === null) return false;
-  const value = new Int32Array([segmentBytes]);
-  return lib.setsockopt(fd, SOL_UDP, UDP_SEGMENT, new Uint8Array(value.buffer), 4) === 0;
+  return setInt(lib, fd, UDP_SEGMENT, segmentBytes, SOL_UDP);
 }

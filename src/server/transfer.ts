@@ -268,7 +268,7 @@ export class RetransmitClock {
     }
     this.misses++;
     if (!this.policy.fixed) this.currentMs = Math.min(this.currentMs * 2, this.policy.timeoutMs);
-    // a miss all the same: give-up keeps its schedule while the client is silent
+    // out of credit: a miss all the same (give-up counts it), but nothing goes out
     if (this.policy.clientPaced) {
       if (this.credit === 0) {
         this.arm();
