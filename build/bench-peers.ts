@@ -40,7 +40,16 @@ const OURS_SERVE_FLAGS = ["--no-tune", "--log-level", "warn", "--windowsize-max"
  * admission limits (meant for one real machine each) are raised out of the way; the peers
  * have no such limits.
  */
-const OURS_CONFIG = { limits: { max_connections_per_ip: 100000, max_connections_per_client: 100000, requests_per_second_per_ip: 0 } };
+const LIFTED_LIMITS = { limits: { max_connections_per_ip: 100000, max_connections_per_client: 100000, requests_per_second_per_ip: 0 } };
+/**
+ * The lean client (build/loadgen.c) sends each session from its own address in 127.0.0.0/8, as
+ * real PXE clients have one each: with it our server runs on the product's default limits.
+ */
+const LEAN_SOURCES = 2000;
+const DEFAULT_LIMITS = { limits: {} };
+let OURS_CONFIG: BenchConfig = LIFTED_LIMITS;
+/** --lean-client: sessions from LEAN_SOURCES addresses, our server on DEFAULT_LIMITS */
+let manySources = false;
 /** atftpd: one thread per transfer; its descriptors must stay below 1024 (select()). */
 const ATFTPD_MAXTHREAD = 10000;
 const ATFTPD_NOFILE = 1024;
@@ -65,6 +74,8 @@ interface Scenario {
 
 const SCENARIOS: Scenario[] = [
   { id: "1", title: "boot storm", file: "boot-1m.bin", size: 1 * MiB, concurrency: 1000, total: 5000, flags: ["--blksize", "1468", "--tsize"] },
+  // UEFI firmware asks for windowsize 4 with tsize (EDK2's TFTP client)
+  { id: "1u", title: "UEFI storm (windowsize 4)", file: "boot-1m.bin", size: 1 * MiB, concurrency: 1000, total: 5000, flags: ["--blksize", "1468", "--windowsize", "4", "--tsize"] },
   { id: "2", title: "kernel storm (iPXE)", file: "kernel-10m.bin", size: 10 * MiB, concurrency: 200, total: 400, flags: ["--blksize", "1432", "--tsize"] },
   { id: "3", title: "burst", file: "loader-32k.bin", size: 32 * KiB, concurrency: 10000, total: 20000, flags: ["--burst"] },
   { id: "4", title: "ramp 2000/s", file: "loader-32k.bin", size: 32 * KiB, concurrency: 10000, total: 20000, flags: ["--rate", "2000"] },
@@ -134,8 +145,10 @@ the same load generator (tftpd bench) and prints one table; writes build/BENCH.m
   --build              run \`bun build/compile.ts\` (npm run build) first
   --bench-cmd "CMD"    load generator command instead of \`dist/tftpd bench\` (split on spaces)
   --lean-client        load generator build/loadgen.c (compiled with cc into .bench/): closed-
-                       loop scenarios only (1, 2); uses about a third of the CPU of tftpd bench,
-                       so on a small machine the storms measure the servers, not the client
+                       loop scenarios only (1, 1u, 2); uses about a third of the CPU of tftpd
+                       bench, so on a small machine the storms measure the servers, not the
+                       client; its sessions send from ${LEAN_SOURCES} addresses of 127.0.0.0/8, so
+                       our server keeps the product's default limits
   --run-timeout S      hard limit on one load-generator run (default 300); "timeout" if hit
   --settle S           pause between runs (default 1.5)
   --verify             have the load generator compare every download with the file
@@ -191,7 +204,7 @@ function parseOptions(argv: string[]): Options {
       case "--settle": o.settleS = num(0); break;
       case "--repeat": o.repeat = Math.floor(num(1)); break;
       case "--bench-cmd": o.benchCmd = value().trim().split(/\s+/); break;
-      case "--lean-client": o.benchCmd = [leanClient()]; break;
+      case "--lean-client": o.benchCmd = [leanClient()]; OURS_CONFIG = DEFAULT_LIMITS; manySources = true; break;
       case "--pin": {
         const v = value();
         if (v !== "auto" && v !== "on" && v !== "off") die(`--pin: auto, on or off, not "${v}"`);
@@ -412,7 +425,10 @@ function ourServerSpec(name: "tftpd" | typeof BEFORE, base: string[], version: s
     ],
     configFile: { name: file, config },
     version,
-    note: `${how}; .bench/run/${file} = \`${JSON.stringify(config)}\` (all simulated clients share 127.0.0.1, so the per-IP/per-client admission limits and the per-IP request rate are lifted)`,
+    note:
+      manySources
+        ? `${how}; .bench/run/${file} = \`${JSON.stringify(config)}\` (the product's default limits: the load generator's sessions send from ${LEAN_SOURCES} addresses)`
+        : `${how}; .bench/run/${file} = \`${JSON.stringify(config)}\` (all simulated clients share 127.0.0.1, so the per-IP/per-client admission limits and the per-IP request rate are lifted)`,
   };
 }
 
@@ -697,7 +713,8 @@ function effective(s: Scenario, quick: boolean): { concurrency: number; total: n
 
 function benchArgs(s: Scenario, quick: boolean, root: string, verify: boolean): string[] {
   const { concurrency, total } = effective(s, quick);
-  return ["--concurrency", String(concurrency), "--total", String(total), "--file", s.file, ...s.flags, ...(verify ? ["--verify", join(root, s.file)] : [])];
+  const sources = manySources && !s.single ? ["--sources", String(LEAN_SOURCES)] : [];
+  return ["--concurrency", String(concurrency), "--total", String(total), "--file", s.file, ...s.flags, ...sources, ...(verify ? ["--verify", join(root, s.file)] : [])];
 }
 
 async function measure(spec: ServerSpec, s: Scenario, o: Options, loadgen: string[], root: string, runDir: string): Promise<Result> {

@@ -6,8 +6,12 @@
  * to the server under test. Same command line and JSON as `tftpd bench --json` for what it
  * supports:
  *
- *   loadgen HOST:PORT --concurrency N --total N --file NAME [--blksize N] [--tsize]
- *           [--timeout S] [--retries N] [--json]
+ *   loadgen HOST:PORT --concurrency N --total N --file NAME [--blksize N] [--windowsize N]
+ *           [--tsize] [--timeout S] [--retries N] [--sources N] [--json]
+ *
+ * --sources N: the sessions' sockets are bound to N addresses of 127.0.0.0/8 (127.1.0.1,
+ * 127.1.0.2, ...; loopback answers to all of them), one per session in turn, as each PXE
+ * client has an address of its own, so per-address limits stay at the product's defaults.
  *
  * Build: cc -O2 -o .bench/loadgen build/loadgen.c   (build/bench-peers.ts --lean-client does it)
  */
@@ -20,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -36,6 +41,7 @@ struct session {
   uint64_t bytes;
   double started, deadline;
   int tries;
+  int window;            /* the windowsize the server acknowledged (1 when its OACK left it out) */
   unsigned char last[600]; /* the last datagram sent: RRQ or ACK, resent on timeout */
   int last_len;
   int to_server_port;    /* where `last` goes */
@@ -64,7 +70,18 @@ static void percentiles(const char *name, double *v, int n, int comma) {
 
 static struct sockaddr_in server;
 static const char *file = NULL;
-static int blksize = 512, tsize = 0, timeout_ms = 1000, retries = 5;
+static int blksize = 512, windowsize = 1, tsize = 0, timeout_ms = 1000, retries = 5, sources = 0;
+
+/* A socket for session `i`: bound to the i-th source address when --sources is given. */
+static int session_socket(int i) {
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+  if (fd < 0 || sources <= 0) return fd;
+  int k = i % sources;
+  struct sockaddr_in local = { .sin_family = AF_INET, .sin_port = 0 };
+  local.sin_addr.s_addr = htonl((127u << 24) | (1u << 16) | (uint32_t)(k / 250) << 8 | (uint32_t)(k % 250 + 1));
+  if (bind(fd, (struct sockaddr *)&local, sizeof local) != 0) { perror("loadgen: bind"); exit(1); }
+  return fd;
+}
 
 static void sendto_server(struct session *s) {
   server.sin_port = htons(s->to_server_port);
@@ -77,6 +94,7 @@ static void start(struct session *s, int listen_port) {
   p += sprintf((char *)p, "%s", file) + 1;
   p += sprintf((char *)p, "octet") + 1;
   if (blksize != 512) { p += sprintf((char *)p, "blksize") + 1; p += sprintf((char *)p, "%d", blksize) + 1; }
+  if (windowsize != 1) { p += sprintf((char *)p, "windowsize") + 1; p += sprintf((char *)p, "%d", windowsize) + 1; }
   if (tsize) { p += sprintf((char *)p, "tsize") + 1; p += sprintf((char *)p, "0") + 1; }
   s->last_len = p - s->last;
   s->to_server_port = listen_port;
@@ -85,6 +103,7 @@ static void start(struct session *s, int listen_port) {
   s->expected = 1;
   s->bytes = 0;
   s->tries = 0;
+  s->window = 1;
   s->started = now_ms();
   s->deadline = s->started + timeout_ms;
   sendto_server(s);
@@ -107,6 +126,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--total") && v) total = atoi(argv[++i]);
     else if (!strcmp(a, "--file") && v) file = argv[++i];
     else if (!strcmp(a, "--blksize") && v) blksize = atoi(argv[++i]);
+    else if (!strcmp(a, "--windowsize") && v) windowsize = atoi(argv[++i]);
+    else if (!strcmp(a, "--sources") && v) sources = atoi(argv[++i]);
     else if (!strcmp(a, "--timeout") && v) timeout_ms = atoi(argv[++i]) * 1000;
     else if (!strcmp(a, "--retries") && v) retries = atoi(argv[++i]);
     else if (!strcmp(a, "--tsize")) tsize = 1;
@@ -136,7 +157,7 @@ int main(int argc, char **argv) {
   uint64_t bytes = 0, retransmits = 0;
   for (int i = 0; i < concurrency; i++) {
     struct session *s = &ss[i];
-    s->fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    s->fd = session_socket(i);
     if (s->fd < 0) { perror("loadgen: socket"); return 1; }
     struct epoll_event ev = { .events = EPOLLIN, .data.u32 = i };
     epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev);
@@ -166,17 +187,30 @@ int main(int argc, char **argv) {
         } else if (port != s->tid) continue;
         int finished = 0;
         if (op == 6) { /* OACK */
+          /* the window is what the server acknowledged: a server without RFC 7440 leaves it out */
+          for (ssize_t at = 2; at < len;) {
+            const char *key = (const char *)buf + at;
+            size_t klen = strnlen(key, len - at);
+            if (at + (ssize_t)klen + 1 >= len) break;
+            const char *val = key + klen + 1;
+            size_t vlen = strnlen(val, len - at - klen - 1);
+            if (!strcasecmp(key, "windowsize")) s->window = atoi(val) > 0 ? atoi(val) : 1;
+            at += klen + 1 + vlen + 1;
+          }
           if (s->expected == 1) ack(s, 0);
         } else if (op == 3) { /* DATA */
           uint16_t wire = buf[2] << 8 | buf[3];
           if (wire == (uint16_t)s->expected) {
             s->bytes += len - 4;
-            ack(s, wire);
+            if (len - 4 < blksize) finished = 1;
+            /* RFC 7440: the last block of a window (or of the file) is acknowledged */
+            if (finished || s->expected % s->window == 0) ack(s, wire);
             s->expected++;
             s->tries = 0;
-            if (len - 4 < blksize) finished = 1;
-          } else if (wire == (uint16_t)(s->expected - 1)) {
+          } else if (s->window == 1 && wire == (uint16_t)(s->expected - 1)) {
             ack(s, wire); /* our ACK was lost: say it again */
+          } else if (s->window > 1 && (uint16_t)(wire - s->expected) < 0x8000) {
+            ack(s, (uint16_t)(s->expected - 1)); /* a gap: what arrived in order, RFC 7440 §4 */
           }
         } else if (op == 5) { /* ERROR */
           errors++; failed++; done++;
@@ -193,7 +227,7 @@ int main(int argc, char **argv) {
           /* a fresh socket per transfer: a new TID, as a new client would have */
           epoll_ctl(ep, EPOLL_CTL_DEL, s->fd, NULL);
           close(s->fd);
-          s->fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+          s->fd = session_socket(events[e].data.u32);
           struct epoll_event ev = { .events = EPOLLIN, .data.u32 = events[e].data.u32 };
           epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev);
           start(s, listen_port);

@@ -10,6 +10,7 @@ import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { loadConfig, readConfigLayer, type Config } from "../config/load.ts";
 import type { RedisLink } from "../cluster/redis.ts";
+import { unhonouredSettings } from "../config/server-options.ts";
 import { parseRemapRules } from "../storage/remap.ts";
 import { fail, unknownOption } from "./args.ts";
 import { withFleetLink } from "./fleet-link.ts";
@@ -26,7 +27,9 @@ export function checkConfigFile(file: string, env: Record<string, string | undef
   if (!loaded.ok) {
     return { exitCode: 1, stdout: "", stderr: loaded.errors.map((e) => `tftpd config check: ${e}\n`).join("") };
   }
-  const notes = loaded.applied.map((a) => `tftpd config check: note: ${a.key} is set by ${a.source}\n`).join("");
+  const notes = [...loaded.applied.map((a) => `${a.key} is set by ${a.source}`), ...unhonouredSettings(loaded.config)]
+    .map((note) => `tftpd config check: note: ${note}\n`)
+    .join("");
   return { exitCode: 0, stdout: `${JSON.stringify(loaded.config, null, 2)}\n`, stderr: notes };
 }
 

@@ -5,7 +5,7 @@
  */
 import { defineCommand } from "citty";
 import { loadConfig } from "../config/load.ts";
-import { serverOptions } from "../config/server-options.ts";
+import { serverOptions, unhonouredSettings } from "../config/server-options.ts";
 import { readTestSwitches, type TestSwitches } from "../config/test-switches.ts";
 import { joinFleet } from "../cluster/node.ts";
 import { TransferTally } from "../cluster/heartbeat.ts";
@@ -14,7 +14,7 @@ import { expandListenAddresses } from "../net/interfaces.ts";
 import { systemAccounts } from "../ops/accounts.ts";
 import type { ServerMetrics } from "../ops/metrics.ts";
 import { startNodeEndpoint, type NodeEndpoint } from "../ops/node-endpoint.ts";
-import { logReady, logUploadSweep, serverEvents } from "../ops/server-log.ts";
+import { logReady, logTransferEngine, logUploadSweep, serverEvents } from "../ops/server-log.ts";
 import { enterPlan, planPrivileges } from "../ops/privilege.ts";
 import { autoTune } from "../ops/tune.ts";
 import { LossPlan } from "../server/loss.ts";
@@ -156,6 +156,8 @@ export default defineCommand({
     } catch (error) {
       fail("serve", (error as Error).message);
     }
+    for (const line of unhonouredSettings(config)) log.warn(line);
+    logTransferEngine(log, server, options.ioLoop ?? "bun");
     let ops: NodeEndpoint | null = null;
     if (config.metrics.enabled) {
       try {

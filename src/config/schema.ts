@@ -470,8 +470,16 @@ const io = section({
 });
 
 const network = section({
-  epoll: bool().default(true).describe(`Hint: use epoll for socket readiness ${ENGINE}`),
-  io_uring: bool().default(false).describe(`Hint: use io_uring where available ${ENGINE}`),
+  epoll: bool()
+    .default(true)
+    .describe(
+      "Run the transfer workers' sockets on an epoll loop through libc (recvmmsg / sendmmsg of whole batches, peers as binary addresses) instead of Bun.udpSocket's callback per datagram; every transfer engine then runs in a worker thread (worker_threads 1 included), the main thread keeps listeners and uploads. false: Bun's sockets, and worker_threads 1 runs transfers on the main thread",
+    ),
+  io_uring: bool()
+    .default(false)
+    .describe(
+      "Not available in this build: Bun has no io_uring interface and the engine drives no ring of its own, so true is accepted, said once at start and by `config check`, and transfers use network.epoll's loop",
+    ),
   zero_copy: bool()
     .default(true)
     .describe(

@@ -63,6 +63,7 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
     transferSockets: tftp.transfer_sockets,
     batch: { enabled: config.batch.enabled, size: config.batch.batch_size },
     gso: config.network.zero_copy,
+    ioLoop: config.network.epoll ? "epoll" : "bun",
     workers: workerCount(config.performance.cpu.worker_threads),
     balance: { algorithm: config.load_balancing.algorithm, hashKey: config.load_balancing.hash_key },
     limits: admissionLimits(config),
@@ -74,4 +75,18 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
     receiveBufferBytes: config.performance.network.receive_buffer_size,
     sendBufferBytes: config.performance.network.send_buffer_size,
   };
+}
+
+/**
+ * Settings this build accepts but cannot honour as written, one line each for `config check`
+ * and the log at start.
+ */
+export function unhonouredSettings(config: Config): string[] {
+  const lines: string[] = [];
+  if (config.network.io_uring) {
+    lines.push(
+      `network.io_uring is true, but this build has no io_uring loop (Bun offers none, and none is driven through libc): transfers use ${config.network.epoll ? "the epoll loop (network.epoll)" : "Bun's sockets (network.epoll is false)"}`,
+    );
+  }
+  return lines;
 }

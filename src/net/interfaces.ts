@@ -6,6 +6,7 @@
  * dnsmasq's --bind-interfaces takes the same approach; interfaces that appear later need a
  * restart or an explicit listen address.
  */
+import { readFileSync } from "node:fs";
 import { networkInterfaces } from "node:os";
 import type { HostPort } from "./address.ts";
 
@@ -50,4 +51,25 @@ export function expandListenAddresses(
     }
   }
   return { addresses, skipped };
+}
+
+/**
+ * The MTU of the interface that holds `address` (from /sys/class/net), or null when no
+ * interface holds it or the MTU cannot be read.
+ */
+export function interfaceMtu(
+  address: string,
+  interfaces = networkInterfaces(),
+  readMtu: (name: string) => string = (name) => readFileSync(`/sys/class/net/${name}/mtu`, "utf8"),
+): number | null {
+  for (const [name, infos] of Object.entries(interfaces)) {
+    if (!(infos ?? []).some((info) => info.address === address)) continue;
+    try {
+      const mtu = Number.parseInt(readMtu(name), 10);
+      return Number.isFinite(mtu) && mtu > 0 ? mtu : null;
+    } catch {
+      return null;
+    }
+  }
+  return null;
 }

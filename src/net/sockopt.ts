@@ -9,7 +9,8 @@
  * UDP GSO (UDP_SEGMENT, Linux 4.18): one send of N × size bytes leaves as N datagrams of
  * `size` (the last may be shorter), cut by the kernel (or the NIC) instead of N sends.
  */
-import { dlopen, FFIType, ptr } from "bun:ffi";
+import { ptr } from "bun:ffi";
+import { netLibc, type NetLibc } from "./libc.ts";
 
 const SOL_SOCKET = 1;
 const SO_SNDBUF = 7;
@@ -24,50 +25,26 @@ export const GSO_MAX_SEGMENTS = 64;
 /** Most bytes one GSO send may carry: a UDP payload over IPv4, headers taken off 64 KiB. */
 export const GSO_MAX_BYTES = 65_507;
 
-type Libc = {
-  setsockopt(fd: number, level: number, name: number, value: Uint8Array, length: number): number;
-  getsockopt(fd: number, level: number, name: number, value: Uint8Array, length: Uint8Array): number;
-};
-
-let libc: Libc | null | undefined;
-
-function loadLibc(): Libc | null {
-  if (libc !== undefined) return libc;
-  try {
-    const lib = dlopen("libc.so.6", {
-      setsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
-      getsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
-    });
-    libc = {
-      setsockopt: (fd, level, name, value, length) => lib.symbols.setsockopt(fd, level, name, ptr(value), length),
-      getsockopt: (fd, level, name, value, length) => lib.symbols.getsockopt(fd, level, name, ptr(value), ptr(length)),
-    };
-  } catch {
-    libc = null;
-  }
-  return libc;
-}
-
 export interface BufferSizes {
   /** bytes the kernel granted, as getsockopt reports them (twice the usable size) */
   receive: number;
   send: number;
 }
 
-function getInt(lib: Libc, fd: number, name: number): number {
+function getInt(lib: NetLibc, fd: number, name: number): number {
   const value = new Int32Array(1);
   const length = new Uint32Array([4]);
-  const rc = lib.getsockopt(fd, SOL_SOCKET, name, new Uint8Array(value.buffer), new Uint8Array(length.buffer));
+  const rc = lib.getsockopt(fd, SOL_SOCKET, name, ptr(value), ptr(length));
   return rc === 0 ? value[0]! : -1;
 }
 
 /** Sets an int option (SOL_SOCKET unless `level` says otherwise); true when the kernel took it. */
-function setInt(lib: Libc, fd: number, name: number, value: number, level = SOL_SOCKET): boolean {
+function setInt(lib: NetLibc, fd: number, name: number, value: number, level = SOL_SOCKET): boolean {
   const int = new Int32Array([Math.min(value, 0x7fffffff)]);
-  return lib.setsockopt(fd, level, name, new Uint8Array(int.buffer), 4) === 0;
+  return lib.setsockopt(fd, level, name, ptr(int), 4) === 0;
 }
 
-/** The descriptor Bun keeps on its UDP sockets (not in the public types). */
+/** The descriptor Bun keeps on its UDP sockets (not in the public types); ours have one too. */
 function socketFd(socket: object): number | null {
   const fd = (socket as { fd?: unknown }).fd;
   return typeof fd === "number" && fd >= 0 ? fd : null;
@@ -79,7 +56,7 @@ function socketFd(socket: object): number | null {
  */
 export function setBufferSizes(socket: object, receive: number, send: number): BufferSizes | null {
   const fd = socketFd(socket);
-  const lib = loadLibc();
+  const lib = netLibc();
   if (fd === null || lib === null) return null;
   // The kernel caps the plain options at rmem_max / wmem_max; a privileged process may go past
   // them with the FORCE variants, and an unprivileged one keeps what it was granted.
@@ -105,7 +82,25 @@ export function wasCapped(requested: number, granted: number): boolean {
  */
 export function setUdpSegment(socket: object, segmentBytes: number): boolean {
   const fd = socketFd(socket);
-  const lib = loadLibc();
+  const lib = netLibc();
   if (fd === null || lib === null) return false;
   return setInt(lib, fd, UDP_SEGMENT, segmentBytes, SOL_UDP);
+}
+
+const IPPROTO_IP = 0;
+const IP_MTU_DISCOVER = 10;
+/** DF on every datagram, the path MTU the kernel learnt ignored (a datagram up to the interface's MTU goes) */
+const IP_PMTUDISC_PROBE = 3;
+
+/**
+ * Sets DF on an IPv4 socket's datagrams. A datagram that may be fragmented needs an IP ID the
+ * kernel draws for it (__ip_select_ident, 5-7 % of a storm's CPU); one with DF on an unconnected
+ * socket gets 0. Only for sockets whose datagrams fit their interface's MTU: a longer one would
+ * fail to send (EMSGSIZE) instead of leaving in fragments.
+ */
+export function setDontFragment(socket: object): boolean {
+  const fd = socketFd(socket);
+  const lib = netLibc();
+  if (fd === null || lib === null) return false;
+  return setInt(lib, fd, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE, IPPROTO_IP);
 }

@@ -8,7 +8,8 @@ import type { Logger } from "../log.ts";
 import { formatHostPort, type HostPort } from "../net/address.ts";
 import { isWildcard } from "../net/interfaces.ts";
 import { wasCapped } from "../net/sockopt.ts";
-import type { ServerEvents, TransferRecord } from "../server/server.ts";
+import type { ServerEvents, TftpServer, TransferRecord } from "../server/server.ts";
+import type { IoLoopKind } from "../server/worker-protocol.ts";
 import type { SweepReport } from "../storage/upload-sweep.ts";
 import type { ServerMetrics } from "./metrics.ts";
 
@@ -131,4 +132,21 @@ export function logReady(log: Logger, addresses: HostPort[], fields: { root: str
   if (!first) return;
   const file = sampleFile(fields.root) ?? "FILE";
   log.info(fields, `ready: fetch a file with  curl -o ${file} tftp://${formatHostPort(first.host, first.port)}/${file}`);
+}
+
+/**
+ * Where transfers run, once at start: the I/O loop each worker thread runs, and a warning when
+ * network.epoll asked for the epoll loop and a worker could not have it (no libc access).
+ */
+export function logTransferEngine(log: Logger, server: TftpServer, asked: IoLoopKind): void {
+  const loops = server.workers?.ioLoops ?? [];
+  if (loops.length === 0) {
+    log.info({ io_loop: "bun", workers: 0 }, "transfers run on the main thread on Bun's sockets");
+    return;
+  }
+  const epoll = loops.filter((loop) => loop === "epoll").length;
+  log.info({ io_loop: epoll === loops.length ? "epoll" : "bun", workers: loops.length }, "transfer workers started");
+  if (asked === "epoll" && epoll < loops.length) {
+    log.warn({ workers: loops.length, on_epoll: epoll }, "network.epoll: libc is out of reach here, so transfer workers run on Bun's sockets");
+  }
 }

@@ -5,12 +5,14 @@
  * store them), and the engine reports how it ended. One engine runs on the main thread; with
  * workers, one more runs in each worker thread (worker.ts).
  */
-import type { TransferMode } from "../protocol/packet.ts";
+import { isIP } from "node:net";
+import { interfaceMtu } from "../net/interfaces.ts";
+import { DATA_HEADER_SIZE, type TransferMode } from "../protocol/packet.ts";
 import type { FileSource } from "../storage/source.ts";
 import type { UploadSink } from "../storage/upload.ts";
 import type { LossPlan } from "./loss.ts";
 import { ReadTransfer } from "./read-transfer.ts";
-import { SharedTransferSocket, type BatchPolicy } from "./shared-socket.ts";
+import { bunTransferSockets, type BatchPolicy, type SharedSocket } from "./shared-socket.ts";
 import {
   judgeRepeat,
   overdue,
@@ -21,7 +23,7 @@ import {
   type TransferParams,
 } from "./transfer.ts";
 import type { PortRange } from "../net/address.ts";
-import { openTransferChannel, type PacketHandler, type Peer, type TransferChannel } from "./transport.ts";
+import type { PacketHandler, Peer, TransferChannel, TransferSockets } from "./transport.ts";
 import { WriteTransfer } from "./write-transfer.ts";
 
 export interface EngineOptions {
@@ -90,26 +92,32 @@ const DROPPED: TransferOutcome = { result: "dropped", bytes: 0, retransmits: 0, 
 
 /** Windows above this many bytes get a bigger socket send buffer than the kernel default. */
 const BIG_WINDOW_BYTES = 128 * 1024;
+/** an IPv4 header without options and a UDP header */
+const IPV4_UDP_HEADERS = 28;
 
 export class TransferEngine {
   private readonly transfers = new Map<number, Transfer>();
   /** jobs whose socket is being opened: their first packet is about to go out */
   private readonly opening = new Set<number>();
   private sweeper: ReturnType<typeof setInterval> | null = null;
-  private readonly sharedSockets = new Map<string, Promise<SharedTransferSocket>>();
+  private readonly sharedSockets = new Map<string, Promise<SharedSocket>>();
   /** the shared sockets once open, for an end that cannot wait (abort) */
-  private readonly openShared = new Set<SharedTransferSocket>();
+  private readonly openShared = new Set<SharedSocket>();
   private stopped = false;
   /**
    * by source address, the jobs counted against its unverified budget: those opening or
    * running whose client had not answered when last looked at (holdUnverified prunes the rest)
    */
   private readonly unverified = new Map<string, Set<number>>();
+  /** the MTU of each local address's interface (null: unknown), looked up once */
+  private readonly mtus = new Map<string, number | null>();
 
   constructor(
     private readonly options: EngineOptions,
     private readonly loss: LossPlan | null,
     private readonly onEnd: EndHandler,
+    /** Bun's sockets, or those of this thread's epoll loop (ffi-transport.ts) */
+    private readonly sockets: TransferSockets = bunTransferSockets,
   ) {}
 
   get active(): number {
@@ -291,8 +299,9 @@ export class TransferEngine {
    * port of its own is one the forger never sees.
    */
   private async bindChannel(job: TransferJob, handler: PacketHandler): Promise<OpenedChannel> {
+    const dontFragment = this.fitsMtu(job.localAddress, job.blksize);
     if (this.options.transferSockets === "shared" && job.windowsize === 1) {
-      const shared = await this.sharedSocket(job.localAddress);
+      const shared = await this.sharedSocket(job.localAddress, dontFragment);
       // The same client port twice at once (a client reusing its port) needs a socket of its own.
       const channel = shared.attach(job.peer, handler);
       if (channel) return { channel, shared: true };
@@ -302,22 +311,38 @@ export class TransferEngine {
     const sendBuffer = windowBytes > BIG_WINDOW_BYTES ? Math.min(this.options.sendBufferBytes, windowBytes * 2) : 0;
     const segment = this.options.gso && job.windowsize > 1 ? stride : 0;
     // (where the kernel refuses GSO the channel sends a window as before: the server said so at start)
-    return { channel: await openTransferChannel(job.localAddress, job.peer, this.options.portRange, handler, sendBuffer, segment), shared: false };
+    const channel = await this.sockets.openChannel(job.localAddress, job.peer, this.options.portRange, handler, sendBuffer, segment, dontFragment);
+    return { channel, shared: false };
   }
 
-  private sharedSocket(address: string): Promise<SharedTransferSocket> {
-    let socket = this.sharedSockets.get(address);
+  /**
+   * A shared port per local address, and per whether its datagrams carry DF: transfers whose
+   * blocks fit the interface's MTU share one with DF, the others (blocks left to be fragmented)
+   * one without.
+   */
+  private sharedSocket(address: string, dontFragment: boolean): Promise<SharedSocket> {
+    const key = dontFragment ? `${address}|df` : address;
+    let socket = this.sharedSockets.get(key);
     if (!socket) {
-      socket = SharedTransferSocket.open(address, this.options.portRange, this.options.batch, {
-        receive: this.options.receiveBufferBytes,
-        send: this.options.sendBufferBytes,
-      });
-      this.sharedSockets.set(address, socket);
+      const buffers = { receive: this.options.receiveBufferBytes, send: this.options.sendBufferBytes };
+      socket = this.sockets.openShared(address, this.options.portRange, this.options.batch, buffers, dontFragment);
+      this.sharedSockets.set(key, socket);
       socket.then(
         (open) => this.openShared.add(open),
-        () => this.sharedSockets.delete(address),
+        () => this.sharedSockets.delete(key),
       );
     }
     return socket;
+  }
+
+  /** Whether a DATA packet of `blksize` from `address` (IPv4) fits its interface's MTU whole. */
+  private fitsMtu(address: string, blksize: number): boolean {
+    if (isIP(address) !== 4) return false;
+    let mtu = this.mtus.get(address);
+    if (mtu === undefined) {
+      mtu = interfaceMtu(address);
+      this.mtus.set(address, mtu);
+    }
+    return mtu !== null && IPV4_UDP_HEADERS + DATA_HEADER_SIZE + blksize <= mtu;
   }
 }

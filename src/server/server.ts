@@ -25,6 +25,7 @@ import type { BatchPolicy } from "./shared-socket.ts";
 import type { BufferSizes } from "../net/sockopt.ts";
 import type { Lifetimes, RetransmitPolicy, TransferOutcome } from "./transfer.ts";
 import { openListener, probeGso, type Listener, type Peer } from "./transport.ts";
+import type { IoLoopKind } from "./worker-protocol.ts";
 import { WorkerPool, type WorkerExit } from "./worker-pool.ts";
 import { refusalKindOf, type RefusalKind, type RefusalRecord } from "./refusal-record.ts";
 import { RequestRate, type RateLimitSummary, type RequestRateLimits } from "./request-rate.ts";
@@ -65,8 +66,17 @@ export interface ServerOptions {
   gso: boolean;
   /** bytes of file content kept in memory for all transfers to share; 0 turns the cache off */
   cacheBytes: number;
-  /** transfer engines: 1 runs transfers on the main thread, N > 1 starts N worker threads */
+  /**
+   * transfer engines: with `ioLoop` "epoll", N worker threads (at least one); with "bun", 1
+   * runs transfers on the main thread and N > 1 starts N worker threads
+   */
   workers: number;
+  /**
+   * "epoll" (network.epoll): the workers' transfer sockets run on an epoll loop through libc
+   * (ffi-transport.ts), Bun's sockets where libc is out of reach; "bun" (the default here):
+   * Bun.udpSocket everywhere. Uploads always run on the main thread's engine, on Bun's sockets.
+   */
+  ioLoop?: IoLoopKind;
   balance: { algorithm: Algorithm; hashKey: HashKey };
   /** requestRate: requests per source address (a token bucket); absent: no rate limit */
   limits: AdmissionLimits & { onLimit: "drop" | "busy"; requestRate?: RequestRateLimits };
@@ -229,10 +239,11 @@ export class TftpServer {
   async start(): Promise<void> {
     try {
       this.pipeline = this.buildPipeline();
-      if (this.options.workers > 1) {
+      const ioLoop = this.options.ioLoop ?? "bun";
+      if (this.options.workers > 1 || ioLoop === "epoll") {
         this.pool = new WorkerPool(
           this.options.workers,
-          { engine: this.engineOptions(), lossSpec: this.options.loss?.spec ?? null, throwAfterJobs: this.options.workerThrowAfterJobs ?? null },
+          { engine: this.engineOptions(), lossSpec: this.options.loss?.spec ?? null, throwAfterJobs: this.options.workerThrowAfterJobs ?? null, ioLoop },
           {
             end: (id, outcome) => this.ended(id, outcome),
             failed: (id, message) => this.failed(id, message),

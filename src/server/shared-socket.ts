@@ -11,14 +11,24 @@
 import type { udp } from "bun";
 import type { PortRange } from "../net/address.ts";
 import { bindInPortRange } from "../net/port-range-bind.ts";
-import { setBufferSizes } from "../net/sockopt.ts";
-import { ignoreSocketError, sendAll, sendOne, unknownTid, type PacketHandler, type Peer, type TransferChannel } from "./transport.ts";
+import { setBufferSizes, setDontFragment } from "../net/sockopt.ts";
+import { ignoreSocketError, openTransferChannel, sendAll, sendOne, unknownTid, type PacketHandler, type Peer, type TransferChannel, type TransferSockets } from "./transport.ts";
 
 export interface BatchPolicy {
   /** most datagrams in one sendmmsg */
   size: number;
   /** false: every datagram is sent at once (no batching) */
   enabled: boolean;
+}
+
+/** A port shared by lock-step transfers to different clients. */
+export interface SharedSocket {
+  readonly port: number;
+  /** transfers attached */
+  readonly transfers: number;
+  /** A channel to `peer`, or null when this socket already carries a transfer with that peer. */
+  attach(peer: Peer, handler: PacketHandler): TransferChannel | null;
+  close(): void;
 }
 
 class SharedChannel implements TransferChannel {
@@ -62,7 +72,7 @@ class SharedChannel implements TransferChannel {
   }
 }
 
-export class SharedTransferSocket {
+export class SharedTransferSocket implements SharedSocket {
   /**
    * Transfers by client port, then address: looked up once per datagram, and a port number
    * is a cheaper key than an address string built per packet. Clients on different hosts may
@@ -85,6 +95,7 @@ export class SharedTransferSocket {
     range: PortRange | null,
     batch: BatchPolicy,
     buffers: { receive: number; send: number },
+    dontFragment = false,
   ): Promise<SharedTransferSocket> {
     let shared: SharedTransferSocket | null = null;
     const handlers = {
@@ -98,6 +109,7 @@ export class SharedTransferSocket {
     );
     // Many transfers' ACKs and windows share these buffers.
     setBufferSizes(socket, buffers.receive, buffers.send);
+    if (dontFragment) setDontFragment(socket);
     shared = new SharedTransferSocket(socket, batch);
     return shared;
   }
@@ -180,3 +192,9 @@ export class SharedTransferSocket {
     channel.receive(bytes);
   }
 }
+
+/** Transfer sockets on Bun.udpSocket: the portable path. */
+export const bunTransferSockets: TransferSockets = {
+  openShared: (address, range, batch, buffers, dontFragment) => SharedTransferSocket.open(address, range, batch, buffers, dontFragment),
+  openChannel: openTransferChannel,
+};

@@ -12,8 +12,9 @@ import { ErrorCode } from "../protocol/packet.ts";
 import type { LossPlan } from "./loss.ts";
 import type { PortRange } from "../net/address.ts";
 import { bindInPortRange } from "../net/port-range-bind.ts";
-import { GSO_MAX_BYTES, GSO_MAX_SEGMENTS, setBufferSizes, setUdpSegment, type BufferSizes } from "../net/sockopt.ts";
+import { GSO_MAX_BYTES, GSO_MAX_SEGMENTS, setBufferSizes, setDontFragment, setUdpSegment, type BufferSizes } from "../net/sockopt.ts";
 import { TokenBucket } from "./token-bucket.ts";
+import type { BatchPolicy, SharedSocket } from "./shared-socket.ts";
 
 export interface Peer {
   address: string;
@@ -233,14 +234,32 @@ export async function openTransferChannel(
   handler: PacketHandler,
   sendBufferBytes = 0,
   segmentBytes = 0,
+  dontFragment = false,
 ): Promise<TransferChannel & { readonly segmented: boolean }> {
   const channel = new UdpTransferChannel(peer, handler);
   const socket = await bindInPortRange(localAddress, range, (port) => bindSocket(localAddress, port, channel));
+  if (dontFragment) setDontFragment(socket);
   // A large window leaves in one sendmmsg; the default send buffer would drop its tail.
   if (sendBufferBytes > 0) setBufferSizes(socket, 0, sendBufferBytes);
   if (segmentBytes > 0 && setUdpSegment(socket, segmentBytes)) channel.segmentsOf(segmentBytes);
   channel.attach(socket);
   return channel;
+}
+
+/** What opens a transfer's socket: Bun's (here and shared-socket.ts) or the epoll loop's (ffi-transport.ts). */
+export interface TransferSockets {
+  /** a port `address` shares among lock-step transfers; `dontFragment`: DF on its datagrams (setDontFragment) */
+  openShared(address: string, range: PortRange | null, batch: BatchPolicy, buffers: { receive: number; send: number }, dontFragment: boolean): Promise<SharedSocket>;
+  /** a port of the transfer's own */
+  openChannel(
+    localAddress: string,
+    peer: Peer,
+    range: PortRange | null,
+    handler: PacketHandler,
+    sendBufferBytes?: number,
+    segmentBytes?: number,
+    dontFragment?: boolean,
+  ): Promise<TransferChannel & { readonly segmented: boolean }>;
 }
 
 /**

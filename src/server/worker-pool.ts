@@ -6,7 +6,8 @@
 import type { FileIdentity, SourceShare } from "../storage/source.ts";
 import type { EndHandler, RepeatVerdict, TransferJob } from "./engine.ts";
 import type { TransferOutcome } from "./transfer.ts";
-import type { FromWorker, ToWorker, WorkerInit } from "./worker-protocol.ts";
+import { closeWake, wakeLoop } from "../net/io-loop.ts";
+import type { FromWorker, IoLoopKind, ToWorker, WorkerInit } from "./worker-protocol.ts";
 
 /**
  * From source, the worker file sits next to this one. In a compiled binary everything is
@@ -22,6 +23,9 @@ interface Slot {
   stopping: boolean;
   /** set when the worker reported an uncaught error before exiting */
   crash: { message: string; ended: number } | null;
+  /** the worker's epoll loop sleeps in epoll_wait: a message to it is followed by a write here */
+  wakeFd: number | null;
+  ioLoop: IoLoopKind | null;
 }
 
 export interface PoolEvents {
@@ -73,6 +77,11 @@ export class WorkerPool {
   /** transfers running on each worker */
   get loads(): number[] {
     return this.slots.map((s) => s.jobs.size);
+  }
+
+  /** the I/O loop each worker runs (null until it is ready) */
+  get ioLoops(): (IoLoopKind | null)[] {
+    return this.slots.map((s) => s.ioLoop);
   }
 
   /** transfers handed to each worker since the pool started, running or ended */
@@ -137,7 +146,11 @@ export class WorkerPool {
 
   /** Test hook and last resort: ends one worker abruptly, as a crash would. */
   kill(index: number): void {
-    this.slots[index]?.worker.terminate();
+    const slot = this.slots[index];
+    if (!slot) return;
+    slot.worker.terminate();
+    // a worker asleep in epoll_wait sees the termination only once it wakes
+    if (slot.wakeFd !== null) wakeLoop(slot.wakeFd);
   }
 
   async stop(): Promise<void> {
@@ -158,13 +171,17 @@ export class WorkerPool {
           }),
       ),
     );
-    for (const slot of this.slots.splice(0)) slot.worker.terminate();
+    for (const slot of this.slots.splice(0)) {
+      slot.worker.terminate();
+      if (slot.wakeFd !== null) wakeLoop(slot.wakeFd);
+    }
     for (const pending of this.repeats.values()) pending.resolve("unknown");
     this.repeats.clear();
   }
 
   private send(slot: Slot, message: ToWorker): void {
     slot.worker.postMessage(message);
+    if (slot.wakeFd !== null) wakeLoop(slot.wakeFd);
   }
 
   private spawn(index: number, throwAfterJobs: number | null = null): Slot {
@@ -176,11 +193,13 @@ export class WorkerPool {
       markFailed = reject;
     });
     ready.catch(() => {}); // a replacement worker's failure is reported by its exit, not here
-    const slot: Slot = { worker, jobs: new Set(), stopping: false, ready, crash: null };
+    const slot: Slot = { worker, jobs: new Set(), stopping: false, ready, crash: null, wakeFd: null, ioLoop: null };
     worker.addEventListener("error", (event) => markFailed(new Error(`transfer worker failed: ${(event as ErrorEvent).message}`)));
     worker.addEventListener("message", (event: MessageEvent<FromWorker>) => {
       const message = event.data;
       if (message.type === "ready") {
+        slot.wakeFd = message.wakeFd;
+        slot.ioLoop = message.ioLoop;
         markReady();
       } else if (message.type === "end") {
         slot.jobs.delete(message.id);
@@ -201,6 +220,8 @@ export class WorkerPool {
   }
 
   private onExit(index: number, slot: Slot): void {
+    if (slot.wakeFd !== null) closeWake(slot.wakeFd);
+    slot.wakeFd = null;
     if (this.slots[index] !== slot) return;
     const lost = [...slot.jobs];
     slot.jobs.clear();

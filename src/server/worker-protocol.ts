@@ -9,7 +9,11 @@ export interface WorkerInit {
   lossSpec: string | null;
   /** TFTPD_TEST_WORKER_THROW: this worker throws, uncaught, once it has started this many transfers */
   throwAfterJobs?: number | null;
+  /** "epoll": transfer sockets on this thread's epoll loop (ffi-transport.ts), else Bun's */
+  ioLoop: IoLoopKind;
 }
+
+export type IoLoopKind = "epoll" | "bun";
 
 export type ToWorker =
   | { type: "init"; init: WorkerInit }
@@ -27,7 +31,12 @@ export type ToWorker =
   | { type: "stop" };
 
 export type FromWorker =
-  | { type: "ready" }
+  /**
+   * `ioLoop`: the loop the worker runs (Bun's when libc is out of reach); `wakeFd`: the
+   * eventfd to write to after posting it a message, which the main thread closes once the
+   * worker has ended
+   */
+  | { type: "ready"; ioLoop: IoLoopKind; wakeFd: number | null }
   | { type: "end"; id: number; outcome: TransferOutcome }
   /** the job could not start (no socket could be bound): the main thread answers the client */
   | { type: "failed"; id: number; message: string }

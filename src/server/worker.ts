@@ -11,7 +11,9 @@
  */
 import { FillProgress, followingSource } from "../storage/copy-progress.ts";
 import { borrowedFdSource, type FileIdentity, type FileSource, type SourceShare } from "../storage/source.ts";
+import { IoLoop } from "../net/io-loop.ts";
 import { TransferEngine } from "./engine.ts";
+import { ffiTransferSockets } from "./ffi-transport.ts";
 import { LossPlan } from "./loss.ts";
 import type { FromWorker, ToWorker } from "./worker-protocol.ts";
 
@@ -32,6 +34,7 @@ interface Copy {
 /** the copies this worker has readers of, by cache entry id, until the main thread releases them */
 const copies = new Map<number, Copy>();
 let engine: TransferEngine | null = null;
+let loop: IoLoop | null = null;
 
 function copyFor(share: Extract<SourceShare, { kind: "memfd" | "filling" }>, size: number): Copy {
   let copy = copies.get(share.id);
@@ -82,6 +85,7 @@ self.addEventListener("error", (event) => {
   const ended = engine?.active ?? 0;
   engine?.abort(`transfer worker failed: ${message}`);
   engine = null;
+  loop?.close();
   post({ type: "crashed", message, ended });
 });
 
@@ -89,12 +93,16 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
   const message = event.data;
   switch (message.type) {
     case "init": {
-      const { engine: options, lossSpec } = message.init;
-      engine = new TransferEngine(options, lossSpec ? LossPlan.parse(lossSpec) : null, (id, outcome) =>
-        post({ type: "end", id, outcome }),
+      const { engine: options, lossSpec, ioLoop } = message.init;
+      loop = ioLoop === "epoll" ? IoLoop.open() : null;
+      engine = new TransferEngine(
+        options,
+        lossSpec ? LossPlan.parse(lossSpec) : null,
+        (id, outcome) => post({ type: "end", id, outcome }),
+        loop ? ffiTransferSockets(loop) : undefined,
       );
       throwAfterJobs = message.init.throwAfterJobs ?? null;
-      post({ type: "ready" });
+      post({ type: "ready", ioLoop: loop ? "epoll" : "bun", wakeFd: loop?.wakeFd ?? null });
       return;
     }
     case "read": {
@@ -138,7 +146,10 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
       copies.delete(message.entryId);
       return;
     case "stop":
-      void engine?.stop().then(() => post({ type: "stopped" }));
+      void engine?.stop().then(() => {
+        loop?.close();
+        post({ type: "stopped" });
+      });
       return;
   }
 };

@@ -536,6 +536,18 @@ describe("config check", () => {
     expect(r.stderr).toBe("tftpd config check: note: log.level is set by TFTPD_LOG_LEVEL\n");
   });
 
+  test("network.io_uring true: accepted, and one line says it is not honoured and what serves instead", () => {
+    const file = writeConfig({ network: { io_uring: true } });
+    const r = checkConfigFile(file, {});
+    expect(r.exitCode).toBe(0);
+    expect(r.stderr).toBe(
+      "tftpd config check: note: network.io_uring is true, but this build has no io_uring loop (Bun offers none, and none is driven through libc): transfers use the epoll loop (network.epoll)\n",
+    );
+    const off = checkConfigFile(writeConfig({ network: { io_uring: true, epoll: false } }), {});
+    expect(off.stderr).toContain("transfers use Bun's sockets (network.epoll is false)");
+    expect(checkConfigFile(writeConfig({ network: { epoll: false } }), {}).stderr).toBe("");
+  });
+
   test("failure prints one line per error to stderr and exits 1", () => {
     const file = writeConfig({ tftp: { bogus: 1, retries: 0 } });
     const r = checkConfigFile(file, {});

@@ -108,6 +108,8 @@ test("Redis out of reach: the node serves on its own limits and logs that cluste
   expect(sha256(r.bytes)).toBe(sha256(image));
   const warned = await s.waitForLog((l) => l.msg === "cluster limits unavailable: admitting on this node's limits alone", 3000);
   expect(typeof warned.error).toBe("string");
+  // the transfer's slot is free once its end is recorded (a worker reports it to the main thread)
+  await s.waitForLog((l) => l.msg === "transfer" && l.result === "ok", 3000);
 
   // the node's own per-IP limit of 1 still holds
   const held = await peers.open();

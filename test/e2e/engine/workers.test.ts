@@ -47,7 +47,7 @@ interface Served {
 }
 
 /** The real server with its worker pool; records and worker exits are kept for the test. */
-async function serve(root: string, options: Partial<ServerOptions>): Promise<Served> {
+async function serveWith(root: string, options: Partial<ServerOptions>): Promise<Served> {
   const records: TransferRecord[] = [];
   const exits: Served["exits"] = [];
   const server = new TftpServer(
@@ -130,7 +130,16 @@ async function slowRead(port: number, name: string, hold = 3): Promise<Slow> {
   };
 }
 
-describe("workers: 2", () => {
+// Both I/O loops of the workers: Bun's sockets, and the epoll loop through libc (network.epoll).
+for (const ioLoop of ["bun", "epoll"] as const)
+describe(`workers: 2, ${ioLoop} loop`, () => {
+  const serve = (root: string, options: Partial<ServerOptions>): Promise<Served> => serveWith(root, { ioLoop, ...options });
+
+  test("the workers run the loop asked for", async () => {
+    const s = await serve(dir("tftpd-workers-loop-"), { workers: 2 });
+    expect(s.pool.ioLoops).toEqual([ioLoop, ioLoop]);
+  });
+
   test("40 concurrent curl and windowed atftp downloads: byte-exact, all ok, both workers used", async () => {
     const root = dir("tftpd-workers-root-");
     const out = dir("tftpd-workers-out-");
@@ -376,7 +385,7 @@ describe("workers: 3", () => {
     const root = dir("tftpd-workers-hash-");
     const files = Array.from({ length: 12 }, (_, i) => patternBytes(8 * KiB + i * 513, 90 + i));
     files.forEach((bytes, i) => writeFile(root, `h${i}.bin`, bytes));
-    const s = await serve(root, { workers: 3, balance: { algorithm: "consistent_hashing", hashKey } });
+    const s = await serveWith(root, { workers: 3, balance: { algorithm: "consistent_hashing", hashKey } });
     // each from its own port: only the address is shared
     const got = await Promise.all(
       files.map(async (_, i) => {
@@ -404,7 +413,7 @@ describe("workers: 3", () => {
     const root = dir("tftpd-workers-rr3-");
     const files = Array.from({ length: 9 }, (_, i) => patternBytes(16 * KiB + i, 110 + i));
     files.forEach((bytes, i) => writeFile(root, `r${i}.bin`, bytes));
-    const s = await serve(root, { workers: 3 });
+    const s = await serveWith(root, { workers: 3 });
     const got = await Promise.all(
       files.map(async (_, i) => {
         const peer = await peers.open();
@@ -413,5 +422,84 @@ describe("workers: 3", () => {
     );
     expect(got).toEqual(files.map(sha256));
     expect(s.pool.started).toEqual([3, 3, 3]);
+  });
+});
+
+describe("epoll loop (network.epoll) in one worker", () => {
+  test("shared port: 60 concurrent lock-step downloads share one transfer port, byte-exact; the port answers a foreign TID with ERROR 5", async () => {
+    const root = dir("tftpd-epoll-shared-");
+    const files = Array.from({ length: 6 }, (_, i) => patternBytes(20 * KiB + i * 1111, 600 + i));
+    files.forEach((bytes, i) => writeFile(root, `s${i}.bin`, bytes));
+    const s = await serveWith(root, { workers: 1, ioLoop: "epoll", transferSockets: "shared" });
+    expect(s.pool.ioLoops).toEqual(["epoll"]);
+    const results = await Promise.all(
+      Array.from({ length: 60 }, async (_, i) => {
+        const peer = await peers.open();
+        return download(peer, s.port, `s${i % 6}.bin`, { options: [["blksize", "1024"]] });
+      }),
+    );
+    results.forEach((r, i) => expect(sha256(r.bytes)).toBe(sha256(files[i % 6]!)));
+    const ports = new Set(results.map((r) => r.port));
+    expect(ports.size).toBe(1);
+    expect([...ports][0]).not.toBe(s.port);
+
+    // a stranger writing to that port: ERROR 5, sent back to the stranger's own port
+    const stranger = await peers.open();
+    stranger.send(ack(1), [...ports][0]!, "127.0.0.1");
+    const answer = await stranger.nextError(5);
+    expect(answer.port).toBe([...ports][0]!);
+    await waitFor(() => s.records.length === 60, 3000, "60 records");
+    expect(s.records.every((r) => r.result === "ok")).toBe(true);
+  });
+
+  test("a windowed transfer's own port: byte-exact in GSO windows; a foreign TID gets ERROR 5 and the transfer goes on", async () => {
+    const root = dir("tftpd-epoll-own-");
+    const bytes = patternBytes(300 * KiB + 5, 77);
+    writeFile(root, "w.bin", bytes);
+    const s = await serveWith(root, { workers: 1, ioLoop: "epoll", transferSockets: "shared", gso: true });
+    const peer = await peers.open();
+    peer.send(rrq("w.bin", "octet", [["blksize", "1468"], ["windowsize", "4"]]), s.port, "127.0.0.1");
+    const oack = await peer.nextOack();
+    const tid = oack.port;
+    peer.send(ack(0), tid, "127.0.0.1");
+    const chunks: Uint8Array[] = [];
+    for (let block = 1; block <= 4; block++) chunks.push((await peer.nextData(block)).packet.data);
+    // mid-transfer, a stranger writes to the transfer's port
+    const stranger = await peers.open();
+    stranger.send(ack(4), tid, "127.0.0.1");
+    expect((await stranger.nextError(5)).port).toBe(tid);
+    // the transfer goes on, window by window
+    let expected = 5;
+    peer.send(ack(4), tid, "127.0.0.1");
+    for (;;) {
+      const r = await peer.nextData(expected & 0xffff, 3000);
+      expect(r.port).toBe(tid);
+      chunks.push(r.packet.data);
+      const last = r.packet.data.length < 1468;
+      if (last || expected % 4 === 0) peer.send(ack(expected & 0xffff), tid, "127.0.0.1");
+      if (last) break;
+      expected++;
+    }
+    expect(sha256(concat(chunks))).toBe(sha256(bytes));
+    const record = await recordWhere(s, (r) => r.file === "w.bin");
+    expect(record.result).toBe("ok");
+    expect(record.windowsize).toBe(4);
+    expect(record.retransmits).toBe(0);
+  });
+
+  test("IPv6 (::1): lock-step and windowed downloads byte-exact", async () => {
+    const root = dir("tftpd-epoll-v6-");
+    const bytes = patternBytes(64 * KiB + 3, 88);
+    writeFile(root, "v6.bin", bytes);
+    const server = new TftpServer({ ...defaultOptions(root), listen: [{ host: "::1", port: 0 }], workers: 1, ioLoop: "epoll", transferSockets: "shared" });
+    servers.push(server);
+    await server.start();
+    const port = server.addresses[0]!.port;
+    for (const options of [[], [["blksize", "1400"], ["windowsize", "8"]]] as [string, string][][]) {
+      const peer = await peers.open("::1");
+      const r = await download(peer, port, "v6.bin", { options });
+      expect(sha256(r.bytes)).toBe(sha256(bytes));
+      expect(r.address).toBe("::1");
+    }
   });
 });

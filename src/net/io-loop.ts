@@ -1,0 +1,155 @@
+/**
+ * A readiness loop for the sockets of udp-ffi.ts: epoll_wait, then every ready socket drains
+ * its datagrams in batches (recvmmsg), then every socket sends what it queued (sendmmsg).
+ *
+ * It runs on a JS thread between that thread's other work: each turn is one setImmediate
+ * callback, so timers and messages still run between turns. While nothing is ready the turn
+ * blocks in epoll_wait, so the thread must not also own Bun sockets (they would wait): it runs
+ * in transfer workers, whose sockets are all ours. What else may need the thread wakes it:
+ * another thread writes to `wakeFd` (an eventfd) after posting it a message, and a thread with
+ * transfers running wakes at least every IDLE_WAIT_MS for its timers (retransmissions are due
+ * no sooner than RTO_MIN_MS, 200 ms). With no transfers it sleeps until woken.
+ */
+import { ptr } from "bun:ffi";
+import { EINTR, netLayout, netLibc, type Layout, type NetLibc } from "./libc.ts";
+
+export interface Readable {
+  /** reads every datagram that is waiting (ready per epoll) */
+  drain(): void;
+}
+
+export interface Flushable {
+  /** sends what was queued; called at the end of every turn that queued something */
+  flush(): void;
+}
+
+const EPOLL_CLOEXEC = 0x80000;
+const EPOLL_CTL_ADD = 1;
+const EPOLL_CTL_DEL = 2;
+const EPOLLIN = 0x1;
+const EFD_NONBLOCK = 0x800;
+const EFD_CLOEXEC = 0x80000;
+const MAX_EVENTS = 64;
+/** Longest sleep while transfers run, so their timers fire at most this late. */
+export const IDLE_WAIT_MS = 2;
+
+export class IoLoop {
+  private readonly events: Uint8Array;
+  private readonly eventsAt: number;
+  private readonly eventView: DataView;
+  private readonly readers = new Map<number, Readable>();
+  private readonly pending = new Set<Flushable>();
+  private readonly counter = new BigUint64Array(1);
+  private scheduled = false;
+  private closed = false;
+  /** transfers running on this loop's sockets: while any do, sleeps are short */
+  holds = 0;
+  private readonly turnBound = (): void => this.turn();
+
+  private constructor(
+    private readonly lib: NetLibc,
+    private readonly layout: Layout,
+    private readonly epfd: number,
+    /** eventfd another thread writes to after posting this one a message */
+    readonly wakeFd: number,
+  ) {
+    // (every buffer handed to libc is made from an ArrayBuffer: asking a small typed array for
+    // its .buffer later would move its bytes away from a pointer taken before)
+    this.events = new Uint8Array(new ArrayBuffer(MAX_EVENTS * layout.epollEventBytes));
+    this.eventsAt = ptr(this.events);
+    this.eventView = new DataView(this.events.buffer);
+    this.watch(wakeFd, { drain: () => this.lib.read(this.wakeFd, ptr(this.counter), 8) });
+  }
+
+  /** A loop for this thread, or null where libc or its struct layouts are out of reach. */
+  static open(): IoLoop | null {
+    const lib = netLibc();
+    const layout = netLayout();
+    if (!lib || !layout) return null;
+    const epfd = lib.epoll_create1(EPOLL_CLOEXEC);
+    if (epfd < 0) return null;
+    const wakeFd = lib.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wakeFd < 0) {
+      lib.close(epfd);
+      return null;
+    }
+    return new IoLoop(lib, layout, epfd, wakeFd);
+  }
+
+  /** Calls `reader.drain()` whenever `fd` has datagrams waiting. */
+  watch(fd: number, reader: Readable): void {
+    const event = new Uint8Array(new ArrayBuffer(this.layout.epollEventBytes));
+    const view = new DataView(event.buffer);
+    view.setUint32(0, EPOLLIN, true);
+    view.setUint32(this.layout.epollDataOffset, fd, true);
+    if (this.lib.epoll_ctl(this.epfd, EPOLL_CTL_ADD, fd, ptr(event)) !== 0) {
+      throw new Error(`epoll_ctl(ADD, ${fd}) failed: errno ${this.lib.errno()}`);
+    }
+    this.readers.set(fd, reader);
+    this.schedule();
+  }
+
+  unwatch(fd: number): void {
+    if (!this.readers.delete(fd)) return;
+    // (closing the descriptor would drop it from the set too; a socket closed later may not be)
+    this.lib.epoll_ctl(this.epfd, EPOLL_CTL_DEL, fd, ptr(this.events));
+  }
+
+  /** `socket` queued datagrams: it is flushed at the end of this turn, or before the next sleep. */
+  queued(socket: Flushable): void {
+    this.pending.add(socket);
+    this.schedule();
+  }
+
+  /**
+   * Stops the loop and closes its epoll descriptor (the sockets close their own). The wake
+   * descriptor stays open: the thread that writes to it closes it once it can no longer write
+   * (closeWake), so a write never lands on a descriptor number reused meanwhile.
+   */
+  close(): void {
+    this.flushAll();
+    this.closed = true;
+    this.readers.clear();
+    this.lib.close(this.epfd);
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.closed) return;
+    this.scheduled = true;
+    setImmediate(this.turnBound);
+  }
+
+  private turn(): void {
+    this.scheduled = false;
+    if (this.closed) return;
+    // what timers and messages queued since the last turn leaves before any sleep
+    this.flushAll();
+    const wait = this.holds > 0 ? IDLE_WAIT_MS : -1;
+    const ready = this.lib.epoll_wait(this.epfd, this.eventsAt, MAX_EVENTS, wait);
+    if (ready < 0 && this.lib.errno() !== EINTR) throw new Error(`epoll_wait failed: errno ${this.lib.errno()}`);
+    const stride = this.layout.epollEventBytes;
+    const dataAt = this.layout.epollDataOffset;
+    for (let i = 0; i < ready; i++) this.readers.get(this.eventView.getUint32(i * stride + dataAt, true))?.drain();
+    this.flushAll();
+    // sockets only of the wake descriptor: the thread has nothing here to wait for
+    if (this.readers.size > 1) this.schedule();
+  }
+
+  private flushAll(): void {
+    if (this.pending.size === 0) return;
+    for (const socket of this.pending) socket.flush();
+    this.pending.clear();
+  }
+}
+
+const ONE = new BigUint64Array([1n]);
+
+/** Wakes the loop whose wakeFd this is (from another thread, after posting it a message). */
+export function wakeLoop(wakeFd: number): void {
+  netLibc()?.write(wakeFd, ptr(ONE), 8);
+}
+
+/** Closes a loop's wake descriptor, once its thread has ended. */
+export function closeWake(wakeFd: number): void {
+  netLibc()?.close(wakeFd);
+}

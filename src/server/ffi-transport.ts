@@ -1,0 +1,247 @@
+/**
+ * The transfer sockets of the epoll I/O loop (network.epoll): the same two kinds as
+ * transport.ts and shared-socket.ts — a port of its own per transfer, and one port per local
+ * address shared by lock-step transfers — on udp-ffi.ts sockets instead of Bun.udpSocket.
+ * A datagram finds its transfer by the client's port and binary address; a datagram from a
+ * foreign TID gets ERROR 5 as before (RFC 1350 §4).
+ *
+ * These sockets carry read transfers (uploads run on the main thread's engine): what arrives
+ * is ACKs and ERRORs, so their receive slots are small.
+ */
+import type { PortRange } from "../net/address.ts";
+import type { IoLoop } from "../net/io-loop.ts";
+import { bindInPortRange } from "../net/port-range-bind.ts";
+import { setBufferSizes, setDontFragment, setUdpSegment } from "../net/sockopt.ts";
+import { FfiUdpSocket, SocketName, type Datagram, type ReceivedName } from "../net/udp-ffi.ts";
+import type { BatchPolicy, SharedSocket } from "./shared-socket.ts";
+import { contiguousRun, unknownTid, type PacketHandler, type Peer, type TransferChannel, type TransferSockets } from "./transport.ts";
+
+/** Room per received datagram: an ACK is 4 bytes, an ERROR a message of up to a few hundred. */
+const RECEIVE_BYTES = 2048;
+/** datagrams one recvmmsg takes on a shared port, and on a transfer's own port */
+const SHARED_RECEIVE_BATCH = 64;
+const OWN_RECEIVE_BATCH = 4;
+/** A window's batch (read-transfer.ts WINDOW_BATCH_BLOCKS) leaves in one sendmmsg. */
+const OWN_SEND_BATCH = 64;
+
+class FfiSharedChannel implements TransferChannel {
+  closed = false;
+
+  constructor(
+    private readonly owner: FfiSharedSocket,
+    readonly name: SocketName,
+    private readonly handler: PacketHandler,
+  ) {}
+
+  receive(bytes: Uint8Array): void {
+    if (!this.closed) this.handler(bytes);
+  }
+
+  get localPort(): number {
+    return this.owner.port;
+  }
+
+  send(packet: Uint8Array): void {
+    if (!this.closed) this.owner.send(packet, this.name);
+  }
+
+  sendMany(packets: readonly Uint8Array[]): void {
+    for (const packet of packets) this.send(packet);
+  }
+
+  settle(): void {
+    this.owner.settle();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.owner.detach(this);
+  }
+}
+
+export class FfiSharedSocket implements SharedSocket {
+  /** transfers by client port, then address (clients on different hosts may share a port) */
+  private readonly byPort = new Map<number, FfiSharedChannel[]>();
+  private count = 0;
+  private socket!: FfiUdpSocket;
+
+  private constructor(
+    private readonly loop: IoLoop,
+    private readonly batch: BatchPolicy,
+  ) {}
+
+  static async open(
+    loop: IoLoop,
+    address: string,
+    range: PortRange | null,
+    batch: BatchPolicy,
+    buffers: { receive: number; send: number },
+    dontFragment: boolean,
+  ): Promise<FfiSharedSocket> {
+    const shared = new FfiSharedSocket(loop, batch);
+    const options = { receiveBatch: SHARED_RECEIVE_BATCH, receiveBytes: RECEIVE_BYTES, sendBatch: batch.enabled ? batch.size : 1 };
+    shared.socket = await bindInPortRange(address, range, async (port) =>
+      FfiUdpSocket.open(loop, address, port, options, (datagram, from) => shared.receive(datagram, from)),
+    );
+    setBufferSizes(shared.socket, buffers.receive, buffers.send);
+    if (dontFragment) setDontFragment(shared.socket);
+    return shared;
+  }
+
+  get port(): number {
+    return this.socket.port;
+  }
+
+  get transfers(): number {
+    return this.count;
+  }
+
+  attach(peer: Peer, handler: PacketHandler): TransferChannel | null {
+    const name = new SocketName(peer.address, peer.port);
+    if (this.find(name.port, name.v4, null, name)) return null;
+    const channel = new FfiSharedChannel(this, name, handler);
+    const list = this.byPort.get(name.port);
+    if (list) list.push(channel);
+    else this.byPort.set(name.port, [channel]);
+    this.count++;
+    this.loop.holds++;
+    return channel;
+  }
+
+  detach(channel: FfiSharedChannel): void {
+    const list = this.byPort.get(channel.name.port);
+    const at = list ? list.indexOf(channel) : -1;
+    if (at < 0) return;
+    this.count--;
+    this.loop.holds--;
+    if (list!.length === 1) this.byPort.delete(channel.name.port);
+    else list!.splice(at, 1);
+  }
+
+  send(packet: Uint8Array, to: SocketName): void {
+    this.socket.enqueue(packet, to);
+    if (!this.batch.enabled) this.socket.flush();
+  }
+
+  /** Sends what is queued now, so the buffers behind it may be reused. */
+  settle(): void {
+    if (this.socket.queuedCount > 0) this.socket.flush();
+  }
+
+  close(): void {
+    for (const list of [...this.byPort.values()]) for (const channel of [...list]) channel.close();
+    this.socket.close();
+  }
+
+  private find(port: number, v4: number, from: ReceivedName | null, name: SocketName | null): FfiSharedChannel | undefined {
+    const list = this.byPort.get(port);
+    if (!list) return undefined;
+    for (const channel of list) {
+      if (channel.name.v4 !== v4) continue;
+      if (v4 >= 0) return channel;
+      if (from ? from.matches(channel.name) : channel.name.address === name!.address) return channel;
+    }
+    return undefined;
+  }
+
+  private receive(datagram: Datagram, from: ReceivedName): void {
+    const channel = this.find(datagram.port, datagram.v4, from, null);
+    if (channel) channel.receive(datagram.bytes);
+    else this.send(unknownTid, from.toName());
+  }
+}
+
+class FfiTransferChannel implements TransferChannel {
+  private closed = false;
+  /** UDP GSO segment size when the socket has it on (windowed transfers), else 0 */
+  segment = 0;
+  socket!: FfiUdpSocket;
+
+  constructor(
+    private readonly loop: IoLoop,
+    private readonly name: SocketName,
+    private readonly handler: PacketHandler,
+  ) {
+    loop.holds++;
+  }
+
+  get segmented(): boolean {
+    return this.segment > 0;
+  }
+
+  get localPort(): number {
+    return this.socket.port;
+  }
+
+  receive(datagram: Datagram, from: ReceivedName): void {
+    if (this.closed) return;
+    const name = this.name;
+    if (datagram.port !== name.port || datagram.v4 !== name.v4 || (name.v4 < 0 && !from.matches(name))) {
+      // RFC 1350 §4: a packet from a foreign TID gets ERROR 5; the transfer goes on.
+      this.sendWhole(unknownTid, from.toName());
+      return;
+    }
+    this.handler(datagram.bytes);
+  }
+
+  send(packet: Uint8Array): void {
+    if (!this.closed) this.sendWhole(packet, this.name);
+  }
+
+  /** One datagram, whatever its size: GSO is off for a packet longer than a segment. */
+  private sendWhole(packet: Uint8Array, to: SocketName): void {
+    const socket = this.socket;
+    if (packet.length <= this.segment || this.segment === 0) {
+      socket.enqueue(packet, to);
+      socket.flush();
+      return;
+    }
+    setUdpSegment(socket, 0);
+    socket.enqueue(packet, to);
+    socket.flush();
+    setUdpSegment(socket, this.segment);
+  }
+
+  sendMany(packets: readonly Uint8Array[]): void {
+    if (this.closed) return;
+    const run = this.segment > 0 && packets.length > 1 ? contiguousRun(packets, this.segment) : null;
+    if (run) this.socket.enqueue(run, this.name);
+    else for (const packet of packets) this.socket.enqueue(packet, this.name);
+    this.socket.flush();
+  }
+
+  settle(): void {
+    // sends leave at once: nothing is ever queued past a call
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.loop.holds--;
+    this.socket?.close();
+  }
+}
+
+/** Transfer sockets on `loop` (this thread's epoll loop). */
+export function ffiTransferSockets(loop: IoLoop): TransferSockets {
+  return {
+    openShared: (address, range, batch, buffers, dontFragment) => FfiSharedSocket.open(loop, address, range, batch, buffers, dontFragment),
+    async openChannel(localAddress, peer, range, handler, sendBufferBytes = 0, segmentBytes = 0, dontFragment = false) {
+      const channel = new FfiTransferChannel(loop, new SocketName(peer.address, peer.port), handler);
+      const options = { receiveBatch: OWN_RECEIVE_BATCH, receiveBytes: RECEIVE_BYTES, sendBatch: OWN_SEND_BATCH };
+      try {
+        channel.socket = await bindInPortRange(localAddress, range, async (port) =>
+          FfiUdpSocket.open(loop, localAddress, port, options, (datagram, from) => channel.receive(datagram, from)),
+        );
+      } catch (error) {
+        channel.close();
+        throw error;
+      }
+      if (sendBufferBytes > 0) setBufferSizes(channel.socket, 0, sendBufferBytes);
+      if (dontFragment) setDontFragment(channel.socket);
+      if (segmentBytes > 0 && setUdpSegment(channel.socket, segmentBytes)) channel.segment = segmentBytes;
+      return channel;
+    },
+  };
+}

@@ -1,0 +1,199 @@
+/**
+ * The libc UDP sockets of the epoll loop (src/net/udp-ffi.ts, src/net/io-loop.ts), against
+ * real Bun sockets on loopback: datagrams in by recvmmsg with the sender's port and address,
+ * out by sendmmsg to the names queued, in the order queued; IPv4 and IPv6; a taken port fails
+ * with EADDRINUSE as Bun's bind does (the port-range search depends on it); another thread's
+ * wake reaches a loop asleep in epoll_wait.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import type { udp } from "bun";
+import { IoLoop, wakeLoop, closeWake } from "../../../src/net/io-loop.ts";
+import { FfiUdpSocket, SocketName, ipv6Bytes, type Datagram } from "../../../src/net/udp-ffi.ts";
+import { waitFor } from "../../helpers/raw.ts";
+
+interface Heard {
+  bytes: Uint8Array;
+  port: number;
+  address: string;
+}
+
+const closers: (() => void)[] = [];
+afterEach(() => {
+  for (const close of closers.splice(0).reverse()) close();
+});
+
+function openLoop(): IoLoop {
+  const loop = IoLoop.open();
+  if (!loop) throw new Error("no epoll loop on this machine");
+  // a test's loop turns while the test waits: keep its sleeps short
+  loop.holds = 1;
+  closers.push(() => {
+    loop.close();
+    closeWake(loop.wakeFd);
+  });
+  return loop;
+}
+
+async function bunPeer(hostname = "127.0.0.1"): Promise<{ socket: udp.Socket<"uint8array">; heard: Heard[] }> {
+  const heard: Heard[] = [];
+  const socket = await Bun.udpSocket({
+    hostname,
+    binaryType: "uint8array",
+    socket: {
+      data(_s, bytes, port, address) {
+        heard.push({ bytes: bytes.slice(), port, address });
+      },
+      // ICMP port unreachable after a send to a closed port
+      error() {},
+    },
+  });
+  closers.push(() => socket.close());
+  return { socket, heard };
+}
+
+const OPTIONS = { receiveBatch: 8, receiveBytes: 2048, sendBatch: 16 };
+
+describe("SocketName", () => {
+  test("an IPv4 address: a sockaddr_in and one integer", () => {
+    const name = new SocketName("10.1.2.3", 6969);
+    expect(name.family).toBe(4);
+    expect(name.length).toBe(16);
+    expect([...name.bytes.subarray(0, 8)]).toEqual([2, 0, 0x1b, 0x39, 10, 1, 2, 3]);
+    expect(name.v4).toBe(0x0a010203);
+  });
+
+  test("an IPv6 address: a sockaddr_in6, the IPv4-mapped form and :: compression included", () => {
+    const name = new SocketName("::ffff:192.0.2.7", 69);
+    expect(name.family).toBe(6);
+    expect(name.length).toBe(28);
+    expect(name.v4).toBe(-1);
+    expect([...name.bytes.subarray(8, 24)]).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 7]);
+    expect([...ipv6Bytes("2001:db8::1")]).toEqual([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    expect([...ipv6Bytes("fe80::a:b%eth0")].slice(12)).toEqual([0, 0x0a, 0, 0x0b]);
+    expect([...ipv6Bytes("1:2:3:4:5:6:7:8")].filter((_, i) => i % 2 === 1)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+  });
+
+  test("not an address: a clear error", () => {
+    expect(() => new SocketName("boot.example", 69)).toThrow("not an IP address: boot.example");
+  });
+});
+
+describe("FfiUdpSocket", () => {
+  test("receives with the sender's port and address, and answers in the order queued", async () => {
+    const loop = openLoop();
+    const got: { bytes: number[]; port: number; v4: number; name: SocketName }[] = [];
+    const socket = FfiUdpSocket.open(loop, "127.0.0.1", 0, OPTIONS, (datagram: Datagram, from) => {
+      got.push({ bytes: [...datagram.bytes], port: datagram.port, v4: datagram.v4, name: from.toName() });
+    });
+    closers.push(() => socket.close());
+    expect(socket.port).toBeGreaterThan(0);
+    const peer = await bunPeer();
+    // an ACK (4 bytes: a view of the slot) and a longer datagram (a copy)
+    peer.socket.send(new Uint8Array([0, 4, 0, 1]), socket.port, "127.0.0.1");
+    peer.socket.send(new Uint8Array([0, 5, 0, 0, 104, 105, 0]), socket.port, "127.0.0.1");
+    await waitFor(() => got.length === 2, 2000, "two datagrams");
+    expect(got[0]!.bytes).toEqual([0, 4, 0, 1]);
+    expect(got[1]!.bytes).toEqual([0, 5, 0, 0, 104, 105, 0]);
+    expect(got[0]!.port).toBe(peer.socket.port);
+    expect(got[0]!.v4).toBe(0x7f000001);
+    expect(got[0]!.name.address).toBe("127.0.0.1");
+    expect(got[0]!.name.port).toBe(peer.socket.port);
+
+    const to = new SocketName("127.0.0.1", peer.socket.port);
+    for (let i = 0; i < 40; i++) socket.enqueue(new Uint8Array([0, 3, 0, i]), to);
+    socket.flush();
+    await waitFor(() => peer.heard.length === 40, 2000, "forty datagrams");
+    expect(peer.heard.map((h) => h.bytes[3])).toEqual([...Array(40).keys()]);
+    expect(peer.heard[0]!.port).toBe(socket.port);
+    expect(socket.dropped).toBe(0);
+  });
+
+  test("a datagram queued outside a turn leaves at the loop's next turn", async () => {
+    const loop = openLoop();
+    const socket = FfiUdpSocket.open(loop, "127.0.0.1", 0, OPTIONS, () => {});
+    closers.push(() => socket.close());
+    const peer = await bunPeer();
+    socket.enqueue(new Uint8Array([1, 2, 3]), new SocketName("127.0.0.1", peer.socket.port));
+    expect(socket.queuedCount).toBe(1);
+    await waitFor(() => peer.heard.length === 1, 2000, "the queued datagram");
+    expect(socket.queuedCount).toBe(0);
+  });
+
+  test("IPv6: ::1 both ways", async () => {
+    const loop = openLoop();
+    const got: Datagram[] = [];
+    const socket = FfiUdpSocket.open(loop, "::1", 0, OPTIONS, (datagram, from) => {
+      got.push({ ...datagram, bytes: datagram.bytes.slice() });
+      socket.enqueue(new Uint8Array([7]), from.toName());
+    });
+    closers.push(() => socket.close());
+    const peer = await bunPeer("::1");
+    peer.socket.send(new Uint8Array([0, 4, 0, 9]), socket.port, "::1");
+    await waitFor(() => peer.heard.length === 1, 2000, "the answer over IPv6");
+    expect(got[0]!.v4).toBe(-1);
+    expect(got[0]!.port).toBe(peer.socket.port);
+    expect(peer.heard[0]!.bytes).toEqual(new Uint8Array([7]));
+  });
+
+  test("a port already bound: EADDRINUSE, as Bun reports it", async () => {
+    const loop = openLoop();
+    const peer = await bunPeer();
+    let error: unknown = null;
+    try {
+      FfiUdpSocket.open(loop, "127.0.0.1", peer.socket.port, OPTIONS, () => {});
+    } catch (e) {
+      error = e;
+    }
+    expect((error as { code?: string }).code).toBe("EADDRINUSE");
+    expect((error as Error).message).toContain(`127.0.0.1:${peer.socket.port}`);
+  });
+
+  test("a closed socket sends and receives nothing more", async () => {
+    const loop = openLoop();
+    let got = 0;
+    const socket = FfiUdpSocket.open(loop, "127.0.0.1", 0, OPTIONS, () => got++);
+    const port = socket.port;
+    socket.close();
+    const peer = await bunPeer();
+    peer.socket.send(new Uint8Array([0, 4, 0, 1]), port, "127.0.0.1");
+    socket.enqueue(new Uint8Array([1]), new SocketName("127.0.0.1", peer.socket.port));
+    await Bun.sleep(100);
+    expect(got).toBe(0);
+    expect(peer.heard.length).toBe(0);
+  });
+});
+
+describe("IoLoop", () => {
+  test("a loop asleep in epoll_wait in a worker wakes for a message when its wake descriptor is written", async () => {
+    const source = `
+      import { IoLoop } from ${JSON.stringify(new URL("../../../src/net/io-loop.ts", import.meta.url).pathname)};
+      import { FfiUdpSocket } from ${JSON.stringify(new URL("../../../src/net/udp-ffi.ts", import.meta.url).pathname)};
+      const loop = IoLoop.open();
+      // a socket to watch, and no transfers: the loop sleeps until woken
+      FfiUdpSocket.open(loop, "127.0.0.1", 0, { receiveBatch: 1, receiveBytes: 64, sendBatch: 1 }, () => {});
+      self.onmessage = (e) => postMessage({ echo: e.data });
+      postMessage({ wakeFd: loop.wakeFd });
+    `;
+    const file = `${process.env.TMPDIR ?? "/tmp"}/io-loop-worker-${process.pid}.ts`;
+    await Bun.write(file, source);
+    const worker = new Worker(file);
+    let wakeFd = -1;
+    closers.push(() => {
+      // asleep in epoll_wait, it sees the termination once woken
+      worker.terminate();
+      if (wakeFd >= 0) wakeLoop(wakeFd);
+    });
+    const messages: { wakeFd?: number; echo?: number }[] = [];
+    worker.onmessage = (event) => messages.push(event.data);
+    await waitFor(() => messages.length === 1, 5000, "the worker's wake descriptor");
+    wakeFd = messages[0]!.wakeFd!;
+    // give it time to fall asleep; unwoken, the message would wait for a datagram that never comes
+    await Bun.sleep(100);
+    worker.postMessage(1);
+    await Bun.sleep(300);
+    expect(messages.length).toBe(1);
+    wakeLoop(wakeFd);
+    await waitFor(() => messages.length === 2, 2000, "the echo after the wake");
+    expect(messages[1]!.echo).toBe(1);
+  });
+});
