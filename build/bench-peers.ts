@@ -125,6 +125,8 @@ interface Options {
   /** Runs per server and scenario (median reported); null = 3 for single transfers, else 1. */
   repeat: number | null;
   out: string | null;
+  /** --scaling: the boot storm against 1..CPUs transfer engines instead of the peer table */
+  scaling: boolean;
 }
 
 const USAGE = `usage: bun build/bench-peers.ts [options]
@@ -144,6 +146,11 @@ the same load generator (tftpd bench) and prints one table; writes build/BENCH.m
                        binary with dist/tftpd, a tree with --ours-from-source
   --build              run \`bun build/compile.ts\` (npm run build) first
   --bench-cmd "CMD"    load generator command instead of \`dist/tftpd bench\` (split on spaces)
+  --scaling            instead of the peer table: the boot storm (scenario 1) against our
+                       server with 1, 2, .. N transfer engines (performance.cpu.worker_threads,
+                       N = the CPUs), the server pinned to the last k CPUs and the load
+                       generator to the others (sharing them when none is left); writes
+                       build/BENCH-scaling.md unless --out says otherwise
   --lean-client        load generator build/loadgen.c (compiled with cc into .bench/): closed-
                        loop scenarios only (1, 1u, 2); uses about a third of the CPU of tftpd
                        bench, so on a small machine the storms measure the servers, not the
@@ -173,7 +180,7 @@ function die(msg: string, code = 2): never {
 function parseOptions(argv: string[]): Options {
   const o: Options = {
     scenarios: SCENARIOS, servers: [...SERVER_NAMES], quick: false, oursFromSource: false, before: null, build: false,
-    benchCmd: null, runTimeoutS: 300, settleS: 1.5, verify: false, pin: "auto", repeat: null, out: join(REPO, "build/BENCH.md"),
+    benchCmd: null, runTimeoutS: 300, settleS: 1.5, verify: false, pin: "auto", repeat: null, out: join(REPO, "build/BENCH.md"), scaling: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -194,6 +201,7 @@ function parseOptions(argv: string[]): Options {
     switch (name) {
       case "-h": case "--help": process.stdout.write(USAGE); process.exit(0);
       case "--quick": o.quick = true; break;
+      case "--scaling": o.scaling = true; break;
       case "--ours-from-source": o.oursFromSource = true; break;
       case "--build": o.build = true; break;
       case "--verify": o.verify = true; break;
@@ -432,7 +440,7 @@ function ourServerSpec(name: "tftpd" | typeof BEFORE, base: string[], version: s
   };
 }
 
-type BenchConfig = { limits: Record<string, number> };
+type BenchConfig = { limits: Record<string, number>; performance?: { cpu: { worker_threads: number } } };
 
 /**
  * OURS_CONFIG as a build of our server takes it: a limit it does not know (one from before the
@@ -547,12 +555,12 @@ interface Running {
   log: string;
 }
 
-/** `taskset -c CPU` in front of argv, or argv when not pinned. */
-function pinned(argv: string[], cpu: number | null): string[] {
+/** `taskset -c CPUS` in front of argv (a CPU or a list such as "1-3"), or argv when not pinned. */
+function pinned(argv: string[], cpu: number | string | null): string[] {
   return cpu === null ? argv : ["taskset", "-c", String(cpu), ...argv];
 }
 
-async function startServer(spec: ServerSpec, root: string, runDir: string, tag: string, cpu: number | null): Promise<Running> {
+async function startServer(spec: ServerSpec, root: string, runDir: string, tag: string, cpu: number | string | null): Promise<Running> {
   const port = spec.fixedPort ?? (await freeUdpPort());
   if (spec.fixedPort !== undefined && udpBound(port, true)) throw new Error(`UDP port ${port} is already in use`);
   const log = join(runDir, `${spec.name}-${tag}.log`);
@@ -615,7 +623,7 @@ function lastJsonObject(text: string): BenchJson | null {
   return null;
 }
 
-async function runBench(loadgen: string[], target: string, args: string[], timeoutS: number, cpu: number | null = null): Promise<BenchRun> {
+async function runBench(loadgen: string[], target: string, args: string[], timeoutS: number, cpu: number | string | null = null): Promise<BenchRun> {
   const argv = [...loadgen, target, ...args, "--json"];
   const child = spawnGroup(pinned(argv, cpu), null, { stdout: "pipe", stderr: "pipe" });
   const stdoutP = new Response(child.proc.stdout as ReadableStream).text();
@@ -717,10 +725,18 @@ function benchArgs(s: Scenario, quick: boolean, root: string, verify: boolean): 
   return ["--concurrency", String(concurrency), "--total", String(total), "--file", s.file, ...s.flags, ...sources, ...(verify ? ["--verify", join(root, s.file)] : [])];
 }
 
-async function measure(spec: ServerSpec, s: Scenario, o: Options, loadgen: string[], root: string, runDir: string): Promise<Result> {
+async function measure(
+  spec: ServerSpec,
+  s: Scenario,
+  o: Options,
+  loadgen: string[],
+  root: string,
+  runDir: string,
+  cpuSets: { server: string | null; load: string | null } | null = null,
+): Promise<Result> {
   const base: Result = { scenario: s, server: spec.name, status: "error", json: null, cpuS: null, busyS: null, peakMiB: null, peakProcs: 1, note: "" };
   const pin = o.pin === "on" || (o.pin === "auto" && s.single === true);
-  const [serverCpu, loadCpu] = pin && cpus().length >= 2 ? [1, 0] : [null, null];
+  const [serverCpu = null, loadCpu = null]: (number | string | null)[] = cpuSets ? [cpuSets.server, cpuSets.load] : pin && cpus().length >= 2 ? [1, 0] : [null, null];
   let srv: Running;
   try {
     srv = await startServer(spec, root, runDir, s.id, serverCpu);
@@ -943,6 +959,63 @@ function staleBinaryWarning(): string | null {
 
 // ───────────────────────────── main ─────────────────────────────
 
+/**
+ * --scaling: the boot storm against our server with k = 1..CPUs transfer engines, the server
+ * pinned to the last k CPUs and the load generator to the rest; one table, for a machine with
+ * more cores than this one.
+ */
+async function scaling(o: Options, command: string, loadgen: { argv: string[]; label: string }, runDir: string): Promise<number> {
+  const storm = SCENARIOS.find((sc) => sc.id === "1")!;
+  const base = o.oursFromSource ? [BUN, join(REPO, "src/main.ts")] : [OURS_BIN];
+  const version = spawnText([...base, "version"]).out.trim().split("\n")[0] ?? "?";
+  const n = cpus().length;
+  const root = makeRoot([storm]);
+  const rows: string[] = [];
+  try {
+    for (let k = 1; k <= n; k++) {
+      const config: BenchConfig = { ...configKnownTo(base).config, performance: { cpu: { worker_threads: k } } };
+      const spec = ourServerSpec("tftpd", base, version, "compiled dist/tftpd", config);
+      writeFileSync(join(runDir, spec.configFile!.name), `${JSON.stringify(config, null, 2)}\n`);
+      const span = (a: number, b: number): string => (a === b ? String(a) : `${a}-${b}`);
+      const server = span(n - k, n - 1);
+      const load = k < n ? span(0, n - k - 1) : null;
+      const results: Result[] = [];
+      for (let i = 0; i < (o.repeat ?? 1); i++) {
+        results.push(await measure(spec, storm, o, loadgen.argv, root, runDir, { server, load: load ?? server }));
+        await sleep(o.settleS * 1000);
+      }
+      const r = median(results);
+      const j = r.json;
+      const line = `| ${k} | ${server} | ${load ?? `${server} (shared)`} | ${j ? num(j.goodput_mbps, 1) : r.status} | ${num(cpuPerGiB(r), 2)} | ${j ? num(j.first_response_ms.p99, 2) : "—"} | ${j ? `${j.failed}/${j.requested}` : "—"} |`;
+      say(`  ${k} engine${k > 1 ? "s" : ""} on CPUs ${server}: ${line}`);
+      rows.push(line);
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+  const m = machine();
+  const md = [
+    "# Scaling benchmark",
+    "",
+    "Generated by `build/bench-peers.ts --scaling`; do not edit by hand (rerun it).",
+    "",
+    `- Date: ${new Date().toISOString()}`,
+    `- Command: \`${command}\``,
+    `- Machine: ${m.nproc} CPUs (${m.cpu}), ${m.memory} memory, ${m.kernel}`,
+    `- Load generator: \`${loadgen.label}\``,
+    `- Server: ${version}; scenario 1 (${storm.title}, ${fmtBytes(storm.size)} ×${effective(storm, o.quick).total}, concurrency ${effective(storm, o.quick).concurrency} ${storm.flags.join(" ")}); config \`performance.cpu.worker_threads\` = engines, limits as in the peer benchmark`,
+    "",
+    "| engines | server CPUs | load generator CPUs | goodput Mbit/s | server CPU s/GiB | p99 first response ms | failed |",
+    "| ---: | --- | --- | ---: | ---: | ---: | ---: |",
+    ...rows,
+    "",
+  ].join("\n");
+  const out = o.out && o.out !== join(REPO, "build/BENCH.md") ? o.out : join(REPO, "build/BENCH-scaling.md");
+  writeFileSync(out, md);
+  say(`wrote ${relative(REPO, out) || out}`);
+  return 0;
+}
+
 async function main(): Promise<number> {
   const argv = process.argv.slice(2);
   const o = parseOptions(argv);
@@ -975,7 +1048,8 @@ async function main(): Promise<number> {
   say(`load generator: ${loadgen.label}`);
 
   const specs: ServerSpec[] = [];
-  for (const name of o.servers) {
+  // (--scaling measures our server alone)
+  for (const name of o.scaling ? (["tftpd"] as const) : o.servers) {
     if (name === "tftpd") specs.push(oursSpec(o.oursFromSource));
     else if (name !== BEFORE) specs.push(peerSpec(name, ensurePeer(name, CACHE, (l) => say(l))));
   }
@@ -987,6 +1061,7 @@ async function main(): Promise<number> {
   const runDir = join(CACHE, "run");
   rmSync(runDir, { recursive: true, force: true });
   mkdirSync(runDir, { recursive: true });
+  if (o.scaling) return scaling(o, command, loadgen, runDir);
   for (const sp of specs) if (sp.configFile) writeFileSync(join(runDir, sp.configFile.name), `${JSON.stringify(sp.configFile.config, null, 2)}\n`);
   const root = makeRoot(o.scenarios);
   const sysBefore = sysctls();

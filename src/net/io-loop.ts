@@ -12,6 +12,7 @@
  */
 import { ptr } from "bun:ffi";
 import { EINTR, netLayout, netLibc, type Layout, type NetLibc } from "./libc.ts";
+import { beginTurn, endTurn } from "./turn-clock.ts";
 
 export interface Readable {
   /** reads every datagram that is waiting (ready per epoll) */
@@ -129,8 +130,13 @@ export class IoLoop {
     if (ready < 0 && this.lib.errno() !== EINTR) throw new Error(`epoll_wait failed: errno ${this.lib.errno()}`);
     const stride = this.layout.epollEventBytes;
     const dataAt = this.layout.epollDataOffset;
-    for (let i = 0; i < ready; i++) this.readers.get(this.eventView.getUint32(i * stride + dataAt, true))?.drain();
-    this.flushAll();
+    beginTurn();
+    try {
+      for (let i = 0; i < ready; i++) this.readers.get(this.eventView.getUint32(i * stride + dataAt, true))?.drain();
+      this.flushAll();
+    } finally {
+      endTurn();
+    }
     // sockets only of the wake descriptor: the thread has nothing here to wait for
     if (this.readers.size > 1) this.schedule();
   }

@@ -3,6 +3,7 @@
  * RFC 7440 (windowsize 1 is exactly RFC 1350's lock-step).
  */
 import { decodePacket, encodeOack, writeDataHeader } from "../protocol/codec.ts";
+import { now } from "../net/turn-clock.ts";
 import { DATA_HEADER_SIZE, ErrorCode, Opcode } from "../protocol/packet.ts";
 import type { FileSource } from "../storage/source.ts";
 import type { TransferChannel } from "./transport.ts";
@@ -127,7 +128,7 @@ export class ReadTransfer extends EndingTransfer {
       return;
     }
     this.acked = block;
-    if (block === this.sentUpTo && !this.windowResent) this.clock.sample(performance.now() - this.windowSentAt);
+    if (block === this.sentUpTo && !this.windowResent) this.clock.sample(now() - this.windowSentAt);
     if (block === this.lastBlock) {
       this.end("ok");
       return;
@@ -244,7 +245,7 @@ export class ReadTransfer extends EndingTransfer {
     if (last - first >= this.batchBlocks) this.channel.settle();
     this.sentUpTo = last;
     this.windowResent = again;
-    if (!again) this.windowSentAt = performance.now();
+    if (!again) this.windowSentAt = now();
   }
 
   protected override bytesMoved(result: TransferResult): number {

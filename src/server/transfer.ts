@@ -3,6 +3,7 @@
  * the engine sees (`Transfer`), how a transfer ends (`EndingTransfer`), and the retransmission
  * clock.
  */
+import { now } from "../net/turn-clock.ts";
 import { encodeError } from "../protocol/codec.ts";
 import { ErrorCode } from "../protocol/packet.ts";
 import type { TransferChannel } from "./transport.ts";
@@ -118,7 +119,7 @@ export class RetransmitClock {
   private misses = 0;
   private stopped = false;
   /** for connection_pool deadlines: when the transfer began and last moved forward */
-  readonly startedAt = performance.now();
+  readonly startedAt = now();
   lastProgressAt = this.startedAt;
   /** when the packet this clock guards last went out (first sent, or sent again) */
   lastSentAt = this.startedAt;
@@ -183,7 +184,7 @@ export class RetransmitClock {
 
   /** Progress was made: reset the backoff and push the deadline out. */
   progress(): void {
-    this.lastProgressAt = performance.now();
+    this.lastProgressAt = now();
     this.lastSentAt = this.lastProgressAt;
     this.progressCount++;
     this.earn();
@@ -198,7 +199,7 @@ export class RetransmitClock {
    */
   heard(): void {
     this.earn();
-    this.lastHeardAt = performance.now();
+    this.lastHeardAt = now();
   }
 
   private earn(): void {
@@ -210,14 +211,14 @@ export class RetransmitClock {
    * client that has not answered yet gets the whole wait again for this copy: it is still there.
    */
   sentAgain(): void {
-    this.lastSentAt = performance.now();
+    this.lastSentAt = now();
     if (!this.established) this.arm();
   }
 
   arm(): void {
     if (this.stopped) return;
-    const now = performance.now();
-    this.deadline = now + (this.established ? this.currentMs : this.patienceMs);
+    const at = now();
+    this.deadline = at + (this.established ? this.currentMs : this.patienceMs);
     // A timer due before the deadline re-arms itself when it fires; one due after it (the
     // timeout just shrank) must be replaced.
     if (this.timer && this.timerAt > this.deadline + 1) {
@@ -226,7 +227,7 @@ export class RetransmitClock {
     }
     if (!this.timer) {
       this.timerAt = this.deadline;
-      this.timer = setTimeout(() => this.fire(), this.deadline - now);
+      this.timer = setTimeout(() => this.fire(), this.deadline - at);
     }
   }
 
@@ -240,7 +241,7 @@ export class RetransmitClock {
   private fire(): void {
     this.timer = null;
     if (this.stopped) return;
-    const early = this.deadline - performance.now();
+    const early = this.deadline - now();
     if (early > 1) {
       this.timerAt = this.deadline;
       this.timer = setTimeout(() => this.fire(), early);
@@ -262,7 +263,7 @@ export class RetransmitClock {
     // A client-paced transfer out of credit sends nothing while it waits, so it waits longer:
     // a client backing off (1, 2, 4, 8 s between repeats) is still on its way.
     const patience = this.policy.clientPaced && this.credit === 0 ? this.patienceMs * STARVED_PATIENCE : this.patienceMs;
-    if (this.misses >= this.policy.retries && performance.now() - Math.max(this.lastProgressAt, this.lastHeardAt) >= patience) {
+    if (this.misses >= this.policy.retries && now() - Math.max(this.lastProgressAt, this.lastHeardAt) >= patience) {
       this.onGiveUp();
       return;
     }
@@ -276,7 +277,7 @@ export class RetransmitClock {
       }
       this.credit--;
     }
-    this.lastSentAt = performance.now();
+    this.lastSentAt = now();
     this.onRetransmit();
     this.arm();
   }
