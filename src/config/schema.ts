@@ -334,7 +334,9 @@ const tftp = section({
     ),
   single_port: bool()
     .default(false)
-    .describe(`Serve transfers from the listen port instead of one port per transfer ${ENGINE}`),
+    .describe(
+      "Serve every transfer from the port its request came to (69), told apart by the client's address and port, for NAT, containers and firewalls that open only that port. Transfers then run on the main thread, next to the listeners, and share its batches; a windowed transfer there is reachable by anyone who knows the port, as every transfer is",
+    ),
 });
 
 const metrics = section({
@@ -490,7 +492,11 @@ const network = section({
 const batch = section({
   enabled: bool().default(true).describe("Batch outgoing datagrams of shared transfer sockets into one sendMany call per event-loop round"),
   batch_size: intIn(1, 1024).default(64).describe("Most datagrams per sendMany call"),
-  batch_timeout: intIn(0, 1000).default(1).describe(`Longest a datagram may wait to be batched, in milliseconds ${ENGINE}`),
+  batch_timeout: intIn(0, 1000)
+    .default(1)
+    .describe(
+      "Longest a datagram may wait to be batched, in milliseconds: datagrams queued in one loop turn leave together at its end, and on the epoll loop a turn that keeps reading (a flood) sends once the oldest has waited this long. 0: every datagram leaves at once (as batch.enabled false)",
+    ),
 });
 
 const rootShape = {

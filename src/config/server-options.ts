@@ -61,9 +61,11 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
     rules: networkRules(config),
     cacheBytes: config.cache.enabled ? config.performance.memory.cache_size : 0,
     transferSockets: tftp.transfer_sockets,
-    batch: { enabled: config.batch.enabled, size: config.batch.batch_size },
+    // batch_timeout 0: no datagram waits for a batch
+    batch: { enabled: config.batch.enabled && config.batch.batch_timeout > 0, size: config.batch.batch_size, timeoutMs: config.batch.batch_timeout },
     gso: config.network.zero_copy,
     ioLoop: config.network.epoll ? "epoll" : "bun",
+    singlePort: tftp.single_port,
     workers: workerCount(config.performance.cpu.worker_threads),
     balance: { algorithm: config.load_balancing.algorithm, hashKey: config.load_balancing.hash_key },
     limits: admissionLimits(config),

@@ -12,7 +12,7 @@
  */
 import { ptr } from "bun:ffi";
 import { EINTR, netLayout, netLibc, type Layout, type NetLibc } from "./libc.ts";
-import { beginTurn, endTurn } from "./turn-clock.ts";
+import { beginTurn, endTurn, now } from "./turn-clock.ts";
 
 export interface Readable {
   /** reads every datagram that is waiting (ready per epoll) */
@@ -45,6 +45,9 @@ export class IoLoop {
   private closed = false;
   /** transfers running on this loop's sockets: while any do, sleeps are short */
   holds = 0;
+  /** batch.batch_timeout: the longest a queued datagram waits within a turn */
+  batchTimeoutMs = 1;
+  private oldestQueuedAt = 0;
   private readonly turnBound = (): void => this.turn();
 
   private constructor(
@@ -96,10 +99,23 @@ export class IoLoop {
     this.lib.epoll_ctl(this.epfd, EPOLL_CTL_DEL, fd, ptr(this.events));
   }
 
-  /** `socket` queued datagrams: it is flushed at the end of this turn, or before the next sleep. */
+  /**
+   * `socket` queued datagrams: it is flushed at the end of this turn, before the next sleep, or
+   * once its oldest has waited batchTimeoutMs within a long turn (sendIfDue).
+   */
   queued(socket: Flushable): void {
+    if (this.pending.size === 0) this.oldestQueuedAt = now();
     this.pending.add(socket);
     this.schedule();
+  }
+
+  /**
+   * Sends what was queued if the oldest of it has waited batchTimeoutMs: called by sockets
+   * between their receive batches, so a turn that keeps reading (a flood) does not hold
+   * answers back for its whole length.
+   */
+  sendIfDue(): void {
+    if (this.pending.size > 0 && performance.now() - this.oldestQueuedAt >= this.batchTimeoutMs) this.flushAll();
   }
 
   /**

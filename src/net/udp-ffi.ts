@@ -344,6 +344,7 @@ export class FfiUdpSocket implements Readable, Flushable {
         if (this.closed) return;
       }
       if (count < receiveBatch) return;
+      this.loop.sendIfDue();
     }
   }
 

@@ -23,7 +23,7 @@ import {
   type TransferParams,
 } from "./transfer.ts";
 import type { PortRange } from "../net/address.ts";
-import type { PacketHandler, Peer, TransferChannel, TransferSockets } from "./transport.ts";
+import type { ListenPortTransfers, PacketHandler, Peer, TransferChannel, TransferSockets } from "./transport.ts";
 import { WriteTransfer } from "./write-transfer.ts";
 
 export interface EngineOptions {
@@ -109,6 +109,8 @@ export class TransferEngine {
    * running whose client had not answered when last looked at (holdUnverified prunes the rest)
    */
   private readonly unverified = new Map<string, Set<number>>();
+  /** tftp.single_port: the listeners' own sockets, by local address (this thread's engine only) */
+  private readonly listenPorts = new Map<string, ListenPortTransfers>();
   /** the MTU of each local address's interface (null: unknown), looked up once */
   private readonly mtus = new Map<string, number | null>();
 
@@ -122,6 +124,11 @@ export class TransferEngine {
 
   get active(): number {
     return this.transfers.size;
+  }
+
+  /** tftp.single_port: transfers from `address` are served on its listener's socket. */
+  serveOnListenPort(address: string, transfers: ListenPortTransfers): void {
+    this.listenPorts.set(address, transfers);
   }
 
   /** Starts sending `source`; the engine closes the source when the transfer ends. */
@@ -299,6 +306,9 @@ export class TransferEngine {
    * port of its own is one the forger never sees.
    */
   private async bindChannel(job: TransferJob, handler: PacketHandler): Promise<OpenedChannel> {
+    // tftp.single_port: every transfer on the port its request came to, windows included
+    const listenPort = this.listenPorts.get(job.localAddress);
+    if (listenPort) return { channel: listenPort.attachReplacing(job.peer, handler), shared: true };
     const dontFragment = this.fitsMtu(job.localAddress, job.blksize);
     if (this.options.transferSockets === "shared" && job.windowsize === 1) {
       const shared = await this.sharedSocket(job.localAddress, dontFragment);

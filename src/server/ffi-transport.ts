@@ -224,7 +224,8 @@ class FfiTransferChannel implements TransferChannel {
 }
 
 /** Transfer sockets on `loop` (this thread's epoll loop). */
-export function ffiTransferSockets(loop: IoLoop): TransferSockets {
+export function ffiTransferSockets(loop: IoLoop, batch: BatchPolicy): TransferSockets {
+  loop.batchTimeoutMs = batch.timeoutMs ?? 1;
   return {
     openShared: (address, range, batch, buffers, dontFragment) => FfiSharedSocket.open(loop, address, range, batch, buffers, dontFragment),
     async openChannel(localAddress, peer, range, handler, sendBufferBytes = 0, segmentBytes = 0, dontFragment = false) {

@@ -21,7 +21,7 @@ import type { AdmissionLimits, SharedAdmission } from "./admission.ts";
 import { LoadBalancer, type Algorithm, type HashKey } from "./balance.ts";
 import { TransferEngine, unverifiedBudget, type EngineOptions, type RepeatVerdict, type TransferJob } from "./engine.ts";
 import type { LossPlan } from "./loss.ts";
-import type { BatchPolicy } from "./shared-socket.ts";
+import { SharedTransferSocket, type BatchPolicy } from "./shared-socket.ts";
 import type { BufferSizes } from "../net/sockopt.ts";
 import type { Lifetimes, RetransmitPolicy, TransferOutcome } from "./transfer.ts";
 import { openListener, probeGso, type Listener, type Peer } from "./transport.ts";
@@ -77,6 +77,12 @@ export interface ServerOptions {
    * Bun.udpSocket everywhere. Uploads always run on the main thread's engine, on Bun's sockets.
    */
   ioLoop?: IoLoopKind;
+  /**
+   * tftp.single_port: every transfer is served from the port its request came to, told apart by
+   * the client's address and port (NAT, containers, firewalls that open only port 69); they run
+   * on the main thread, where the listeners are
+   */
+  singlePort?: boolean;
   balance: { algorithm: Algorithm; hashKey: HashKey };
   /** requestRate: requests per source address (a token bucket); absent: no rate limit */
   limits: AdmissionLimits & { onLimit: "drop" | "busy"; requestRate?: RequestRateLimits };
@@ -240,7 +246,8 @@ export class TftpServer {
     try {
       this.pipeline = this.buildPipeline();
       const ioLoop = this.options.ioLoop ?? "bun";
-      if (this.options.workers > 1 || ioLoop === "epoll") {
+      const singlePort = this.options.singlePort === true;
+      if (!singlePort && (this.options.workers > 1 || ioLoop === "epoll")) {
         this.pool = new WorkerPool(
           this.options.workers,
           { engine: this.engineOptions(), lossSpec: this.options.loss?.spec ?? null, throwAfterJobs: this.options.workerThrowAfterJobs ?? null, ioLoop },
@@ -266,7 +273,9 @@ export class TftpServer {
           (l, bytes, peer, at) => this.onRequest(l, bytes, peer, at),
           { receive: this.options.receiveBufferBytes, send: this.options.sendBufferBytes },
           this.options.loss ?? null,
+          singlePort ? (socket) => SharedTransferSocket.onListenPort(socket, this.options.batch) : null,
         );
+        if (listener.transfers) this.local.serveOnListenPort(listener.address, listener.transfers);
         this.listeners.push(listener);
         this.events.listening?.({ host: listener.address, port: listener.port }, listener.buffers);
       }

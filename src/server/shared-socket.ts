@@ -12,13 +12,19 @@ import type { udp } from "bun";
 import type { PortRange } from "../net/address.ts";
 import { bindInPortRange } from "../net/port-range-bind.ts";
 import { setBufferSizes, setDontFragment } from "../net/sockopt.ts";
-import { ignoreSocketError, openTransferChannel, sendAll, sendOne, unknownTid, type PacketHandler, type Peer, type TransferChannel, type TransferSockets } from "./transport.ts";
+import { ignoreSocketError, openTransferChannel, type ListenPortTransfers, sendAll, sendOne, unknownTid, type PacketHandler, type Peer, type TransferChannel, type TransferSockets } from "./transport.ts";
 
 export interface BatchPolicy {
   /** most datagrams in one sendmmsg */
   size: number;
   /** false: every datagram is sent at once (no batching) */
   enabled: boolean;
+  /**
+   * batch.batch_timeout: the longest a queued datagram waits for its batch, in milliseconds.
+   * Datagrams queued in a loop turn leave together at its end; on the epoll loop a turn that
+   * goes on reading (a flood) sends once the oldest has waited this long. Absent: 1.
+   */
+  timeoutMs?: number;
 }
 
 /** A port shared by lock-step transfers to different clients. */
@@ -72,7 +78,7 @@ class SharedChannel implements TransferChannel {
   }
 }
 
-export class SharedTransferSocket implements SharedSocket {
+export class SharedTransferSocket implements ListenPortTransfers {
   /**
    * Transfers by client port, then address: looked up once per datagram, and a port number
    * is a cheaper key than an address string built per packet. Clients on different hosts may
@@ -184,12 +190,33 @@ export class SharedTransferSocket implements SharedSocket {
   }
 
   private receive(bytes: Uint8Array, port: number, address: string): void {
+    if (!this.claim(bytes, port, address)) sendOne(this.socket, unknownTid, port, address);
+  }
+
+  /** Hands `bytes` to the transfer with that client; false when there is none. */
+  claim(bytes: Uint8Array, port: number, address: string): boolean {
     const channel = this.find(address, port);
-    if (!channel) {
-      sendOne(this.socket, unknownTid, port, address);
-      return;
-    }
+    if (!channel) return false;
     channel.receive(bytes);
+    return true;
+  }
+
+  /**
+   * Transfers on a listener's own socket (tftp.single_port): its datagrams come to claim() from
+   * the listener, which keeps the requests; the listener closes the socket.
+   */
+  static onListenPort(socket: udp.Socket<"uint8array">, batch: BatchPolicy): SharedTransferSocket {
+    return new SharedTransferSocket(socket, batch);
+  }
+
+  /**
+   * A channel to `peer`, ending the channel of an earlier transfer with the same client port
+   * (tftp.single_port, where no other port may take it: the request path lets a new request
+   * from that port through only once the earlier transfer has ended or been superseded).
+   */
+  attachReplacing(peer: Peer, handler: PacketHandler): TransferChannel {
+    this.find(peer.address, peer.port)?.close();
+    return this.attach(peer, handler)!;
   }
 }
 

@@ -283,6 +283,8 @@ export async function probeGso(address: string): Promise<string | null> {
 export interface Listener {
   readonly address: string;
   readonly port: number;
+  /** with tftp.single_port: the transfers served from this very port, else null */
+  readonly transfers: ListenPortTransfers | null;
   /** what the kernel granted for SO_RCVBUF / SO_SNDBUF, null when it could not be read */
   readonly buffers: BufferSizes | null;
   /** the rate at which datagrams that are no request get an ERROR back */
@@ -298,6 +300,14 @@ export interface Listener {
  */
 const GARBAGE_REPLIES_PER_SECOND = 50;
 
+/** Transfers served from a listener's own port (tftp.single_port): SharedTransferSocket.onListenPort. */
+export interface ListenPortTransfers extends SharedSocket {
+  /** Hands `bytes` to the transfer with that client; false when there is none. */
+  claim(bytes: Uint8Array, port: number, address: string): boolean;
+  /** A channel to `peer`, ending the channel of an earlier transfer with the same client port. */
+  attachReplacing(peer: Peer, handler: PacketHandler): TransferChannel;
+}
+
 export type RequestHandler = (listener: Listener, bytes: Uint8Array, peer: Peer, receivedAt: number) => void;
 
 /**
@@ -310,8 +320,11 @@ export async function openListener(
   onRequest: RequestHandler,
   buffers: { receive: number; send: number },
   loss: LossPlan | null = null,
+  /** tftp.single_port: the transfers to serve on the listener's socket */
+  transfersOn: ((socket: udp.Socket<"uint8array">) => ListenPortTransfers) | null = null,
 ): Promise<Listener> {
   let listener: Listener | null = null;
+  let transfers: ListenPortTransfers | null = null;
   const request = (bytes: Uint8Array, peerPort: number, peerAddress: string): void => {
     if (listener) onRequest(listener, bytes, { address: peerAddress, port: peerPort }, performance.now());
   };
@@ -322,6 +335,9 @@ export async function openListener(
     binaryType: "uint8array",
     socket: {
       data(_socket, bytes, peerPort, peerAddress) {
+        // tftp.single_port: what a client of a running transfer sends, but a request, is the
+        // transfer's; a request (a client asking again, or anew) takes the request path
+        if (transfers !== null && !isRequest(bytes) && transfers.claim(bytes, peerPort, peerAddress)) return;
         receive(bytes, peerPort, peerAddress);
       },
       error: ignoreSocketError,
@@ -329,13 +345,20 @@ export async function openListener(
   });
   // A boot storm is a burst of requests: the default receive buffer drops most of it.
   const granted = setBufferSizes(socket, buffers.receive, buffers.send);
+  if (transfersOn) transfers = transfersOn(socket);
   listener = {
     address,
     port: socket.port,
     buffers: granted,
+    transfers,
     garbageReplies: new TokenBucket(GARBAGE_REPLIES_PER_SECOND, GARBAGE_REPLIES_PER_SECOND),
     reply: (packet, peer) => sendOne(socket, packet, peer.port, peer.address),
-    close: () => socket.close(),
+    close: () => (transfers ? transfers.close() : socket.close()),
   };
   return listener;
+}
+
+/** An RRQ or a WRQ by its opcode (RFC 1350 §5). */
+function isRequest(bytes: Uint8Array): boolean {
+  return bytes.length >= 2 && bytes[0] === 0 && (bytes[1] === 1 || bytes[1] === 2);
 }

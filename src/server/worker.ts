@@ -99,7 +99,7 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
         options,
         lossSpec ? LossPlan.parse(lossSpec) : null,
         (id, outcome) => post({ type: "end", id, outcome }),
-        loop ? ffiTransferSockets(loop) : undefined,
+        loop ? ffiTransferSockets(loop, options.batch) : undefined,
       );
       throwAfterJobs = message.init.throwAfterJobs ?? null;
       post({ type: "ready", ioLoop: loop ? "epoll" : "bun", wakeFd: loop?.wakeFd ?? null });

@@ -164,6 +164,45 @@ describe("FfiUdpSocket", () => {
 });
 
 describe("IoLoop", () => {
+  /**
+   * A socket taking one datagram per recvmmsg, whose handler works 3 ms on each and queues an
+   * answer: six datagrams waiting make one long turn. The asking peer is a socket of the same
+   * thread, read by hand while the turn runs: returns how many answers it had when each
+   * datagram was handled.
+   */
+  async function longTurn(batchTimeoutMs: number): Promise<number[]> {
+    const loop = openLoop();
+    loop.batchTimeoutMs = batchTimeoutMs;
+    let answers = 0;
+    const seen: number[] = [];
+    const peer = FfiUdpSocket.open(loop, "127.0.0.1", 0, OPTIONS, () => answers++);
+    closers.push(() => peer.close());
+    const socket = FfiUdpSocket.open(loop, "127.0.0.1", 0, { receiveBatch: 1, receiveBytes: 64, sendBatch: 16 }, (datagram, from) => {
+      const until = performance.now() + 3;
+      while (performance.now() < until) {
+        // work on the datagram
+      }
+      peer.drain();
+      seen.push(answers);
+      socket.enqueue(new Uint8Array([datagram.bytes[3]!]), from.toName());
+    });
+    closers.push(() => socket.close());
+    const to = new SocketName("127.0.0.1", socket.port);
+    for (let i = 0; i < 6; i++) peer.enqueue(new Uint8Array([0, 4, 0, i]), to);
+    peer.flush();
+    await waitFor(() => answers === 6, 3000, "six answers");
+    return seen;
+  }
+
+  test("batch_timeout: in a long turn, answers leave once the oldest has waited that long, not at the turn's end", async () => {
+    // 1 ms: each answer leaves after the next datagram's 3 ms of work at the latest
+    const quick = await longTurn(1);
+    expect(quick.length).toBe(6);
+    expect(quick[5]!).toBeGreaterThanOrEqual(4);
+    // longer than the turn: nothing left before the turn's end
+    expect(await longTurn(1000)).toEqual([0, 0, 0, 0, 0, 0]);
+  });
+
   test("a loop asleep in epoll_wait in a worker wakes for a message when its wake descriptor is written", async () => {
     const source = `
       import { IoLoop } from ${JSON.stringify(new URL("../../../src/net/io-loop.ts", import.meta.url).pathname)};
