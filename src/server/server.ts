@@ -351,8 +351,11 @@ export class TftpServer {
       this.rateSummaryTimer = null;
       this.summarizeRateLimited();
     }
-    for (const listener of this.listeners.splice(0)) listener.close();
+    // Transfers end first, each telling its client why, then the listeners close: with
+    // tftp.single_port a listener's socket is its transfers' too.
+    const listeners = this.listeners.splice(0);
     await Promise.all([this.local.stop(), this.pool?.stop()]);
+    for (const listener of listeners) listener.close();
     this.unfollowCache?.();
     this.unfollowCache = null;
     this.pool = null;

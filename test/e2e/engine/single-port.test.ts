@@ -132,6 +132,19 @@ describe("tftp.single_port", () => {
     expect(s.records.map((r) => r.result)).toEqual(["ok"]);
   });
 
+  test("stop() with a transfer in flight: its client hears why, from the listen port", async () => {
+    const root = dir("tftpd-single-port-stop-");
+    writeFile(root, "f.bin", patternBytes(20 * KiB, 81));
+    const s = await serve(root, { timeoutMs: 1000 });
+    const client = await peers.open();
+    client.send(rrq("f.bin"), s.port, "127.0.0.1");
+    await client.nextData(1);
+    await s.server.stop();
+    const error = await client.nextError();
+    expect(error.port).toBe(s.port);
+    expect(error.packet.message).toContain("shutting down");
+  });
+
   test("a lost DATA is resent from the listen port", async () => {
     const root = dir("tftpd-single-port-loss-");
     const bytes = patternBytes(30 * KiB + 1, 71);
