@@ -104,3 +104,16 @@ export function setDontFragment(socket: object): boolean {
   if (fd === null || lib === null) return false;
   return setInt(lib, fd, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE, IPPROTO_IP);
 }
+
+/**
+ * Runs `send` (one datagram longer than the socket's GSO segment: an OACK or ERROR of a small
+ * blksize) with GSO off, so it leaves whole rather than cut into segments.
+ */
+export function sendUnsegmented(socket: object, segmentBytes: number, send: () => void): void {
+  setUdpSegment(socket, 0);
+  try {
+    send();
+  } finally {
+    setUdpSegment(socket, segmentBytes);
+  }
+}

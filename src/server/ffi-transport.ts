@@ -11,8 +11,9 @@
 import type { PortRange } from "../net/address.ts";
 import type { IoLoop } from "../net/io-loop.ts";
 import { bindInPortRange } from "../net/port-range-bind.ts";
-import { setBufferSizes, setDontFragment, setUdpSegment } from "../net/sockopt.ts";
+import { sendUnsegmented, setBufferSizes, setDontFragment, setUdpSegment } from "../net/sockopt.ts";
 import { FfiUdpSocket, SocketName, type Datagram, type ReceivedName } from "../net/udp-ffi.ts";
+import { ChannelsByPort } from "./channels-by-port.ts";
 import type { BatchPolicy, SharedSocket } from "./shared-socket.ts";
 import { contiguousRun, unknownTid, type PacketHandler, type Peer, type TransferChannel, type TransferSockets } from "./transport.ts";
 
@@ -61,9 +62,8 @@ class FfiSharedChannel implements TransferChannel {
 }
 
 export class FfiSharedSocket implements SharedSocket {
-  /** transfers by client port, then address (clients on different hosts may share a port) */
-  private readonly byPort = new Map<number, FfiSharedChannel[]>();
-  private count = 0;
+  /** transfers by client port, then address */
+  private readonly channels = new ChannelsByPort<FfiSharedChannel>();
   private socket!: FfiUdpSocket;
 
   private constructor(
@@ -94,29 +94,20 @@ export class FfiSharedSocket implements SharedSocket {
   }
 
   get transfers(): number {
-    return this.count;
+    return this.channels.size;
   }
 
   attach(peer: Peer, handler: PacketHandler): TransferChannel | null {
     const name = new SocketName(peer.address, peer.port);
-    if (this.find(name.port, name.v4, null, name)) return null;
+    if (this.channels.at(name.port)?.some((channel) => channel.name.v4 === name.v4 && channel.name.address === name.address)) return null;
     const channel = new FfiSharedChannel(this, name, handler);
-    const list = this.byPort.get(name.port);
-    if (list) list.push(channel);
-    else this.byPort.set(name.port, [channel]);
-    this.count++;
+    this.channels.add(name.port, channel);
     this.loop.holds++;
     return channel;
   }
 
   detach(channel: FfiSharedChannel): void {
-    const list = this.byPort.get(channel.name.port);
-    const at = list ? list.indexOf(channel) : -1;
-    if (at < 0) return;
-    this.count--;
-    this.loop.holds--;
-    if (list!.length === 1) this.byPort.delete(channel.name.port);
-    else list!.splice(at, 1);
+    if (this.channels.remove(channel.name.port, channel)) this.loop.holds--;
   }
 
   send(packet: Uint8Array, to: SocketName): void {
@@ -130,23 +121,19 @@ export class FfiSharedSocket implements SharedSocket {
   }
 
   close(): void {
-    for (const list of [...this.byPort.values()]) for (const channel of [...list]) channel.close();
+    for (const channel of this.channels.all()) channel.close();
     this.socket.close();
   }
 
-  private find(port: number, v4: number, from: ReceivedName | null, name: SocketName | null): FfiSharedChannel | undefined {
-    const list = this.byPort.get(port);
-    if (!list) return undefined;
-    for (const channel of list) {
-      if (channel.name.v4 !== v4) continue;
-      if (v4 >= 0) return channel;
-      if (from ? from.matches(channel.name) : channel.name.address === name!.address) return channel;
-    }
+  /** The transfer a datagram is for: same port, then same address (an integer for IPv4). */
+  private find(datagram: Datagram, from: ReceivedName): FfiSharedChannel | undefined {
+    const list = this.channels.at(datagram.port);
+    if (list) for (const channel of list) if (channel.name.v4 === datagram.v4 && (datagram.v4 >= 0 || from.matches(channel.name))) return channel;
     return undefined;
   }
 
   private receive(datagram: Datagram, from: ReceivedName): void {
-    const channel = this.find(datagram.port, datagram.v4, from, null);
+    const channel = this.find(datagram, from);
     if (channel) channel.receive(datagram.bytes);
     else this.send(unknownTid, from.toName());
   }
@@ -192,15 +179,9 @@ class FfiTransferChannel implements TransferChannel {
   /** One datagram, whatever its size: GSO is off for a packet longer than a segment. */
   private sendWhole(packet: Uint8Array, to: SocketName): void {
     const socket = this.socket;
-    if (packet.length <= this.segment || this.segment === 0) {
-      socket.enqueue(packet, to);
-      socket.flush();
-      return;
-    }
-    setUdpSegment(socket, 0);
     socket.enqueue(packet, to);
-    socket.flush();
-    setUdpSegment(socket, this.segment);
+    if (packet.length <= this.segment || this.segment === 0) socket.flush();
+    else sendUnsegmented(socket, this.segment, () => socket.flush());
   }
 
   sendMany(packets: readonly Uint8Array[]): void {

@@ -12,6 +12,7 @@ import type { udp } from "bun";
 import type { PortRange } from "../net/address.ts";
 import { bindInPortRange } from "../net/port-range-bind.ts";
 import { setBufferSizes, setDontFragment } from "../net/sockopt.ts";
+import { ChannelsByPort } from "./channels-by-port.ts";
 import { ignoreSocketError, openTransferChannel, type ListenPortTransfers, sendAll, sendOne, unknownTid, type PacketHandler, type Peer, type TransferChannel, type TransferSockets } from "./transport.ts";
 
 export interface BatchPolicy {
@@ -79,13 +80,8 @@ class SharedChannel implements TransferChannel {
 }
 
 export class SharedTransferSocket implements ListenPortTransfers {
-  /**
-   * Transfers by client port, then address: looked up once per datagram, and a port number
-   * is a cheaper key than an address string built per packet. Clients on different hosts may
-   * share a port, hence the short list.
-   */
-  private readonly byPort = new Map<number, SharedChannel[]>();
-  private count = 0;
+  /** transfers by client port, then address */
+  private readonly channels = new ChannelsByPort<SharedChannel>();
   private readonly queue: (Uint8Array | number | string)[] = [];
   private round = 0;
   private scheduled = false;
@@ -129,27 +125,19 @@ export class SharedTransferSocket implements ListenPortTransfers {
   }
 
   get transfers(): number {
-    return this.count;
+    return this.channels.size;
   }
 
   /** A channel to `peer`, or null when this socket already carries a transfer with that peer. */
   attach(peer: Peer, handler: PacketHandler): TransferChannel | null {
     if (this.find(peer.address, peer.port)) return null;
     const channel = new SharedChannel(this, peer, handler);
-    const list = this.byPort.get(peer.port);
-    if (list) list.push(channel);
-    else this.byPort.set(peer.port, [channel]);
-    this.count++;
+    this.channels.add(peer.port, channel);
     return channel;
   }
 
   detach(channel: SharedChannel): void {
-    const list = this.byPort.get(channel.peer.port);
-    const at = list ? list.indexOf(channel) : -1;
-    if (at < 0) return;
-    this.count--;
-    if (list!.length === 1) this.byPort.delete(channel.peer.port);
-    else list!.splice(at, 1);
+    this.channels.remove(channel.peer.port, channel);
   }
 
   enqueue(channel: SharedChannel, packet: Uint8Array): void {
@@ -178,14 +166,13 @@ export class SharedTransferSocket implements ListenPortTransfers {
 
   close(): void {
     this.flush();
-    for (const list of [...this.byPort.values()]) for (const channel of [...list]) channel.close();
+    for (const channel of this.channels.all()) channel.close();
     this.socket.close();
   }
 
   private find(address: string, port: number): SharedChannel | undefined {
-    const list = this.byPort.get(port);
-    if (!list) return undefined;
-    for (const channel of list) if (channel.peer.address === address) return channel;
+    const list = this.channels.at(port);
+    if (list) for (const channel of list) if (channel.peer.address === address) return channel;
     return undefined;
   }
 

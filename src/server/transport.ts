@@ -12,7 +12,7 @@ import { ErrorCode } from "../protocol/packet.ts";
 import type { LossPlan } from "./loss.ts";
 import type { PortRange } from "../net/address.ts";
 import { bindInPortRange } from "../net/port-range-bind.ts";
-import { GSO_MAX_BYTES, GSO_MAX_SEGMENTS, setBufferSizes, setDontFragment, setUdpSegment, type BufferSizes } from "../net/sockopt.ts";
+import { GSO_MAX_BYTES, GSO_MAX_SEGMENTS, setBufferSizes, sendUnsegmented, setDontFragment, setUdpSegment, type BufferSizes } from "../net/sockopt.ts";
 import { TokenBucket } from "./token-bucket.ts";
 import type { BatchPolicy, SharedSocket } from "./shared-socket.ts";
 
@@ -142,9 +142,7 @@ class UdpTransferChannel implements TransferChannel {
       sendOne(socket, packet, port, address);
       return;
     }
-    setUdpSegment(socket, 0);
-    sendOne(socket, packet, port, address);
-    setUdpSegment(socket, this.segment);
+    sendUnsegmented(socket, this.segment, () => sendOne(socket, packet, port, address));
   }
 
   sendMany(packets: readonly Uint8Array[]): void {
