@@ -357,7 +357,9 @@ const performance = section({
   cpu: section({
     affinity: parsedBy<CpuAffinity>('"auto" | "none" | CPU list', parseAffinity)
       .prefault("auto")
-      .describe(`Pin workers to CPUs: "auto" spreads them over the CPUs, "none" leaves it to the kernel, or a CPU list ([0,1,2] or "0-3,8") ${ENGINE}`),
+      .describe(
+        'Pin each transfer worker\'s thread to a CPU (sched_setaffinity): "auto" gives worker i the i-th CPU from the last one this process may use, when there is one more CPU than workers (CPU 0 stays with the main thread and interrupts), else leaves it to the kernel; "none" leaves it to the kernel; a CPU list ([0,1,2] or "0-3,8") is shared out round robin. CPUs this process may not use are left out, said in one line',
+      ),
     thread_pool_size: intIn(1, 4096).default(4).describe(`Threads of the file I/O pool ${ENGINE}`),
     worker_threads: autoOrInt(1, 1024)
       .prefault("auto")
@@ -467,7 +469,11 @@ const io = section({
   async_io: bool().default(true).describe(`Read files asynchronously instead of blocking a worker ${ENGINE}`),
   direct_io: bool().default(false).describe(`Bypass the page cache (O_DIRECT) for reads ${ENGINE}`),
   read_ahead: bytes().prefault("1Mi").describe(`Bytes read ahead of the current window ${ENGINE}`),
-  write_behind: bool().default(true).describe(`Acknowledge upload blocks before they reach the disk (fsync at the end) ${ENGINE}`),
+  write_behind: bool()
+    .default(false)
+    .describe(
+      "When an upload's final ACK goes: false (the default), once the file is on disk (fdatasync) and published under its name, so an acknowledged upload survives a crash; true, as soon as the last block is in, the sync and the publish after it (the client goes on at once, a crash right after may lose the upload, never leaves it half-written). Either way the disk is waited for off the event loop",
+    ),
   io_threads: intIn(1, 1024).default(4).describe(`Threads doing file I/O ${ENGINE}`),
 });
 

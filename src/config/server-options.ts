@@ -3,6 +3,7 @@
  * for `serve` at start and for the limits a pushed config reloads (cluster/config-sync.ts).
  */
 import { availableParallelism } from "node:os";
+import { usableCpus, planAffinity } from "../net/affinity.ts";
 import { parseListenAddress } from "../net/address.ts";
 import type { NetworkRule } from "../server/pipeline/rules.ts";
 import type { ServerOptions } from "../server/server.ts";
@@ -66,7 +67,9 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
     gso: config.network.zero_copy,
     ioLoop: config.network.epoll ? "epoll" : "bun",
     singlePort: tftp.single_port,
+    writeBehind: config.io.write_behind,
     workers: workerCount(config.performance.cpu.worker_threads),
+    workerCpus: planAffinity(config.performance.cpu.affinity, workerCount(config.performance.cpu.worker_threads), usableCpus()).perWorker,
     balance: { algorithm: config.load_balancing.algorithm, hashKey: config.load_balancing.hash_key },
     limits: admissionLimits(config),
     lifetimes: {
@@ -85,6 +88,8 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
  */
 export function unhonouredSettings(config: Config): string[] {
   const lines: string[] = [];
+  const affinity = planAffinity(config.performance.cpu.affinity, workerCount(config.performance.cpu.worker_threads), usableCpus());
+  if (affinity.unhonoured) lines.push(affinity.unhonoured);
   if (config.network.io_uring) {
     lines.push(
       `network.io_uring is true, but this build has no io_uring loop (Bun offers none, and none is driven through libc): transfers use ${config.network.epoll ? "the epoll loop (network.epoll)" : "Bun's sockets (network.epoll is false)"}`,

@@ -6,6 +6,7 @@
 import { readdirSync } from "node:fs";
 import type { Logger } from "../log.ts";
 import { formatHostPort, type HostPort } from "../net/address.ts";
+import { formatCpuList } from "../net/affinity.ts";
 import { isWildcard } from "../net/interfaces.ts";
 import { wasCapped } from "../net/sockopt.ts";
 import type { ServerEvents, TftpServer, TransferRecord } from "../server/server.ts";
@@ -145,7 +146,13 @@ export function logTransferEngine(log: Logger, server: TftpServer, asked: IoLoop
     return;
   }
   const epoll = loops.filter((loop) => loop === "epoll").length;
-  log.info({ io_loop: epoll === loops.length ? "epoll" : "bun", workers: loops.length }, "transfer workers started");
+  const threads = server.workers?.threads ?? [];
+  // tid: /proc/PID/task/TID; cpus: where it is pinned ("any": the kernel decides)
+  const placed = threads.map((t) => ({ tid: t?.tid ?? null, cpus: t?.cpus ? formatCpuList(t.cpus) : "any" }));
+  log.info({ io_loop: epoll === loops.length ? "epoll" : "bun", workers: loops.length, threads: placed }, "transfer workers started");
+  for (const [i, t] of threads.entries()) {
+    if (t?.pinError) log.warn({ worker: i, error: t.pinError }, "performance.cpu.affinity: a transfer worker could not be pinned");
+  }
   if (asked === "epoll" && epoll < loops.length) {
     log.warn({ workers: loops.length, on_epoll: epoll }, "network.epoll: libc is out of reach here, so transfer workers run on Bun's sockets");
   }

@@ -141,10 +141,10 @@ export class TransferEngine {
   }
 
   /** Starts receiving into `sink`; the transfer commits or aborts it. */
-  startWrite(job: TransferJob, sink: UploadSink, mode: TransferMode): Promise<void> {
+  startWrite(job: TransferJob, sink: UploadSink, mode: TransferMode, writeBehind: boolean): Promise<void> {
     return this.begin(
       job,
-      (channel, onEnd) => new WriteTransfer(channel, sink, { ...this.params(job), mode }, onEnd),
+      (channel, onEnd) => new WriteTransfer(channel, sink, { ...this.params(job), mode, writeBehind }, onEnd),
       () => sink.abort(),
     );
   }

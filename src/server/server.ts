@@ -71,6 +71,10 @@ export interface ServerOptions {
    * runs transfers on the main thread and N > 1 starts N worker threads
    */
   workers: number;
+  /** io.write_behind: an upload's final ACK before its bytes are on disk (default false) */
+  writeBehind?: boolean;
+  /** performance.cpu.affinity: the CPUs worker i pins itself to (null or absent: the kernel decides) */
+  workerCpus?: (readonly number[] | null)[];
   /**
    * "epoll" (network.epoll): the workers' transfer sockets run on an epoll loop through libc
    * (ffi-transport.ts), Bun's sockets where libc is out of reach; "bun" (the default here):
@@ -250,7 +254,8 @@ export class TftpServer {
       if (!singlePort && (this.options.workers > 1 || ioLoop === "epoll")) {
         this.pool = new WorkerPool(
           this.options.workers,
-          { engine: this.engineOptions(), lossSpec: this.options.loss?.spec ?? null, throwAfterJobs: this.options.workerThrowAfterJobs ?? null, ioLoop },
+          { engine: this.engineOptions(), lossSpec: this.options.loss?.spec ?? null, throwAfterJobs: this.options.workerThrowAfterJobs ?? null, ioLoop, cpus: null },
+          this.options.workerCpus ?? [],
           {
             end: (id, outcome) => this.ended(id, outcome),
             failed: (id, message) => this.failed(id, message),
@@ -483,7 +488,7 @@ export class TftpServer {
     const startFailed = (error: unknown): void => this.failed(running.id, (error as Error).message);
     if (accepted.op === "write") {
       // Uploads are rare in network boot and write through the main thread's sink: they run here.
-      this.local.startWrite(job, accepted.sink, packet.mode).catch(startFailed);
+      this.local.startWrite(job, accepted.sink, packet.mode, this.options.writeBehind ?? false).catch(startFailed);
       return;
     }
     const source = accepted.source;

@@ -7,7 +7,7 @@ import type { FileIdentity, SourceShare } from "../storage/source.ts";
 import type { EndHandler, RepeatVerdict, TransferJob } from "./engine.ts";
 import type { TransferOutcome } from "./transfer.ts";
 import { closeWake, wakeLoop } from "../net/io-loop.ts";
-import type { FromWorker, IoLoopKind, ToWorker, WorkerInit } from "./worker-protocol.ts";
+import type { FromWorker, IoLoopKind, ToWorker, WorkerInit, WorkerThread } from "./worker-protocol.ts";
 
 /**
  * From source, the worker file sits next to this one. In a compiled binary everything is
@@ -26,6 +26,8 @@ interface Slot {
   /** the worker's epoll loop sleeps in epoll_wait: a message to it is followed by a write here */
   wakeFd: number | null;
   ioLoop: IoLoopKind | null;
+  /** its thread, once it is ready */
+  thread: WorkerThread | null;
 }
 
 export interface PoolEvents {
@@ -67,6 +69,8 @@ export class WorkerPool {
   constructor(
     private readonly count: number,
     private readonly init: WorkerInit,
+    /** performance.cpu.affinity: the CPUs of worker i (a replacement takes its CPUs over) */
+    private readonly cpus: readonly (readonly number[] | null)[],
     private readonly events: PoolEvents,
   ) {}
 
@@ -82,6 +86,11 @@ export class WorkerPool {
   /** the I/O loop each worker runs (null until it is ready) */
   get ioLoops(): (IoLoopKind | null)[] {
     return this.slots.map((s) => s.ioLoop);
+  }
+
+  /** each worker's thread (null until it is ready) */
+  get threads(): (WorkerThread | null)[] {
+    return this.slots.map((s) => s.thread);
   }
 
   /** transfers handed to each worker since the pool started, running or ended */
@@ -193,13 +202,14 @@ export class WorkerPool {
       markFailed = reject;
     });
     ready.catch(() => {}); // a replacement worker's failure is reported by its exit, not here
-    const slot: Slot = { worker, jobs: new Set(), stopping: false, ready, crash: null, wakeFd: null, ioLoop: null };
+    const slot: Slot = { worker, jobs: new Set(), stopping: false, ready, crash: null, wakeFd: null, ioLoop: null, thread: null };
     worker.addEventListener("error", (event) => markFailed(new Error(`transfer worker failed: ${(event as ErrorEvent).message}`)));
     worker.addEventListener("message", (event: MessageEvent<FromWorker>) => {
       const message = event.data;
       if (message.type === "ready") {
         slot.wakeFd = message.wakeFd;
         slot.ioLoop = message.ioLoop;
+        slot.thread = message.thread;
         markReady();
       } else if (message.type === "end") {
         slot.jobs.delete(message.id);
@@ -215,7 +225,7 @@ export class WorkerPool {
       }
     });
     worker.addEventListener("close", () => this.onExit(index, slot));
-    worker.postMessage({ type: "init", init: { ...this.init, throwAfterJobs } } satisfies ToWorker);
+    worker.postMessage({ type: "init", init: { ...this.init, throwAfterJobs, cpus: this.cpus[index] ?? null } } satisfies ToWorker);
     return slot;
   }
 

@@ -11,9 +11,20 @@ export interface WorkerInit {
   throwAfterJobs?: number | null;
   /** "epoll": transfer sockets on this thread's epoll loop (ffi-transport.ts), else Bun's */
   ioLoop: IoLoopKind;
+  /** performance.cpu.affinity: the CPUs this worker's thread pins itself to; null: the kernel decides */
+  cpus: readonly number[] | null;
 }
 
 export type IoLoopKind = "epoll" | "bun";
+
+/** A worker's thread as the kernel knows it: /proc/PID/task/<tid> */
+export interface WorkerThread {
+  tid: number | null;
+  /** the CPUs it pinned itself to, or null when it is not pinned */
+  cpus: readonly number[] | null;
+  /** why pinning failed, when it was asked and failed */
+  pinError: string | null;
+}
 
 export type ToWorker =
   | { type: "init"; init: WorkerInit }
@@ -36,7 +47,7 @@ export type FromWorker =
    * eventfd to write to after posting it a message, which the main thread closes once the
    * worker has ended
    */
-  | { type: "ready"; ioLoop: IoLoopKind; wakeFd: number | null }
+  | { type: "ready"; ioLoop: IoLoopKind; wakeFd: number | null; thread: WorkerThread }
   | { type: "end"; id: number; outcome: TransferOutcome }
   /** the job could not start (no socket could be bound): the main thread answers the client */
   | { type: "failed"; id: number; message: string }

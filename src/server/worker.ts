@@ -12,6 +12,7 @@
 import { FillProgress, followingSource } from "../storage/copy-progress.ts";
 import { borrowedFdSource, type FileIdentity, type FileSource, type SourceShare } from "../storage/source.ts";
 import { IoLoop } from "../net/io-loop.ts";
+import { pinThisThread, threadId } from "../net/affinity.ts";
 import { TransferEngine } from "./engine.ts";
 import { ffiTransferSockets } from "./ffi-transport.ts";
 import { LossPlan } from "./loss.ts";
@@ -93,7 +94,9 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
   const message = event.data;
   switch (message.type) {
     case "init": {
-      const { engine: options, lossSpec, ioLoop } = message.init;
+      const { engine: options, lossSpec, ioLoop, cpus } = message.init;
+      // pinned before anything else runs here, so the loop's first turn is already on its CPU
+      const pinError = cpus ? pinThisThread(cpus) : null;
       loop = ioLoop === "epoll" ? IoLoop.open() : null;
       engine = new TransferEngine(
         options,
@@ -102,7 +105,8 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
         loop ? ffiTransferSockets(loop, options.batch) : undefined,
       );
       throwAfterJobs = message.init.throwAfterJobs ?? null;
-      post({ type: "ready", ioLoop: loop ? "epoll" : "bun", wakeFd: loop?.wakeFd ?? null });
+      const thread = { tid: threadId(), cpus: cpus && pinError === null ? cpus : null, pinError };
+      post({ type: "ready", ioLoop: loop ? "epoll" : "bun", wakeFd: loop?.wakeFd ?? null, thread });
       return;
     }
     case "read": {

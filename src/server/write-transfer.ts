@@ -2,6 +2,11 @@
  * WRQ state machine: the client sends DATA, the server ACKs (RFC 1350), once per window of
  * blocks when windowsize was negotiated (RFC 7440). Bytes go to an UploadSink that publishes
  * the file atomically only when the last block has arrived.
+ *
+ * When the final ACK goes (io.write_behind): false, once the file is on disk (fdatasync) and
+ * published, so an acknowledged upload survives a crash; true, as soon as the last block is
+ * in, with the sync and the publish after it (an acknowledged upload may then be lost to a
+ * crash, never published half-written). Either way the disk is waited for off the event loop.
  */
 import { decodePacket, encodeAck, encodeOack } from "../protocol/codec.ts";
 import { NetasciiDecoder } from "../protocol/netascii.ts";
@@ -12,6 +17,8 @@ import { EndingTransfer, type TransferOutcome, type TransferParams, type Transfe
 
 export interface WriteTransferParams extends TransferParams {
   mode: TransferMode;
+  /** io.write_behind: the final ACK before the file is on disk */
+  writeBehind: boolean;
 }
 
 export class WriteTransfer extends EndingTransfer<WriteTransferParams> {
@@ -23,6 +30,10 @@ export class WriteTransfer extends EndingTransfer<WriteTransferParams> {
   /** a gap was reported with an ACK since the last progress; report it once, not per block */
   private gapReported = false;
   private readonly netascii: NetasciiDecoder | null;
+  /** the last block is in and the file is being synced and published */
+  private committing = false;
+  /** the sync and publish in flight, if any; settles once the transfer knows how it went */
+  publishing: Promise<void> | null = null;
 
   constructor(
     channel: TransferChannel,
@@ -62,6 +73,12 @@ export class WriteTransfer extends EndingTransfer<WriteTransferParams> {
   }
 
   private onData(wire: number, data: Uint8Array): void {
+    if (this.committing) {
+      // The last block again: with the final ACK sent already (write-behind) it was lost, so it
+      // goes again; before it, the client only repeats itself while the disk works.
+      if (this.params.writeBehind && wire === (this.lastAcked & 0xffff)) this.channel.send(encodeAck(wire));
+      return;
+    }
     if (this.state === "lingering") {
       // Our final ACK was lost and the client sent its last block again: answer it again.
       if (wire === (this.lastAcked & 0xffff)) this.channel.send(encodeAck(wire));
@@ -130,15 +147,23 @@ export class WriteTransfer extends EndingTransfer<WriteTransferParams> {
 
   private complete(block: number): void {
     if (this.netascii && !this.store(this.netascii.end())) return;
-    const refusal = this.sink.commit();
-    if (refusal) {
-      this.fail(refusal.code, refusal.message);
-      return;
-    }
+    this.committing = true;
+    // nothing is resent while the disk works: the last block is in, and its ACK is the next word
+    this.clock.stop();
     this.lastAcked = block;
-    this.sendLastAck();
-    // RFC 1350 §6: dally, so a client whose final ACK was lost can get it again.
-    this.end("ok", undefined, this.params.retransmit.timeoutMs * 2);
+    if (this.params.writeBehind) this.sendLastAck();
+    this.publishing = this.sink.publish().then((refusal) => {
+      this.committing = false;
+      this.publishing = null;
+      if (this.state !== "running") return; // ended meanwhile (the server stopped): the upload is gone
+      if (refusal) {
+        this.fail(refusal.code, refusal.message);
+        return;
+      }
+      if (!this.params.writeBehind) this.sendLastAck();
+      // RFC 1350 §6: dally, so a client whose final ACK was lost can get it again.
+      this.end("ok", undefined, this.params.retransmit.timeoutMs * 2);
+    });
   }
 
   private sendLastAck(): void {

@@ -10,7 +10,7 @@
  * (kill -9, a crash, a power cut) loses the lock, and the start-up sweep (upload-sweep.ts)
  * removes the temporary files nobody holds.
  *
- * Publishing (commit): fsync the temporary file, then
+ * Publishing (commit, or publish off the event loop): fdatasync the temporary file, then
  *  - policy "create":    link(tmp, final) — fails atomically with EEXIST (→ ERROR 6) if someone
  *                        created the name meanwhile — then unlink(tmp). On a filesystem without
  *                        hard links (EPERM/ENOTSUP) it falls back to check-then-rename, which
@@ -40,6 +40,12 @@ export interface UploadSink {
    * the complete file is then visible but its durability is unknown.
    */
   commit(): Refusal | null;
+  /**
+   * The same as commit(), with the two waits for the disk (fdatasync of the file, fsync of its
+   * directory) on a thread of Bun's pool: the event loop, and every transfer on it, goes on
+   * while the disk works.
+   */
+  publish(): Promise<Refusal | null>;
   /** Discard the upload: close and remove the temporary file. Idempotent; a no-op after commit. */
   abort(): void;
   /** Bytes accepted so far. */
@@ -268,14 +274,34 @@ class FileUploadSink implements UploadSink {
   commit(): Refusal | null {
     if (this.#state !== "open") return refuse(ErrorCode.NOT_DEFINED, "upload already finished");
     try {
-      fs.fsyncSync(this.#fd);
+      fs.fdatasyncSync(this.#fd);
     } catch (err) {
       this.abort();
       return refusalFromFsError(err, "sync");
     }
+    return this.#link() ?? syncDirectory(this.dir);
+  }
 
-    // The descriptor (and so the lock) is kept until the temporary name is gone: a sweep of
-    // another process must not take a finished file for an abandoned one before it is published.
+  async publish(): Promise<Refusal | null> {
+    if (this.#state !== "open") return refuse(ErrorCode.NOT_DEFINED, "upload already finished");
+    // (the state stays open meanwhile: an abort now, a cancelled transfer's, removes the file,
+    // and the fdatasync then fails on a closed descriptor or syncs a file nobody will publish)
+    try {
+      await fdatasyncOffLoop(this.#fd);
+    } catch (err) {
+      this.abort();
+      return refusalFromFsError(err, "sync");
+    }
+    if (this.#state !== "open") return refuse(ErrorCode.NOT_DEFINED, "upload aborted");
+    return this.#link() ?? (await syncDirectoryOffLoop(this.dir));
+  }
+
+  /**
+   * Gives the durable temporary file its final name. The descriptor (and so the lock) is kept
+   * until the temporary name is gone: a sweep of another process must not take a finished
+   * file for an abandoned one before it is published.
+   */
+  #link(): Refusal | null {
     let published: Refusal | null;
     try {
       published = this.policy === "create" ? this.#publishNew() : this.#publishOver();
@@ -288,7 +314,7 @@ class FileUploadSink implements UploadSink {
     }
     this.#state = "committed";
     this.#release();
-    return this.#syncDirectory();
+    return null;
   }
 
   abort(): void {
@@ -334,19 +360,43 @@ class FileUploadSink implements UploadSink {
       return refusalFromFsError(err, "rename");
     }
   }
+}
 
-  #syncDirectory(): Refusal | null {
-    let dfd = -1;
-    try {
-      dfd = fs.openSync(this.dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-      fs.fsyncSync(dfd);
-      return null;
-    } catch (err) {
-      const errno = errnoOf(err);
-      if (errno !== undefined && NO_DIR_FSYNC.has(errno)) return null; // the filesystem cannot do it
-      return refusalFromFsError(err, "sync");
-    } finally {
-      if (dfd >= 0) closeQuietly(dfd);
-    }
+/** fdatasync on a thread of Bun's pool. */
+function fdatasyncOffLoop(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+/** What a directory fsync that failed means: nothing where the filesystem cannot do it. */
+function directorySyncRefusal(err: unknown): Refusal | null {
+  const errno = errnoOf(err);
+  if (errno !== undefined && NO_DIR_FSYNC.has(errno)) return null;
+  return refusalFromFsError(err, "sync");
+}
+
+/** fsync of the directory, so a new name survives a crash. */
+function syncDirectory(dir: string): Refusal | null {
+  let dfd = -1;
+  try {
+    dfd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+    fs.fsyncSync(dfd);
+    return null;
+  } catch (err) {
+    return directorySyncRefusal(err);
+  } finally {
+    if (dfd >= 0) closeQuietly(dfd);
+  }
+}
+
+async function syncDirectoryOffLoop(dir: string): Promise<Refusal | null> {
+  let handle: fs.promises.FileHandle | null = null;
+  try {
+    handle = await fs.promises.open(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+    await handle.sync();
+    return null;
+  } catch (err) {
+    return directorySyncRefusal(err);
+  } finally {
+    await handle?.close().catch(() => {});
   }
 }

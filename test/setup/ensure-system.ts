@@ -31,6 +31,8 @@ const requirements: Requirement[] = [
   { path: "/usr/bin/redis-cli", pkg: "redis-tools" },
   // network namespaces and veth pairs for the neighbour-table tests (test/helpers/netns.ts)
   { path: "/sbin/ip", pkg: "iproute2" },
+  // a slow fdatasync, injected into the server's system calls (io.write_behind tests)
+  { path: "/usr/bin/strace", pkg: "strace" },
 ];
 
 const missing = requirements.filter((r) => !existsSync(r.path) || (r.check && !r.check())).map((r) => r.pkg);

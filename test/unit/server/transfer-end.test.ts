@@ -60,7 +60,7 @@ async function startWrite(timeoutMs = 2000, retries = 5) {
   const sink: UploadSink = prepared.sink;
   let transfer: WriteTransfer | null = null;
   const channel = await openTransferChannel("127.0.0.1", { address: "127.0.0.1", port: client.port }, null, (b) => transfer?.handle(b));
-  transfer = new WriteTransfer(channel, sink, { ...params(timeoutMs, retries), mode: "octet" }, onEnd);
+  transfer = new WriteTransfer(channel, sink, { ...params(timeoutMs, retries), mode: "octet", writeBehind: false }, onEnd);
   running.push(transfer);
   transfer.start();
   await client.nextAck(0);
