@@ -9,8 +9,8 @@
  *   tftpd-<version>-linux-<arch>.tar.gz  tftpd, tftpd.service, config.example.json, LICENSE
  *   SHA256SUMS                         `sha256sum -c` format, binaries and tarballs
  *
- * The transfer worker's entry file must be listed in ENTRYPOINTS, or it is missing from the
- * binary and `new Worker(...)` fails at run time.
+ * The entry files of worker threads (transfer workers, the file I/O pool) must be listed in
+ * ENTRYPOINTS, or they are missing from the binary and `new Worker(...)` fails at run time.
  *
  * Options: --outdir DIR (default dist/), --no-bytecode, --no-cross (host arch only).
  */
@@ -20,7 +20,7 @@ import { parseArgs } from "node:util";
 import pkg from "../package.json" with { type: "json" };
 import { type Arch, foreignRuntime, summary, tarball, writeSha256Sums } from "./release.ts";
 
-const ENTRYPOINTS = ["src/main.ts", "src/server/worker.ts"];
+const ENTRYPOINTS = ["src/main.ts", "src/server/worker.ts", "src/storage/copy-worker.ts"];
 const ROOT = resolve(import.meta.dir, "..");
 const CACHE = join(ROOT, ".cache");
 

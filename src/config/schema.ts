@@ -358,9 +358,9 @@ const performance = section({
     affinity: parsedBy<CpuAffinity>('"auto" | "none" | CPU list', parseAffinity)
       .prefault("auto")
       .describe(
-        'Pin each transfer worker\'s thread to a CPU (sched_setaffinity): "auto" gives worker i the i-th CPU from the last one this process may use, when there is one more CPU than workers (CPU 0 stays with the main thread and interrupts), else leaves it to the kernel; "none" leaves it to the kernel; a CPU list ([0,1,2] or "0-3,8") is shared out round robin. CPUs this process may not use are left out, said in one line',
+        'Pin each transfer worker\'s thread to a CPU (sched_setaffinity): "auto" gives worker i the i-th CPU from the last one this process may use when two CPUs are left over (for the main thread, interrupts and the rest; so not with the default worker_threads), else leaves it to the kernel; "none" leaves it to the kernel; a CPU list ([0,1,2] or "0-3,8") is shared out round robin. CPUs this process may not use are left out, said in one line',
       ),
-    thread_pool_size: intIn(1, 4096).default(4).describe(`Threads of the file I/O pool ${ENGINE}`),
+    thread_pool_size: intIn(1, 4096).default(4).describe("The most threads the file I/O pool may have: it has min(io.io_threads, this)"),
     worker_threads: autoOrInt(1, 1024)
       .prefault("auto")
       .describe('Number of transfer engines: 1 runs transfers on the main thread, N > 1 starts N worker threads; "auto" = one per CPU but one (the main thread keeps listeners, admission and the cache)'),
@@ -466,15 +466,15 @@ const limits = section({
 });
 
 const io = section({
-  async_io: bool().default(true).describe(`Read files asynchronously instead of blocking a worker ${ENGINE}`),
-  direct_io: bool().default(false).describe(`Bypass the page cache (O_DIRECT) for reads ${ENGINE}`),
-  read_ahead: bytes().prefault("1Mi").describe(`Bytes read ahead of the current window ${ENGINE}`),
+  async_io: bool().default(true).describe("The file cache's copies from disk run on the file I/O pool's threads, so a slow disk never holds the main thread; false: on the main thread, between its other work"),
+  direct_io: bool().default(false).describe("The file cache copies files from disk with O_DIRECT, past the page cache (which would hold them twice); a file system without O_DIRECT is said at start"),
+  read_ahead: bytes().prefault("1Mi").describe("Bytes of a file served from disk (larger than the cache, or the cache off) asked of the kernel ahead of where its transfer reads (posix_fadvise WILLNEED); 0: the kernel's own read-ahead only"),
   write_behind: bool()
     .default(false)
     .describe(
       "When an upload's final ACK goes: false (the default), once the file is on disk (fdatasync) and published under its name, so an acknowledged upload survives a crash; true, as soon as the last block is in, the sync and the publish after it (the client goes on at once, a crash right after may lose the upload, never leaves it half-written). Either way the disk is waited for off the event loop",
     ),
-  io_threads: intIn(1, 1024).default(4).describe(`Threads doing file I/O ${ENGINE}`),
+  io_threads: intIn(1, 1024).default(4).describe("Threads of the file I/O pool (io.async_io), capped by performance.cpu.thread_pool_size"),
 });
 
 const network = section({

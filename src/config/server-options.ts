@@ -4,6 +4,7 @@
  */
 import { availableParallelism } from "node:os";
 import { usableCpus, planAffinity } from "../net/affinity.ts";
+import { takesDirectIo } from "../storage/disk-io.ts";
 import { parseListenAddress } from "../net/address.ts";
 import type { NetworkRule } from "../server/pipeline/rules.ts";
 import type { ServerOptions } from "../server/server.ts";
@@ -16,6 +17,14 @@ import type { Config } from "./schema.ts";
  */
 export function workerCount(setting: number | "auto", cpus = availableParallelism()): number {
   return setting === "auto" ? Math.max(1, cpus - 1) : setting;
+}
+
+/**
+ * Threads of the file I/O pool: io.io_threads, no more than performance.cpu.thread_pool_size
+ * (the ceiling on helper threads); 0 with io.async_io false (copies on the main thread).
+ */
+export function fileIoThreads(config: Config): number {
+  return config.io.async_io ? Math.min(config.io.io_threads, config.performance.cpu.thread_pool_size) : 0;
 }
 
 /** Admission limits: read at start, and again for each pushed config (they reload). */
@@ -68,6 +77,7 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
     ioLoop: config.network.epoll ? "epoll" : "bun",
     singlePort: tftp.single_port,
     writeBehind: config.io.write_behind,
+    diskIo: { readAheadBytes: config.io.read_ahead, directFills: config.io.direct_io, ioThreads: fileIoThreads(config) },
     workers: workerCount(config.performance.cpu.worker_threads),
     workerCpus: planAffinity(config.performance.cpu.affinity, workerCount(config.performance.cpu.worker_threads), usableCpus()).perWorker,
     balance: { algorithm: config.load_balancing.algorithm, hashKey: config.load_balancing.hash_key },
@@ -90,6 +100,14 @@ export function unhonouredSettings(config: Config): string[] {
   const lines: string[] = [];
   const affinity = planAffinity(config.performance.cpu.affinity, workerCount(config.performance.cpu.worker_threads), usableCpus());
   if (affinity.unhonoured) lines.push(affinity.unhonoured);
+  if (config.io.async_io && config.io.io_threads > config.performance.cpu.thread_pool_size) {
+    lines.push(
+      `io.io_threads is ${config.io.io_threads}, more than performance.cpu.thread_pool_size ${config.performance.cpu.thread_pool_size}: the file I/O pool has ${fileIoThreads(config)} threads`,
+    );
+  }
+  if (config.io.direct_io && takesDirectIo(config.tftp.root) === false) {
+    lines.push(`io.direct_io is true, but the file system of ${config.tftp.root} takes no O_DIRECT: the file cache copies its files through the page cache`);
+  }
   if (config.network.io_uring) {
     lines.push(
       `network.io_uring is true, but this build has no io_uring loop (Bun offers none, and none is driven through libc): transfers use ${config.network.epoll ? "the epoll loop (network.epoll)" : "Bun's sockets (network.epoll is false)"}`,

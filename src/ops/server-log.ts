@@ -140,6 +140,7 @@ export function logReady(log: Logger, addresses: HostPort[], fields: { root: str
  * network.epoll asked for the epoll loop and a worker could not have it (no libc access).
  */
 export function logTransferEngine(log: Logger, server: TftpServer, asked: IoLoopKind): void {
+  logFileIoPool(log, server);
   const loops = server.workers?.ioLoops ?? [];
   if (loops.length === 0) {
     log.info({ io_loop: "bun", workers: 0 }, "transfers run on the main thread on Bun's sockets");
@@ -156,4 +157,11 @@ export function logTransferEngine(log: Logger, server: TftpServer, asked: IoLoop
   if (asked === "epoll" && epoll < loops.length) {
     log.warn({ workers: loops.length, on_epoll: epoll }, "network.epoll: libc is out of reach here, so transfer workers run on Bun's sockets");
   }
+}
+
+/** Where the file cache's copies are made: on the file I/O pool's threads, or the main thread. */
+function logFileIoPool(log: Logger, server: TftpServer): void {
+  const pool = server.fileIoPool;
+  if (pool) log.info({ threads: pool.threadIds.length, tids: pool.threadIds }, "file I/O pool started");
+  else log.info({ threads: 0 }, "the file cache's copies are made on the main thread (io.async_io false)");
 }

@@ -7,6 +7,8 @@
  */
 import { decodePacket, encodeError } from "../protocol/codec.ts";
 import { ErrorCode, Opcode, type RequestPacket } from "../protocol/packet.ts";
+import { CopyPool } from "../storage/copy-pool.ts";
+import { diskIo, setDiskIo, type DiskIoSettings } from "../storage/disk-io.ts";
 import { FileCache } from "../storage/cache.ts";
 import { localRootLink, rootLookup, FileLookup } from "../storage/lookup.ts";
 import type { RemapRule } from "../storage/remap.ts";
@@ -71,6 +73,8 @@ export interface ServerOptions {
    * runs transfers on the main thread and N > 1 starts N worker threads
    */
   workers: number;
+  /** the io section: read-ahead of files served from disk, O_DIRECT cache copies (absent: neither) */
+  diskIo?: DiskIoSettings;
   /** io.write_behind: an upload's final ACK before its bytes are on disk (default false) */
   writeBehind?: boolean;
   /** performance.cpu.affinity: the CPUs worker i pins itself to (null or absent: the kernel decides) */
@@ -199,6 +203,7 @@ export class TftpServer {
   private readonly events: ServerEvents;
   private readonly admit: Admit;
   private readonly requestRate: RequestRate;
+  private copyPool: CopyPool | null = null;
   private rateSummaryTimer: ReturnType<typeof setInterval> | null = null;
   private readonly balancer: LoadBalancer;
   private readonly local: TransferEngine;
@@ -246,15 +251,23 @@ export class TftpServer {
     return this.pool;
   }
 
+  /** the file I/O pool, when the cache's copies are made off the main thread (io.async_io) */
+  get fileIoPool(): CopyPool | null {
+    return this.copyPool;
+  }
+
   async start(): Promise<void> {
     try {
       this.pipeline = this.buildPipeline();
+      const diskIo = this.options.diskIo ?? { readAheadBytes: 0, directFills: false, ioThreads: 0 };
+      this.copyPool = diskIo.ioThreads > 0 ? await CopyPool.start(diskIo.ioThreads) : null;
+      setDiskIo({ ...diskIo, copier: this.copyPool });
       const ioLoop = this.options.ioLoop ?? "bun";
       const singlePort = this.options.singlePort === true;
       if (!singlePort && (this.options.workers > 1 || ioLoop === "epoll")) {
         this.pool = new WorkerPool(
           this.options.workers,
-          { engine: this.engineOptions(), lossSpec: this.options.loss?.spec ?? null, throwAfterJobs: this.options.workerThrowAfterJobs ?? null, ioLoop, cpus: null },
+          { engine: this.engineOptions(), lossSpec: this.options.loss?.spec ?? null, throwAfterJobs: this.options.workerThrowAfterJobs ?? null, ioLoop, cpus: null, diskIo },
           this.options.workerCpus ?? [],
           {
             end: (id, outcome) => this.ended(id, outcome),
@@ -363,6 +376,11 @@ export class TftpServer {
     for (const listener of listeners) listener.close();
     this.unfollowCache?.();
     this.unfollowCache = null;
+    if (this.copyPool) {
+      if (diskIo().copier === this.copyPool) setDiskIo({ copier: null });
+      this.copyPool.stop();
+      this.copyPool = null;
+    }
     this.pool = null;
     this.active.clear();
   }

@@ -1,4 +1,5 @@
 /** Messages between the main thread (control plane) and transfer workers (data plane). */
+import type { DiskIoSettings } from "../storage/disk-io.ts";
 import type { FileIdentity, SourceShare } from "../storage/source.ts";
 import type { EngineOptions, RepeatVerdict, TransferJob } from "./engine.ts";
 import type { TransferOutcome } from "./transfer.ts";
@@ -13,6 +14,8 @@ export interface WorkerInit {
   ioLoop: IoLoopKind;
   /** performance.cpu.affinity: the CPUs this worker's thread pins itself to; null: the kernel decides */
   cpus: readonly number[] | null;
+  /** the io section, as the main thread has it */
+  diskIo: DiskIoSettings;
 }
 
 export type IoLoopKind = "epoll" | "bun";

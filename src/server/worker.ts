@@ -10,6 +10,7 @@
  * while a transfer here reads it.
  */
 import { FillProgress, followingSource } from "../storage/copy-progress.ts";
+import { setDiskIo } from "../storage/disk-io.ts";
 import { borrowedFdSource, type FileIdentity, type FileSource, type SourceShare } from "../storage/source.ts";
 import { IoLoop } from "../net/io-loop.ts";
 import { pinThisThread, threadId } from "../net/affinity.ts";
@@ -94,7 +95,8 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
   const message = event.data;
   switch (message.type) {
     case "init": {
-      const { engine: options, lossSpec, ioLoop, cpus } = message.init;
+      const { engine: options, lossSpec, ioLoop, cpus, diskIo } = message.init;
+      setDiskIo(diskIo);
       // pinned before anything else runs here, so the loop's first turn is already on its CPU
       const pinError = cpus ? pinThisThread(cpus) : null;
       loop = ioLoop === "epoll" ? IoLoop.open() : null;

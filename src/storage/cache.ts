@@ -25,6 +25,7 @@
  */
 import * as fs from "node:fs";
 import { FillProgress, followingSource, type CopyView } from "./copy-progress.ts";
+import { diskIo, openForCopy } from "./disk-io.ts";
 import { MemfdFiller, memfdAvailable, type SealedCopy } from "./memfd.ts";
 import { memorySource, sameVersion, type FileIdentity, type FileSource, type SourceShare } from "./source.ts";
 
@@ -45,10 +46,11 @@ export interface FillTarget {
   /** writes bytes at `offset` (any order) and makes them readable */
   write(bytes: Uint8Array, offset: number): void;
   /**
-   * copies bytes [start, end) of an open file into the same place (calls in order, from 0);
-   * they become readable only with `copied`, once the caller has checked them
+   * copies bytes [start, end) of an open file into the same place (calls in order, from 0),
+   * on the file I/O pool when there is one; they become readable only with `copied`, once the
+   * caller has checked them
    */
-  copyFrom(fd: number, start: number, end: number): void;
+  copyFrom(fd: number, start: number, end: number): Promise<void> | void;
   /** bytes [0, end) copied with copyFrom are good: make them readable */
   copied(end: number): void;
 }
@@ -248,7 +250,10 @@ export class FileCache {
         memfd.write(bytes, offset);
         this.wrote(entry, progress, offset, offset + bytes.length);
       },
-      copyFrom: (fd, start, end) => memfd.copyFrom(fd, start, end),
+      copyFrom: (fd, start, end) => {
+        const copier = diskIo().copier;
+        return copier ? copier.copy(memfd.fd, fd, start, end) : memfd.copyFrom(fd, start, end);
+      },
       copied: (end) => this.wrote(entry, progress, progress.written, end),
     };
     const done = Promise.resolve()
@@ -372,7 +377,8 @@ export class FileCache {
  * the new version is ever readable from it.
  */
 export function diskFiller(fd: number, identity: FileIdentity, stepBytes = 8 << 20): Filler {
-  const own = fs.openSync(`/proc/self/fd/${fd}`, fs.constants.O_RDONLY);
+  // io.direct_io: O_DIRECT, so a large copy does not push the host's other files out of memory
+  const own = openForCopy(fd).fd;
   return async (target) => {
     try {
       const size = identity.size;
@@ -380,7 +386,7 @@ export function diskFiller(fd: number, identity: FileIdentity, stepBytes = 8 << 
       if (size > WAIT_FOR_FILL_MAX_BYTES) await yieldToLoop();
       for (let at = 0, step = Math.min(stepBytes, FIRST_STEP_BYTES); at < size; step = stepBytes) {
         const end = Math.min(size, at + step);
-        target.copyFrom(own, at, end);
+        await target.copyFrom(own, at, end);
         if (!sameVersion(identity, fs.fstatSync(own))) throw new Error("file changed while it was being cached");
         target.copied(end);
         at = end;

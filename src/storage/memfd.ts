@@ -51,6 +51,29 @@ function loadLibc(): Libc | null {
   return libc;
 }
 
+/**
+ * sendfile of bytes [start, end) of `input` to `out`'s own file position; `offset` is the
+ * caller's scratch for the input position. Also called on the file I/O pool's threads
+ * (copy-worker.ts): a descriptor names the same open file in every thread of the process.
+ */
+function copyRange(lib: Libc, offset: BigInt64Array, out: number, input: number, start: number, end: number): void {
+  let at = start;
+  while (at < end) {
+    offset[0] = BigInt(at);
+    const n = lib.sendfile(out, input, offset, Math.min(end - at, SENDFILE_MAX));
+    // 0: the file ended early (truncated while we copied); <0: an I/O error.
+    if (n <= 0) throw new Error(n === 0 ? "file changed while it was being cached" : "read error while caching");
+    at += n;
+  }
+}
+
+/** copyRange with this thread's libc: throws what copyRange throws, or that libc is out of reach. */
+export function sendfileRange(out: number, input: number, start: number, end: number): void {
+  const lib = loadLibc();
+  if (!lib) throw new Error("memfd is not available on this system");
+  copyRange(lib, new BigInt64Array(1), out, input, start, end);
+}
+
 /** True when this system can make sealed memfd copies (Linux with a reachable libc). */
 export function memfdAvailable(): boolean {
   return process.platform === "linux" && loadLibc() !== null;
@@ -98,14 +121,7 @@ export class MemfdFiller {
    * each other (start = the previous end): sendfile writes at the memfd's own file position.
    */
   copyFrom(sourceFd: number, start: number, end: number): void {
-    let at = start;
-    while (at < end) {
-      this.offset[0] = BigInt(at);
-      const n = this.lib.sendfile(this.fd, sourceFd, this.offset, Math.min(end - at, SENDFILE_MAX));
-      // 0: the file ended early (truncated while we copied); <0: an I/O error.
-      if (n <= 0) throw new Error(n === 0 ? "file changed while it was being cached" : "read error while caching");
-      at += n;
-    }
+    copyRange(this.lib, this.offset, this.fd, sourceFd, start, end);
   }
 
   /** Seals the copy (no write, shrink or grow, ever) and maps it. */

@@ -8,6 +8,7 @@
  * exactly the announced tsize.
  */
 import * as fs from "node:fs";
+import { ReadAhead } from "./disk-io.ts";
 
 /** Who the bytes belong to: lets caches notice that a file was replaced or modified. */
 export interface FileIdentity {
@@ -114,6 +115,8 @@ export function borrowedFdSource(fd: number, identity: FileIdentity): FileSource
 function descriptorSource(fd: number, identity: FileIdentity, release: () => void): FileSource {
   let open = true;
   const size = identity.size;
+  // io.read_ahead: the bytes after these are asked of the disk before a transfer needs them
+  const ahead = new ReadAhead(fd, size);
   return {
     size,
     identity,
@@ -121,6 +124,7 @@ function descriptorSource(fd: number, identity: FileIdentity, release: () => voi
       if (!open) throw new Error("read on a closed FileSource");
       checkReadArgs(position, into, offset, length);
       const wanted = Math.min(length, Math.max(0, size - position));
+      ahead.before(position, wanted);
       let done = 0;
       while (done < wanted) {
         const n = fs.readSync(fd, into, offset + done, wanted - done, position + done);

@@ -120,10 +120,12 @@ describe("systemd/tftpd.service", () => {
     expect(settings("SystemCallFilter")).toContain("@system-service");
     const allowed = await expandGroup("@system-service");
     const denied = settings("SystemCallFilter").includes("~@privileged") ? await expandGroup("@privileged") : new Set<string>();
-    // file cache (memfd + sendfile + mmap), shared sockets (sendmmsg/recvmmsg), workers, FFI
+    // file cache (memfd + sendfile + mmap), shared sockets (sendmmsg/recvmmsg), workers, FFI,
     const needed = ["memfd_create", "fcntl", "sendfile", "mmap", "munmap", "mprotect", "madvise", "sendmmsg", "recvmmsg",
       "clone3", "futex", "epoll_pwait2", "eventfd2", "openat", "readlink", "getrandom", "prlimit64", "sched_getaffinity",
-      "setsockopt", "getsockopt", "sysinfo"];
+      "setsockopt", "getsockopt", "sysinfo",
+      // performance.cpu.affinity, io.read_ahead, io.write_behind
+      "sched_setaffinity", "gettid", "fadvise64", "fdatasync", "fsync"];
     const blocked = needed.filter((s) => !allowed.has(s) || denied.has(s));
     expect(blocked).toEqual([]);
   });

@@ -84,9 +84,12 @@ if (asRoot) {
       const dropped = server.logs.find((l) => l.msg === "dropped privileges");
       expect(dropped).toMatchObject({ level: "info", user: dropUser.name, uid: dropUser.uid, gid: dropUser.gid });
       const tasks = readdirSync(`/proc/${server.proc.pid}/task`);
-      // the main thread, the runtime's own threads, and the two transfer workers (named "Worker")
+      // the main thread, the runtime's own threads, the two transfer workers and the file I/O
+      // pool's threads (each named "Worker")
       const names = tasks.map((tid) => readFileSync(`/proc/${server.proc.pid}/task/${tid}/comm`, "utf8").trim());
-      expect(names.filter((n) => n === "Worker")).toHaveLength(2);
+      const pool = server.logs.find((l) => l.msg === "file I/O pool started");
+      expect(pool?.threads).toBeGreaterThanOrEqual(1);
+      expect(names.filter((n) => n === "Worker")).toHaveLength(2 + Number(pool!.threads));
       for (const tid of tasks) {
         const status = readFileSync(`/proc/${server.proc.pid}/task/${tid}/status`, "utf8");
         expect({ tid, uid: idsOf(status, "Uid"), gid: idsOf(status, "Gid"), groups: idsOf(status, "Groups") }).toEqual({

@@ -27,10 +27,12 @@ describe("which CPU each worker gets", () => {
     expect(unread.unhonoured).toContain("performance.cpu.affinity");
   });
 
-  test('"auto": one CPU each from the last down, CPU 0 last; too few CPUs for the workers and the main thread: the kernel decides', () => {
-    expect(planAffinity("auto", 3, [0, 1, 2, 3]).perWorker).toEqual([[3], [2], [1]]);
-    expect(planAffinity("auto", 1, [0, 1]).perWorker).toEqual([[1]]);
-    expect(planAffinity("auto", 2, [0, 1])).toEqual({ perWorker: [null, null], unhonoured: null });
+  test('"auto": one CPU each from the last down when two are left over; else the kernel decides', () => {
+    expect(planAffinity("auto", 2, [0, 1, 2, 3]).perWorker).toEqual([[3], [2]]);
+    expect(planAffinity("auto", 6, [0, 1, 2, 3, 4, 5, 6, 7]).perWorker).toEqual([[7], [6], [5], [4], [3], [2]]);
+    // the defaults: one worker per CPU but one
+    expect(planAffinity("auto", 3, [0, 1, 2, 3])).toEqual({ perWorker: [null, null, null], unhonoured: null });
+    expect(planAffinity("auto", 1, [0, 1])).toEqual({ perWorker: [null], unhonoured: null });
   });
 
   test("a list: round robin over its CPUs; CPUs this process may not use are left out and named", () => {

@@ -1,0 +1,118 @@
+/**
+ * io.async_io, io.io_threads and performance.cpu.thread_pool_size with the real server and a
+ * disk made slow: strace holds every sendfile of the server (the file cache's copy of a file
+ * from disk) for a while. With the pool (the default), a cold file's copy holds a pool thread
+ * and a cached file is served to another client at once; without it the copy holds the main
+ * thread, and the other client waits for it. The pool has io_threads threads, no more than
+ * thread_pool_size, each a thread of the process (/proc/PID/task/TID), said in the log.
+ */
+import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { existsSync } from "node:fs";
+import { patternBytes, removeDir, sha256, tempDir, writeFile } from "../../helpers/files.ts";
+import { download, peerTracker } from "../../helpers/raw.ts";
+import { spawnServer, type ChildServer } from "../../helpers/server.ts";
+
+setDefaultTimeout(30_000);
+
+/** how long each sendfile of the server is held */
+const COPY_DELAY_MS = 1200;
+
+const peers = peerTracker();
+const dirs: string[] = [];
+const cleanups: (() => Promise<unknown>)[] = [];
+
+afterEach(async () => {
+  peers.closeAll();
+  for (const c of cleanups.splice(0).reverse()) await c();
+  for (const d of dirs.splice(0)) removeDir(d);
+});
+
+function dir(): string {
+  const d = tempDir("tftpd-file-io-");
+  dirs.push(d);
+  return d;
+}
+
+async function serve(root: string, env: Record<string, string>): Promise<ChildServer> {
+  const server = await spawnServer(["--root", root, "--listen", "127.0.0.1:0", "--log-level", "info"], { env });
+  cleanups.push(() => server.stop());
+  return server;
+}
+
+/** strace on every thread of `pid`, each sendfile held COPY_DELAY_MS; resolves once attached */
+async function slowSendfile(pid: number): Promise<void> {
+  const strace = Bun.spawn(["strace", "-f", "-p", String(pid), "-e", "trace=sendfile", "-e", `inject=sendfile:delay_enter=${COPY_DELAY_MS * 1000}`, "-o", "/dev/null"], {
+    stdin: "ignore",
+    stdout: "ignore",
+    stderr: "pipe",
+  });
+  cleanups.push(async () => {
+    strace.kill("SIGINT");
+    await strace.exited;
+  });
+  const reader = strace.stderr.getReader();
+  let seen = "";
+  const deadline = performance.now() + 5000;
+  while (!seen.includes("attached") && performance.now() < deadline) {
+    const { value, done } = await Promise.race([reader.read(), Bun.sleep(100).then(() => ({ value: undefined, done: false }))]);
+    if (done) break;
+    if (value) seen += new TextDecoder().decode(value);
+  }
+  reader.releaseLock();
+  if (!seen.includes("attached")) throw new Error(`strace did not attach: ${seen}`);
+  await Bun.sleep(200);
+}
+
+/**
+ * A cached file asked for while a cold file's copy is held: resolves with how long the cached
+ * one took, after checking both downloads.
+ */
+async function cachedWhileCopying(server: ChildServer, cold: Uint8Array, warm: Uint8Array): Promise<number> {
+  const coldPeer = await peers.open();
+  const coldDownload = download(coldPeer, server.port, "cold.bin", { timeoutMs: 10_000 });
+  await Bun.sleep(COPY_DELAY_MS / 4);
+  const warmPeer = await peers.open();
+  const asked = performance.now();
+  const got = await download(warmPeer, server.port, "warm.bin", { timeoutMs: 10_000 });
+  const ms = performance.now() - asked;
+  expect(sha256(got.bytes)).toBe(sha256(warm));
+  expect(sha256((await coldDownload).bytes)).toBe(sha256(cold));
+  return ms;
+}
+
+describe("the file I/O pool and a slow disk", () => {
+  for (const asyncIo of [true, false]) {
+    test(asyncIo ? "async_io true: a cold file's copy waits on a pool thread; a cached file is served at once" : "async_io false: the copy holds the main thread, and a cached file waits for it", async () => {
+      const root = dir();
+      const cold = patternBytes(200_000, 31);
+      const warm = patternBytes(30_000, 32);
+      writeFile(root, "cold.bin", cold);
+      writeFile(root, "warm.bin", warm);
+      const server = await serve(root, { TFTPD_IO_ASYNC_IO: String(asyncIo) });
+      const peer = await peers.open();
+      await download(peer, server.port, "warm.bin", { timeoutMs: 3000 }); // now cached
+      await slowSendfile(server.proc.pid);
+      const ms = await cachedWhileCopying(server, cold, warm);
+      if (asyncIo) expect(ms).toBeLessThan(COPY_DELAY_MS / 3);
+      else expect(ms).toBeGreaterThan(COPY_DELAY_MS / 2);
+    });
+  }
+
+  test("io_threads 3 capped by thread_pool_size 2: two threads of the process, in the log; config check says why", async () => {
+    const root = dir();
+    const server = await serve(root, { TFTPD_IO_IO_THREADS: "3", TFTPD_PERFORMANCE_CPU_THREAD_POOL_SIZE: "2" });
+    const started = await server.waitForLog((l) => l.msg === "file I/O pool started", 5000);
+    expect(started.threads).toBe(2);
+    const tids = started.tids as number[];
+    expect(tids).toHaveLength(2);
+    for (const tid of tids) expect(existsSync(`/proc/${server.proc.pid}/task/${tid}`)).toBe(true);
+    const note = await server.waitForLog((l) => typeof l.msg === "string" && l.msg.startsWith("io.io_threads is 3"), 3000);
+    expect(note.msg).toBe("io.io_threads is 3, more than performance.cpu.thread_pool_size 2: the file I/O pool has 2 threads");
+  });
+
+  test("async_io false: no pool, said at start", async () => {
+    const server = await serve(dir(), { TFTPD_IO_ASYNC_IO: "false" });
+    const line = await server.waitForLog((l) => l.msg === "the file cache's copies are made on the main thread (io.async_io false)", 5000);
+    expect(line.threads).toBe(0);
+  });
+});
