@@ -4,8 +4,9 @@
  * this process may use (usableCpus); where libc or that list is out of reach, nothing is
  * pinned and the caller says so.
  */
-import { dlopen, FFIType, ptr, read } from "bun:ffi";
+import { dlopen, FFIType, ptr } from "bun:ffi";
 import { readFileSync } from "node:fs";
+import { netLibc } from "./libc.ts";
 
 /** glibc's cpu_set_t: 1024 CPUs, one bit each */
 const CPU_SET_BYTES = 128;
@@ -13,7 +14,6 @@ const CPU_SET_BYTES = 128;
 interface AffinityLibc {
   sched_setaffinity(pid: number, size: number, mask: number): number;
   gettid(): number;
-  errno(): number;
 }
 
 let libc: AffinityLibc | null | undefined;
@@ -24,15 +24,10 @@ function affinityLibc(): AffinityLibc | null {
     const { symbols: s } = dlopen("libc.so.6", {
       sched_setaffinity: { args: [FFIType.i32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
       gettid: { args: [], returns: FFIType.i32 },
-      __errno_location: { args: [], returns: FFIType.ptr },
     });
     libc = {
       sched_setaffinity: (pid, size, mask) => s.sched_setaffinity(pid, size, mask),
       gettid: () => s.gettid(),
-      errno: () => {
-        const at = s.__errno_location();
-        return at === null ? 0 : read.i32(at, 0);
-      },
     };
   } catch {
     libc = null;
@@ -84,7 +79,7 @@ export function pinThisThread(cpus: readonly number[]): string | null {
     mask[cpu >> 3]! |= 1 << (cpu & 7);
   }
   if (lib.sched_setaffinity(0, CPU_SET_BYTES, ptr(mask)) === 0) return null;
-  return `sched_setaffinity failed (errno ${lib.errno()})`;
+  return `sched_setaffinity failed (errno ${netLibc()?.errno() ?? "unknown"})`;
 }
 
 export type AffinitySetting = "auto" | "none" | readonly number[];

@@ -11,6 +11,7 @@ import { existsSync } from "node:fs";
 import { patternBytes, removeDir, sha256, tempDir, writeFile } from "../../helpers/files.ts";
 import { download, peerTracker } from "../../helpers/raw.ts";
 import { spawnServer, type ChildServer } from "../../helpers/server.ts";
+import { delaySyscall } from "../../helpers/strace.ts";
 
 setDefaultTimeout(30_000);
 
@@ -37,30 +38,6 @@ async function serve(root: string, env: Record<string, string>): Promise<ChildSe
   const server = await spawnServer(["--root", root, "--listen", "127.0.0.1:0", "--log-level", "info"], { env });
   cleanups.push(() => server.stop());
   return server;
-}
-
-/** strace on every thread of `pid`, each sendfile held COPY_DELAY_MS; resolves once attached */
-async function slowSendfile(pid: number): Promise<void> {
-  const strace = Bun.spawn(["strace", "-f", "-p", String(pid), "-e", "trace=sendfile", "-e", `inject=sendfile:delay_enter=${COPY_DELAY_MS * 1000}`, "-o", "/dev/null"], {
-    stdin: "ignore",
-    stdout: "ignore",
-    stderr: "pipe",
-  });
-  cleanups.push(async () => {
-    strace.kill("SIGINT");
-    await strace.exited;
-  });
-  const reader = strace.stderr.getReader();
-  let seen = "";
-  const deadline = performance.now() + 5000;
-  while (!seen.includes("attached") && performance.now() < deadline) {
-    const { value, done } = await Promise.race([reader.read(), Bun.sleep(100).then(() => ({ value: undefined, done: false }))]);
-    if (done) break;
-    if (value) seen += new TextDecoder().decode(value);
-  }
-  reader.releaseLock();
-  if (!seen.includes("attached")) throw new Error(`strace did not attach: ${seen}`);
-  await Bun.sleep(200);
 }
 
 /**
@@ -91,7 +68,8 @@ describe("the file I/O pool and a slow disk", () => {
       const server = await serve(root, { TFTPD_IO_ASYNC_IO: String(asyncIo) });
       const peer = await peers.open();
       await download(peer, server.port, "warm.bin", { timeoutMs: 3000 }); // now cached
-      await slowSendfile(server.proc.pid);
+      const tracer = await delaySyscall(server.proc.pid, "sendfile", COPY_DELAY_MS);
+      cleanups.push(() => tracer.stop());
       const ms = await cachedWhileCopying(server, cold, warm);
       if (asyncIo) expect(ms).toBeLessThan(COPY_DELAY_MS / 3);
       else expect(ms).toBeGreaterThan(COPY_DELAY_MS / 2);

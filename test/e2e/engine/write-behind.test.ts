@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { patternBytes, removeDir, sha256, tempDir, writeFile } from "../../helpers/files.ts";
 import { download, peerTracker } from "../../helpers/raw.ts";
 import { spawnServer, type ChildServer } from "../../helpers/server.ts";
+import { delaySyscall } from "../../helpers/strace.ts";
 
 setDefaultTimeout(30_000);
 
@@ -34,28 +35,10 @@ function dir(prefix: string): string {
   return d;
 }
 
-/** strace on every thread of `pid`, each fdatasync held SYNC_DELAY_MS; resolves once attached */
-async function slowFdatasync(pid: number, tracePath: string): Promise<void> {
-  const strace = Bun.spawn(
-    ["strace", "-f", "-p", String(pid), "-e", "trace=fdatasync", "-e", `inject=fdatasync:delay_enter=${SYNC_DELAY_MS * 1000}`, "-o", tracePath],
-    { stdin: "ignore", stdout: "ignore", stderr: "pipe" },
-  );
-  cleanups.push(async () => {
-    strace.kill("SIGINT");
-    await strace.exited;
-  });
-  // strace says "Process N attached" on stderr for each thread
-  const reader = strace.stderr.getReader();
-  let seen = "";
-  const deadline = performance.now() + 5000;
-  while (!seen.includes("attached") && performance.now() < deadline) {
-    const { value, done } = await Promise.race([reader.read(), Bun.sleep(100).then(() => ({ value: undefined, done: false }))]);
-    if (done) break;
-    if (value) seen += new TextDecoder().decode(value);
-  }
-  reader.releaseLock();
-  if (!seen.includes("attached")) throw new Error(`strace did not attach: ${seen}`);
-  await Bun.sleep(200);
+/** every fdatasync of `pid` held SYNC_DELAY_MS, traced to `tracePath`, until the test ends */
+async function slowed(pid: number, tracePath: string): Promise<void> {
+  const tracer = await delaySyscall(pid, "fdatasync", SYNC_DELAY_MS, tracePath);
+  cleanups.push(() => tracer.stop());
 }
 
 async function serve(root: string, writeBehind: boolean): Promise<ChildServer> {
@@ -83,7 +66,7 @@ describe("io.write_behind with fdatasync made slow", () => {
     writeFile(root, "other.bin", patternBytes(5000, 22));
     const server = await serve(root, false);
     const trace = join(work, "strace.out");
-    await slowFdatasync(server.proc.pid, trace);
+    await slowed(server.proc.pid, trace);
 
     const put = curlPut(local, server.port, "up.bin");
     // while the sync is held, another client is served
@@ -108,7 +91,7 @@ describe("io.write_behind with fdatasync made slow", () => {
     const local = writeFile(work, "up.bin", bytes);
     const server = await serve(root, true);
     const trace = join(work, "strace.out");
-    await slowFdatasync(server.proc.pid, trace);
+    await slowed(server.proc.pid, trace);
 
     const done = await curlPut(local, server.port, "up.bin");
     expect(done.exitCode).toBe(0);
