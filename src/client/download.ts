@@ -38,8 +38,15 @@ class DownloadSession extends ClientSession<DownloadReport> {
     else this.sink = this.memory = new MemorySink();
   }
 
+  /**
+   * A transfer's first DATA is block 1 (RFC 1350 §6). Any other block arriving before the
+   * server's first reply is a stray: an earlier transfer to this port (a session that used the
+   * same port number before, whose final ACK was lost) still sending its last block. Taken as
+   * the first reply it would lock this download onto that transfer, with no options.
+   */
   protected acceptsFirst(packet: Packet): boolean {
-    return packet.op === Opcode.DATA || packet.op === Opcode.OACK || packet.op === Opcode.ERROR;
+    if (packet.op === Opcode.DATA) return packet.block === 1;
+    return packet.op === Opcode.OACK || packet.op === Opcode.ERROR;
   }
 
   protected onPacket(packet: Packet): void {

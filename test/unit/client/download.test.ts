@@ -376,6 +376,21 @@ describe("transfer IDs (RFC 1350 §4)", () => {
     expect(await ep.drain(30)).toEqual([]); // the real server never saw an ERROR
   });
 
+  test("a DATA other than block 1 before any reply (an earlier transfer to this port) does not lock the TID", async () => {
+    const { result, ep, peer } = await scripted({ blksize: 1024, retransmitMs: 300 });
+    const stale = await r.open();
+    stale.send(encodeData(23, new Uint8Array(100).fill(9)), peer);
+    // the stray is not answered as if it were this download's server
+    await expect(stale.next(150)).rejects.toThrow();
+    ep.send(encodeOack([["blksize", "1024"]]), peer);
+    expect((await expectPacket(ep, Opcode.ACK)).block).toBe(0);
+    ep.send(encodeData(1, new Uint8Array(10).fill(1)), peer);
+    const report = await result;
+    expect(report.ok).toBe(true);
+    expect(report.blksize).toBe(1024);
+    expect(report.bytes).toBe(10);
+  });
+
   test("two servers answer: the first reply locks the TID, the second gets ERROR 5", async () => {
     const { result, ep, peer } = await scripted();
     const other = await r.open();
