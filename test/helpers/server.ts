@@ -167,7 +167,14 @@ export async function spawnServer(
       check();
     });
 
-  await waitForLog((l) => typeof l.msg === "string" && l.msg.startsWith("ready"));
+  try {
+    await waitForLog((l) => typeof l.msg === "string" && l.msg.startsWith("ready"));
+  } catch (error) {
+    // a server that never became ready must not outlive the caller (holding its ports)
+    proc.kill("SIGKILL");
+    await proc.exited;
+    throw error;
+  }
   const addresses = logs.filter((l) => l.msg === "listening").map((l) => String(l.address));
   const port = Number(addresses[0]?.split(":").pop());
   const metricsAt = logs.find((l) => l.msg === "metrics listening")?.address;
