@@ -7,6 +7,7 @@
 import { z } from "zod";
 import { BYTE_SIZE_HINT, describeValue, formatByteSize, parseByteSize } from "./bytes.ts";
 import { safeParseCidr, safeParseHostPort, safeParseListenAddress, type ParseResult, type PortRange } from "../net/address.ts";
+import { parseCpuList, type AffinitySetting } from "../net/affinity.ts";
 import { parseUserSpec } from "../ops/privilege.ts";
 import { BLKSIZE_MAX, BLKSIZE_MIN, KNOWN_OPTIONS, TIMEOUT_MAX, WINDOWSIZE_MAX, WINDOWSIZE_MIN } from "../protocol/options.ts";
 import { DATA_HEADER_SIZE, DEFAULT_BLKSIZE } from "../protocol/packet.ts";
@@ -206,10 +207,8 @@ function parsePortRange(v: unknown): ParseResult<PortRange | null> {
   return { ok: true, value: { low, high } };
 }
 
-export type CpuAffinity = "auto" | "none" | number[];
-
 /** "auto" | "none" | CPU index | list of CPU indexes | "0-3,8" (ranges, handy in env vars). */
-function parseAffinity(v: unknown): ParseResult<CpuAffinity> {
+function parseAffinity(v: unknown): ParseResult<AffinitySetting> {
   const hint = 'expected "auto", "none", or a list of CPU numbers (e.g. [0, 1, 2] or "0-3,8")';
   if (v === "auto" || v === "none") return { ok: true, value: v };
   let cpus: number[] = [];
@@ -223,13 +222,9 @@ function parseAffinity(v: unknown): ParseResult<CpuAffinity> {
       cpus.push(n);
     }
   } else if (typeof v === "string") {
-    for (const part of v.split(",")) {
-      const m = /^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$/.exec(part);
-      const lo = m ? Number(m[1]) : NaN;
-      const hi = m?.[2] !== undefined ? Number(m[2]) : lo;
-      if (!okCpu(lo) || !okCpu(hi) || lo > hi) return { ok: false, error: `${hint}, got ${describeValue(v)}` };
-      for (let c = lo; c <= hi; c++) cpus.push(c);
-    }
+    const list = parseCpuList(v);
+    if (list === null || !list.every(okCpu)) return { ok: false, error: `${hint}, got ${describeValue(v)}` };
+    cpus = list;
   } else {
     return { ok: false, error: `${hint}, got ${describeValue(v)}` };
   }
@@ -355,7 +350,7 @@ const tune = section({
 
 const performance = section({
   cpu: section({
-    affinity: parsedBy<CpuAffinity>('"auto" | "none" | CPU list', parseAffinity)
+    affinity: parsedBy<AffinitySetting>('"auto" | "none" | CPU list', parseAffinity)
       .prefault("auto")
       .describe(
         'Pin each transfer worker\'s thread to a CPU (sched_setaffinity): "auto" gives worker i the i-th CPU from the last one this process may use when two CPUs are left over (for the main thread, interrupts and the rest; so not with the default worker_threads), else leaves it to the kernel; "none" leaves it to the kernel; a CPU list ([0,1,2] or "0-3,8") is shared out round robin. CPUs this process may not use are left out, said in one line',

@@ -3,7 +3,7 @@
  * for `serve` at start and for the limits a pushed config reloads (cluster/config-sync.ts).
  */
 import { availableParallelism } from "node:os";
-import { usableCpus, planAffinity } from "../net/affinity.ts";
+import { planAffinity, usableCpus, type AffinityPlan } from "../net/affinity.ts";
 import { takesDirectIo } from "../storage/disk-io.ts";
 import { parseListenAddress } from "../net/address.ts";
 import type { NetworkRule } from "../server/pipeline/rules.ts";
@@ -17,6 +17,11 @@ import type { Config } from "./schema.ts";
  */
 export function workerCount(setting: number | "auto", cpus = availableParallelism()): number {
   return setting === "auto" ? Math.max(1, cpus - 1) : setting;
+}
+
+/** performance.cpu.affinity for the transfer workers, on the CPUs this process may use. */
+function workerCpuPlan(config: Config): AffinityPlan {
+  return planAffinity(config.performance.cpu.affinity, workerCount(config.performance.cpu.worker_threads), usableCpus());
 }
 
 /**
@@ -79,7 +84,7 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
     writeBehind: config.io.write_behind,
     diskIo: { readAheadBytes: config.io.read_ahead, directFills: config.io.direct_io, ioThreads: fileIoThreads(config) },
     workers: workerCount(config.performance.cpu.worker_threads),
-    workerCpus: planAffinity(config.performance.cpu.affinity, workerCount(config.performance.cpu.worker_threads), usableCpus()).perWorker,
+    workerCpus: workerCpuPlan(config).perWorker,
     balance: { algorithm: config.load_balancing.algorithm, hashKey: config.load_balancing.hash_key },
     limits: admissionLimits(config),
     lifetimes: {
@@ -98,7 +103,7 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
  */
 export function unhonouredSettings(config: Config): string[] {
   const lines: string[] = [];
-  const affinity = planAffinity(config.performance.cpu.affinity, workerCount(config.performance.cpu.worker_threads), usableCpus());
+  const affinity = workerCpuPlan(config);
   if (affinity.unhonoured) lines.push(affinity.unhonoured);
   if (config.io.async_io && config.io.io_threads > config.performance.cpu.thread_pool_size) {
     lines.push(

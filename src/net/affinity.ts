@@ -49,14 +49,22 @@ export function usableCpus(statusPath = "/proc/self/status"): number[] | null {
   }
 }
 
-/** "0-3,8" → [0, 1, 2, 3, 8]; the format of /sys and of /proc/PID/status's Cpus_allowed_list. */
-export function parseCpuList(text: string): number[] {
+/** the highest CPU number a list may name (the kernel's limit is far below) */
+const MAX_CPU = 65_535;
+
+/**
+ * "0-3,8" → [0, 1, 2, 3, 8]: the format of /proc/PID/status's Cpus_allowed_list, of taskset,
+ * and of the config's CPU lists (spaces around the numbers allowed); null when it is none.
+ */
+export function parseCpuList(text: string): number[] | null {
   const cpus: number[] = [];
   for (const part of text.trim().split(",")) {
-    if (part === "") continue;
-    const [lo, hi] = part.split("-").map(Number);
-    if (lo === undefined || !Number.isInteger(lo)) throw new Error(`not a CPU list: ${JSON.stringify(text)}`);
-    for (let cpu = lo; cpu <= (hi ?? lo); cpu++) cpus.push(cpu);
+    const m = /^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$/.exec(part);
+    if (!m) return null;
+    const lo = Number(m[1]);
+    const hi = m[2] !== undefined ? Number(m[2]) : lo;
+    if (lo > hi || hi > MAX_CPU) return null;
+    for (let cpu = lo; cpu <= hi; cpu++) cpus.push(cpu);
   }
   return cpus;
 }

@@ -140,7 +140,7 @@ export class TransferEngine {
     );
   }
 
-  /** Starts receiving into `sink`; the transfer commits or aborts it. */
+  /** Starts receiving into `sink`; the transfer publishes or aborts it. */
   startWrite(job: TransferJob, sink: UploadSink, mode: TransferMode, writeBehind: boolean): Promise<void> {
     return this.begin(
       job,

@@ -259,15 +259,15 @@ export class TftpServer {
   async start(): Promise<void> {
     try {
       this.pipeline = this.buildPipeline();
-      const diskIo = this.options.diskIo ?? { readAheadBytes: 0, directFills: false, ioThreads: 0 };
-      this.copyPool = diskIo.ioThreads > 0 ? await CopyPool.start(diskIo.ioThreads) : null;
-      setDiskIo({ ...diskIo, copier: this.copyPool });
+      const io = this.options.diskIo ?? { readAheadBytes: 0, directFills: false, ioThreads: 0 };
+      this.copyPool = io.ioThreads > 0 ? await CopyPool.start(io.ioThreads) : null;
+      setDiskIo({ ...io, copier: this.copyPool });
       const ioLoop = this.options.ioLoop ?? "bun";
       const singlePort = this.options.singlePort === true;
       if (!singlePort && (this.options.workers > 1 || ioLoop === "epoll")) {
         this.pool = new WorkerPool(
           this.options.workers,
-          { engine: this.engineOptions(), lossSpec: this.options.loss?.spec ?? null, throwAfterJobs: this.options.workerThrowAfterJobs ?? null, ioLoop, cpus: null, diskIo },
+          { engine: this.engineOptions(), lossSpec: this.options.loss?.spec ?? null, throwAfterJobs: this.options.workerThrowAfterJobs ?? null, ioLoop, diskIo: io },
           this.options.workerCpus ?? [],
           {
             end: (id, outcome) => this.ended(id, outcome),

@@ -68,7 +68,8 @@ export class WorkerPool {
 
   constructor(
     private readonly count: number,
-    private readonly init: WorkerInit,
+    /** what every worker starts with; its CPUs and the test switch are its own */
+    private readonly init: Omit<WorkerInit, "cpus">,
     /** performance.cpu.affinity: the CPUs of worker i (a replacement takes its CPUs over) */
     private readonly cpus: readonly (readonly number[] | null)[],
     private readonly events: PoolEvents,

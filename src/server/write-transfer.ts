@@ -30,9 +30,7 @@ export class WriteTransfer extends EndingTransfer<WriteTransferParams> {
   /** a gap was reported with an ACK since the last progress; report it once, not per block */
   private gapReported = false;
   private readonly netascii: NetasciiDecoder | null;
-  /** the last block is in and the file is being synced and published */
-  private committing = false;
-  /** the sync and publish in flight, if any; settles once the transfer knows how it went */
+  /** the last block is in and the file is being synced and published; settles once the transfer knows how it went */
   publishing: Promise<void> | null = null;
 
   constructor(
@@ -73,15 +71,11 @@ export class WriteTransfer extends EndingTransfer<WriteTransferParams> {
   }
 
   private onData(wire: number, data: Uint8Array): void {
-    if (this.committing) {
-      // The last block again: with the final ACK sent already (write-behind) it was lost, so it
-      // goes again; before it, the client only repeats itself while the disk works.
-      if (this.params.writeBehind && wire === (this.lastAcked & 0xffff)) this.channel.send(encodeAck(wire));
-      return;
-    }
-    if (this.state === "lingering") {
-      // Our final ACK was lost and the client sent its last block again: answer it again.
-      if (wire === (this.lastAcked & 0xffff)) this.channel.send(encodeAck(wire));
+    if (this.publishing || this.state === "lingering") {
+      // The last block again: the final ACK, if it went (dallying, or write-behind), was lost
+      // and goes again; before it goes, the client only repeats itself while the disk works.
+      const acked = this.state === "lingering" || this.params.writeBehind;
+      if (acked && wire === (this.lastAcked & 0xffff)) this.channel.send(encodeAck(wire));
       return;
     }
     // A block over the negotiated size is no block of this upload (RFC 2348).
@@ -147,13 +141,11 @@ export class WriteTransfer extends EndingTransfer<WriteTransferParams> {
 
   private complete(block: number): void {
     if (this.netascii && !this.store(this.netascii.end())) return;
-    this.committing = true;
     // nothing is resent while the disk works: the last block is in, and its ACK is the next word
     this.clock.stop();
     this.lastAcked = block;
     if (this.params.writeBehind) this.sendLastAck();
     this.publishing = this.sink.publish().then((refusal) => {
-      this.committing = false;
       this.publishing = null;
       if (this.state !== "running") return; // ended meanwhile (the server stopped): the upload is gone
       if (refusal) {

@@ -378,7 +378,7 @@ export class FileCache {
  */
 export function diskFiller(fd: number, identity: FileIdentity, stepBytes = 8 << 20): Filler {
   // io.direct_io: O_DIRECT, so a large copy does not push the host's other files out of memory
-  const own = openForCopy(fd).fd;
+  const own = openForCopy(fd);
   return async (target) => {
     try {
       const size = identity.size;

@@ -91,19 +91,19 @@ export class ReadAhead {
 
 /**
  * Opens the file behind `fd` again for the cache's copy: O_DIRECT when io.direct_io is set and
- * the file system takes it, else a plain descriptor. Says which.
+ * the file system takes it, else a plain descriptor.
  */
-export function openForCopy(fd: number): { fd: number; direct: boolean } {
+export function openForCopy(fd: number): number {
   const path = `/proc/self/fd/${fd}`;
   const direct = fs.constants.O_DIRECT;
   if (settings.directFills && direct !== undefined) {
     try {
-      return { fd: fs.openSync(path, fs.constants.O_RDONLY | direct), direct: true };
+      return fs.openSync(path, fs.constants.O_RDONLY | direct);
     } catch {
       // EINVAL: this file system has no O_DIRECT; the copy goes through the page cache
     }
   }
-  return { fd: fs.openSync(path, fs.constants.O_RDONLY), direct: false };
+  return fs.openSync(path, fs.constants.O_RDONLY);
 }
 
 /**

@@ -10,7 +10,7 @@
  * (kill -9, a crash, a power cut) loses the lock, and the start-up sweep (upload-sweep.ts)
  * removes the temporary files nobody holds.
  *
- * Publishing (commit, or publish off the event loop): fdatasync the temporary file, then
+ * Publishing (publish, its waits for the disk off the event loop): fdatasync the temporary file, then
  *  - policy "create":    link(tmp, final) — fails atomically with EEXIST (→ ERROR 6) if someone
  *                        created the name meanwhile — then unlink(tmp). On a filesystem without
  *                        hard links (EPERM/ENOTSUP) it falls back to check-then-rename, which
@@ -37,16 +37,12 @@ export interface UploadSink {
   /**
    * Make the file durable and publish it under its final name. On a refusal nothing is
    * published — except when only the final directory fsync fails (code 0 "sync failed: …"):
-   * the complete file is then visible but its durability is unknown.
-   */
-  commit(): Refusal | null;
-  /**
-   * The same as commit(), with the two waits for the disk (fdatasync of the file, fsync of its
-   * directory) on a thread of Bun's pool: the event loop, and every transfer on it, goes on
-   * while the disk works.
+   * the complete file is then visible but its durability is unknown. The waits for the disk
+   * (fdatasync of the file, fsync of its directory) run on a thread of Bun's pool: the event
+   * loop, and every transfer on it, goes on while the disk works.
    */
   publish(): Promise<Refusal | null>;
-  /** Discard the upload: close and remove the temporary file. Idempotent; a no-op after commit. */
+  /** Discard the upload: close and remove the temporary file. Idempotent; a no-op after publish. */
   abort(): void;
   /** Bytes accepted so far. */
   readonly written: number;
@@ -271,17 +267,6 @@ class FileUploadSink implements UploadSink {
     return null;
   }
 
-  commit(): Refusal | null {
-    if (this.#state !== "open") return refuse(ErrorCode.NOT_DEFINED, "upload already finished");
-    try {
-      fs.fdatasyncSync(this.#fd);
-    } catch (err) {
-      this.abort();
-      return refusalFromFsError(err, "sync");
-    }
-    return this.#link() ?? syncDirectory(this.dir);
-  }
-
   async publish(): Promise<Refusal | null> {
     if (this.#state !== "open") return refuse(ErrorCode.NOT_DEFINED, "upload already finished");
     // (the state stays open meanwhile: an abort now, a cancelled transfer's, removes the file,
@@ -367,27 +352,7 @@ function fdatasyncOffLoop(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
 }
 
-/** What a directory fsync that failed means: nothing where the filesystem cannot do it. */
-function directorySyncRefusal(err: unknown): Refusal | null {
-  const errno = errnoOf(err);
-  if (errno !== undefined && NO_DIR_FSYNC.has(errno)) return null;
-  return refusalFromFsError(err, "sync");
-}
-
-/** fsync of the directory, so a new name survives a crash. */
-function syncDirectory(dir: string): Refusal | null {
-  let dfd = -1;
-  try {
-    dfd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-    fs.fsyncSync(dfd);
-    return null;
-  } catch (err) {
-    return directorySyncRefusal(err);
-  } finally {
-    if (dfd >= 0) closeQuietly(dfd);
-  }
-}
-
+/** fsync of the directory on a thread of Bun's pool, so a new name survives a crash. */
 async function syncDirectoryOffLoop(dir: string): Promise<Refusal | null> {
   let handle: fs.promises.FileHandle | null = null;
   try {
@@ -395,7 +360,9 @@ async function syncDirectoryOffLoop(dir: string): Promise<Refusal | null> {
     await handle.sync();
     return null;
   } catch (err) {
-    return directorySyncRefusal(err);
+    const errno = errnoOf(err);
+    if (errno !== undefined && NO_DIR_FSYNC.has(errno)) return null; // the filesystem cannot do it
+    return refusalFromFsError(err, "sync");
   } finally {
     await handle?.close().catch(() => {});
   }

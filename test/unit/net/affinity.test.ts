@@ -7,7 +7,10 @@ describe("CPU lists", () => {
     expect(parseCpuList("5")).toEqual([5]);
     expect(formatCpuList([8, 0, 1, 2, 3])).toBe("0-3,8");
     expect(formatCpuList([1, 3, 5])).toBe("1,3,5");
-    expect(() => parseCpuList("x-1")).toThrow("not a CPU list");
+    expect(parseCpuList(" 1 - 2 , 5")).toEqual([1, 2, 5]);
+    expect(parseCpuList("x-1")).toBeNull();
+    expect(parseCpuList("3-1")).toBeNull();
+    expect(parseCpuList("")).toBeNull();
   });
 
   test("the CPUs this process may use are read from /proc/self/status; a file that is not there gives null", () => {

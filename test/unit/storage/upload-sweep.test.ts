@@ -100,7 +100,7 @@ describe("sweepAbandonedUploads", () => {
     r.sink.write(new TextEncoder().encode("mine"));
     const report = await sweepAbandonedUploads(root, { staleAfterMs: 0 });
     expect(report).toMatchObject({ removed: 0, inUse: 1 });
-    expect(r.sink.commit()).toBeNull();
+    expect((await r.sink.publish())).toBeNull();
     expect(fs.readFileSync(path.join(root, "fw.bin"), "utf8")).toBe("mine");
     expect(listing(root)).toEqual(["fw.bin"]);
   });

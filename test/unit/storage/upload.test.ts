@@ -114,7 +114,7 @@ describe("UploadSink", () => {
     // Clients cannot ask for the temporary file by name.
     expect(resolveRequestPath(root, `firmware/${during[0]}`).ok).toBe(false);
 
-    expect(sink.commit()).toBeNull();
+    expect((await sink.publish())).toBeNull();
     expect(listing(dir)).toEqual(["fw.bin"]);
     expect(fs.readFileSync(sink.path, "utf8")).toBe("hello world");
     expect(fs.statSync(sink.path).mode & 0o777).toBe(0o644 & ~process.umask());
@@ -126,14 +126,14 @@ describe("UploadSink", () => {
     for (let i = 0; i < data.length; i++) data[i] = (i * 7919) & 0xff;
     const sink = await sinkFor(root, "blob");
     for (let off = 0; off < data.length; off += 1428) expect(sink.write(data.subarray(off, off + 1428))).toBeNull();
-    expect(sink.commit()).toBeNull();
+    expect((await sink.publish())).toBeNull();
     expect(new Uint8Array(fs.readFileSync(path.join(root, "blob")))).toEqual(data);
   });
 
   test("an empty upload publishes an empty file", async () => {
     const root = tempDir();
     const sink = await sinkFor(root, "empty");
-    expect(sink.commit()).toBeNull();
+    expect((await sink.publish())).toBeNull();
     expect(fs.readFileSync(path.join(root, "empty")).length).toBe(0);
     expect(listing(root)).toEqual(["empty"]);
   });
@@ -150,7 +150,7 @@ describe("UploadSink", () => {
     sink.abort();
     expect(listing(root)).toEqual(before);
     expect(sink.write(bytes("more"))).toEqual({ ok: false, code: 0, message: "upload already finished" });
-    expect(sink.commit()).toEqual({ ok: false, code: 0, message: "upload already finished" });
+    expect((await sink.publish())).toEqual({ ok: false, code: 0, message: "upload already finished" });
     expect(listing(root)).toEqual(before);
   });
 
@@ -158,10 +158,10 @@ describe("UploadSink", () => {
     const root = tempDir();
     const sink = await sinkFor(root, "fw.bin");
     sink.write(bytes("done"));
-    expect(sink.commit()).toBeNull();
+    expect((await sink.publish())).toBeNull();
     sink.abort();
     expect(fs.readFileSync(path.join(root, "fw.bin"), "utf8")).toBe("done");
-    expect(sink.commit()).toEqual({ ok: false, code: 0, message: "upload already finished" });
+    expect((await sink.publish())).toEqual({ ok: false, code: 0, message: "upload already finished" });
   });
 
   test("exceeding the size limit is ERROR 3 and leaves nothing behind", async () => {
@@ -171,7 +171,7 @@ describe("UploadSink", () => {
     expect(sink.write(bytes("7890"))).toBeNull(); // exactly the limit is fine
     expect(sink.write(bytes("!"))).toEqual({ ok: false, code: 3, message: "upload exceeds size limit" });
     expect(listing(root)).toEqual([]);
-    expect(sink.commit()).toEqual({ ok: false, code: 0, message: "upload already finished" });
+    expect((await sink.publish())).toEqual({ ok: false, code: 0, message: "upload already finished" });
     expect(listing(root)).toEqual([]);
   });
 
@@ -188,7 +188,7 @@ describe("UploadSink", () => {
     const sink = await sinkFor(root, "fw.bin", "create");
     expect(sink.write(bytes("mine"))).toBeNull();
     fs.writeFileSync(path.join(root, "fw.bin"), "theirs");
-    expect(sink.commit()).toEqual({ ok: false, code: 6, message: "file already exists" });
+    expect((await sink.publish())).toEqual({ ok: false, code: 6, message: "file already exists" });
     expect(fs.readFileSync(path.join(root, "fw.bin"), "utf8")).toBe("theirs");
     expect(listing(root)).toEqual(["fw.bin"]);
   });
@@ -203,7 +203,7 @@ describe("UploadSink", () => {
       const sink = await sinkFor(root, "fw.bin", "overwrite");
       expect(sink.write(bytes("new"))).toBeNull();
       expect(fs.readFileSync(target, "utf8")).toBe("old contents"); // nothing visible yet
-      expect(sink.commit()).toBeNull();
+      expect((await sink.publish())).toBeNull();
       expect(fs.readFileSync(target, "utf8")).toBe("new");
       expect(fs.statSync(target).ino).not.toBe(oldIno);
       expect(fs.readFileSync(reader, "utf8")).toBe("old contents");
@@ -218,7 +218,7 @@ describe("UploadSink", () => {
     const sink = await sinkFor(root, "fw.bin", "overwrite");
     sink.write(bytes("x"));
     fs.mkdirSync(path.join(root, "fw.bin"));
-    const r = sink.commit();
+    const r = (await sink.publish());
     expect(r).not.toBeNull();
     expect(r?.code).toBe(2);
     expect(listing(root)).toEqual(["fw.bin"]);
@@ -231,7 +231,7 @@ describe("UploadSink", () => {
     fs.symlinkSync("real", path.join(root, "alias"));
     const sink = await sinkFor(root, "alias/fw.bin");
     sink.write(bytes("via alias"));
-    expect(sink.commit()).toBeNull();
+    expect((await sink.publish())).toBeNull();
     expect(fs.readFileSync(path.join(root, "real", "fw.bin"), "utf8")).toBe("via alias");
   });
 
@@ -241,7 +241,7 @@ describe("UploadSink", () => {
     const sink = await sinkFor(root, name);
     expect(path.basename(sink.tempPath).length).toBeLessThanOrEqual(255);
     sink.write(bytes("long"));
-    expect(sink.commit()).toBeNull();
+    expect((await sink.publish())).toBeNull();
     expect(listing(root)).toEqual([name]);
   });
 
@@ -252,8 +252,8 @@ describe("UploadSink", () => {
     expect(a.tempPath).not.toBe(b.tempPath);
     a.write(bytes("a"));
     b.write(bytes("b"));
-    expect(a.commit()).toBeNull();
-    expect(b.commit()).toEqual({ ok: false, code: 6, message: "file already exists" });
+    expect((await a.publish())).toBeNull();
+    expect((await b.publish())).toEqual({ ok: false, code: 6, message: "file already exists" });
     expect(fs.readFileSync(path.join(root, "fw.bin"), "utf8")).toBe("a");
     expect(listing(root)).toEqual(["fw.bin"]);
   });
@@ -324,7 +324,7 @@ describe("temporary files: names and locks", () => {
       } finally {
         fs.closeSync(probe);
       }
-      if (end === "commit") expect(sink.commit()).toBeNull();
+      if (end === "commit") expect((await sink.publish())).toBeNull();
       else sink.abort();
       expect(isLiveUpload(sink.tempPath)).toBe(false);
       expect(fs.existsSync(sink.tempPath)).toBe(false);

@@ -347,7 +347,7 @@ describe("the whole pipeline", () => {
     const accepted = await pipeline(root).run(request("write", "up.bin"), "10.0.0.1");
     if (!accepted.ok || accepted.op !== "write") throw new Error("refused");
     accepted.sink.write(new TextEncoder().encode("data"));
-    expect(accepted.sink.commit()).toBeNull();
+    expect((await accepted.sink.publish())).toBeNull();
     expect(fs.readFileSync(path.join(root.real, "up.bin"), "utf8")).toBe("data");
     accepted.release();
   });
