@@ -6,7 +6,7 @@ import { dirname, isAbsolute, resolve } from "node:path";
 import type { z } from "zod";
 import { describeValue } from "./bytes.ts";
 import { parseJson } from "./json.ts";
-import { CONFIG_KEYS, KEYS_BY_ENV, KEYS_BY_PATH, SECTION_KEYS, configSchema, type Config, type ConfigKey } from "./schema.ts";
+import { CONFIG_KEYS, KEYS_BY_ENV, KEYS_BY_PATH, REMOVED_KEYS, SECTION_KEYS, configSchema, envName, type Config, type ConfigKey } from "./schema.ts";
 
 export type { Config } from "./schema.ts";
 
@@ -115,6 +115,11 @@ export function loadConfig(opts: LoadOptions = {}): LoadResult {
     if (!name.startsWith("TFTPD_") || text === undefined) continue;
     if (name === CONFIG_FILE_ENV || name.startsWith(TEST_ENV_PREFIX)) continue;
     const key = KEYS_BY_ENV.get(name);
+    const removed = REMOVED_BY_ENV.get(name);
+    if (removed) {
+      errors.push(`${name}: ${removed}: ${REMOVED_KEYS.get(removed)}`);
+      continue;
+    }
     if (!key) {
       const guess = suggest(name, [...KEYS_BY_ENV.keys(), CONFIG_FILE_ENV]);
       errors.push(`${name}: unknown environment variable${guess ? ` (did you mean ${guess}?)` : ""}`);
@@ -134,7 +139,7 @@ export function loadConfig(opts: LoadOptions = {}): LoadResult {
     const path = dotted.split(".");
     const key = KEYS_BY_PATH.get(dotted);
     if (!key && !(SECTION_KEYS.has(dotted) && dotted !== "")) {
-      errors.push(`${source}: ${dotted}: unknown key${didYouMean(path)}`);
+      errors.push(`${source}: ${dotted}: ${unknownKey(path)}`);
       continue;
     }
     let value = key && typeof raw === "string" ? coerceText(key, raw) : raw;
@@ -168,7 +173,7 @@ function validate(
     if (issue.code === "unrecognized_keys") {
       for (const k of issue.keys) {
         const path = [...issue.path, k];
-        errors.push(`${sourceOf(path)}: ${formatPath(path)}: unknown key${didYouMean(path.map(String))}`);
+        errors.push(`${sourceOf(path)}: ${formatPath(path)}: ${unknownKey(path.map(String))}`);
       }
       continue;
     }
@@ -378,6 +383,14 @@ function suggest(word: string, candidates: Iterable<string>): string | null {
     }
   }
   return best !== null && bestD <= Math.max(2, Math.floor(word.length / 4)) ? best : null;
+}
+
+/** Environment variables of the removed keys, to their keys. */
+const REMOVED_BY_ENV = new Map([...REMOVED_KEYS.keys()].map((dotted) => [envName(dotted.split(".")), dotted]));
+
+/** Why a key the schema does not have is refused: it was removed (and what to do), or it never was one. */
+function unknownKey(path: readonly string[]): string {
+  return REMOVED_KEYS.get(path.join(".")) ?? `unknown key${didYouMean(path)}`;
 }
 
 function didYouMean(path: readonly string[]): string {

@@ -10,7 +10,7 @@ import { safeParseCidr, safeParseHostPort, safeParseListenAddress, type ParseRes
 import { parseCpuList, type AffinitySetting } from "../net/affinity.ts";
 import { parseUserSpec } from "../ops/privilege.ts";
 import { BLKSIZE_MAX, BLKSIZE_MIN, KNOWN_OPTIONS, TIMEOUT_MAX, WINDOWSIZE_MAX, WINDOWSIZE_MIN } from "../protocol/options.ts";
-import { DATA_HEADER_SIZE, DEFAULT_BLKSIZE } from "../protocol/packet.ts";
+import { DATA_HEADER_SIZE } from "../protocol/packet.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Leaf builders. Each one carries its own one-line error messages ("expected X, got Y") and a
@@ -88,15 +88,13 @@ function parsedBy<T>(label: string, fn: (v: unknown) => ParseResult<T>) {
   );
 }
 
-function bytes(min = 0, max?: number) {
-  const range =
-    max !== undefined ? ` from ${formatByteSize(min)} to ${formatByteSize(max)}` : min > 0 ? ` >= ${formatByteSize(min)}` : "";
-  const label =
-    max !== undefined ? `byte size ${formatByteSize(min)}..${formatByteSize(max)}` : min > 0 ? `byte size >= ${formatByteSize(min)}` : "byte size";
+function bytes(min = 0) {
+  const range = min > 0 ? ` >= ${formatByteSize(min)}` : "";
+  const label = min > 0 ? `byte size >= ${formatByteSize(min)}` : "byte size";
   return parsedBy<number>(label, (v) => {
     const r = parseByteSize(v);
     if (!r.ok) return r;
-    if (r.bytes < min || (max !== undefined && r.bytes > max)) {
+    if (r.bytes < min) {
       return { ok: false, error: `expected ${BYTE_SIZE_HINT}${range}, got ${describeValue(v)}` };
     }
     return { ok: true, value: r.bytes };
@@ -246,13 +244,16 @@ function section<T extends z.core.$ZodLooseShape>(shape: T) {
   return obj.prefault({} as z.input<typeof obj>);
 }
 
-const ENGINE = "(reserved: accepted, not acted on yet)";
-
-/** Whether a key is accepted but not acted on yet ("engine" or "cluster"), from its description; null if it is live. */
-export function reservedBy(description: string | undefined): string | null {
-  const m = description ? /\(reserved(?: for (\w+) mode)?: accepted, not acted on yet\)/.exec(description) : null;
-  return m ? (m[1] ?? "engine") : null;
-}
+/**
+ * Keys the schema no longer has, and what to do instead: a config that still sets one is
+ * refused with this, not with "unknown key".
+ */
+export const REMOVED_KEYS: ReadonlyMap<string, string> = new Map([
+  [
+    "performance.memory.buffer_size",
+    `removed: no buffer is sized by it; a DATA packet is the block size each transfer negotiates plus ${DATA_HEADER_SIZE} bytes, so tftp.blksize_max (and a rule's blksize_max) bounds it: delete the key, and set tftp.blksize_max to bound the packet size`,
+  ],
+]);
 
 // ---------------------------------------------------------------------------------------------
 // Sections
@@ -362,10 +363,11 @@ const performance = section({
   }),
   memory: section({
     cache_size: bytes().prefault("1Gi").describe("Cap of the local file cache: bytes of sealed in-memory (memfd) copies of served files, shared by all transfers and workers"),
-    connection_pool_size: intIn(0, 1_000_000).default(1024).describe(`Transfer slots pre-allocated at startup ${ENGINE}`),
-    buffer_size: bytes(DEFAULT_BLKSIZE + DATA_HEADER_SIZE, 16 * 1024 * 1024)
-      .prefault(65536)
-      .describe("Largest datagram buffer; must hold tftp.blksize_max + 4 bytes of header."),
+    connection_pool_size: intIn(0, 1_000_000)
+      .default(1024)
+      .describe(
+        "Transfer slots allocated at start, shared out over the transfer workers (at most connection_pool.max_connections): a slot is what a transfer with a port of its own (windowed, or tftp.transfer_sockets \"per-transfer\") sends and receives through, about 11 KiB; a storm of such transfers takes warm slots instead of allocating and collecting buffers per transfer. Used by network.epoll's loop (Bun's sockets keep buffers of their own)",
+      ),
   }),
   network: section({
     tcp_nodelay: bool().default(true).describe("TCP_NODELAY on the connections to Redis (cluster mode)"),
@@ -422,9 +424,17 @@ const load_balancing = section({
 });
 
 const connection_pool = section({
-  max_connections: intIn(1, 10_000_000).default(10000).describe(`Most transfer slots the pool may hold ${ENGINE}`),
-  min_connections: intIn(0, 10_000_000).default(0).describe(`Transfer slots kept warm; <= max_connections ${ENGINE}`),
-  idle_timeout: numberAbove(0, 86400).default(300).describe("Seconds a transfer may go without progress before it is ended"),
+  max_connections: intIn(0, 10_000_000)
+    .default(10000)
+    .describe(
+      "Most transfer slots (performance.memory.connection_pool_size) the workers hold, busy and idle together; a transfer past them gets buffers of its own, collected after it ends. 0: no slots are kept. Transfers themselves are capped by the limits section",
+    ),
+  min_connections: intIn(0, 10_000_000)
+    .default(0)
+    .describe("Idle transfer slots kept however long they go unused (the ones past them are given up after idle_timeout idle); <= max_connections"),
+  idle_timeout: numberAbove(0, 86400)
+    .default(300)
+    .describe("Seconds a transfer may go without progress before it is ended; also how long a transfer slot past min_connections may sit idle before it is given up"),
   max_lifetime: numberAbove(0, 604800).default(3600).describe("Longest a single transfer may run, in seconds"),
   connection_timeout: numberAbove(0, 3600)
     .default(30)
@@ -521,15 +531,6 @@ export const configSchema = z
     error: (iss: Issue) => `the config must be a JSON object, got ${describeValue(iss.input)}`,
   })
   .superRefine((c, ctx) => {
-    const need = c.tftp.blksize_max + DATA_HEADER_SIZE;
-    if (c.performance.memory.buffer_size < need) {
-      ctx.addIssue({
-        code: "custom",
-        path: ["performance", "memory", "buffer_size"],
-        params: { related: "tftp.blksize_max" },
-        message: `must be at least tftp.blksize_max + ${DATA_HEADER_SIZE} = ${need} bytes, got ${c.performance.memory.buffer_size}`,
-      });
-    }
     if (c.tftp.window_bytes_max < c.tftp.blksize_max) {
       ctx.addIssue({
         code: "custom",
@@ -542,14 +543,6 @@ export const configSchema = z
     c.tftp.rules.forEach((rule, i) => {
       if (rule.blksize_max === null) return;
       const path = ["tftp", "rules", i, "blksize_max"];
-      if (c.performance.memory.buffer_size < rule.blksize_max + DATA_HEADER_SIZE) {
-        ctx.addIssue({
-          code: "custom",
-          path,
-          params: { related: "performance.memory.buffer_size" },
-          message: `must be at most performance.memory.buffer_size - ${DATA_HEADER_SIZE} = ${c.performance.memory.buffer_size - DATA_HEADER_SIZE} bytes, got ${rule.blksize_max}`,
-        });
-      }
       if (c.tftp.window_bytes_max < rule.blksize_max) {
         ctx.addIssue({
           code: "custom",
@@ -624,8 +617,6 @@ export interface ConfigKey {
   /** Default as written in a config file (e.g. "4Gi"). */
   default: unknown;
   description: string;
-  /** "engine" | "ops" | "cluster" when a later capability implements the key, else null. */
-  reservedBy: string | null;
 }
 
 interface Def {
@@ -715,7 +706,6 @@ function walk(shape: Record<string, ZodLike>, prefix: string[], keys: ConfigKey[
       type,
       default: u.defaultValue,
       description,
-      reservedBy: reservedBy(description),
     });
   }
 }

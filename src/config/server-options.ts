@@ -8,7 +8,7 @@ import { takesDirectIo } from "../storage/disk-io.ts";
 import { parseListenAddress } from "../net/address.ts";
 import type { NetworkRule } from "../server/pipeline/rules.ts";
 import type { ServerOptions } from "../server/server.ts";
-import type { Config } from "./schema.ts";
+import { defaultConfig, type Config } from "./schema.ts";
 
 /**
  * "auto": one transfer engine per CPU but one. The main thread (listeners, admission, the
@@ -92,6 +92,12 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
       idleTimeoutMs: config.connection_pool.idle_timeout * 1000,
       maxLifetimeMs: config.connection_pool.max_lifetime * 1000,
     },
+    transferSlots: {
+      preallocate: config.performance.memory.connection_pool_size,
+      min: config.connection_pool.min_connections,
+      max: config.connection_pool.max_connections,
+      idleMs: config.connection_pool.idle_timeout * 1000,
+    },
     receiveBufferBytes: config.performance.network.receive_buffer_size,
     sendBufferBytes: config.performance.network.send_buffer_size,
   };
@@ -112,6 +118,17 @@ export function unhonouredSettings(config: Config): string[] {
   }
   if (config.io.direct_io && takesDirectIo(config.tftp.root) === false) {
     lines.push(`io.direct_io is true, but the file system of ${config.tftp.root} takes no O_DIRECT: the file cache copies its files through the page cache`);
+  }
+  const pool = config.connection_pool;
+  const pooled = defaultConfig();
+  const slotsSet =
+    config.performance.memory.connection_pool_size !== pooled.performance.memory.connection_pool_size ||
+    pool.min_connections !== pooled.connection_pool.min_connections ||
+    pool.max_connections !== pooled.connection_pool.max_connections;
+  if (!config.network.epoll && slotsSet) {
+    lines.push(
+      "connection_pool.max_connections / min_connections and performance.memory.connection_pool_size set transfer slots, the buffers of network.epoll's transfer sockets; network.epoll is false, and Bun's sockets allocate buffers of their own: no slots are kept",
+    );
   }
   if (config.network.io_uring) {
     lines.push(

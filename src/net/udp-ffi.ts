@@ -157,42 +157,34 @@ function bindError(address: string, port: number, errno: number): Error {
   return Object.assign(new Error(`bind ${address}:${port} failed: ${code}`), { code });
 }
 
-export class FfiUdpSocket implements Readable, Flushable {
-  /** the port the kernel bound */
-  readonly port: number;
-  private closed = false;
-  // receiving: mmsghdrs, their iovecs, name slots and buffers, all in one allocation each
-  private readonly rxVector: Uint8Array;
-  private readonly rxWords: Uint32Array;
-  private readonly rxVectorAt: number;
-  private readonly rxNames: Uint8Array;
-  private readonly rxData: Uint8Array;
+/**
+ * Everything a socket sends and receives through, allocated once for a shape of batches: the
+ * mmsghdr vectors, their iovecs, name slots and receive buffers, and the send queue. A socket
+ * leaves nothing of its own in them once closed, so a transfer's buffers can be handed to the
+ * next transfer's socket (transfer-slots.ts) instead of being allocated per transfer.
+ */
+export class SocketBuffers {
+  readonly rxVector: Uint8Array;
+  readonly rxWords: Uint32Array;
+  readonly rxVectorAt: number;
+  readonly rxNames: Uint8Array;
+  readonly rxData: Uint8Array;
   /** a 4-byte view per slot: ACKs, most of what arrives, are handed over without a new view */
-  private readonly shortViews: Uint8Array[] = [];
-  private readonly received: Datagram = { bytes: new Uint8Array(0), port: 0, v4: 0 };
-  private readonly receivedName: ReceivedName;
-  // sending: a queue of packets and names, written into the vector at flush
-  private readonly txVector: Uint8Array;
-  private readonly txWords: Uint32Array;
-  private readonly txVectorAt: number;
-  private readonly txNames: Uint32Array;
-  private readonly txNamesAt: number;
-  private readonly txIov: Uint32Array;
-  private readonly txIovAt: number;
-  private readonly queue: Uint8Array[] = [];
-  private readonly queueNames: SocketName[] = [];
-  /** datagrams the kernel would not take (a full send buffer): the retransmit clock covers them */
-  dropped = 0;
+  readonly shortViews: Uint8Array[] = [];
+  readonly received: Datagram = { bytes: new Uint8Array(0), port: 0, v4: 0 };
+  readonly receivedName: ReceivedName;
+  readonly txVector: Uint8Array;
+  readonly txWords: Uint32Array;
+  readonly txVectorAt: number;
+  readonly txNames: Uint32Array;
+  readonly txNamesAt: number;
+  readonly txIov: Uint32Array;
+  readonly txIovAt: number;
+  readonly queue: Uint8Array[] = [];
+  readonly queueNames: SocketName[] = [];
 
-  private constructor(
-    private readonly lib: NetLibc,
-    readonly fd: number,
-    private readonly loop: IoLoop,
-    private readonly options: FfiUdpOptions,
-    private readonly onDatagram: DatagramHandler,
-  ) {
+  constructor(readonly options: FfiUdpOptions) {
     const { receiveBatch, receiveBytes, sendBatch } = options;
-    this.port = localPort(lib, fd);
     // Every buffer handed to libc is made from an ArrayBuffer: asking a small typed array for its
     // .buffer after ptr() would move its bytes away from the pointer.
     this.rxVector = new Uint8Array(new ArrayBuffer(receiveBatch * (MMSG_BYTES + IOV_BYTES)));
@@ -228,15 +220,72 @@ export class FfiUdpSocket implements Readable, Flushable {
       pointerWords(this.txWords, word + 4, this.txIovAt + i * IOV_BYTES);
       this.txWords[word + 6] = 1;
     }
+  }
+
+  /** bytes of the buffers libc reads and writes (what a pool of them holds) */
+  static bytesFor(options: FfiUdpOptions): number {
+    const { receiveBatch, receiveBytes, sendBatch } = options;
+    return receiveBatch * (MMSG_BYTES + IOV_BYTES + NAME_BYTES + receiveBytes) + sendBatch * (MMSG_BYTES + NAME_BYTES + IOV_BYTES);
+  }
+}
+
+export class FfiUdpSocket implements Readable, Flushable {
+  /** the port the kernel bound */
+  readonly port: number;
+  private closed = false;
+  // the buffers' parts, held as fields of their own: the hot paths read no further object
+  private readonly options: FfiUdpOptions;
+  private readonly rxWords: Uint32Array;
+  private readonly rxVectorAt: number;
+  private readonly rxNames: Uint8Array;
+  private readonly rxData: Uint8Array;
+  private readonly shortViews: Uint8Array[];
+  private readonly received: Datagram;
+  private readonly receivedName: ReceivedName;
+  private readonly txWords: Uint32Array;
+  private readonly txVectorAt: number;
+  private readonly txNames: Uint32Array;
+  private readonly txIov: Uint32Array;
+  private readonly queue: Uint8Array[];
+  private readonly queueNames: SocketName[];
+  /** datagrams the kernel would not take (a full send buffer): the retransmit clock covers them */
+  dropped = 0;
+
+  private constructor(
+    private readonly lib: NetLibc,
+    readonly fd: number,
+    private readonly loop: IoLoop,
+    /** what it sends and receives through: its own, or a transfer slot's until it is closed */
+    readonly buffers: SocketBuffers,
+    private readonly onDatagram: DatagramHandler,
+  ) {
+    this.port = localPort(lib, fd);
+    this.options = buffers.options;
+    this.rxWords = buffers.rxWords;
+    this.rxVectorAt = buffers.rxVectorAt;
+    this.rxNames = buffers.rxNames;
+    this.rxData = buffers.rxData;
+    this.shortViews = buffers.shortViews;
+    this.received = buffers.received;
+    this.receivedName = buffers.receivedName;
+    this.txWords = buffers.txWords;
+    this.txVectorAt = buffers.txVectorAt;
+    this.txNames = buffers.txNames;
+    this.txIov = buffers.txIov;
+    this.queue = buffers.queue;
+    this.queueNames = buffers.queueNames;
+    this.queue.length = 0;
+    this.queueNames.length = 0;
     loop.watch(fd, this);
   }
 
   /**
    * Binds a UDP socket on `address`:`port` (0: any free port) and hands each datagram that
-   * arrives on it to `onDatagram`. Throws with `code` "EADDRINUSE" / "EACCES" when the port
-   * is taken or forbidden, as Bun's bind does.
+   * arrives on it to `onDatagram`, through `buffers` (a transfer slot's, free until this socket
+   * is closed) or new ones of that shape. Throws with `code` "EADDRINUSE" / "EACCES" when the
+   * port is taken or forbidden, as Bun's bind does.
    */
-  static open(loop: IoLoop, address: string, port: number, options: FfiUdpOptions, onDatagram: DatagramHandler): FfiUdpSocket {
+  static open(loop: IoLoop, address: string, port: number, buffers: SocketBuffers | FfiUdpOptions, onDatagram: DatagramHandler): FfiUdpSocket {
     const lib = netLibc();
     if (!lib) throw new Error("libc is not available");
     const name = new SocketName(address, port);
@@ -252,7 +301,7 @@ export class FfiUdpSocket implements Readable, Flushable {
       lib.close(fd);
       throw bindError(address, port, errno);
     }
-    return new FfiUdpSocket(lib, fd, loop, options, onDatagram);
+    return new FfiUdpSocket(lib, fd, loop, buffers instanceof SocketBuffers ? buffers : new SocketBuffers(buffers), onDatagram);
   }
 
   /** Queues `packet` for `to`; it leaves at the end of the loop's turn (or at flush()). */
@@ -357,10 +406,12 @@ export class FfiUdpSocket implements Readable, Flushable {
   }
 }
 
+/** getsockname's out-parameters, one pair per thread: a transfer's socket allocates none */
+const boundName = new Uint8Array(new ArrayBuffer(SOCKADDR_IN6_BYTES));
+const boundNameLength = new Uint32Array(new ArrayBuffer(4));
+
 function localPort(lib: NetLibc, fd: number): number {
-  const name = new Uint8Array(new ArrayBuffer(SOCKADDR_IN6_BYTES));
-  const length = new Uint32Array(new ArrayBuffer(4));
-  length[0] = SOCKADDR_IN6_BYTES;
-  if (lib.getsockname(fd, ptr(name), ptr(length)) !== 0) return 0;
-  return (name[2]! << 8) | name[3]!;
+  boundNameLength[0] = SOCKADDR_IN6_BYTES;
+  if (lib.getsockname(fd, ptr(boundName), ptr(boundNameLength)) !== 0) return 0;
+  return (boundName[2]! << 8) | boundName[3]!;
 }

@@ -7,6 +7,7 @@ import client from "prom-client";
 import type { CacheStats } from "../storage/cache.ts";
 import type { TransferRecord } from "../server/server.ts";
 import { REFUSAL_KINDS, type RefusalRecord } from "../server/refusal-record.ts";
+import type { SlotStats } from "../server/transfer-slots.ts";
 
 /** First responses on a LAN take tens of µs; a storm pushes them to ms; retries to seconds. */
 const FIRST_RESPONSE_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
@@ -27,6 +28,8 @@ export interface MetricsSources {
   /** bytes the running transfers reserved in the memory budget, and the budget (Infinity: none) */
   transferMemory?(): { reserved: number; budget: number };
   cacheStats(): CacheStats;
+  /** the workers' transfer slot pools together (null: none keeps slots) */
+  transferSlots?(): SlotStats | null;
   /** requests dropped over their source's rate since start */
   requestsRateLimited?(): number;
   /** present when the node is in cluster mode */
@@ -156,6 +159,27 @@ export class ServerMetrics {
           this.set(transferMemory().budget);
         },
       });
+    }
+    const transferSlots = sources.transferSlots;
+    if (transferSlots) {
+      new client.Gauge({
+        name: "tftpd_transfer_slots",
+        help: "Transfer slots (the buffers of a transfer's own socket, connection_pool.*) held by the workers: idle (warm, waiting) or busy (a transfer's)",
+        labelNames: ["state"],
+        registers,
+        collect() {
+          const stats = transferSlots();
+          this.set({ state: "idle" }, stats?.idle ?? 0);
+          this.set({ state: "busy" }, stats?.busy ?? 0);
+        },
+      });
+      runningTotalCounter(
+        registers,
+        "tftpd_transfer_slot_allocations_total",
+        "Transfer slots allocated (preallocated ones included); a transfer that found no idle slot allocated one",
+        () => transferSlots()?.allocated ?? 0,
+      );
+      runningTotalCounter(registers, "tftpd_transfer_slot_reuses_total", "Transfers that took an idle transfer slot instead of allocating buffers", () => transferSlots()?.reused ?? 0);
     }
     const cacheCounter = (name: string, help: string, pick: (s: CacheStats) => number) =>
       runningTotalCounter(registers, name, help, () => pick(sources.cacheStats()));

@@ -9,7 +9,7 @@ import { rootProblem, startOpsServer, type Readiness } from "./http.ts";
 import { ServerMetrics, type ClusterStats } from "./metrics.ts";
 
 /** The running server as the endpoint reads it. */
-export type ObservedServer = Pick<TftpServer, "addresses" | "activeTransfers" | "transferMemory" | "requestsRateLimited" | "cache">;
+export type ObservedServer = Pick<TftpServer, "addresses" | "activeTransfers" | "transferMemory" | "transferSlots" | "requestsRateLimited" | "cache">;
 
 /**
  * Ready: listening, the root still searchable, and the file cache working when one is
@@ -42,6 +42,7 @@ export function startNodeEndpoint(
   const metrics = new ServerMetrics({
     activeTransfers: () => server.activeTransfers,
     transferMemory: () => server.transferMemory,
+    transferSlots: () => server.transferSlots,
     requestsRateLimited: () => server.requestsRateLimited,
     cacheStats: () => server.cache.stats,
     clusterStats: fleet.clusterStats,

@@ -12,9 +12,10 @@ import type { PortRange } from "../net/address.ts";
 import type { IoLoop } from "../net/io-loop.ts";
 import { bindInPortRange } from "../net/port-range-bind.ts";
 import { sendUnsegmented, setBufferSizes, setDontFragment, setUdpSegment } from "../net/sockopt.ts";
-import { FfiUdpSocket, SocketName, type Datagram, type ReceivedName } from "../net/udp-ffi.ts";
+import { FfiUdpSocket, SocketBuffers, SocketName, type Datagram, type FfiUdpOptions, type ReceivedName } from "../net/udp-ffi.ts";
 import { ChannelsByPort } from "./channels-by-port.ts";
 import type { BatchPolicy, SharedSocket } from "./shared-socket.ts";
+import type { SlotPool } from "./transfer-slots.ts";
 import { contiguousRun, unknownTid, type PacketHandler, type Peer, type TransferChannel, type TransferSockets } from "./transport.ts";
 
 /** Room per received datagram: an ACK is 4 bytes, an ERROR a message of up to a few hundred. */
@@ -22,8 +23,10 @@ const RECEIVE_BYTES = 2048;
 /** datagrams one recvmmsg takes on a shared port, and on a transfer's own port */
 const SHARED_RECEIVE_BATCH = 64;
 const OWN_RECEIVE_BATCH = 4;
-/** A window's batch (read-transfer.ts WINDOW_BATCH_BLOCKS) leaves in one sendmmsg. */
-const OWN_SEND_BATCH = 64;
+/** A window's batch (read-transfer.ts WINDOW_BATCH_BLOCKS, 16) leaves in one sendmmsg. */
+const OWN_SEND_BATCH = 16;
+/** the shape of a transfer's own socket's buffers: a transfer slot (transfer-slots.ts) */
+export const OWN_SOCKET: FfiUdpOptions = { receiveBatch: OWN_RECEIVE_BATCH, receiveBytes: RECEIVE_BYTES, sendBatch: OWN_SEND_BATCH };
 
 class FfiSharedChannel implements TransferChannel {
   closed = false;
@@ -149,6 +152,8 @@ class FfiTransferChannel implements TransferChannel {
     private readonly loop: IoLoop,
     private readonly name: SocketName,
     private readonly handler: PacketHandler,
+    /** where its socket's buffers go back to when it closes */
+    private readonly slots: SlotPool<SocketBuffers> | null,
   ) {
     loop.holds++;
   }
@@ -200,23 +205,29 @@ class FfiTransferChannel implements TransferChannel {
     if (this.closed) return;
     this.closed = true;
     this.loop.holds--;
-    this.socket?.close();
+    if (!this.socket) return;
+    this.socket.close();
+    this.slots?.give(this.socket.buffers);
   }
 }
 
-/** Transfer sockets on `loop` (this thread's epoll loop). */
-export function ffiTransferSockets(loop: IoLoop, batch: BatchPolicy): TransferSockets {
+/**
+ * Transfer sockets on `loop` (this thread's epoll loop); a transfer's own socket sends and
+ * receives through a slot of `slots` (or buffers of its own without a pool).
+ */
+export function ffiTransferSockets(loop: IoLoop, batch: BatchPolicy, slots: SlotPool<SocketBuffers> | null = null): TransferSockets {
   loop.batchTimeoutMs = batch.timeoutMs ?? 1;
   return {
     openShared: (address, range, batch, buffers, dontFragment) => FfiSharedSocket.open(loop, address, range, batch, buffers, dontFragment),
     async openChannel(localAddress, peer, range, handler, sendBufferBytes = 0, segmentBytes = 0, dontFragment = false) {
-      const channel = new FfiTransferChannel(loop, new SocketName(peer.address, peer.port), handler);
-      const options = { receiveBatch: OWN_RECEIVE_BATCH, receiveBytes: RECEIVE_BYTES, sendBatch: OWN_SEND_BATCH };
+      const channel = new FfiTransferChannel(loop, new SocketName(peer.address, peer.port), handler, slots);
+      const buffers = slots ? slots.take() : OWN_SOCKET;
       try {
         channel.socket = await bindInPortRange(localAddress, range, async (port) =>
-          FfiUdpSocket.open(loop, localAddress, port, options, (datagram, from) => channel.receive(datagram, from)),
+          FfiUdpSocket.open(loop, localAddress, port, buffers, (datagram, from) => channel.receive(datagram, from)),
         );
       } catch (error) {
+        if (buffers instanceof SocketBuffers) slots?.give(buffers);
         channel.close();
         throw error;
       }

@@ -37,6 +37,7 @@ import { RequestPipeline, type Accepted } from "./pipeline/pipeline.ts";
 import { nameOf } from "./pipeline/name.ts";
 import type { Asked } from "./pipeline/request.ts";
 import { NetworkRules, type NetworkRule, type RootPlace } from "./pipeline/rules.ts";
+import { slotShare, type SlotPoolSettings, type SlotStats } from "./transfer-slots.ts";
 
 export interface ServerOptions {
   root: string;
@@ -79,6 +80,11 @@ export interface ServerOptions {
   writeBehind?: boolean;
   /** performance.cpu.affinity: the CPUs worker i pins itself to (null or absent: the kernel decides) */
   workerCpus?: (readonly number[] | null)[];
+  /**
+   * connection_pool / connection_pool_size: the node's transfer slots, shared out over the
+   * workers (the epoll loop's own sockets; absent: none preallocated, none kept)
+   */
+  transferSlots?: SlotPoolSettings;
   /**
    * "epoll" (network.epoll): the workers' transfer sockets run on an epoll loop through libc
    * (ffi-transport.ts), Bun's sockets where libc is out of reach; "bun" (the default here):
@@ -186,6 +192,8 @@ function peerKey(peer: Peer): string {
 }
 
 const NO_REQUEST_RATE: RequestRateLimits = { perSecond: 0, burst: 1 };
+/** no transfer slots: every transfer's socket has buffers of its own */
+const NO_SLOTS: SlotPoolSettings = { preallocate: 0, min: 0, max: 0, idleMs: 0 };
 
 /** How often requests dropped over their source's rate are summed up: one line per source and interval. */
 const RATE_SUMMARY_MS = 10_000;
@@ -237,6 +245,11 @@ export class TftpServer {
     return { reserved: this.admit.admission.reservedMemory, budget: this.admit.admission.memoryBudget };
   }
 
+  /** what the workers' transfer slot pools hold (null: no worker keeps any) */
+  get transferSlots(): SlotStats | null {
+    return this.pool?.transferSlots ?? null;
+  }
+
   /** requests dropped over their source's rate since start */
   get requestsRateLimited(): number {
     return this.requestRate.dropped;
@@ -267,7 +280,7 @@ export class TftpServer {
       if (!singlePort && (this.options.workers > 1 || ioLoop === "epoll")) {
         this.pool = new WorkerPool(
           this.options.workers,
-          { engine: this.engineOptions(), lossSpec: this.options.loss?.spec ?? null, throwAfterJobs: this.options.workerThrowAfterJobs ?? null, ioLoop, diskIo: io },
+          { engine: this.engineOptions(), lossSpec: this.options.loss?.spec ?? null, throwAfterJobs: this.options.workerThrowAfterJobs ?? null, ioLoop, diskIo: io, transferSlots: slotShare(this.options.transferSlots ?? NO_SLOTS, this.options.workers) },
           this.options.workerCpus ?? [],
           {
             end: (id, outcome) => this.ended(id, outcome),

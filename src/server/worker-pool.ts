@@ -6,6 +6,7 @@
 import type { FileIdentity, SourceShare } from "../storage/source.ts";
 import type { EndHandler, RepeatVerdict, TransferJob } from "./engine.ts";
 import type { TransferOutcome } from "./transfer.ts";
+import type { SlotStats } from "./transfer-slots.ts";
 import { closeWake, wakeLoop } from "../net/io-loop.ts";
 import type { FromWorker, IoLoopKind, ToWorker, WorkerInit, WorkerThread } from "./worker-protocol.ts";
 
@@ -28,7 +29,12 @@ interface Slot {
   ioLoop: IoLoopKind | null;
   /** its thread, once it is ready */
   thread: WorkerThread | null;
+  /** what its transfer slot pool held when it last said (null: it keeps none) */
+  transferSlots: SlotStats | null;
 }
+
+/** How often workers are asked to trim their transfer slot pools and say what they hold. */
+const SLOT_REPORT_MS = 1000;
 
 export interface PoolEvents {
   end: EndHandler;
@@ -65,6 +71,10 @@ export class WorkerPool {
   /** requestAgain questions waiting for their worker's answer, by sequence number */
   private readonly repeats = new Map<number, { slot: Slot; resolve: (verdict: RepeatVerdict) => void }>();
   private repeatSeq = 0;
+  private slotReports: ReturnType<typeof setInterval> | null = null;
+  /** transfer slots made by workers that have since been replaced */
+  private retiredSlotAllocations = 0;
+  private retiredSlotReuses = 0;
 
   constructor(
     private readonly count: number,
@@ -94,6 +104,23 @@ export class WorkerPool {
     return this.slots.map((s) => s.thread);
   }
 
+  /**
+   * The transfer slots of every worker together, as last reported (within SLOT_REPORT_MS);
+   * null when no worker keeps any (Bun's sockets).
+   */
+  get transferSlots(): SlotStats | null {
+    const reports = this.slots.map((s) => s.transferSlots).filter((r): r is SlotStats => r !== null);
+    if (reports.length === 0) return null;
+    const sum = { idle: 0, busy: 0, allocated: this.retiredSlotAllocations, reused: this.retiredSlotReuses };
+    for (const r of reports) {
+      sum.idle += r.idle;
+      sum.busy += r.busy;
+      sum.allocated += r.allocated;
+      sum.reused += r.reused;
+    }
+    return sum;
+  }
+
   /** transfers handed to each worker since the pool started, running or ended */
   get started(): number[] {
     return [...this.dispatched];
@@ -113,6 +140,12 @@ export class WorkerPool {
       await Promise.race([Promise.all(this.slots.map((s) => s.ready)), timeout]);
     } finally {
       clearTimeout(timer);
+    }
+    if (this.slots.some((s) => s.transferSlots !== null)) {
+      this.slotReports = setInterval(() => {
+        for (const slot of this.slots) if (slot.transferSlots !== null) this.send(slot, { type: "slots" });
+      }, SLOT_REPORT_MS);
+      this.slotReports.unref();
     }
   }
 
@@ -165,6 +198,8 @@ export class WorkerPool {
 
   async stop(): Promise<void> {
     this.stopping = true;
+    if (this.slotReports) clearInterval(this.slotReports);
+    this.slotReports = null;
     await Promise.all(
       this.slots.map(
         (slot) =>
@@ -203,7 +238,7 @@ export class WorkerPool {
       markFailed = reject;
     });
     ready.catch(() => {}); // a replacement worker's failure is reported by its exit, not here
-    const slot: Slot = { worker, jobs: new Set(), stopping: false, ready, crash: null, wakeFd: null, ioLoop: null, thread: null };
+    const slot: Slot = { worker, jobs: new Set(), stopping: false, ready, crash: null, wakeFd: null, ioLoop: null, thread: null, transferSlots: null };
     worker.addEventListener("error", (event) => markFailed(new Error(`transfer worker failed: ${(event as ErrorEvent).message}`)));
     worker.addEventListener("message", (event: MessageEvent<FromWorker>) => {
       const message = event.data;
@@ -211,7 +246,10 @@ export class WorkerPool {
         slot.wakeFd = message.wakeFd;
         slot.ioLoop = message.ioLoop;
         slot.thread = message.thread;
+        slot.transferSlots = message.slots;
         markReady();
+      } else if (message.type === "slots") {
+        slot.transferSlots = message.stats;
       } else if (message.type === "end") {
         slot.jobs.delete(message.id);
         this.events.end(message.id, message.outcome);
@@ -234,6 +272,8 @@ export class WorkerPool {
     if (slot.wakeFd !== null) closeWake(slot.wakeFd);
     slot.wakeFd = null;
     if (this.slots[index] !== slot) return;
+    this.retiredSlotAllocations += slot.transferSlots?.allocated ?? 0;
+    this.retiredSlotReuses += slot.transferSlots?.reused ?? 0;
     const lost = [...slot.jobs];
     slot.jobs.clear();
     for (const id of lost) this.events.end(id, workerLost());

@@ -3,6 +3,7 @@ import type { DiskIoSettings } from "../storage/disk-io.ts";
 import type { FileIdentity, SourceShare } from "../storage/source.ts";
 import type { EngineOptions, RepeatVerdict, TransferJob } from "./engine.ts";
 import type { TransferOutcome } from "./transfer.ts";
+import type { SlotPoolSettings, SlotStats } from "./transfer-slots.ts";
 
 export interface WorkerInit {
   engine: EngineOptions;
@@ -16,6 +17,8 @@ export interface WorkerInit {
   cpus: readonly number[] | null;
   /** the io section, as the main thread has it */
   diskIo: DiskIoSettings;
+  /** this worker's share of the node's transfer slots (used on the epoll loop only) */
+  transferSlots: SlotPoolSettings;
 }
 
 export type IoLoopKind = "epoll" | "bun";
@@ -42,6 +45,8 @@ export type ToWorker =
   | { type: "fillFailed"; entryId: number; reason: string }
   /** the main thread closed a cached copy: drop its mapping */
   | { type: "release"; entryId: number }
+  /** once a second: give up transfer slots idle too long, and say what the pool holds if that changed */
+  | { type: "slots" }
   | { type: "stop" };
 
 export type FromWorker =
@@ -50,7 +55,9 @@ export type FromWorker =
    * eventfd to write to after posting it a message, which the main thread closes once the
    * worker has ended
    */
-  | { type: "ready"; ioLoop: IoLoopKind; wakeFd: number | null; thread: WorkerThread }
+  | { type: "ready"; ioLoop: IoLoopKind; wakeFd: number | null; thread: WorkerThread; slots: SlotStats | null }
+  /** what its transfer slot pool holds now */
+  | { type: "slots"; stats: SlotStats }
   | { type: "end"; id: number; outcome: TransferOutcome }
   /** the job could not start (no socket could be bound): the main thread answers the client */
   | { type: "failed"; id: number; message: string }

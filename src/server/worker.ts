@@ -13,10 +13,12 @@ import { FillProgress, followingSource } from "../storage/copy-progress.ts";
 import { setDiskIo } from "../storage/disk-io.ts";
 import { borrowedFdSource, type FileIdentity, type FileSource, type SourceShare } from "../storage/source.ts";
 import { IoLoop } from "../net/io-loop.ts";
+import { SocketBuffers } from "../net/udp-ffi.ts";
 import { pinThisThread, threadId } from "../net/affinity.ts";
 import { TransferEngine } from "./engine.ts";
-import { ffiTransferSockets } from "./ffi-transport.ts";
+import { ffiTransferSockets, OWN_SOCKET } from "./ffi-transport.ts";
 import { LossPlan } from "./loss.ts";
+import { SlotPool, type SlotStats } from "./transfer-slots.ts";
 import type { FromWorker, ToWorker } from "./worker-protocol.ts";
 
 declare const self: Worker;
@@ -37,6 +39,12 @@ interface Copy {
 const copies = new Map<number, Copy>();
 let engine: TransferEngine | null = null;
 let loop: IoLoop | null = null;
+/** the buffers of transfers' own sockets, kept between transfers (epoll loop only) */
+let slots: SlotPool<SocketBuffers> | null = null;
+/** what the main thread was last told the pool holds */
+let postedSlots: SlotStats | null = null;
+
+const sameStats = (a: SlotStats, b: SlotStats): boolean => a.idle === b.idle && a.busy === b.busy && a.allocated === b.allocated && a.reused === b.reused;
 
 function copyFor(share: Extract<SourceShare, { kind: "memfd" | "filling" }>, size: number): Copy {
   let copy = copies.get(share.id);
@@ -100,15 +108,18 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
       // pinned before anything else runs here, so the loop's first turn is already on its CPU
       const pinError = cpus ? pinThisThread(cpus) : null;
       loop = ioLoop === "epoll" ? IoLoop.open() : null;
+      // (Bun's sockets allocate their own buffers: slots are the epoll loop's)
+      slots = loop ? new SlotPool(() => new SocketBuffers(OWN_SOCKET), message.init.transferSlots) : null;
       engine = new TransferEngine(
         options,
         lossSpec ? LossPlan.parse(lossSpec) : null,
         (id, outcome) => post({ type: "end", id, outcome }),
-        loop ? ffiTransferSockets(loop, options.batch) : undefined,
+        loop ? ffiTransferSockets(loop, options.batch, slots) : undefined,
       );
       throwAfterJobs = message.init.throwAfterJobs ?? null;
       const thread = { tid: threadId(), cpus: cpus && pinError === null ? cpus : null, pinError };
-      post({ type: "ready", ioLoop: loop ? "epoll" : "bun", wakeFd: loop?.wakeFd ?? null, thread });
+      postedSlots = slots?.stats ?? null;
+      post({ type: "ready", ioLoop: loop ? "epoll" : "bun", wakeFd: loop?.wakeFd ?? null, thread, slots: postedSlots });
       return;
     }
     case "read": {
@@ -151,6 +162,15 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
     case "release":
       copies.delete(message.entryId);
       return;
+    case "slots": {
+      if (!slots) return;
+      slots.trim();
+      const stats = slots.stats;
+      if (postedSlots && sameStats(stats, postedSlots)) return;
+      postedSlots = stats;
+      post({ type: "slots", stats });
+      return;
+    }
     case "stop":
       void engine?.stop().then(() => {
         loop?.close();

@@ -98,6 +98,7 @@ export interface ChildServer {
   metricsUrl: string | null;
   /** parsed JSON log lines so far */
   logs: Record<string, unknown>[];
+  /** what it wrote to stderr so far */
   stderr(): string;
   waitForLog(predicate: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
   stop(signal?: NodeJS.Signals): Promise<number>;
@@ -142,7 +143,9 @@ export async function spawnServer(
     notify();
   })();
   (async () => {
-    stderrText = await new Response(proc.stderr).text();
+    // as it comes: a test may read what the server wrote so far (BUN_JSC_logGC lines)
+    const decoder = new TextDecoder();
+    for await (const chunk of proc.stderr) stderrText += decoder.decode(chunk, { stream: true });
     notify();
   })();
 

@@ -145,13 +145,10 @@ describe("tftp.rules", () => {
     expect(env.ok ? [] : env.errors).toEqual(['TFTPD_TFTP_RULES: tftp.rules[0]: expected an object with "clients", got "10.0.0.0/8"']);
   });
 
-  test("a rule's blksize_max is bounded like tftp.blksize_max (buffer_size, window_bytes_max); it may be above the server's", () => {
+  test("a rule's blksize_max is bounded like tftp.blksize_max (window_bytes_max); it may be above the server's", () => {
     expect(configOf({ blksize_max: 1468, rules: [{ clients: "10.0.0.0/8", blksize_max: 8192 }] }).tftp.rules[0]?.blksize_max).toBe(8192);
     expect(errorsOf({ window_bytes_max: "16Ki", rules: [{ clients: "10.0.0.0/8", blksize_max: 32768 }] })).toEqual([
       "tftp.rules[0].blksize_max: must be at most tftp.window_bytes_max (16384) bytes, got 32768",
-    ]);
-    expect(errorsOf({ rules: [{ clients: "10.0.0.0/8", blksize_max: 9000 }] }, { performance: { memory: { buffer_size: 8192 } } })).toEqual([
-      "tftp.rules[0].blksize_max: must be at most performance.memory.buffer_size - 4 = 8188 bytes, got 9000",
     ]);
   });
 

@@ -8,7 +8,7 @@ import { BEGIN_MARK, END_MARK, renderConfigReference } from "../../src/config/do
 import { findJsonError, parseJson } from "../../src/config/json.ts";
 import { coerceText, loadConfig, type LoadOptions, type LoadResult } from "../../src/config/load.ts";
 import { parseListenAddress, safeParseCidr, safeParseListenAddress } from "../../src/net/address.ts";
-import { CONFIG_KEYS, KEYS_BY_ENV, configSchema, defaultConfig, type Config } from "../../src/config/schema.ts";
+import { CONFIG_KEYS, KEYS_BY_ENV, REMOVED_KEYS, configSchema, defaultConfig, type Config } from "../../src/config/schema.ts";
 import { createLogger } from "../../src/log.ts";
 
 const tmp = mkdtempSync(join(tmpdir(), "tftpd-config-test-"));
@@ -40,11 +40,14 @@ function errors(r: LoadResult): string[] {
   return r.errors;
 }
 
-/** Every JSON block of the seed datacenter performance guide, merged. */
+/**
+ * Every JSON block of the seed datacenter performance guide, merged, but for
+ * performance.memory.buffer_size: a removed key, refused with what to set instead.
+ */
 const SEED_GUIDE = {
   performance: {
     cpu: { affinity: "auto", thread_pool_size: 256, worker_threads: 16 },
-    memory: { cache_size: "32Gi", connection_pool_size: 10000, buffer_size: 65536 },
+    memory: { cache_size: "32Gi", connection_pool_size: 10000 },
     network: { tcp_nodelay: true, tcp_keepalive: true, receive_buffer_size: 1048576, send_buffer_size: 1048576 },
   },
   cache: {
@@ -94,7 +97,6 @@ describe("defaults", () => {
     expect(c.tune.enabled).toBe(true);
     expect(c.performance.cpu.worker_threads).toBe("auto");
     expect(c.performance.memory.cache_size).toBe(1024 ** 3);
-    expect(c.performance.memory.buffer_size).toBe(65536);
     expect(c.performance.network.receive_buffer_size).toBe(32 * 1024 ** 2);
     expect(c.cache.redis.key_prefix).toBe("tftpd:");
     expect(defaultConfig()).toEqual(c);
@@ -200,25 +202,31 @@ describe("errors name the source and key path", () => {
     expect(errors(load({ file }))).toEqual([`${file}: the config must be a JSON object, got an array`]);
   });
 
-  test("cross-field: buffer_size must hold blksize_max + 4", () => {
-    const file = writeConfig({ tftp: { blksize_max: 8192 }, performance: { memory: { buffer_size: "8Ki" } } });
-    expect(errors(load({ file }))).toEqual([
-      `${file}: performance.memory.buffer_size: must be at least tftp.blksize_max + 4 = 8196 bytes, got 8192`,
+  test("performance.memory.buffer_size was removed: refused from a file, the environment or a flag, naming tftp.blksize_max", () => {
+    const file = writeConfig({ performance: { memory: { cache_size: "32Gi", connection_pool_size: 10000, buffer_size: 65536 } } });
+    const removed = errors(load({ file }));
+    expect(removed).toHaveLength(1);
+    expect(removed[0]).toStartWith(`${file}: performance.memory.buffer_size: removed: no buffer is sized by it;`);
+    expect(removed[0]).toContain("set tftp.blksize_max");
+    expect(errors(load({ env: { TFTPD_PERFORMANCE_MEMORY_BUFFER_SIZE: "64Ki" } }))).toEqual([
+      `TFTPD_PERFORMANCE_MEMORY_BUFFER_SIZE: performance.memory.buffer_size: ${REMOVED_KEYS.get("performance.memory.buffer_size")}`,
     ]);
-    // The largest blksize fits the default buffer.
+    expect(errors(load({ overrides: { "performance.memory.buffer_size": 65536 } }))).toEqual([
+      `override: performance.memory.buffer_size: ${REMOVED_KEYS.get("performance.memory.buffer_size")}`,
+    ]);
+    // a key that never was one is still "unknown", with a guess
+    expect(errors(load({ file: writeConfig({ performance: { memory: { buffer_sise: 1 } } }) }))[0]).toEndWith("performance.memory.buffer_sise: unknown key");
+  });
+
+  test("cross-field: blksize_max and window_bytes_max", () => {
     expect(ok(load({ env: { TFTPD_TFTP_BLKSIZE_MAX: "65464" } })).tftp.blksize_max).toBe(65464);
     // Blame goes to whoever set the related key when the reported key is a default.
     expect(errors(load({ env: { TFTPD_TFTP_BLKSIZE_MAX: "2000", TFTPD_TFTP_WINDOW_BYTES_MAX: "1000" } }))).toEqual([
       "TFTPD_TFTP_WINDOW_BYTES_MAX: tftp.window_bytes_max: must be at least tftp.blksize_max (2000) bytes, got 1000",
     ]);
-    expect(errors(load({ env: { TFTPD_PERFORMANCE_MEMORY_BUFFER_SIZE: "1Ki" } }))).toEqual([
-      "TFTPD_PERFORMANCE_MEMORY_BUFFER_SIZE: performance.memory.buffer_size: must be at least tftp.blksize_max + 4 = 1472 bytes, got 1024",
-    ]);
     expect(errors(load({ env: { TFTPD_CACHE_TYPE: "distributed" } }))).toEqual([
       'TFTPD_CACHE_TYPE: cache.redis.nodes: needs at least one "HOST:PORT" when cache.type is "distributed"',
     ]);
-    const r2 = load({ file: writeConfig({ performance: { memory: { buffer_size: 1024 } } }), env: { TFTPD_TFTP_BLKSIZE_MAX: "1400" } });
-    expect(errors(r2)[0]).toMatch(/: performance\.memory\.buffer_size: must be at least tftp\.blksize_max \+ 4 = 1404 bytes, got 1024$/);
     const r3 = load({ overrides: { "tftp.blksize_max": 9000, "tftp.window_bytes_max": "8Ki" } });
     expect(errors(r3)).toEqual(["override: tftp.window_bytes_max: must be at least tftp.blksize_max (9000) bytes, got 8192"]);
   });
@@ -289,9 +297,9 @@ describe("byte sizes", () => {
     expect(c.io.read_ahead).toBe(65536);
     const file = writeConfig({ performance: { memory: { cache_size: "huge" } } });
     expect(errors(load({ file }))[0]).toStartWith(`${file}: performance.memory.cache_size: expected a byte size`);
-    const file2 = writeConfig({ performance: { memory: { buffer_size: 100 } } });
+    const file2 = writeConfig({ limits: { max_transfer_memory: 100 } });
     expect(errors(load({ file: file2 }))[0]).toBe(
-      `${file2}: performance.memory.buffer_size: expected a byte size (an integer, or a string like "512", "64Ki", "32Gi", "10MB") from 516 to 16Mi, got 100`,
+      `${file2}: limits.max_transfer_memory: expected a byte size (an integer, or a string like "512", "64Ki", "32Gi", "10MB") >= 64Ki, got 100`,
     );
   });
 
