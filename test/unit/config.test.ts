@@ -556,6 +556,15 @@ describe("config check", () => {
     expect(checkConfigFile(writeConfig({ network: { epoll: false } }), {}).stderr).toBe("");
   });
 
+  test("transfer slots set with network.epoll false: one line says Bun's sockets keep buffers of their own", () => {
+    const note =
+      "tftpd config check: note: connection_pool.max_connections / min_connections and performance.memory.connection_pool_size set transfer slots, the buffers of network.epoll's transfer sockets; network.epoll is false, and Bun's sockets allocate buffers of their own: no slots are kept\n";
+    expect(checkConfigFile(writeConfig({ network: { epoll: false }, connection_pool: { min_connections: 1000 } }), {}).stderr).toBe(note);
+    expect(checkConfigFile(writeConfig({ network: { epoll: false }, performance: { memory: { connection_pool_size: 10000 } } }), {}).stderr).toBe(note);
+    // on the epoll loop the same settings are honoured
+    expect(checkConfigFile(writeConfig({ connection_pool: { max_connections: 50000, min_connections: 1000 } }), {}).stderr).toBe("");
+  });
+
   test("failure prints one line per error to stderr and exits 1", () => {
     const file = writeConfig({ tftp: { bogus: 1, retries: 0 } });
     const r = checkConfigFile(file, {});
