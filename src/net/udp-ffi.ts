@@ -28,6 +28,14 @@ const IOV_BYTES = 16;
 const NAME_BYTES = 32;
 const SOCKADDR_IN_BYTES = 16;
 const SOCKADDR_IN6_BYTES = 28;
+/**
+ * Batches one drain reads before it hands the thread back: a socket in a flood (a storm's
+ * ACKs on a shared port) would otherwise keep reading for as long as the flood outruns it, and
+ * the main thread's messages (new transfers) and the timers wait for the end of the turn. What
+ * is left stays queued in the kernel, and epoll (level-triggered) reports the socket again at
+ * the next turn.
+ */
+export const MAX_BATCHES_PER_DRAIN = 4;
 
 /** A peer's socket address, encoded once and compared as integers per datagram. */
 export class SocketName {
@@ -375,7 +383,7 @@ export class FfiUdpSocket implements Readable, Flushable {
     const received = this.received;
     const name = this.receivedName;
     const names = this.rxNames;
-    for (;;) {
+    for (let batches = 1; ; batches++) {
       if (this.closed) return;
       const count = this.lib.recvmmsg(this.fd, this.rxVectorAt, receiveBatch, MSG_DONTWAIT, null);
       if (count <= 0) return;
@@ -392,7 +400,7 @@ export class FfiUdpSocket implements Readable, Flushable {
         this.onDatagram(received, name);
         if (this.closed) return;
       }
-      if (count < receiveBatch) return;
+      if (count < receiveBatch || batches === MAX_BATCHES_PER_DRAIN) return;
       this.loop.sendIfDue();
     }
   }

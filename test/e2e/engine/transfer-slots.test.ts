@@ -77,6 +77,16 @@ async function storm(env: Record<string, string>): Promise<StormRun> {
       ...env,
     },
   });
+  try {
+    return await stormOn(server, env);
+  } catch (error) {
+    // a failed run must not leave its server running
+    await server.stop();
+    throw error;
+  }
+}
+
+async function stormOn(server: ChildServer, env: Record<string, string>): Promise<StormRun> {
   const allocatedBefore = await metric(server, "tftpd_transfer_slot_allocations_total");
   const logAt = server.stderr().length;
   const bench = await run(
@@ -106,7 +116,10 @@ async function storm(env: Record<string, string>): Promise<StormRun> {
 
 test("a storm of windowed transfers runs on the preallocated slots: no allocation per transfer, fewer collections", async () => {
   const pooled = await storm({});
-  const unpooled = await storm({ TFTPD_CONNECTION_POOL_MAX_CONNECTIONS: "0" });
+  const unpooled = await storm({ TFTPD_CONNECTION_POOL_MAX_CONNECTIONS: "0" }).catch(async (error: unknown) => {
+    await pooled.server.stop();
+    throw error;
+  });
   try {
     console.log(
       `storm of ${TRANSFERS} windowed downloads: with the pool ${pooled.gc.count} collections (${pooled.gc.ms.toFixed(1)} ms), slots allocated ${pooled.allocatedAfter - pooled.allocatedBefore}; ` +

@@ -8,7 +8,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import type { udp } from "bun";
 import { IoLoop, wakeLoop, closeWake } from "../../../src/net/io-loop.ts";
-import { FfiUdpSocket, SocketName, ipv6Bytes, type Datagram } from "../../../src/net/udp-ffi.ts";
+import { FfiUdpSocket, MAX_BATCHES_PER_DRAIN, SocketName, ipv6Bytes, type Datagram } from "../../../src/net/udp-ffi.ts";
 import { waitFor } from "../../helpers/raw.ts";
 
 interface Heard {
@@ -166,11 +166,12 @@ describe("FfiUdpSocket", () => {
 describe("IoLoop", () => {
   /**
    * A socket taking one datagram per recvmmsg, whose handler works 3 ms on each and queues an
-   * answer: six datagrams waiting make one long turn. The asking peer is a socket of the same
-   * thread, read by hand while the turn runs: returns how many answers it had when each
-   * datagram was handled.
+   * answer: `count` datagrams waiting make one long turn (as many as one drain reads). The
+   * asking peer is a socket of the same thread, read by hand while the turn runs: returns how
+   * many answers it had when each datagram was handled; `between` runs as the handler of the
+   * first datagram schedules it (setImmediate), and is given how many were handled by then.
    */
-  async function longTurn(batchTimeoutMs: number): Promise<number[]> {
+  async function longTurn(batchTimeoutMs: number, count = MAX_BATCHES_PER_DRAIN, between?: (handled: number) => void): Promise<number[]> {
     const loop = openLoop();
     loop.batchTimeoutMs = batchTimeoutMs;
     let answers = 0;
@@ -184,23 +185,32 @@ describe("IoLoop", () => {
       }
       peer.drain();
       seen.push(answers);
+      if (seen.length === 1 && between) setImmediate(() => between(seen.length));
       socket.enqueue(new Uint8Array([datagram.bytes[3]!]), from.toName());
     });
     closers.push(() => socket.close());
     const to = new SocketName("127.0.0.1", socket.port);
-    for (let i = 0; i < 6; i++) peer.enqueue(new Uint8Array([0, 4, 0, i]), to);
+    for (let i = 0; i < count; i++) peer.enqueue(new Uint8Array([0, 4, 0, i]), to);
     peer.flush();
-    await waitFor(() => answers === 6, 3000, "six answers");
+    await waitFor(() => answers === count, 3000, `${count} answers`);
     return seen;
   }
 
   test("batch_timeout: in a long turn, answers leave once the oldest has waited that long, not at the turn's end", async () => {
     // 1 ms: each answer leaves after the next datagram's 3 ms of work at the latest
     const quick = await longTurn(1);
-    expect(quick.length).toBe(6);
-    expect(quick[5]!).toBeGreaterThanOrEqual(4);
+    expect(quick.length).toBe(MAX_BATCHES_PER_DRAIN);
+    expect(quick[MAX_BATCHES_PER_DRAIN - 1]!).toBeGreaterThanOrEqual(MAX_BATCHES_PER_DRAIN - 2);
     // longer than the turn: nothing left before the turn's end
-    expect(await longTurn(1000)).toEqual([0, 0, 0, 0, 0, 0]);
+    expect(await longTurn(1000)).toEqual(Array(MAX_BATCHES_PER_DRAIN).fill(0));
+  });
+
+  test("a socket in a flood reads MAX_BATCHES_PER_DRAIN batches, then the thread's other work runs before the rest", async () => {
+    let handledBefore = -1;
+    const seen = await longTurn(1, MAX_BATCHES_PER_DRAIN + 2, (handled) => (handledBefore = handled));
+    expect(seen.length).toBe(MAX_BATCHES_PER_DRAIN + 2);
+    // what the first datagram's handler scheduled ran after one drain's worth, not after all
+    expect(handledBefore).toBe(MAX_BATCHES_PER_DRAIN);
   });
 
   test("a loop asleep in epoll_wait in a worker wakes for a message when its wake descriptor is written", async () => {
