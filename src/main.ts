@@ -1,5 +1,8 @@
 #!/usr/bin/env bun
-/** The tftpd command line: one binary, one subcommand per job; `serve` when none is named. */
+/**
+ * The tftpd command line: one binary, one subcommand per job. Serving is `tftpd serve`: a bare
+ * `tftpd` prints its usage (it never starts serving, binding ports or tuning the host unasked).
+ */
 import { defineCommand, renderUsage, runMain, type ArgsDef, type CommandDef } from "citty";
 import bench from "./cli/bench.ts";
 import cache from "./cli/cache.ts";
@@ -21,12 +24,8 @@ const main = defineCommand({
   subCommands,
 });
 
-const argv = process.argv.slice(2);
-const first = argv[0];
-// `tftpd` alone, or `tftpd --root …`, means `tftpd serve …`.
-const rawArgs = first === undefined || (first.startsWith("-") && !["--help", "-h", "--version", "-v"].includes(first))
-  ? ["serve", ...argv]
-  : argv;
+const rawArgs = process.argv.slice(2);
+const first = rawArgs[0];
 
 /** citty names only the direct parent in nested usage ("config check"); say "tftpd config check". */
 async function showUsage<T extends ArgsDef = ArgsDef>(cmd: CommandDef<T>, parent?: CommandDef<T>): Promise<void> {
@@ -36,4 +35,16 @@ async function showUsage<T extends ArgsDef = ArgsDef>(cmd: CommandDef<T>, parent
   console.log(`${usage}\n`);
 }
 
-await runMain(main, { rawArgs, showUsage });
+if (first === undefined) {
+  await showUsage(main);
+} else if (first.startsWith("-") && !["--help", "-h", "--version", "-v"].includes(first)) {
+  // a flag before any subcommand: `tftpd --root DIR` was serving once; say what to run
+  const hint = rawArgs.some((a) => ["--root", "--listen", "--config"].includes(a.split("=")[0]!)) ? ` (to serve: tftpd serve ${rawArgs.join(" ")})` : "";
+  process.stderr.write(`tftpd: unknown option ${first.split("=")[0]} before a subcommand${hint}; see tftpd --help\n`);
+  process.exit(2);
+} else if (!(first in subCommands) && !first.startsWith("-")) {
+  process.stderr.write(`tftpd: unknown command ${first}; see tftpd --help\n`);
+  process.exit(2);
+} else {
+  await runMain(main, { rawArgs, showUsage });
+}

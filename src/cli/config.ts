@@ -11,7 +11,8 @@ import { hostname } from "node:os";
 import { loadConfig, readConfigLayer, type Config } from "../config/load.ts";
 import type { RedisLink } from "../cluster/redis.ts";
 import { unhonouredSettings } from "../config/server-options.ts";
-import { parseRemapRules } from "../storage/remap.ts";
+import { rootProblem } from "../ops/http.ts";
+import { loadRemapFile, parseRemapRules } from "../storage/remap.ts";
 import { fail, unknownOption } from "./args.ts";
 import { withFleetLink } from "./fleet-link.ts";
 
@@ -21,12 +22,35 @@ export interface CheckResult {
   stderr: string;
 }
 
+/**
+ * What `serve` would refuse or could not serve although the file is valid: a root (the
+ * server's or a rule's) that is missing or not searchable, a remap file it cannot read or
+ * parse. One line each, naming where the setting came from and the key.
+ */
+function pathProblems(loaded: Extract<ReturnType<typeof loadConfig>, { ok: true }>): string[] {
+  const { config } = loaded;
+  const sourceOf = (key: string) => loaded.applied.filter((a) => a.key === key).at(-1)?.source ?? loaded.source ?? "config";
+  const problems: string[] = [];
+  const roots = [{ key: "tftp.root", path: config.tftp.root }, ...config.tftp.rules.flatMap((r, i) => (r.root ? [{ key: `tftp.rules[${i}].root`, path: r.root, via: "tftp.rules" }] : []))];
+  for (const root of roots) {
+    const problem = rootProblem(root.path);
+    if (problem) problems.push(`${sourceOf("via" in root ? root.via : root.key)}: ${root.key}: ${problem}`);
+  }
+  if (config.tftp.remap) {
+    const rules = loadRemapFile(config.tftp.remap);
+    if (!rules.ok) problems.push(...rules.errors.map((e) => `${sourceOf("tftp.remap")}: tftp.remap: ${e}`));
+  }
+  return problems;
+}
+
 /** The whole of `config check`, as a pure function of the file and the environment. */
 export function checkConfigFile(file: string, env: Record<string, string | undefined> = process.env): CheckResult {
   const loaded = loadConfig({ file, env });
   if (!loaded.ok) {
     return { exitCode: 1, stdout: "", stderr: loaded.errors.map((e) => `tftpd config check: ${e}\n`).join("") };
   }
+  const problems = pathProblems(loaded);
+  if (problems.length > 0) return { exitCode: 1, stdout: "", stderr: problems.map((e) => `tftpd config check: ${e}\n`).join("") };
   const notes = [...loaded.applied.map((a) => `${a.key} is set by ${a.source}`), ...unhonouredSettings(loaded.config)]
     .map((note) => `tftpd config check: note: ${note}\n`)
     .join("");

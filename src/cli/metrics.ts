@@ -13,14 +13,14 @@ import { connectFleet, fleetArgs } from "./fleet-link.ts";
 import { opsBase, opsGet } from "./ops-endpoint.ts";
 
 const args = {
-  url: { type: "string", description: "Metrics endpoint of the server (default http://127.0.0.1:9469)", valueHint: "URL" },
+  url: { type: "string", description: "Metrics endpoint of the server (default: metrics.listen of the config)", valueHint: "URL" },
   raw: { type: "boolean", description: "Print the Prometheus text as served" },
   json: { type: "boolean", description: "Print the figures as one JSON object" },
   watch: { type: "boolean", description: "Refresh the figures every interval until interrupted" },
   interval: { type: "string", description: "Seconds between the two scrapes a rate is taken over (default 1)", valueHint: "S" },
   cluster: { type: "boolean", description: "Every node of the fleet and their sum, from the heartbeats in Redis" },
   redis: { ...fleetArgs.redis, description: `With --cluster: ${fleetArgs.redis.description}` },
-  config: { ...fleetArgs.config, description: `With --cluster: ${fleetArgs.config.description}` },
+  config: { ...fleetArgs.config, description: `${fleetArgs.config.description}: its metrics.listen, or with --cluster its Redis` },
 } as const;
 
 async function scrape(url: string): Promise<{ text: string; samples: Sample[] }> {
@@ -88,8 +88,9 @@ export default defineCommand({
       await clusterMetrics(a, seconds);
       return;
     }
-    if (a.redis !== undefined || a.config !== undefined) fail("metrics", "--redis and --config go with --cluster", 2);
-    const base = opsBase(a.url);
+    if (a.redis !== undefined) fail("metrics", "--redis goes with --cluster", 2);
+    if (a.url !== undefined && a.config !== undefined) fail("metrics", "--url and --config both name the endpoint: give one", 2);
+    const base = opsBase("metrics", a.url, a.config);
     const url = base.endsWith("/metrics") ? base : `${base}/metrics`;
 
     if (a.raw) {

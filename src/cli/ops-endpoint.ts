@@ -1,11 +1,21 @@
 /** Talking to a running server's metrics/control endpoint, for `tftpd metrics` and `tftpd profile`. */
+import { formatHostPort, parseListenAddress } from "../net/address.ts";
+import { isWildcard } from "../net/interfaces.ts";
 import { fail } from "./args.ts";
+import { fleetConfig } from "./fleet-link.ts";
 
-const DEFAULT_OPS_URL = "http://127.0.0.1:9469";
-
-/** The endpoint's base URL from --url (default the local metrics listener), without a trailing slash. */
-export function opsBase(url: string | undefined): string {
-  return (url ?? DEFAULT_OPS_URL).replace(/\/+$/, "");
+/**
+ * The endpoint's base URL, without a trailing slash: --url, else the `metrics.listen` of the
+ * config the server runs with (`--config`, else the default file, and the TFTPD_* environment,
+ * as `serve` loads it; a wildcard address is asked on loopback).
+ */
+export function opsBase(command: string, url: string | undefined, configFile: string | undefined): string {
+  if (url !== undefined) return url.replace(/\/+$/, "");
+  const config = fleetConfig(command, configFile);
+  if (!config.metrics.enabled) fail(command, "metrics.enabled is false in the config: the server has no metrics endpoint to ask (--url names one)");
+  const at = parseListenAddress(config.metrics.listen);
+  const host = isWildcard(at.host) ? (at.host.includes(":") ? "::1" : "127.0.0.1") : at.host;
+  return `http://${formatHostPort(host, at.port)}`;
 }
 
 /** GET `url`; any failure is one line naming the URL, and the command exits 1. */

@@ -10,7 +10,8 @@ import { opsBase, opsGet } from "./ops-endpoint.ts";
 
 const args = {
   seconds: { type: "string", description: "How long to sample (default 10)", valueHint: "N" },
-  url: { type: "string", description: "Metrics/control endpoint of the server (default http://127.0.0.1:9469)", valueHint: "URL" },
+  url: { type: "string", description: "Metrics/control endpoint of the server (default: metrics.listen of the config)", valueHint: "URL" },
+  config: { type: "string", description: "Config file the server runs with (default /etc/tftpd/config.json when it exists): its metrics.listen", valueHint: "FILE" },
   out: { type: "string", description: "Write the profile as a .cpuprofile file", valueHint: "FILE" },
   heap: { type: "string", description: "Write a heap snapshot (.heapsnapshot) instead of profiling", valueHint: "FILE" },
   top: { type: "string", description: "How many functions to list (default 20)", valueHint: "N" },
@@ -25,7 +26,8 @@ export default defineCommand({
   async run({ args: a, rawArgs }) {
     const unknown = unknownOption(args, rawArgs);
     if (unknown) fail("profile", `unknown option ${unknown} (see tftpd profile --help)`, 2);
-    const base = opsBase(a.url);
+    if (a.url !== undefined && a.config !== undefined) fail("profile", "--url and --config both name the endpoint: give one", 2);
+    const base = opsBase("profile", a.url, a.config);
 
     if (a.heap) {
       const response = await get(`${base}/debug/heap`, 120_000);

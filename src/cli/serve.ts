@@ -25,6 +25,7 @@ import { sweepAbandonedUploads } from "../storage/upload-sweep.ts";
 import { fail, repeatedFlag, unknownOption } from "./args.ts";
 
 const args = {
+  dir: { type: "positional", required: false, description: "Directory to serve, as tftpd-hpa takes it (the same as --root)", valueHint: "DIR" },
   config: { type: "string", description: "Config file (default /etc/tftpd/config.json when it exists)", valueHint: "FILE" },
   root: { type: "string", description: "Directory to serve (default /srv/tftp)", valueHint: "DIR" },
   listen: { type: "string", description: "ADDR:PORT to listen on, repeatable; IPv6 as [::1]:69", valueHint: "ADDR:PORT" },
@@ -37,8 +38,14 @@ const args = {
   remap: { type: "string", description: "File of remap rules (tftpd-hpa style)", valueHint: "FILE" },
   "log-level": { type: "string", description: "fatal|error|warn|info|debug|trace|silent", valueHint: "LEVEL" },
   redis: { type: "string", description: "Redis seed nodes HOST:PORT[,…] (config cache.redis.nodes)", valueHint: "HOST:PORT,…" },
-  tune: { type: "boolean", default: true, description: "Tune kernel settings at start-up (--no-tune skips it; config tune.enabled)" },
+  // (no default here: citty would print "(Default: true)"; absent means the config decides)
+  tune: {
+    type: "boolean",
+    description: "Tune kernel settings at start-up when the config says so (tune.enabled, default true)",
+    negativeDescription: "Leave the kernel's settings alone (config tune.enabled false)",
+  },
   user: { type: "string", description: "Started as root: run as USER[:GROUP] once bound (default tftpd, else nobody; root keeps root)", valueHint: "USER[:GROUP]" },
+  "metrics-listen": { type: "string", description: "ADDR:PORT of the metrics and health endpoint (default 127.0.0.1:9469)", valueHint: "ADDR:PORT" },
 } as const;
 
 /** Flags → config key paths; values are read like TFTPD_* env values ("8192" is a number). */
@@ -54,6 +61,7 @@ const FLAG_KEYS: [flag: string, key: string][] = [
   ["log-level", "log.level"],
   ["redis", "cache.redis.nodes"],
   ["user", "tftp.user"],
+  ["metrics-listen", "metrics.listen"],
 ];
 
 function flagOverrides(
@@ -71,6 +79,10 @@ function flagOverrides(
     // naming the fleet's Redis on the command line means joining it
     overrides["cache.type"] = "distributed";
     overrideSources["cache.type"] = "--redis";
+  }
+  if (typeof values.dir === "string") {
+    overrides["tftp.root"] = values.dir;
+    overrideSources["tftp.root"] = "DIR";
   }
   const listen = repeatedFlag(rawArgs, "listen");
   if (listen.length > 0) {
@@ -90,11 +102,14 @@ function exitWith(errors: string[]): never {
 }
 
 export default defineCommand({
-  meta: { name: "serve", description: "Run the TFTP server (the default command)" },
+  meta: { name: "serve", description: "Run the TFTP server" },
   args,
   async run({ args: values, rawArgs }) {
     const unknown = unknownOption(args, rawArgs);
     if (unknown) fail("serve", `unknown option ${unknown} (see tftpd serve --help)`, 2);
+    const positionals = (values._ as string[] | undefined) ?? [];
+    if (positionals.length > 1) fail("serve", `one directory to serve, got ${positionals.length}: ${positionals.join(" ")} (see tftpd serve --help)`, 2);
+    if (values.dir !== undefined && values.root !== undefined) fail("serve", `the root given twice: DIR ${values.dir} and --root ${values.root}; give one`, 2);
 
     const flags = flagOverrides(values, rawArgs);
     const load = (pushed?: { content: unknown; source: string }) => loadConfig({ file: values.config, env: process.env, pushed, ...flags });

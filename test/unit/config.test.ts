@@ -524,8 +524,12 @@ describe("json", () => {
 });
 
 describe("config check", () => {
+  /** a config whose root exists (the directory of the file), as `serve` needs it */
+  const servable = (content: Record<string, unknown> = {}) => writeConfig({ ...content, tftp: { root: ".", ...(content.tftp as object | undefined) } });
+
   test("success prints the effective config and exits 0", () => {
     const file = writeConfig({ tftp: { root: "boot", max_upload_size: "1Mi" } });
+    mkdirSync(join(file.slice(0, file.lastIndexOf("/")), "boot"));
     const r = checkConfigFile(file, {});
     expect(r.exitCode).toBe(0);
     expect(r.stderr).toBe("");
@@ -537,7 +541,7 @@ describe("config check", () => {
   });
 
   test("env settings are applied and noted", () => {
-    const file = writeConfig({});
+    const file = servable();
     const r = checkConfigFile(file, { TFTPD_LOG_LEVEL: "error" });
     expect(r.exitCode).toBe(0);
     expect((JSON.parse(r.stdout) as Config).log.level).toBe("error");
@@ -545,24 +549,48 @@ describe("config check", () => {
   });
 
   test("network.io_uring true: accepted, and one line says it is not honoured and what serves instead", () => {
-    const file = writeConfig({ network: { io_uring: true } });
+    const file = servable({ network: { io_uring: true } });
     const r = checkConfigFile(file, {});
     expect(r.exitCode).toBe(0);
     expect(r.stderr).toBe(
       "tftpd config check: note: network.io_uring is true, but this build has no io_uring loop (Bun offers none, and none is driven through libc): transfers use the epoll loop (network.epoll)\n",
     );
-    const off = checkConfigFile(writeConfig({ network: { io_uring: true, epoll: false } }), {});
+    const off = checkConfigFile(servable({ network: { io_uring: true, epoll: false } }), {});
     expect(off.stderr).toContain("transfers use Bun's sockets (network.epoll is false)");
-    expect(checkConfigFile(writeConfig({ network: { epoll: false } }), {}).stderr).toBe("");
+    expect(checkConfigFile(servable({ network: { epoll: false } }), {}).stderr).toBe("");
   });
 
   test("transfer slots set with network.epoll false: one line says Bun's sockets keep buffers of their own", () => {
     const note =
       "tftpd config check: note: connection_pool.max_connections / min_connections and performance.memory.connection_pool_size set transfer slots, the buffers of network.epoll's transfer sockets; network.epoll is false, and Bun's sockets allocate buffers of their own: no slots are kept\n";
-    expect(checkConfigFile(writeConfig({ network: { epoll: false }, connection_pool: { min_connections: 1000 } }), {}).stderr).toBe(note);
-    expect(checkConfigFile(writeConfig({ network: { epoll: false }, performance: { memory: { connection_pool_size: 10000 } } }), {}).stderr).toBe(note);
+    expect(checkConfigFile(servable({ network: { epoll: false }, connection_pool: { min_connections: 1000 } }), {}).stderr).toBe(note);
+    expect(checkConfigFile(servable({ network: { epoll: false }, performance: { memory: { connection_pool_size: 10000 } } }), {}).stderr).toBe(note);
     // on the epoll loop the same settings are honoured
-    expect(checkConfigFile(writeConfig({ connection_pool: { max_connections: 50000, min_connections: 1000 } }), {}).stderr).toBe("");
+    expect(checkConfigFile(servable({ connection_pool: { max_connections: 50000, min_connections: 1000 } }), {}).stderr).toBe("");
+  });
+
+  test("a root or a rule's root that serve could not serve, and a remap file it could not read: exit 1, one line each", () => {
+    const file = writeConfig({ tftp: { root: "missing", remap: "rules.map", rules: [{ clients: "10.0.0.0/8", root: "lab" }] } });
+    const r = checkConfigFile(file, {});
+    expect(r.exitCode).toBe(1);
+    expect(r.stdout).toBe("");
+    const dir = file.slice(0, file.lastIndexOf("/"));
+    expect(r.stderr.split("\n").filter(Boolean)).toEqual([
+      `tftpd config check: ${file}: tftp.root: root ${join(dir, "missing")} not found (ENOENT)`,
+      `tftpd config check: ${file}: tftp.rules[0].root: root ${join(dir, "lab")} not found (ENOENT)`,
+      `tftpd config check: ${file}: tftp.remap: ${join(dir, "rules.map")}: cannot read remap file: ENOENT: no such file or directory, open '${join(dir, "rules.map")}'`,
+    ]);
+    // a remap file with a bad rule names its line
+    mkdirSync(join(dir, "missing"));
+    mkdirSync(join(dir, "lab"));
+    writeFileSync(join(dir, "rules.map"), "r ^a b\nbogus\n");
+    const bad = checkConfigFile(file, {});
+    expect(bad.exitCode).toBe(1);
+    expect(bad.stderr).toStartWith(`tftpd config check: ${file}: tftp.remap: ${join(dir, "rules.map")}:2`);
+    writeFileSync(join(dir, "rules.map"), "r ^a b\n");
+    expect(checkConfigFile(file, {}).exitCode).toBe(0);
+    // the environment names the root: the line says so
+    expect(checkConfigFile(servable(), { TFTPD_TFTP_ROOT: join(dir, "nowhere") }).stderr).toStartWith(`tftpd config check: TFTPD_TFTP_ROOT: tftp.root: root ${join(dir, "nowhere")} not found`);
   });
 
   test("failure prints one line per error to stderr and exits 1", () => {

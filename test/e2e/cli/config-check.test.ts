@@ -4,6 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { join } from "node:path";
+import { mkdirSync } from "node:fs";
 import { removeDir, tempDir, writeFile } from "../../helpers/files.ts";
 import { tftpd } from "../../helpers/run.ts";
 
@@ -26,6 +27,7 @@ afterAll(() => removeDir(dir));
 
 describe("a valid file", () => {
   test("exit 0 and the effective config as JSON: the file's values, defaults, resolved paths", async () => {
+    mkdirSync(join(dir, "boot"), { recursive: true });
     const file = writeFile(dir, "ok.json", JSON.stringify({
       tftp: { root: "boot", listen: ["127.0.0.1:6970", "[::1]:6970"], write: "create", blksize_max: 8192 },
       log: { level: "debug" },
@@ -46,10 +48,10 @@ describe("a valid file", () => {
 
   test("TFTPD_* env is applied as serve would, and noted on stderr", async () => {
     const file = writeFile(dir, "env.json", JSON.stringify({ tftp: { root: "/srv/tftp" } }));
-    const r = await check(file, { TFTPD_TFTP_ROOT: "/srv/other", TFTPD_LOG_LEVEL: "warn" });
+    const r = await check(file, { TFTPD_TFTP_ROOT: dir, TFTPD_LOG_LEVEL: "warn" });
     expect(r.exitCode).toBe(0);
     const config = JSON.parse(r.stdout);
-    expect(config.tftp.root).toBe("/srv/other");
+    expect(config.tftp.root).toBe(dir);
     expect(config.log.level).toBe("warn");
     expect(r.stderr).toContain("TFTPD_TFTP_ROOT");
   });

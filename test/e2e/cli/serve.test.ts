@@ -95,6 +95,16 @@ describe("bad command lines", () => {
     expect(r.stderr).toContain(missing);
   });
 
+  test("the root given twice (DIR and --root) or two directories: exit 2, one line", async () => {
+    const twice = await tftpd(["serve", root, "--root", out, "--listen", "127.0.0.1:0"], { timeoutMs: 15_000 });
+    expect(twice.exitCode).toBe(2);
+    expect(lines(twice.stderr)).toEqual([`tftpd serve: the root given twice: DIR ${root} and --root ${out}; give one`]);
+    const two = await tftpd(["serve", root, out, "--listen", "127.0.0.1:0"], { timeoutMs: 15_000 });
+    expect(two.exitCode).toBe(2);
+    expect(lines(two.stderr)).toHaveLength(1);
+    expect(two.stderr).toContain("one directory to serve, got 2");
+  });
+
   test("an unknown flag: exit 2, naming it", async () => {
     const r = await tftpd(["serve", "--root", root, "--listen", "127.0.0.1:0", "--frobnicate", "3"], { timeoutMs: 15_000 });
     expect(r.exitCode).toBe(2);
@@ -107,6 +117,21 @@ describe("bad command lines", () => {
     expect(r.exitCode).toBe(1);
     expect(r.stderr).toContain("tftp.write");
   });
+});
+
+test("serve DIR serves DIR, as tftpd-hpa takes its directory; --metrics-listen moves the metrics endpoint", async () => {
+  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const metricsPort = probe.port;
+  probe.stop(true);
+  const s = await spawnServer([root, "--listen", "127.0.0.1:0", "--metrics-listen", `127.0.0.1:${metricsPort}`], { env: { TFTPD_METRICS_LISTEN: undefined } });
+  running.push(s);
+  expect(s.metricsUrl).toBe(`http://127.0.0.1:${metricsPort}`);
+  expect((await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).status).toBe(200);
+  const dest = join(out, "vmlinuz.dir");
+  const r = await curl(["-o", dest, `tftp://127.0.0.1:${s.port}/vmlinuz`]);
+  expect(r.exitCode).toBe(0);
+  expect(await sha256File(dest)).toBe(sha256(kernel));
+  await s.stop();
 });
 
 test("--listen repeated (127.0.0.1 and [::1]): two listening lines, both serve", async () => {

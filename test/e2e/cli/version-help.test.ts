@@ -47,10 +47,40 @@ describe("--help works on every command and exits 0", () => {
     });
   }
 
+  test("serve --help: no default printed for --tune, and --no-tune says what it does", async () => {
+    const text = plain((await tftpd(["serve", "--help"])).stdout);
+    expect(text).not.toContain("(Default: true)");
+    expect(text).toMatch(/--no-tune\s+Leave the kernel's settings alone/);
+    expect(text).toMatch(/USAGE\s+tftpd serve \[OPTIONS\] \[DIR\]/);
+  });
+
   test("serve --help lists its flags", async () => {
     const text = plain((await tftpd(["serve", "--help"])).stdout);
     for (const flag of ["--root", "--listen", "--config", "--write", "--blksize-max", "--windowsize-max", "--timeout", "--retries", "--port-range", "--remap", "--log-level"]) {
       expect(text).toContain(flag);
     }
+  });
+});
+
+describe("no subcommand", () => {
+  test("a bare tftpd prints its usage and serves nothing", async () => {
+    const r = await tftpd([], { timeoutMs: 15_000 });
+    expect(r.timedOut).toBe(false);
+    expect(r.exitCode).toBe(0);
+    expect(plain(r.stdout)).toMatch(/USAGE\s+tftpd serve\|/);
+    expect(r.stdout).not.toContain('"msg"');
+  });
+
+  test("a flag before any subcommand: exit 2, one line, and what to run to serve", async () => {
+    const r = await tftpd(["--root", "/srv/boot"], { timeoutMs: 15_000 });
+    expect(r.exitCode).toBe(2);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toBe("tftpd: unknown option --root before a subcommand (to serve: tftpd serve --root /srv/boot); see tftpd --help\n");
+  });
+
+  test("an unknown subcommand: exit 2, one line", async () => {
+    const r = await tftpd(["serv"], { timeoutMs: 15_000 });
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toBe("tftpd: unknown command serv; see tftpd --help\n");
   });
 });
