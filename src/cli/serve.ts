@@ -1,7 +1,7 @@
 /**
  * `tftpd serve`: load the config (file < TFTPD_* env < flags), join the fleet when the config
- * names one, start the server, log each address once it is listening, and stop cleanly on
- * SIGINT/SIGTERM.
+ * names one, start the server, log each address once it is listening, reload the config file
+ * on SIGHUP, and stop cleanly on SIGINT/SIGTERM.
  */
 import { defineCommand } from "citty";
 import { loadConfig } from "../config/load.ts";
@@ -16,6 +16,7 @@ import type { ServerMetrics } from "../ops/metrics.ts";
 import { startNodeEndpoint, type NodeEndpoint } from "../ops/node-endpoint.ts";
 import { logReady, logTransferEngine, logUploadSweep, serverEvents } from "../ops/server-log.ts";
 import { enterPlan, planPrivileges } from "../ops/privilege.ts";
+import { RunningConfig } from "../ops/config-reload.ts";
 import { autoTune } from "../ops/tune.ts";
 import { LossPlan } from "../server/loss.ts";
 import { TftpServer } from "../server/server.ts";
@@ -195,7 +196,20 @@ export default defineCommand({
     const idleMs = Math.max(config.connection_pool.idle_timeout, config.connection_pool.connection_timeout) * 1000;
     logUploadSweep(log, config.tftp.root, sweepAbandonedUploads(config.tftp.root, { staleAfterMs: 2 * idleMs }));
     logReady(log, server.addresses, { root: config.tftp.root, config: loaded.source, write: config.tftp.write });
-    fleet.serve(server, { metricsUrl: ops?.url ?? null, tally });
+    // the config the server runs on: a pushed fleet config and SIGHUP change it while it runs
+    const running = new RunningConfig(config, log, server, fleet.startedWith?.origin ?? null);
+    fleet.serve(server, { metricsUrl: ops?.url ?? null, tally }, running);
+    // SIGHUP: the config file (and its remap rule file) read again, over the flags and env as at
+    // start, with the fleet's pushed config layered in as before
+    process.on("SIGHUP", () => {
+      const pushed = fleet.latestPushed();
+      running.apply(load(pushed ? { content: pushed.content, source: pushed.source } : undefined), {
+        name: "config file",
+        about: { signal: "SIGHUP", config: loaded.source },
+        pushed: pushed ? { content: pushed.content, remap: pushed.remap } : undefined,
+        rereadRules: true,
+      });
+    });
 
     // SIGTERM/SIGINT: stop taking requests, let running transfers finish for up to
     // STOP_GRACE_MS (a second signal ends them at once), then exit 0.

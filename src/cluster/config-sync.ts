@@ -4,107 +4,27 @@
  * (defaults < its own file < pushed < its TFTPD_* environment < its flags), then applies what can
  * change while running.
  *
- * Reloadable: `limits.*` but `limits.scope` (admission of new requests), `tftp.remap` (rules from
- * the pushed text) and `log.level`. Every other changed key is reported as needing a restart and
- * left as it is. A pushed config this node cannot use is reported and nothing of it is applied.
- * While Redis is down the polls fail quietly; the latest version is applied once it is back.
+ * What is reloadable and how it is applied: ops/config-reload.ts (the same as for SIGHUP). A
+ * pushed config this node cannot use is reported and nothing of it is applied. While Redis is
+ * down the polls fail quietly; the latest version is applied once it is back.
  */
-import type { AppliedSetting, LoadResult } from "../config/load.ts";
-import { KEYS_BY_PATH, type Config } from "../config/schema.ts";
-import { admissionLimits } from "../config/server-options.ts";
+import type { LoadResult } from "../config/load.ts";
+import type { Config } from "../config/schema.ts";
 import type { Logger } from "../log.ts";
-import type { TftpServer } from "../server/server.ts";
-import { loadRemapFile, parseRemapRules, type RemapRule } from "../storage/remap.ts";
+import { rulesOrigin, type RulesOrigin, type RunningConfig } from "../ops/config-reload.ts";
+import { parseRemapRules, type RemapRule } from "../storage/remap.ts";
 import type { RedisLink } from "./redis.ts";
-
-/** One changed setting, by its dotted key path. */
-export interface ConfigChange {
-  key: string;
-  from: unknown;
-  to: unknown;
-}
 
 /** How often a node asks Redis for the pushed config's version. */
 const DEFAULT_POLL_MS = 2000;
 
-type Obj = Record<string, unknown>;
-
-function isPlainObject(v: unknown): v is Obj {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-
-/**
- * The settings that differ between two configs, by key path, in schema order. A leaf key of the
- * schema (an array, `tftp.port_range`) is compared as a whole.
- */
-export function diffConfig(a: Config, b: Config): ConfigChange[] {
-  const changes: ConfigChange[] = [];
-  const walk = (x: unknown, y: unknown, path: string[]): void => {
-    const key = path.join(".");
-    if (!KEYS_BY_PATH.has(key) && isPlainObject(x) && isPlainObject(y)) {
-      const names = [...Object.keys(x), ...Object.keys(y).filter((k) => !(k in x))];
-      for (const name of names) walk(x[name], y[name], [...path, name]);
-      return;
-    }
-    if (!Bun.deepEquals(x, y, true)) changes.push({ key, from: x, to: y });
-  };
-  walk(a, b, []);
-  return changes;
-}
-
-/** Whether a running node applies a change of `key` without a restart. */
-export function isReloadable(key: string): boolean {
-  // limits.scope decides whether the node needs Redis at all: a restart
-  return key === "log.level" || key === "tftp.remap" || (key.startsWith("limits.") && key !== "limits.scope");
-}
-
-const SECRET_KEYS = new Set(["cache.redis.password"]);
-
-/** A change as it goes into the log: secrets are not written out. */
-function shown(change: ConfigChange): ConfigChange {
-  return SECRET_KEYS.has(change.key) ? { key: change.key, from: "(hidden)", to: "(hidden)" } : change;
-}
-
-/** Where the remap rules in effect come from. */
-type RulesOrigin =
-  | { kind: "none" }
-  | { kind: "file"; path: string }
-  | { kind: "pushed"; path: string; text: string };
-
-function sameOrigin(a: RulesOrigin, b: RulesOrigin): boolean {
-  if (a.kind === "none" || b.kind === "none") return a.kind === b.kind;
-  if (a.kind !== b.kind || a.path !== b.path) return false;
-  return a.kind === "file" || (b.kind === "pushed" && a.text === b.text);
-}
-
-/** Where the rules of `next` come from: the pushed text when the pushed config set tftp.remap. */
-function rulesOrigin(next: Config, applied: AppliedSetting[], content: unknown, text: string | null): RulesOrigin {
-  const path = next.tftp.remap;
-  if (path === null) return { kind: "none" };
-  const tftp = isPlainObject(content) ? content.tftp : undefined;
-  const pushedSetsIt = isPlainObject(tftp) && tftp.remap !== undefined && !applied.some((a) => a.key === "tftp.remap");
-  return pushedSetsIt && text !== null ? { kind: "pushed", path, text } : { kind: "file", path };
-}
-
-function setIn(obj: Obj, path: readonly string[], value: unknown): void {
-  let cur = obj;
-  for (const p of path.slice(0, -1)) {
-    const next = cur[p];
-    if (!isPlainObject(next)) return;
-    cur = next;
-  }
-  const last = path[path.length - 1];
-  if (last !== undefined) cur[last] = structuredClone(value);
-}
-
 export interface ConfigSyncOptions {
   redis: RedisLink;
   log: Logger;
-  /** the effective config the node started with */
-  config: Config;
   /** the node's effective config with a pushed config layered in (its file < pushed < env < flags) */
-  load(pushed: { content: unknown; source: string }): LoadResult;
-  server: Pick<TftpServer, "reconfigure">;
+  load(pushed?: { content: unknown; source: string }): LoadResult;
+  /** the config the server runs on, where a new version is applied */
+  running: RunningConfig;
   pollMs?: number;
   /** the pushed version `config` already holds (see startupConfig): not applied again */
   startedWith?: StartupConfig | null;
@@ -126,6 +46,15 @@ export interface StartupConfig {
   stamp: string;
   version: number;
   origin: RulesOrigin;
+  /** the pushed settings and remap text, layered in again when the file is read again */
+  pushed: LatestPushed;
+}
+
+/** The latest pushed config as layered into the node's: its own settings, name and remap text. */
+export interface LatestPushed {
+  content: unknown;
+  source: string;
+  remap: string | null;
 }
 
 /**
@@ -150,7 +79,10 @@ export function startupConfig(pushed: Pushed, load: ConfigSyncOptions["load"]): 
     if (!parsed.ok) return { ok: false, errors: parsed.errors.map((e) => `${source}: tftp.remap: ${e}`) };
     rules = parsed.rules;
   }
-  return { ok: true, value: { config: loaded.config, rules, stamp: pushed.stamp, version: Number(pushed.version), origin } };
+  return {
+    ok: true,
+    value: { config: loaded.config, rules, stamp: pushed.stamp, version: Number(pushed.version), origin, pushed: { content, source, remap: pushed.remap } },
+  };
 }
 
 /** One version of the pushed config as read from Redis. */
@@ -164,9 +96,8 @@ export interface Pushed {
 }
 
 export class ConfigSync {
-  /** the config in effect: the start-up config with every reloaded change applied */
-  private running: Config;
-  private rules: RulesOrigin;
+  /** the latest pushed config handled, layered in again when the file is read again */
+  private latest: LatestPushed | null = null;
   /**
    * The last version handled (applied or rejected), as "VERSION@PUSHED_AT": each one is reported
    * once, and a counter that restarts (Redis lost its data) still reads as new.
@@ -179,11 +110,9 @@ export class ConfigSync {
   private readonly pollMs: number;
 
   constructor(private readonly opts: ConfigSyncOptions) {
-    this.running = structuredClone(opts.config);
-    this.rules = opts.config.tftp.remap === null ? { kind: "none" } : { kind: "file", path: opts.config.tftp.remap };
     if (opts.startedWith) {
-      this.rules = opts.startedWith.origin;
       this.seen = opts.startedWith.stamp;
+      this.latest = opts.startedWith.pushed;
     }
     this.pollMs = opts.pollMs ?? DEFAULT_POLL_MS;
   }
@@ -205,7 +134,7 @@ export class ConfigSync {
 
   /** The config in effect now. */
   get config(): Config {
-    return this.running;
+    return this.opts.running.config;
   }
 
   /** One round: read the version and handle it when it is new. Never rejects. */
@@ -247,11 +176,10 @@ export class ConfigSync {
   }
 
   private handle(pushed: Pushed): void {
-    const { log } = this.opts;
     const version = Number(pushed.version);
     const source = `pushed config version ${pushed.version}`;
-    const reject = (errors: string[]): void => log.error({ version, errors }, "pushed config rejected");
-
+    const about = { version, pushed_by: pushed.pushedBy, pushed_at: pushed.pushedAt };
+    const reject = (errors: string[]): void => this.opts.log.error({ version, errors }, "pushed config rejected");
     if (pushed.json === null) return reject([`${source}: no json field`]);
     let content: unknown;
     try {
@@ -259,45 +187,12 @@ export class ConfigSync {
     } catch (error) {
       return reject([`${source}: invalid JSON: ${(error as Error).message}`]);
     }
-    const loaded = this.opts.load({ content, source });
-    if (!loaded.ok) return reject(loaded.errors);
-    const next = loaded.config;
-
-    const origin = rulesOrigin(next, loaded.applied, content, pushed.remap);
-    const remapChanged = !sameOrigin(this.rules, origin);
-    let rules: RemapRule[] | undefined;
-    if (remapChanged) {
-      const parsed = origin.kind === "none" ? null : origin.kind === "pushed" ? parseRemapRules(origin.text, origin.path) : loadRemapFile(origin.path);
-      if (parsed && !parsed.ok) return reject(parsed.errors.map((e) => `${source}: tftp.remap: ${e}`));
-      rules = parsed ? parsed.rules : [];
-    }
-
-    const changes = diffConfig(this.running, next);
-    if (remapChanged && !changes.some((c) => c.key === "tftp.remap")) {
-      // same rule file name, new rules
-      changes.push({ key: "tftp.remap", from: this.running.tftp.remap, to: next.tftp.remap });
-    }
-    const reload = changes.filter((c) => isReloadable(c.key));
-    const restart = changes.filter((c) => !isReloadable(c.key));
-    const about = { version, pushed_by: pushed.pushedBy, pushed_at: pushed.pushedAt };
-
-    if (reload.length > 0) {
-      const limits = reload.some((c) => c.key.startsWith("limits.")) ? admissionLimits(next) : undefined;
-      this.opts.server.reconfigure({ limits, remap: rules });
-      if (rules) this.rules = origin;
-      for (const c of reload) setIn(this.running, c.key.split("."), c.to);
-      // the line is written at the more verbose of the old and new levels
-      const line = () => log.info({ ...about, changes: reload.map(shown), ...(rules ? { remap_rules: rules.length } : {}) }, "config reloaded");
-      if (log.isLevelEnabled("info")) {
-        line();
-        log.level = next.log.level;
-      } else {
-        log.level = next.log.level;
-        line();
-      }
-    }
-    if (restart.length > 0) log.warn({ ...about, changes: restart.map(shown) }, "config change needs a restart");
-    if (changes.length === 0) log.info(about, "config up to date");
+    this.latest = { content, source, remap: pushed.remap };
+    this.opts.running.apply(this.opts.load({ content, source }), { name: "pushed config", errorPrefix: `${source}: `, about, pushed: { content, remap: pushed.remap } });
   }
 
+  /** the latest pushed config handled (or started with), to layer in when the file is read again */
+  get latestPushed(): LatestPushed | null {
+    return this.latest;
+  }
 }

@@ -16,7 +16,8 @@ import { formatHostPort } from "../net/address.ts";
 import type { ClusterStats } from "../ops/metrics.ts";
 import type { ServerDeps, TftpServer } from "../server/server.ts";
 import type { FileCache } from "../storage/cache.ts";
-import { ConfigSync, readPushed, startupConfig, type ConfigSyncOptions, type StartupConfig } from "./config-sync.ts";
+import { ConfigSync, readPushed, startupConfig, type ConfigSyncOptions, type LatestPushed, type StartupConfig } from "./config-sync.ts";
+import type { RunningConfig } from "../ops/config-reload.ts";
 import { ClusterFiles } from "./files.ts";
 import { Heartbeat, type TransferTally } from "./heartbeat.ts";
 import { ClusterLeases, leaseAdmission } from "./leases.ts";
@@ -45,7 +46,7 @@ export interface JoinOptions {
 export type FleetDeps = Required<Pick<ServerDeps, "remoteFiles" | "metadata" | "sharedAdmission">>;
 
 /** The running server as the fleet follows it. */
-export type FleetServer = Pick<TftpServer, "addresses" | "activeTransfers" | "cache" | "reconfigure">;
+export type FleetServer = Pick<TftpServer, "addresses" | "activeTransfers" | "cache">;
 
 /** What the heartbeat reports beyond the server's own figures. */
 export interface NodeReport {
@@ -65,8 +66,10 @@ export interface Fleet {
   serverDeps(cache: FileCache): FleetDeps;
   /** why the node serves only in part (Redis unavailable), or null */
   degraded(): string | null;
-  /** the server is listening: beat into the fleet and follow its pushed config */
-  serve(server: FleetServer, report: NodeReport): void;
+  /** the server is listening: beat into the fleet and follow its pushed config into `running` */
+  serve(server: FleetServer, report: NodeReport, running: RunningConfig): void;
+  /** the pushed config the node runs with, to layer in again when its file is read again; null when none */
+  latestPushed(): LatestPushed | null;
   /** after the server stopped: the fleet's parts stop, the last the link */
   stop(): Promise<void>;
 }
@@ -117,6 +120,7 @@ function alone(config: Config): Fleet {
     serverDeps: () => ({ remoteFiles: null, metadata: null, sharedAdmission: null }),
     degraded: () => null,
     serve: () => {},
+    latestPushed: () => null,
     stop: async () => {},
   };
 }
@@ -164,8 +168,12 @@ class FleetNode implements Fleet {
     return link.up ? null : `redis ${link.state}${link.lastError ? ` (${link.lastError})` : ""}: serving local files only`;
   }
 
-  serve(server: FleetServer, report: NodeReport): void {
-    const { link, config, startedWith } = this;
+  latestPushed(): LatestPushed | null {
+    return this.configSync?.latestPushed ?? this.startedWith?.pushed ?? null;
+  }
+
+  serve(server: FleetServer, report: NodeReport, running: RunningConfig): void {
+    const { link, startedWith } = this;
     const { log, load } = this.options;
     // beats for `tftpd cluster status` and `tftpd metrics --cluster`
     this.heartbeat = new Heartbeat(
@@ -184,7 +192,7 @@ class FleetNode implements Fleet {
     this.heartbeat.start();
     // the config pushed to the fleet (tftpd config push), now and on every new version, over
     // this node's file and under its env and flags
-    this.configSync = new ConfigSync({ redis: link, log, config, server, load, startedWith, pollMs: this.options.configPollMs ?? undefined });
+    this.configSync = new ConfigSync({ redis: link, log, running, load, startedWith, pollMs: this.options.configPollMs ?? undefined });
     this.configSync.start();
   }
 

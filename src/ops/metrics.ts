@@ -3,11 +3,14 @@
  * thread as one record, workers included, so one registry on the main thread sums them all.
  * Names follow Prometheus conventions: base units, `_total` for counters, `_seconds`, `_bytes`.
  */
+import { readdirSync, readFileSync } from "node:fs";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import client from "prom-client";
 import type { CacheStats } from "../storage/cache.ts";
 import type { TransferRecord } from "../server/server.ts";
 import { REFUSAL_KINDS, type RefusalRecord } from "../server/refusal-record.ts";
 import type { SlotStats } from "../server/transfer-slots.ts";
+import { BUILD_COMMIT, VERSION } from "../version.ts";
 
 /** First responses on a LAN take tens of µs; a storm pushes them to ms; retries to seconds. */
 const FIRST_RESPONSE_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
@@ -28,6 +31,8 @@ export interface MetricsSources {
   /** bytes the running transfers reserved in the memory budget, and the budget (Infinity: none) */
   transferMemory?(): { reserved: number; budget: number };
   cacheStats(): CacheStats;
+  /** the cache's cap in bytes (performance.memory.cache_size; 0 when the cache is off) */
+  cacheCapacity?(): number;
   /** the workers' transfer slot pools together (null: none keeps slots) */
   transferSlots?(): SlotStats | null;
   /** requests dropped over their source's rate since start */
@@ -47,6 +52,98 @@ function runningTotalCounter(registers: client.Registry[], name: string, help: s
       const now = total();
       if (now > seen) this.inc(now - seen);
       seen = now;
+    },
+  });
+}
+
+/** USER_HZ: /proc gives process times in 1/100 s on every Linux ABI, whatever the kernel's HZ. */
+const PROC_TICKS_PER_SECOND = 100;
+
+function readProc(path: string): string | null {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return null;
+  }
+}
+
+/** A "Name:  N kB" line of /proc/self/status, in bytes. */
+function statusBytes(field: string): number | null {
+  const kb = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(readProc("/proc/self/status") ?? "")?.[1];
+  return kb === undefined ? null : Number(kb) * 1024;
+}
+
+/** When the process started, in Unix seconds: boot time plus its start in ticks since boot. */
+function processStartSeconds(): number | null {
+  const stat = readProc("/proc/self/stat");
+  const bootTime = /^btime (\d+)$/m.exec(readProc("/proc/stat") ?? "")?.[1];
+  if (stat === null || bootTime === undefined) return null;
+  // the fields after the command name, which may itself hold spaces and parentheses
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  const startTicks = Number(fields[19]); // field 22, starttime
+  return Number(bootTime) + startTicks / PROC_TICKS_PER_SECOND;
+}
+
+/** The soft RLIMIT_NOFILE, from /proc/self/limits (Bun has no getrlimit). */
+function maxOpenFiles(): number | null {
+  const soft = /^Max open files\s+(\d+)/m.exec(readProc("/proc/self/limits") ?? "")?.[1];
+  return soft === undefined ? null : Number(soft);
+}
+
+/**
+ * The process figures, as the kernel counts them. Not prom-client's collectDefaultMetrics:
+ * under Bun its CPU counters start at their registration and miss the start-up's CPU (0.2 to
+ * 0.5 s behind /proc for good), its start time is rounded to the second from Bun's uptime, and
+ * its nodejs_* metrics describe a V8 that is not there
+ * (heap spaces all 0 but "old", a GC histogram that never sees a collection, 0 active handles
+ * with sockets open, Bun's Node-compatibility version as "Node.js version").
+ */
+function registerProcessMetrics(registers: client.Registry[]): void {
+  // getrusage(RUSAGE_SELF): every thread's, the transfer workers' included
+  const cpu = (pick: (usage: NodeJS.CpuUsage) => number) => () => pick(process.cpuUsage()) / 1e6;
+  runningTotalCounter(registers, "tftpd_process_cpu_user_seconds_total", "User CPU time spent in seconds, since the process started", cpu((u) => u.user));
+  runningTotalCounter(registers, "tftpd_process_cpu_system_seconds_total", "System CPU time spent in seconds, since the process started", cpu((u) => u.system));
+  runningTotalCounter(registers, "tftpd_process_cpu_seconds_total", "User and system CPU time spent in seconds, since the process started", cpu((u) => u.user + u.system));
+  if (readProc("/proc/self/stat") === null) return; // not Linux: no /proc to read the rest from
+  const gauge = (name: string, help: string, read: () => number | null) =>
+    new client.Gauge({
+      name,
+      help,
+      registers,
+      collect() {
+        const value = read();
+        if (value !== null) this.set(value);
+      },
+    });
+  const started = processStartSeconds();
+  gauge("tftpd_process_start_time_seconds", "Start time of the process since the Unix epoch in seconds", () => started);
+  gauge("tftpd_process_resident_memory_bytes", "Resident memory size in bytes (VmRSS)", () => statusBytes("VmRSS"));
+  gauge("tftpd_process_virtual_memory_bytes", "Virtual memory size in bytes (VmSize)", () => statusBytes("VmSize"));
+  gauge("tftpd_process_open_fds", "Number of open file descriptors", () => {
+    // listing /proc/self/fd opens one more for the listing itself: not the server's
+    try {
+      return readdirSync("/proc/self/fd").length - 1;
+    } catch {
+      return null;
+    }
+  });
+  gauge("tftpd_process_max_fds", "Maximum number of open file descriptors (soft RLIMIT_NOFILE)", maxOpenFiles);
+}
+
+/**
+ * How late the main thread's event loop runs (listeners, the request pipeline, the metrics
+ * endpoint): the p99 of its delays since the last scrape, sampled every 10 ms.
+ */
+function registerEventLoopLag(registers: client.Registry[]): void {
+  const delays = monitorEventLoopDelay({ resolution: 10 });
+  delays.enable();
+  new client.Gauge({
+    name: "tftpd_event_loop_lag_p99_seconds",
+    help: "p99 of the main thread's event-loop delay since the last scrape, in seconds (requests wait this long to be read)",
+    registers,
+    collect() {
+      this.set(delays.count > 0 ? delays.percentile(99) / 1e9 : 0);
+      delays.reset();
     },
   });
 }
@@ -195,6 +292,17 @@ export class ServerMetrics {
         this.set(sources.cacheStats().bytes);
       },
     });
+    const cacheCapacity = sources.cacheCapacity;
+    if (cacheCapacity) {
+      new client.Gauge({
+        name: "tftpd_cache_capacity_bytes",
+        help: "The cache's cap (performance.memory.cache_size; 0 when the cache is off): near it, new versions evict others or are read from disk",
+        registers,
+        collect() {
+          this.set(cacheCapacity());
+        },
+      });
+    }
     const clusterStats = sources.clusterStats;
     if (clusterStats) {
       new client.Gauge({
@@ -213,8 +321,15 @@ export class ServerMetrics {
       clusterCounter("tftpd_cluster_stale_serves_total", "Requests served from a local copy while Redis did not answer", (s) => s.staleServes);
       clusterCounter("tftpd_cluster_unavailable_total", "Requests refused because only the unreachable shared cache could have served them", (s) => s.unavailable);
     }
-    // process CPU and memory, open fds, event-loop lag
-    client.collectDefaultMetrics({ register: this.registry, prefix: "tftpd_" });
+    registerProcessMetrics(registers);
+    registerEventLoopLag(registers);
+    // what is running, for alerts and dashboards to tell versions apart (commit "dev" from source)
+    new client.Gauge({
+      name: "tftpd_build_info",
+      help: "Always 1: the version and commit of this tftpd and the Bun it runs on",
+      labelNames: ["version", "commit", "bun"],
+      registers,
+    }).set({ version: VERSION, commit: BUILD_COMMIT, bun: Bun.version }, 1);
   }
 
   transferEnded(record: TransferRecord): void {

@@ -45,6 +45,7 @@ export function startNodeEndpoint(
     transferSlots: () => server.transferSlots,
     requestsRateLimited: () => server.requestsRateLimited,
     cacheStats: () => server.cache.stats,
+    cacheCapacity: () => (server.cache.enabled ? config.performance.memory.cache_size : 0),
     clusterStats: fleet.clusterStats,
   });
   const wantCache = config.cache.enabled && config.performance.memory.cache_size > 0;

@@ -33,6 +33,8 @@ const requirements: Requirement[] = [
   { path: "/sbin/ip", pkg: "iproute2" },
   // a slow fdatasync, injected into the server's system calls (io.write_behind tests)
   { path: "/usr/bin/strace", pkg: "strace" },
+  // promtool checks and unit-tests the alert rules (dashboards/alerts.yml)
+  { path: "/usr/bin/promtool", pkg: "prometheus" },
 ];
 
 const missing = requirements.filter((r) => !existsSync(r.path) || (r.check && !r.check())).map((r) => r.pkg);

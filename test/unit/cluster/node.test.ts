@@ -5,6 +5,7 @@
  * fall back on their own while Redis is away). The way up, with a pushed config, is in
  * test/e2e/cluster/config-push.test.ts.
  */
+import { RunningConfig } from "../../../src/ops/config-reload.ts";
 import { expect, test } from "bun:test";
 import pino from "pino";
 import { joinFleet, usesFleet } from "../../../src/cluster/node.ts";
@@ -43,7 +44,9 @@ test("no Redis in the config: a fleet of no parts, at once, without a log line",
   expect(fleet.clusterStats).toBeUndefined();
   expect(fleet.serverDeps(new FileCache(0))).toEqual({ remoteFiles: null, metadata: null, sharedAdmission: null });
   expect(fleet.degraded()).toBeNull();
-  fleet.serve({ addresses: [], activeTransfers: 0, cache: new FileCache(0), reconfigure: () => {} }, { metricsUrl: null, tally: { transfers: 0, failed: 0, bytesSent: 0, count() {} } });
+  const running = new RunningConfig(config, log, { reconfigure: () => {} });
+  fleet.serve({ addresses: [], activeTransfers: 0, cache: new FileCache(0) }, { metricsUrl: null, tally: { transfers: 0, failed: 0, bytesSent: 0, count() {} } }, running);
+  expect(fleet.latestPushed()).toBeNull();
   await fleet.stop();
   expect(lines).toEqual([]);
 });

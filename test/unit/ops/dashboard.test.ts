@@ -70,7 +70,7 @@ describe("dashboards/tftpd.json", () => {
       "tftpd_transfers_total",
       "tftpd_first_response_seconds_bucket",
       "tftpd_process_cpu_seconds_total",
-      "tftpd_nodejs_eventloop_lag_p99_seconds",
+      "tftpd_event_loop_lag_p99_seconds",
     ]) {
       expect(names.has(name)).toBe(true);
     }

@@ -4,7 +4,7 @@
  * defaults < file < pushed < env < flags.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { diffConfig, isReloadable } from "../../../src/cluster/config-sync.ts";
+import { diffConfig, isReloadable } from "../../../src/ops/config-reload.ts";
 import { loadConfig } from "../../../src/config/load.ts";
 import { defaultConfig, type Config } from "../../../src/config/schema.ts";
 import { removeDir, tempDir, writeFile } from "../../helpers/files.ts";
