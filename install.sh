@@ -68,6 +68,8 @@ Group=tftpd
 ExecStartPre=-+/usr/local/bin/tftpd tune --apply --config /etc/tftpd/config.json
 ExecStart=/usr/local/bin/tftpd serve --no-tune --config /etc/tftpd/config.json
 
+# SIGHUP (systemctl reload): the config file and remap rules are read again.
+ExecReload=/bin/kill -HUP $MAINPID
 # SIGTERM: the server stops listening, ends its transfers and exits 0.
 KillSignal=SIGTERM
 KillMode=mixed

@@ -48,7 +48,9 @@ const mtime = process.env.SOURCE_DATE_EPOCH ? `@${process.env.SOURCE_DATE_EPOCH}
 /** bun build --compile of ENTRYPOINTS into outfile; `runtime` cross-compiles for a foreign arch. */
 function compile(outfile: string, cross?: { arch: Arch; runtime: string }): boolean {
   const cmd = [
-    process.execPath, "build", "--compile", "--minify",
+    // identifiers stay as written: a profile of the shipped binary names our functions
+    // (minified, they read "bE (/$bunfs/root/tftpd:163)")
+    process.execPath, "build", "--compile", "--minify-syntax", "--minify-whitespace",
     ...(BYTECODE ? ["--bytecode", "--format=esm"] : []),
     cross ? `--target=bun-linux-${cross.arch}` : "--target=bun",
     ...(cross ? [`--compile-executable-path=${cross.runtime}`] : []),

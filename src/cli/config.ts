@@ -4,10 +4,13 @@
  *
  * `tftpd config push FILE`: validate it the same way, then store it in the fleet's Redis for
  * every node to apply (src/cluster/config-sync.ts).
+ *
+ * `tftpd config schema`: print the config file's JSON Schema, for editors.
  */
 import { defineCommand } from "citty";
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
+import { configJsonSchema } from "../config/json-schema.ts";
 import { loadConfig, readConfigLayer, type Config } from "../config/load.ts";
 import type { RedisLink } from "../cluster/redis.ts";
 import { unhonouredSettings } from "../config/server-options.ts";
@@ -162,7 +165,19 @@ const push = defineCommand({
   },
 });
 
+const schema = defineCommand({
+  meta: { name: "schema", description: "Print the config file's JSON Schema (draft-07), for editors" },
+  args: {},
+  run({ rawArgs }) {
+    const option = unknownOption({}, rawArgs);
+    if (option) fail("config schema", `unknown option ${option} (see tftpd config schema --help)`, 2);
+    const extra = rawArgs.find((arg) => !arg.startsWith("-"));
+    if (extra !== undefined) fail("config schema", `unexpected argument ${JSON.stringify(extra)}: it takes none`, 2);
+    process.stdout.write(`${JSON.stringify(configJsonSchema(), null, 2)}\n`);
+  },
+});
+
 export default defineCommand({
   meta: { name: "config", description: "Work with config files" },
-  subCommands: { check, push },
+  subCommands: { check, push, schema },
 });

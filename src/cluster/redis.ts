@@ -168,11 +168,48 @@ export class RedisLink {
   }
 }
 
-/** For CLI commands: a link that is up, or one line saying which nodes did not answer. */
+/**
+ * For CLI commands: a link that is up, or one line saying which nodes did not answer (or that
+ * they answer as a single Redis while the config asks for a cluster, and what to set).
+ */
 export async function connectOrFail(settings: RedisSettings, timeoutMs = 5000): Promise<RedisLink> {
   const link = new RedisLink(settings);
   if (await link.waitUp(timeoutMs)) return link;
   const why = link.lastError ? `: ${link.lastError}` : "";
   link.client.disconnect();
+  if (settings.clusterMode) {
+    const single = await singleRedisAmong(settings);
+    if (single) {
+      throw new Error(`Redis at ${single} answers but is not a cluster (cluster support disabled): set cache.redis.cluster_mode false (TFTPD_CACHE_REDIS_CLUSTER_MODE=false)`);
+    }
+  }
   throw new Error(`Redis at ${settings.nodes.join(",")} not reachable within ${timeoutMs} ms${why}`);
+}
+
+/** The first node that answers as a Redis server with cluster support off, or null. */
+async function singleRedisAmong(settings: RedisSettings): Promise<string | null> {
+  for (const node of settings.nodes) {
+    const { host, port } = hostPort(node);
+    const probe = new Redis({
+      host,
+      port,
+      password: settings.password ?? undefined,
+      tls: settings.tls ? {} : undefined,
+      lazyConnect: true,
+      connectTimeout: 2000,
+      commandTimeout: 2000,
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null,
+    });
+    probe.on("error", () => {});
+    try {
+      await probe.connect();
+      if (/^cluster_enabled:0\s*$/m.test(await probe.info("cluster"))) return node;
+    } catch {
+      // not answering, or not Redis: nothing to tell beyond "not reachable"
+    } finally {
+      probe.disconnect();
+    }
+  }
+  return null;
 }

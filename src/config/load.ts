@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import type { z } from "zod";
 import { describeValue } from "./bytes.ts";
-import { parseJson } from "./json.ts";
+import { parseJsonc } from "./json.ts";
 import { CONFIG_KEYS, KEYS_BY_ENV, KEYS_BY_PATH, REMOVED_KEYS, SECTION_KEYS, configSchema, envName, type Config, type ConfigKey } from "./schema.ts";
 
 export type { Config } from "./schema.ts";
@@ -15,6 +15,8 @@ const DEFAULT_CONFIG_FILE = "/etc/tftpd/config.json";
 const CONFIG_FILE_ENV = "TFTPD_CONFIG";
 /** TFTPD_TEST_* variables are test-only switches, never config keys. */
 const TEST_ENV_PREFIX = "TFTPD_TEST_";
+/** The one top-level key a config file may have beyond the schema's: where its JSON Schema is, for editors. */
+const SCHEMA_KEY = "$schema";
 
 export interface LoadOptions {
   /** Config file to read; a missing file is an error. */
@@ -246,12 +248,18 @@ function readConfigFile(file: string): { ok: true; value: Obj } | { ok: false; e
             : `cannot read: ${e instanceof Error ? e.message : String(e)}`;
     return { ok: false, error: `${file}: ${why}` };
   }
-  const parsed = parseJson(text);
+  // JSONC: comments and trailing commas are allowed (operators annotate their configs)
+  const parsed = parseJsonc(text);
   if (!parsed.ok) return { ok: false, error: `${file}:${parsed.line}:${parsed.column}: invalid JSON: ${parsed.message}` };
   if (!isPlainObject(parsed.value)) {
     return { ok: false, error: `${file}: the config must be a JSON object, got ${describeValue(parsed.value)}` };
   }
-  return { ok: true, value: parsed.value };
+  // "$schema" only points an editor at `tftpd config schema`'s output: not a setting
+  const { [SCHEMA_KEY]: schemaRef, ...settings } = parsed.value;
+  if (schemaRef !== undefined && typeof schemaRef !== "string") {
+    return { ok: false, error: `${file}: ${SCHEMA_KEY}: expected a string (where the JSON Schema is), got ${describeValue(schemaRef)}` };
+  }
+  return { ok: true, value: settings };
 }
 
 /** Resolve relative path leaves inside `layer` (rooted at `prefix`) against `base`. */

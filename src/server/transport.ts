@@ -10,7 +10,7 @@ import type { udp } from "bun";
 import { encodeError } from "../protocol/codec.ts";
 import { ErrorCode } from "../protocol/packet.ts";
 import type { LossPlan } from "./loss.ts";
-import type { PortRange } from "../net/address.ts";
+import { formatHostPort, type PortRange } from "../net/address.ts";
 import { bindInPortRange } from "../net/port-range-bind.ts";
 import { GSO_MAX_BYTES, GSO_MAX_SEGMENTS, setBufferSizes, sendUnsegmented, setDontFragment, setUdpSegment, type BufferSizes } from "../net/sockopt.ts";
 import { TokenBucket } from "./token-bucket.ts";
@@ -327,7 +327,8 @@ export async function openListener(
     if (listener) onRequest(listener, bytes, { address: peerAddress, port: peerPort }, performance.now());
   };
   const receive = loss ? loss.incoming(request) : request;
-  const socket = await Bun.udpSocket({
+  // (Bun throws a bind error at once, not as a rejection)
+  const bind = async () => Bun.udpSocket({
     hostname: address,
     port,
     binaryType: "uint8array",
@@ -340,6 +341,9 @@ export async function openListener(
       },
       error: ignoreSocketError,
     },
+  });
+  const socket = await bind().catch((error: unknown) => {
+    throw listenError(address, port, error);
   });
   // A boot storm is a burst of requests: the default receive buffer drops most of it.
   const granted = setBufferSizes(socket, buffers.receive, buffers.send);
@@ -354,6 +358,23 @@ export async function openListener(
     close: () => (transfers ? transfers.close() : socket.close()),
   };
   return listener;
+}
+
+/**
+ * Why a listen address could not be bound, with the address and port (Bun's own message names
+ * neither the port nor the way out) and what to do about it.
+ */
+export function listenError(address: string, port: number, error: unknown): Error {
+  const code = (error as NodeJS.ErrnoException).code;
+  return Object.assign(new Error(listenErrorText(address, port, code, error)), { code });
+}
+
+function listenErrorText(address: string, port: number, code: string | undefined, error: unknown): string {
+  const at = formatHostPort(address, port);
+  if (code === "EACCES") return `bind EACCES ${at}: ports below 1024 need root or CAP_NET_BIND_SERVICE (run as root, which drops to tftp.user once bound, or grant the capability: AmbientCapabilities=CAP_NET_BIND_SERVICE in the unit)`;
+  if (code === "EADDRINUSE") return `bind EADDRINUSE ${at}: the port is taken by another program (another TFTP server? ss -ulpn 'sport = :${port}' names it); stop it or listen elsewhere (tftp.listen, --listen)`;
+  if (code === "EADDRNOTAVAIL") return `bind EADDRNOTAVAIL ${at}: no interface of this machine has that address (tftp.listen, --listen)`;
+  return `bind ${at}: ${(error as Error).message}`;
 }
 
 /** An RRQ or a WRQ by its opcode (RFC 1350 §5). */

@@ -57,6 +57,12 @@ describe("bun build/compile.ts --outdir DIR", () => {
     expect(r.stdout).not.toContain("build dev");
   });
 
+  test("the bundle keeps our identifiers, so a profile of the shipped binary names our functions", () => {
+    const bundle = readFileSync(join(out, "tftpd")).toString("latin1");
+    // module-level functions: identifier minification would have renamed them (to "bE" and the like)
+    for (const name of ["function decodePacket(", "function wakeLoop(", "function listenError("]) expect(bundle).toContain(name);
+  });
+
   test("SHA256SUMS covers the release binary and tarball and verifies with sha256sum -c", async () => {
     const sums = readFileSync(join(out, "SHA256SUMS"), "utf8");
     const names = sums.trim().split("\n").map((l) => {

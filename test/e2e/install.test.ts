@@ -100,10 +100,13 @@ describe("install.sh --prefix", () => {
     expect(version.stdout).toMatch(/^tftpd \d+\.\d+\.\d+ \(build /);
 
     expect(mode(p.config)).toBe(0o644);
-    const check = await run([p.bin, "config", "check", p.config], { env: cleanEnv() });
-    expect(check.stderr).toBe("");
+    // (the config names /srv/tftp, which a --prefix install makes under the prefix: check does
+    // look for the root, so it is pointed there)
+    const check = await run([p.bin, "config", "check", p.config], { env: { ...cleanEnv(), TFTPD_TFTP_ROOT: p.srv } });
+    expect(check.stderr).toBe("tftpd config check: note: tftp.root is set by TFTPD_TFTP_ROOT\n");
     expect(check.exitCode).toBe(0);
-    expect(JSON.parse(check.stdout).tftp).toMatchObject({ root: "/srv/tftp", write: "off" });
+    expect(JSON.parse(check.stdout).tftp).toMatchObject({ root: p.srv, write: "off" });
+    expect(JSON.parse(readFileSync(p.config, "utf8")).tftp).toMatchObject({ root: "/srv/tftp" });
 
     expect(readFileSync(p.unit, "utf8")).toBe(readFileSync(UNIT, "utf8"));
     expect(mode(p.unit)).toBe(0o644);

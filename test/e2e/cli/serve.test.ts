@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { patternBytes, removeDir, sha256, sha256File, tempDir, writeFile } from "../../helpers/files.ts";
 import { run, tftpd } from "../../helpers/run.ts";
 import { spawnServer, type ChildServer } from "../../helpers/server.ts";
+import { listenError } from "../../../src/server/transport.ts";
 
 setDefaultTimeout(30_000);
 
@@ -103,6 +104,26 @@ describe("bad command lines", () => {
     expect(two.exitCode).toBe(2);
     expect(lines(two.stderr)).toHaveLength(1);
     expect(two.stderr).toContain("one directory to serve, got 2");
+  });
+
+  test("a listen port another program holds: one line naming the address, the port and how to find the holder", async () => {
+    const holder = await Bun.udpSocket({ hostname: "127.0.0.1", port: 0 });
+    try {
+      const r = await tftpd(["serve", root, "--listen", `127.0.0.1:${holder.port}`, "--no-tune"], { timeoutMs: 15_000 });
+      expect(r.exitCode).toBe(1);
+      expect(lines(r.stderr)).toEqual([
+        `tftpd serve: bind EADDRINUSE 127.0.0.1:${holder.port}: the port is taken by another program (another TFTP server? ss -ulpn 'sport = :${holder.port}' names it); stop it or listen elsewhere (tftp.listen, --listen)`,
+      ]);
+    } finally {
+      holder.close();
+    }
+  });
+
+  test("a port below 1024 without the privilege: the line names CAP_NET_BIND_SERVICE", () => {
+    const error = listenError("0.0.0.0", 69, Object.assign(new Error("bind EACCES 0.0.0.0"), { code: "EACCES" }));
+    expect(error.message).toStartWith("bind EACCES 0.0.0.0:69: ports below 1024 need root or CAP_NET_BIND_SERVICE");
+    expect((error as NodeJS.ErrnoException).code).toBe("EACCES");
+    expect(listenError("::1", 6969, Object.assign(new Error("x"), { code: "EADDRNOTAVAIL" })).message).toStartWith("bind EADDRNOTAVAIL [::1]:6969: no interface");
   });
 
   test("an unknown flag: exit 2, naming it", async () => {

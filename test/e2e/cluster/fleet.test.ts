@@ -323,7 +323,7 @@ describe("errors", () => {
     const cases: [string[], RegExp][] = [
       [["cluster", "status", "--nope"], /^tftpd cluster status: unknown option --nope/],
       [["cluster", "status", "--redis", "nohost"], /^tftpd cluster status: --redis: nohost is not HOST:PORT/],
-      [["metrics", "--redis", "127.0.0.1:6379"], /^tftpd metrics: --redis and --config go with --cluster/],
+      [["metrics", "--redis", "127.0.0.1:6379"], /^tftpd metrics: --redis goes with --cluster/],
       [["metrics", "--cluster", "--raw", "--redis", "127.0.0.1:6379"], /^tftpd metrics: --cluster reads the fleet from Redis/],
     ];
     const results = await Promise.all(cases.map(([args]) => cli(args)));

@@ -58,3 +58,13 @@ test("one Redis server: publish, fetch from a node with an empty root, see it in
   expect(fleet.nodes.filter((n) => n.state === "live").length).toBe(1);
   expect(fleet.cache.files).toBe(1);
 }, 60_000);
+
+test("one Redis server while the config asks for a cluster: one line saying so and what to set, not a timeout", async () => {
+  const env = { ...process.env, TFTPD_CACHE_REDIS_CLUSTER_MODE: undefined };
+  writeFileSync(join(work, "initrd"), patternBytes(1000, 62));
+  const put = await tftpd(["cache", "put", join(work, "initrd"), "--redis", `127.0.0.1:${port}`], { env, timeoutMs: 30_000 });
+  expect(put.exitCode).toBe(1);
+  expect(put.stderr).toBe(
+    `tftpd cache put: Redis at 127.0.0.1:${port} answers but is not a cluster (cluster support disabled): set cache.redis.cluster_mode false (TFTPD_CACHE_REDIS_CLUSTER_MODE=false)\n`,
+  );
+}, 60_000);

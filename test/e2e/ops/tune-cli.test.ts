@@ -1,12 +1,13 @@
 /**
  * `tftpd tune` from source, as a child process: the table against the real /proc/sys (read only),
- * --json, and --apply against a temporary sysctl tree (--sysctl-root), including a failure.
+ * --json, --apply against a temporary sysctl tree (--sysctl-root), including a failure and a
+ * config with tune.enabled false, --sysctl-d, and an unknown option.
  * Runs `bun src/main.ts tune` once main.ts mounts the command, else a scratch entry that runs
  * citty's runMain on src/cli/tune.ts.
  */
 import { spawnServer } from "../../helpers/server.ts";
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { TUNE_KEYS } from "../../../src/ops/tune.ts";
 import { removeDir, tempDir } from "../../helpers/files.ts";
@@ -21,6 +22,18 @@ let command: string[];
 
 /** Environment without TFTPD_* variables, so only --config decides. */
 const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("TFTPD_")));
+
+/** The settings the test config needs: it sets no tftp.port_range, and no TCP queue is ever tuned. */
+const NEEDED = TUNE_KEYS.filter((k) => k !== "net.ipv4.ip_local_port_range");
+
+/** Every file under a tree and its content. */
+function snapshot(root: string): Record<string, string> {
+  const files: Record<string, string> = {};
+  for (const e of readdirSync(root, { recursive: true, withFileTypes: true })) {
+    if (e.isFile()) files[join(e.parentPath, e.name)] = readFileSync(join(e.parentPath, e.name), "utf8");
+  }
+  return files;
+}
 
 function tune(args: string[]) {
   return run([...command, ...args], { env, timeoutMs: 15_000 });
@@ -69,16 +82,24 @@ describe("tftpd tune", () => {
   test("--help names the options", async () => {
     const r = await tune(["--help"]);
     expect(r.exitCode).toBe(0);
-    for (const opt of ["--apply", "--json", "--config", "--sysctl-root"]) expect(r.stdout).toContain(opt);
+    for (const opt of ["--apply", "--sysctl-d", "--json", "--config", "--sysctl-root"]) expect(r.stdout).toContain(opt);
   });
 
-  test("prints a table of every setting against the real /proc/sys", async () => {
+  test("an unknown option exits 2 with one line pointing to --help", async () => {
+    const r = await tune(["--bogus", "--config", configFile]);
+    expect(r.exitCode).toBe(2);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toBe("tftpd tune: unknown option --bogus (see tftpd tune --help)\n");
+  });
+
+  test("prints a table of the settings the config needs against the real /proc/sys", async () => {
     const r = await tune(["--config", configFile]);
     expect(r.stderr).toBe("");
     expect(r.exitCode).toBe(0);
     const lines = r.stdout.trimEnd().split("\n");
     expect(lines[0]).toMatch(/^SETTING\s+CURRENT\s+RECOMMENDED\s+REASON$/);
-    for (const key of TUNE_KEYS) expect(r.stdout).toMatch(new RegExp(`^${key.replace(/\./g, "\\.")}\\s`, "m"));
+    expect(lines.slice(1).map((l) => l.split(/\s/)[0])).toEqual(NEEDED);
+    for (const key of ["net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.ipv4.ip_local_port_range"]) expect(r.stdout).not.toContain(key);
     // Rows either say ok or show current → recommended with a reason.
     for (const line of lines.slice(1)) expect(line).toMatch(/\sok$|→ .+\s{2}\S/);
   });
@@ -87,7 +108,7 @@ describe("tftpd tune", () => {
     const r = await tune(["--json", "--config", configFile, "--sysctl-root", "/proc/sys"]);
     expect(r.exitCode).toBe(0);
     const rows = JSON.parse(r.stdout) as { key: string; current: string | null; recommended: string; ok: boolean; reason: string }[];
-    expect(rows.map((x) => x.key)).toEqual([...TUNE_KEYS]);
+    expect(rows.map((x) => x.key)).toEqual(NEEDED);
     for (const row of rows) {
       expect(Object.keys(row).sort()).toEqual(["current", "key", "ok", "reason", "recommended"]);
       expect(typeof row.ok).toBe("boolean");
@@ -102,7 +123,10 @@ describe("tftpd tune", () => {
     const r = await tune(["--apply", "--config", configFile, "--sysctl-root", root]);
     expect(r.stderr).toBe("");
     expect(readFileSync(join(root, "net/core/rmem_max"), "utf8").trim()).toBe(String(64 * 1024 ** 2));
-    expect(readFileSync(join(root, "net/ipv4/ip_local_port_range"), "utf8").trim().split(/\s+/)).toEqual(["10000", "65535"]);
+    // Nothing in the config needs these: as they were.
+    expect(readFileSync(join(root, "net/ipv4/ip_local_port_range"), "utf8")).toBe("32768\t60999\n");
+    expect(readFileSync(join(root, "net/core/somaxconn"), "utf8")).toBe("4096\n");
+    expect(readFileSync(join(root, "net/ipv4/tcp_max_syn_backlog"), "utf8")).toBe("1024\n");
     expect(readFileSync(join(root, "fs/file-max"), "utf8").trim()).toBe("9223372036854775807");
     expect(r.stdout).toContain("changed    net.core.rmem_max: 212992 → 67108864");
     expect(r.stdout).toContain("ok         fs.file-max");
@@ -118,12 +142,45 @@ describe("tftpd tune", () => {
   test("--apply with a setting it cannot write: the rest applied, exit 1, said on the last line", async () => {
     const root = join(dir, "sys-bad");
     tree(root);
-    rmSync(join(root, "net/core/somaxconn"));
+    rmSync(join(root, "net/core/wmem_default"));
     const r = await tune(["--apply", "--config", configFile, "--sysctl-root", root]);
     expect(r.exitCode).toBe(1);
-    expect(r.stdout).toContain("not set    net.core.somaxconn: no such setting (ENOENT)");
+    expect(r.stdout).toContain("not set    net.core.wmem_default: no such setting (ENOENT)");
     expect(readFileSync(join(root, "net/core/rmem_max"), "utf8").trim()).toBe(String(64 * 1024 ** 2));
     expect(r.stdout.trimEnd().split("\n").at(-1)).toMatch(/^tune: 1 needed setting could not be applied/);
+  });
+
+  test("--apply with tune.enabled false (the unit's ExecStartPre): nothing changed, one line, exit 0", async () => {
+    const root = join(dir, "sys-notune");
+    tree(root);
+    const notune = join(dir, "notune.json");
+    writeFileSync(notune, JSON.stringify({ tune: { enabled: false }, performance: { network: { receive_buffer_size: "64Mi" } } }));
+    const before = snapshot(root);
+    const r = await tune(["--apply", "--config", notune, "--sysctl-root", root]);
+    expect(r.exitCode).toBe(0);
+    expect(r.stderr).toBe("");
+    expect(r.stdout).toBe(`tune.enabled is false in ${notune}: nothing applied\n`);
+    expect(snapshot(root)).toEqual(before);
+  });
+
+  test("--sysctl-d FILE writes the settings as a sysctl.d file, applies nothing, says the file", async () => {
+    const root = join(dir, "sys-d");
+    tree(root);
+    const before = snapshot(root);
+    const out = join(dir, "99-tftpd.conf");
+    const r = await tune(["--sysctl-d", out, "--config", configFile, "--sysctl-root", root]);
+    expect(r.exitCode).toBe(0);
+    expect(r.stderr).toBe("");
+    expect(r.stdout).toBe(`tune: wrote ${NEEDED.length - 1} settings to ${out} (nothing applied)\n`);
+    expect(snapshot(root)).toEqual(before);
+    const text = readFileSync(out, "utf8");
+    expect(text).toContain(`\n# the server asks SO_RCVBUF 64 MiB (performance.network.receive_buffer_size); the kernel caps it here\nnet.core.rmem_max = ${64 * 1024 ** 2}\n`);
+    expect(text).toContain("\nfs.file-max = 9223372036854775807\n");
+    // What `sysctl -p` reads: comments, blank lines and key = value.
+    for (const line of text.trimEnd().split("\n")) expect(line).toMatch(/^$|^# |^[a-z0-9_.-]+ = [\d ]+$/);
+    const missing = await tune(["--sysctl-d", "--json", "--config", configFile, "--sysctl-root", root]);
+    expect(missing.exitCode).toBe(2);
+    expect(existsSync(join(process.cwd(), "--json"))).toBe(false);
   });
 
   test("a broken config file is an error naming the key, exit 2", async () => {
