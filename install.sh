@@ -1,6 +1,7 @@
 #!/bin/sh
-# tftpd installer: downloads the tftpd binary for this machine, verifies its SHA-256 against
-# SHA256SUMS, installs it with a config, a data directory and a systemd unit.
+# tftpd installer: downloads the release tarball for this machine (tftpd-<version>-linux-<arch>.tar.gz,
+# the one SHA256SUMS names), verifies its SHA-256 against SHA256SUMS, unpacks it in a temporary
+# directory and installs the binary with a config, a data directory and the tarball's systemd unit.
 #
 #   curl -fsSL https://releases.tftpd.invalid/latest/install.sh | sudo sh
 #   curl -fsSL https://releases.tftpd.invalid/latest/install.sh | sudo sh -s -- --version v0.1.0
@@ -29,7 +30,8 @@ overwritten), /etc/systemd/system/tftpd.service and /srv/tftp; creates the syste
 tftpd; enables and starts the service when systemd is running; shows `tftpd tune`.
 
 Options:
-  --base-url URL   where tftpd-linux-<arch> and SHA256SUMS are downloaded from
+  --base-url URL   where SHA256SUMS and tftpd-<version>-linux-<arch>.tar.gz (the version
+                   SHA256SUMS names) are downloaded from
                    (default: $TFTPD_BASE_URL, else https://releases.tftpd.invalid/latest;
                    http(s):// and file:// URLs)
   --version V      download from URL/V/ instead of URL/
@@ -37,12 +39,15 @@ Options:
                    no system user, no systemd, no tuning
   --no-start       do not enable or start the service
   --uninstall      remove the binary and the systemd unit (keeps /etc/tftpd and /srv/tftp)
-  --purge          with --uninstall: also remove /etc/tftpd, /srv/tftp and the user tftpd
+  --purge          with --uninstall: also remove /etc/tftpd and the user tftpd; keeps the
+                   boot files in /srv/tftp
+  --purge-data     with --uninstall: --purge, and also remove /srv/tftp with every file in it
   -h, --help       this help
 USAGE
 }
 
-# The unit, identical to systemd/tftpd.service in the source tree (a test checks it).
+# The unit for a tarball without tftpd.service (build/compile.ts leaves it out when
+# systemd/tftpd.service is missing); identical to systemd/tftpd.service (a test checks it).
 unit_text() {
   cat <<'TFTPD_UNIT_END'
 # tftpd: TFTP server for network boot (PXE, iPXE, UEFI).
@@ -149,6 +154,7 @@ parse_args() {
   opt_no_start=0
   opt_uninstall=0
   opt_purge=0
+  opt_purge_data=0
   while [ "$#" -gt 0 ]; do
     case "$1" in
       --base-url) [ "$#" -ge 2 ] || die "--base-url needs a URL"; opt_base_url="$2"; shift 2 ;;
@@ -160,11 +166,15 @@ parse_args() {
       --no-start) opt_no_start=1; shift ;;
       --uninstall) opt_uninstall=1; shift ;;
       --purge) opt_purge=1; shift ;;
+      --purge-data) opt_purge=1; opt_purge_data=1; shift ;;
       -h | --help) usage; exit 0 ;;
       *) usage; die "unknown option: $1" ;;
     esac
   done
   [ -n "$opt_base_url" ] || die "--base-url is empty"
+  if [ "$opt_purge_data" = 1 ] && [ "$opt_uninstall" = 0 ]; then
+    die "--purge-data goes with --uninstall"
+  fi
   if [ "$opt_purge" = 1 ] && [ "$opt_uninstall" = 0 ]; then
     die "--purge goes with --uninstall"
   fi
@@ -187,7 +197,6 @@ detect_platform() {
     aarch64 | arm64) arch=arm64 ;;
     *) die "no tftpd build for this machine ($machine): x86_64 and aarch64 only" ;;
   esac
-  asset="tftpd-linux-$arch"
 }
 
 set_paths() {
@@ -232,26 +241,66 @@ download() {
   curl -fsSL --retry 3 -o "$2" "$1" || die "download failed: $1"
 }
 
-# Downloads the binary and SHA256SUMS into $work and verifies the checksum; nothing is
-# installed until this has passed.
+# Downloads SHA256SUMS and the tarball it names for this arch into $work, verifies the
+# checksum and unpacks the tarball; nothing is installed until this has passed. Sets
+# new_bin, new_unit (empty when the tarball has no tftpd.service) and new_version.
 fetch_verified() {
   command -v curl >/dev/null 2>&1 || die "needs curl: apt-get install curl (Debian) or dnf install curl (RHEL)"
   command -v sha256sum >/dev/null 2>&1 || command -v shasum >/dev/null 2>&1 ||
     die "needs sha256sum (coreutils) to verify the download"
+  command -v tar >/dev/null 2>&1 || die "needs tar to unpack the download"
   url_dir="${opt_base_url%/}"
   [ -z "$opt_version" ] || url_dir="$url_dir/$opt_version"
-  download "$url_dir/$asset" "$work/$asset"
   download "$url_dir/SHA256SUMS" "$work/SHA256SUMS"
-  expected="$(awk -v f="$asset" '$2 == f || $2 == "*" f { print tolower($1); exit }' "$work/SHA256SUMS")"
-  [ -n "$expected" ] || die "SHA256SUMS from $url_dir has no line for $asset: nothing installed"
-  actual="$(sha256_of "$work/$asset")" || die "could not compute the checksum of $asset"
+
+  # "<sha256> tftpd-<version>-linux-<arch>.tar.gz" for each line naming this arch's tarball
+  pattern="tftpd-<version>-linux-$arch.tar.gz"
+  matches="$(awk -v tail="-linux-$arch.tar.gz" '{
+      f = $2; sub(/\r$/, "", f); sub(/^\*/, "", f)
+      if (index(f, "tftpd-") == 1 && length(f) > length(tail) + 6 &&
+          substr(f, length(f) - length(tail) + 1) == tail) print tolower($1) " " f
+    }' "$work/SHA256SUMS")" || die "could not read SHA256SUMS from $url_dir"
+  nl='
+'
+  case "$matches" in
+    '') die "SHA256SUMS from $url_dir has no line for $pattern: nothing installed" ;;
+    *"$nl"*) die "SHA256SUMS from $url_dir lists more than one $pattern: nothing installed" ;;
+  esac
+  expected="${matches%% *}"
+  tarball="${matches#* }"
+  top="${tarball%.tar.gz}"
+  release_version="${top#tftpd-}"
+  release_version="${release_version%-linux-"$arch"}"
+  case "$release_version" in
+    '' | .* | *[!A-Za-z0-9._+~-]*) die "SHA256SUMS from $url_dir: not a version: $release_version (in $tarball)" ;;
+  esac
+  case "$expected" in
+    *[!0-9a-f]*) die "SHA256SUMS from $url_dir: not a sha256 for $tarball: $expected" ;;
+  esac
+  [ "${#expected}" = 64 ] || die "SHA256SUMS from $url_dir: not a sha256 for $tarball: $expected"
+
+  download "$url_dir/$tarball" "$work/$tarball"
+  actual="$(sha256_of "$work/$tarball")" || die "could not compute the checksum of $tarball"
   if [ "$actual" != "$expected" ]; then
-    die "checksum mismatch for $asset (expected $expected, got $actual): nothing installed"
+    die "checksum mismatch for $tarball (expected $expected, got $actual): nothing installed"
   fi
-  say "checksum ok: $asset sha256 $actual"
-  chmod 0755 "$work/$asset"
-  new_version="$(binary_version "$work/$asset")"
-  [ "$new_version" != unknown ] || die "the downloaded $asset does not run on this machine: nothing installed"
+  say "checksum ok: $tarball sha256 $actual"
+
+  mkdir "$work/unpack" || die "could not create $work/unpack"
+  tar -xzf "$work/$tarball" -C "$work/unpack" || die "could not unpack $tarball: nothing installed"
+  rm -f "$work/$tarball"
+  new_bin="$work/unpack/$top/tftpd"
+  if [ ! -f "$new_bin" ] || [ -h "$new_bin" ]; then
+    die "$tarball holds no $top/tftpd: nothing installed"
+  fi
+  new_unit="$work/unpack/$top/tftpd.service"
+  if [ ! -f "$new_unit" ] || [ -h "$new_unit" ]; then
+    say "$tarball has no tftpd.service: the unit is the installer's own copy"
+    new_unit=""
+  fi
+  chmod 0755 "$new_bin"
+  new_version="$(binary_version "$new_bin")"
+  [ "$new_version" != unknown ] || die "the tftpd in $tarball does not run on this machine: nothing installed"
 }
 
 # install_file SRC DEST MODE: copy to a temporary name next to DEST, then rename over it.
@@ -303,7 +352,7 @@ do_install() {
   mkdir -p "$bin_dir" "$etc_dir" "$unit_dir" "$srv_dir" || die "could not create the directories under ${opt_prefix:-/}"
   chmod 0755 "$srv_dir" "$etc_dir"
 
-  install_file "$work/$asset" "$bin_path" 0755
+  install_file "$new_bin" "$bin_path" 0755
   say "installed $bin_path"
 
   if [ -e "$config_path" ]; then
@@ -314,8 +363,11 @@ do_install() {
     say "wrote $config_path"
   fi
 
-  unit_text >"$work/tftpd.service"
-  install_file "$work/tftpd.service" "$unit_path" 0644
+  if [ -z "$new_unit" ]; then
+    new_unit="$work/tftpd.service"
+    unit_text >"$new_unit"
+  fi
+  install_file "$new_unit" "$unit_path" 0644
   say "installed $unit_path"
 
   if [ -n "$opt_prefix" ]; then
@@ -338,10 +390,14 @@ do_install() {
     "$bin_path" tune --config "$config_path" >&2 || say "tftpd tune could not check the settings"
   fi
 
-  if [ -n "$old_version" ]; then
-    say "upgraded from $old_version to $new_version"
-  else
+  if [ -z "$old_version" ]; then
     say "installed tftpd $new_version"
+  elif [ "$old_version" = "$new_version" ]; then
+    say "reinstalled tftpd $new_version (already installed)"
+  elif [ "$old_version" = unknown ]; then
+    say "replaced a tftpd of unknown version with $new_version"
+  else
+    say "upgraded from $old_version to $new_version"
   fi
 }
 
@@ -356,8 +412,10 @@ do_uninstall() {
     systemctl daemon-reload || true
   fi
   if [ "$opt_purge" = 1 ]; then
-    rm -rf "$etc_dir" "$srv_dir" || die "could not remove $etc_dir or $srv_dir"
-    say "removed $etc_dir and $srv_dir"
+    if [ -e "$etc_dir" ]; then
+      rm -rf "$etc_dir" || die "could not remove $etc_dir"
+      say "removed $etc_dir"
+    fi
     if [ -z "$opt_prefix" ] && id tftpd >/dev/null 2>&1; then
       if command -v userdel >/dev/null 2>&1; then
         userdel tftpd || say "could not remove the user tftpd"
@@ -365,8 +423,21 @@ do_uninstall() {
         deluser tftpd >/dev/null 2>&1 || say "could not remove the user tftpd"
       fi
     fi
+  fi
+  if [ "$opt_purge_data" = 1 ]; then
+    if [ -e "$srv_dir" ]; then
+      n_files="$(find "$srv_dir" \( -type f -o -type l \) | wc -l | tr -d ' ')"
+      rm -rf "$srv_dir" || die "could not remove $srv_dir"
+      if [ "$n_files" = 1 ]; then
+        say "removed $srv_dir (1 file)"
+      else
+        say "removed $srv_dir ($n_files files)"
+      fi
+    fi
+  elif [ "$opt_purge" = 1 ]; then
+    say "kept $srv_dir and the boot files in it (--purge-data removes them)"
   else
-    say "kept $etc_dir and $srv_dir (--purge removes them)"
+    say "kept $etc_dir and $srv_dir (--purge removes the config, --purge-data the boot files too)"
   fi
 }
 

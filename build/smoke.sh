@@ -38,7 +38,7 @@ done
 # a CPU profile of the running binary, taken while it serves
 "$bin" bench "127.0.0.1:$port" --concurrency 4 --total 40 --file kernel.img --quiet &
 load=$!
-"$bin" profile --url "http://127.0.0.1:$mport" --seconds 1 --top 3 --out "$work/p.cpuprofile" | grep -q '^cpu profile: '
+"$bin" profile --url "http://127.0.0.1:$mport" --seconds 1 --top 3 --out "$work/p.cpuprofile" | grep -q '^cpu profile over '
 wait "$load"
 grep -q '"samples"' "$work/p.cpuprofile" || { echo "smoke: no .cpuprofile written"; exit 1; }
 # tune reads this machine's settings (no --apply here)

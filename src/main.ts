@@ -3,7 +3,8 @@
  * The tftpd command line: one binary, one subcommand per job. Serving is `tftpd serve`: a bare
  * `tftpd` prints its usage (it never starts serving, binding ports or tuning the host unasked).
  */
-import { defineCommand, renderUsage, runMain, type ArgsDef, type CommandDef } from "citty";
+import { defineCommand, renderUsage, runCommand, runMain, type ArgsDef, type CommandDef } from "citty";
+import { unknownOption } from "./cli/args.ts";
 import bench from "./cli/bench.ts";
 import cache from "./cli/cache.ts";
 import cluster from "./cli/cluster.ts";
@@ -45,6 +46,48 @@ if (first === undefined) {
 } else if (!(first in subCommands) && !first.startsWith("-")) {
   process.stderr.write(`tftpd: unknown command ${first}; see tftpd --help\n`);
   process.exit(2);
-} else {
+} else if (rawArgs.some((a) => ["--help", "-h"].includes(a)) || first === "--version" || first === "-v") {
   await runMain(main, { rawArgs, showUsage });
+} else {
+  const [path, command, rest] = await commandOf(rawArgs);
+  const usageError = (message: string): never => {
+    process.stderr.write(`tftpd ${path.join(" ")}: ${message} (see tftpd ${path.join(" ")} --help)\n`);
+    process.exit(2);
+  };
+  if (command.subCommands && !command.run) usageError(rest[0] === undefined ? "which one? name a subcommand" : `unknown command ${rest[0]}`);
+  const unknown = unknownOption(await resolved(command.args ?? {}), rest);
+  if (unknown) usageError(`unknown option ${unknown}`);
+  try {
+    await runCommand(main, { rawArgs });
+  } catch (error) {
+    // citty's own usage errors (a missing argument, a value not among the choices): one line,
+    // exit 2, where citty would print the whole help and exit 1
+    if ((error as Error).name === "CLIError") usageError(plain((error as Error).message));
+    throw error;
+  }
+}
+
+/** The subcommand `args` name ("config check"), its definition and the arguments after its name. */
+async function commandOf(args: string[]): Promise<[string[], CommandDef, string[]]> {
+  let command = main as CommandDef;
+  const path: string[] = [];
+  let rest = args;
+  for (;;) {
+    const subs = (await resolved(command.subCommands ?? {})) as Record<string, CommandDef>;
+    const name = rest[0];
+    if (name === undefined || !(name in subs)) return [path, command, rest];
+    command = await resolved(subs[name]!);
+    path.push(name);
+    rest = rest.slice(1);
+  }
+}
+
+async function resolved<T>(value: T | (() => T | Promise<T>) | Promise<T>): Promise<T> {
+  return typeof value === "function" ? await (value as () => T | Promise<T>)() : await value;
+}
+
+/** citty colours the names in its messages; a one-line error is plain text. */
+function plain(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/\x1b\[[0-9;]*m/g, "");
 }

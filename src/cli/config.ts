@@ -63,10 +63,15 @@ export function checkConfigFile(file: string, env: Record<string, string | undef
 const check = defineCommand({
   meta: { name: "check", description: "Validate a config file and print the effective config" },
   args: {
-    file: { type: "positional", description: "Config file (JSON)", valueHint: "FILE", required: true },
+    file: { type: "positional", description: "Config file (JSON, comments allowed)", valueHint: "FILE", required: false },
+    // as serve takes it: `config check --config FILE` checks what `serve --config FILE` would load
+    config: { type: "string", description: "The same as FILE", valueHint: "FILE" },
   },
   run({ args }) {
-    const r = checkConfigFile(args.file);
+    if (args.file !== undefined && args.config !== undefined) fail("config check", "the file given twice (FILE and --config): give one (see tftpd config check --help)", 2);
+    const file = args.file ?? args.config;
+    if (file === undefined) fail("config check", "which file? tftpd config check FILE (see tftpd config check --help)", 2);
+    const r = checkConfigFile(file);
     if (r.stdout) process.stdout.write(r.stdout);
     if (r.stderr) process.stderr.write(r.stderr);
     process.exitCode = r.exitCode;

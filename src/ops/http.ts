@@ -4,12 +4,12 @@
  * the fleet's Redis is unavailable). Loopback by default. With
  * `metrics.control`, also the control endpoints `tftpd profile` uses, answered to loopback
  * clients only, whatever address the endpoint listens on: /debug/profile?seconds=N (a CPU
- * profile) and /debug/heap (a heap snapshot).
+ * profile of the main thread and of every transfer worker) and /debug/heap (a heap snapshot).
  */
 import type { Server } from "bun";
 import { accessSync, constants, statSync } from "node:fs";
 import type { ServerMetrics } from "./metrics.ts";
-import { heapSnapshot, recordCpuProfile } from "./profiler.ts";
+import { heapSnapshot, recordCpuProfile, type ProfiledWorkers } from "./profiler.ts";
 
 /** Longest profile the control endpoint records. */
 const MAX_PROFILE_SECONDS = 300;
@@ -57,6 +57,8 @@ export function startOpsServer(
   metrics: ServerMetrics,
   readiness: () => Readiness,
   control: boolean,
+  /** the server's transfer workers (null: transfers run on the main thread), sampled with it */
+  workers: () => ProfiledWorkers | null = () => null,
 ): Server<undefined> {
   let profiling = false;
   return Bun.serve({
@@ -80,7 +82,8 @@ export function startOpsServer(
           if (profiling) return new Response("a profile is already being recorded\n", { status: 409 });
           profiling = true;
           try {
-            return Response.json(await recordCpuProfile(seconds));
+            const pool = workers();
+            return Response.json(await recordCpuProfile(seconds, pool ? [pool] : []));
           } finally {
             profiling = false;
           }

@@ -9,7 +9,7 @@ import { rootProblem, startOpsServer, type Readiness } from "./http.ts";
 import { ServerMetrics, type ClusterStats } from "./metrics.ts";
 
 /** The running server as the endpoint reads it. */
-export type ObservedServer = Pick<TftpServer, "addresses" | "activeTransfers" | "transferMemory" | "transferSlots" | "requestsRateLimited" | "cache">;
+export type ObservedServer = Pick<TftpServer, "addresses" | "activeTransfers" | "transferMemory" | "transferSlots" | "requestsRateLimited" | "cache" | "workers">;
 
 /**
  * Ready: listening, the root still searchable, and the file cache working when one is
@@ -50,7 +50,14 @@ export function startNodeEndpoint(
   });
   const wantCache = config.cache.enabled && config.performance.memory.cache_size > 0;
   const at = parseListenAddress(config.metrics.listen);
-  const http = startOpsServer(at.host, at.port, metrics, () => nodeReadiness(server, config.tftp.root, wantCache, fleet.degraded()), config.metrics.control);
+  const http = startOpsServer(
+    at.host,
+    at.port,
+    metrics,
+    () => nodeReadiness(server, config.tftp.root, wantCache, fleet.degraded()),
+    config.metrics.control,
+    () => server.workers,
+  );
   const address = formatHostPort(at.host, http.port ?? at.port);
   return { metrics, url: `http://${address}`, address, stop: (force) => http.stop(force) };
 }

@@ -8,6 +8,7 @@ import type { EndHandler, RepeatVerdict, TransferJob } from "./engine.ts";
 import type { TransferOutcome } from "./transfer.ts";
 import type { SlotStats } from "./transfer-slots.ts";
 import { closeWake, wakeLoop } from "../net/io-loop.ts";
+import type { ProfiledWorkers, ThreadCpuProfile, WorkerProfileOutcome } from "../ops/profiler.ts";
 import type { FromWorker, IoLoopKind, ToWorker, WorkerInit, WorkerThread } from "./worker-protocol.ts";
 
 /**
@@ -32,6 +33,9 @@ interface Slot {
   /** what its transfer slot pool held when it last said (null: it keeps none) */
   transferSlots: SlotStats | null;
 }
+
+/** A worker's part of a profile: its samples, or why it gave none. */
+type ProfileAnswer = { profile: ThreadCpuProfile; missing: null } | { profile: null; missing: string };
 
 /** How often workers are asked to trim their transfer slot pools and say what they hold. */
 const SLOT_REPORT_MS = 1000;
@@ -63,7 +67,7 @@ export interface WorkerExit {
   lost: number;
 }
 
-export class WorkerPool {
+export class WorkerPool implements ProfiledWorkers {
   private readonly slots: Slot[] = [];
   /** transfers handed to each worker index since start (a replacement continues the count) */
   private readonly dispatched: number[] = [];
@@ -71,6 +75,9 @@ export class WorkerPool {
   /** requestAgain questions waiting for their worker's answer, by sequence number */
   private readonly repeats = new Map<number, { slot: Slot; resolve: (verdict: RepeatVerdict) => void }>();
   private repeatSeq = 0;
+  /** profiles asked of workers and not answered yet, by sequence number */
+  private readonly profiles = new Map<number, { slot: Slot; resolve: (answer: ProfileAnswer) => void }>();
+  private profileSeq = 0;
   private slotReports: ReturnType<typeof setInterval> | null = null;
   /** transfer slots made by workers that have since been replaced */
   private retiredSlotAllocations = 0;
@@ -187,6 +194,36 @@ export class WorkerPool {
     for (const slot of this.slots) this.send(slot, { type: "release", entryId });
   }
 
+  /**
+   * Every worker starts sampling its own thread (tftpd profile). `collect` stops them and
+   * gives each worker's samples, or why it gave none: it exited meanwhile (a replacement
+   * started during the profile is not in it), or it did not answer within `marginMs` of the
+   * stop (held up in a long turn), which ends the wait.
+   */
+  startProfiles(intervalUs: number, limit: number): { collect(marginMs: number): Promise<WorkerProfileOutcome[]> } {
+    const asked = this.slots.map((slot, index) => {
+      const seq = ++this.profileSeq;
+      const { promise, resolve } = Promise.withResolvers<ProfileAnswer>();
+      this.profiles.set(seq, { slot, resolve });
+      this.send(slot, { type: "profileStart", seq, intervalUs, limit });
+      return { index, slot, seq, answer: promise };
+    });
+    const collect = async (marginMs: number): Promise<WorkerProfileOutcome[]> => {
+      for (const { slot, seq } of asked) this.send(slot, { type: "profileStop", seq });
+      const timer = setTimeout(() => {
+        const late = `no profile within ${marginMs / 1000} s of the end (the worker was held up)`;
+        for (const { seq } of asked) this.answerProfile(seq, { profile: null, missing: late });
+      }, marginMs);
+      try {
+        const answers = await Promise.all(asked.map((a) => a.answer));
+        return asked.map((a, i) => ({ index: a.index, tid: a.slot.thread?.tid ?? null, ...answers[i]! }));
+      } finally {
+        clearTimeout(timer);
+      }
+    };
+    return { collect };
+  }
+
   /** Test hook and last resort: ends one worker abruptly, as a crash would. */
   kill(index: number): void {
     const slot = this.slots[index];
@@ -222,6 +259,14 @@ export class WorkerPool {
     }
     for (const pending of this.repeats.values()) pending.resolve("unknown");
     this.repeats.clear();
+    for (const seq of [...this.profiles.keys()]) this.answerProfile(seq, { profile: null, missing: "the server stopped" });
+  }
+
+  private answerProfile(seq: number, answer: ProfileAnswer): void {
+    const pending = this.profiles.get(seq);
+    if (!pending) return;
+    this.profiles.delete(seq);
+    pending.resolve(answer);
   }
 
   private send(slot: Slot, message: ToWorker): void {
@@ -261,6 +306,11 @@ export class WorkerPool {
       } else if (message.type === "requestAgain") {
         this.repeats.get(message.seq)?.resolve(message.verdict);
         this.repeats.delete(message.seq);
+      } else if (message.type === "profile") {
+        this.answerProfile(
+          message.seq,
+          message.profile ? { profile: message.profile, missing: null } : { profile: null, missing: `could not profile: ${message.error ?? "no reason given"}` },
+        );
       }
     });
     worker.addEventListener("close", () => this.onExit(index, slot));
@@ -282,6 +332,8 @@ export class WorkerPool {
       this.repeats.delete(seq);
       pending.resolve("unknown");
     }
+    const reason = `exited during the profile (${slot.crash?.message ?? "exited"})`;
+    for (const [seq, pending] of this.profiles) if (pending.slot === slot) this.answerProfile(seq, { profile: null, missing: reason });
     if (this.stopping || slot.stopping) return;
     this.events.workerExit?.(index, { reason: slot.crash?.message ?? "exited", endedWithError: slot.crash?.ended ?? 0, lost: lost.length });
     this.slots[index] = this.spawn(index);

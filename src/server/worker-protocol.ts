@@ -1,4 +1,5 @@
 /** Messages between the main thread (control plane) and transfer workers (data plane). */
+import type { ThreadCpuProfile } from "../ops/profiler.ts";
 import type { DiskIoSettings } from "../storage/disk-io.ts";
 import type { FileIdentity, SourceShare } from "../storage/source.ts";
 import type { EngineOptions, RepeatVerdict, TransferJob } from "./engine.ts";
@@ -47,6 +48,9 @@ export type ToWorker =
   | { type: "release"; entryId: number }
   /** once a second: give up transfer slots idle too long, and say what the pool holds if that changed */
   | { type: "slots" }
+  /** start sampling this thread (tftpd profile): until "profileStop" of the same `seq` */
+  | { type: "profileStart"; seq: number; intervalUs: number; limit: number }
+  | { type: "profileStop"; seq: number }
   | { type: "stop" };
 
 export type FromWorker =
@@ -63,6 +67,8 @@ export type FromWorker =
   | { type: "failed"; id: number; message: string }
   /** the answer to "requestAgain" `seq`; a "superseded" transfer's "end" was posted before it */
   | { type: "requestAgain"; seq: number; verdict: RepeatVerdict }
+  /** the answer to "profileStart" `seq`, once stopped: its samples, or why there are none */
+  | { type: "profile"; seq: number; profile: ThreadCpuProfile | null; error: string | null }
   | { type: "stopped" }
   /** an uncaught error: every transfer here was ended with an ERROR, and the worker exits */
   | { type: "crashed"; message: string; ended: number };

@@ -15,6 +15,7 @@ import { borrowedFdSource, type FileIdentity, type FileSource, type SourceShare 
 import { IoLoop } from "../net/io-loop.ts";
 import { SocketBuffers } from "../net/udp-ffi.ts";
 import { pinThisThread, threadId } from "../net/affinity.ts";
+import { profileThisThread } from "../ops/profiler.ts";
 import { TransferEngine } from "./engine.ts";
 import { ffiTransferSockets, OWN_SOCKET } from "./ffi-transport.ts";
 import { LossPlan } from "./loss.ts";
@@ -78,6 +79,30 @@ function copySource(copy: Copy, identity: FileIdentity): FileSource {
 function sourceFor(share: SourceShare, identity: FileIdentity): FileSource {
   if (share.kind === "fd") return borrowedFdSource(share.fd, identity);
   return copySource(copyFor(share, identity.size), identity);
+}
+
+/**
+ * The profile this thread records, until the main thread says stop: the main thread ends it,
+ * not a timer here, since an idle epoll loop sleeps in epoll_wait and a timer would fire late.
+ */
+let profiling: { seq: number; stop: () => void } | null = null;
+
+function startProfile(seq: number, intervalUs: number, limit: number): void {
+  if (profiling) {
+    post({ type: "profile", seq, profile: null, error: "a profile is already being recorded here" });
+    return;
+  }
+  const { promise, resolve } = Promise.withResolvers<void>();
+  const run = { seq, stop: resolve };
+  profiling = run;
+  profileThisThread(promise, intervalUs, limit)
+    .then(
+      (profile) => post({ type: "profile", seq, profile, error: null }),
+      (error: unknown) => post({ type: "profile", seq, profile: null, error: error instanceof Error ? error.message : String(error) }),
+    )
+    .finally(() => {
+      if (profiling === run) profiling = null;
+    });
 }
 
 /** TFTPD_TEST_WORKER_THROW: transfers to start before this worker throws on purpose */
@@ -171,6 +196,12 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
       post({ type: "slots", stats });
       return;
     }
+    case "profileStart":
+      startProfile(message.seq, message.intervalUs, message.limit);
+      return;
+    case "profileStop":
+      if (profiling?.seq === message.seq) profiling.stop();
+      return;
     case "stop":
       void engine?.stop().then(() => {
         loop?.close();

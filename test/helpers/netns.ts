@@ -187,3 +187,86 @@ export function tftpdIn(end: NetnsEnd, dir: string): string {
   chmodSync(path, 0o755);
   return path;
 }
+
+/**
+ * Adds an IPv4 address (`ADDR/PREFIX`) to `end`'s veth device, beside the pair's own: a subnet
+ * a test needs (the documentation range a README snippet names), or a DHCP lease the test
+ * applies as a client would. Idempotent (`ip addr replace`); gone with the namespace.
+ */
+export function addIpv4(end: NetnsEnd, cidr: string): void {
+  mustIp(["-n", end.name, "addr", "replace", cidr, "dev", end.device]);
+}
+
+/** A long-running program inside a namespace (a daemon in the foreground), bounded in time. */
+export interface NetnsProcess {
+  readonly pid: number;
+  /** stdout and stderr so far, interleaved as they came */
+  output(): string;
+  /** resolves with the output once `pattern` appears in it; throws after `timeoutMs` or if the program exits first */
+  waitForOutput(pattern: RegExp, timeoutMs?: number): Promise<string>;
+  /** SIGTERM, SIGKILL after `graceMs`; resolves with the exit code (null when it was killed by a signal) */
+  stop(graceMs?: number): Promise<number | null>;
+}
+
+/**
+ * Starts `cmd` inside `end`'s namespace. It never outlives `lifetimeMs` (killed then, whatever
+ * the test does), nor the namespace (`VethPair.remove` kills what runs there).
+ */
+export function spawnIn(end: NetnsEnd, cmd: string[], opts: { lifetimeMs?: number; env?: Record<string, string | undefined> } = {}): NetnsProcess {
+  const proc = Bun.spawn(end.command(cmd), { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: opts.env ?? process.env });
+  const lifetime = setTimeout(() => proc.kill("SIGKILL"), opts.lifetimeMs ?? 120_000);
+  lifetime.unref?.();
+  void proc.exited.then(() => clearTimeout(lifetime));
+  let text = "";
+  const watchers = new Set<() => void>();
+  const pump = async (stream: ReadableStream<Uint8Array>): Promise<void> => {
+    const decoder = new TextDecoder();
+    for await (const chunk of stream) {
+      text += decoder.decode(chunk, { stream: true });
+      for (const w of [...watchers]) w();
+    }
+  };
+  const pumped = Promise.all([pump(proc.stdout), pump(proc.stderr)]);
+  return {
+    pid: proc.pid,
+    output: () => text,
+    waitForOutput(pattern, timeoutMs = 10_000) {
+      return new Promise((resolve, reject) => {
+        const done = (): void => {
+          watchers.delete(check);
+          clearTimeout(timer);
+        };
+        const check = (): void => {
+          if (pattern.test(text)) {
+            done();
+            resolve(text);
+          }
+        };
+        const timer = setTimeout(() => {
+          done();
+          reject(new Error(`${cmd[0]} in ${end.name}: no ${pattern} within ${timeoutMs} ms; output: ${text}`));
+        }, timeoutMs);
+        watchers.add(check);
+        void pumped.then(() => {
+          if (!watchers.has(check)) return;
+          check();
+          if (watchers.has(check)) {
+            done();
+            reject(new Error(`${cmd[0]} in ${end.name} exited (${proc.exitCode ?? proc.signalCode}) before ${pattern}; output: ${text}`));
+          }
+        });
+        check();
+      });
+    },
+    async stop(graceMs = 3_000) {
+      if (proc.exitCode === null && proc.signalCode === null) {
+        proc.kill("SIGTERM");
+        const killer = setTimeout(() => proc.kill("SIGKILL"), graceMs);
+        await proc.exited;
+        clearTimeout(killer);
+      }
+      clearTimeout(lifetime);
+      return proc.exitCode;
+    },
+  };
+}

@@ -35,6 +35,9 @@ const requirements: Requirement[] = [
   { path: "/usr/bin/strace", pkg: "strace" },
   // promtool checks and unit-tests the alert rules (dashboards/alerts.yml)
   { path: "/usr/bin/promtool", pkg: "prometheus" },
+  // the README's dnsmasq DHCP snippet and a DHCP client, run in network namespaces (test/e2e/net/dhcp-boot.test.ts)
+  { path: "/usr/sbin/dnsmasq", pkg: "dnsmasq-base" },
+  { path: "/bin/busybox", pkg: "busybox" },
 ];
 
 const missing = requirements.filter((r) => !existsSync(r.path) || (r.check && !r.check())).map((r) => r.pkg);

@@ -47,7 +47,7 @@ test("tftpd profile --config FILE reads the endpoint of that file", async () => 
   const r = await tftpd(["profile", "--config", config, "--seconds", "1", "--top", "3"], { env: { ...process.env, TFTPD_METRICS_LISTEN: undefined } });
   expect(r.stderr).toBe("");
   expect(r.exitCode).toBe(0);
-  expect(r.stdout).toContain("cpu profile:");
+  expect(r.stdout).toContain("cpu profile over 1 s");
 });
 
 test("without --config the default file and TFTPD_METRICS_LISTEN decide; --url and --config together: exit 2", async () => {

@@ -84,3 +84,23 @@ describe("no subcommand", () => {
     expect(r.stderr).toBe("tftpd: unknown command serv; see tftpd --help\n");
   });
 });
+
+describe("usage errors: one line, a pointer to --help, exit 2, on every subcommand", () => {
+  const cases: [string[], string][] = [
+    [["version", "--bogus"], "tftpd version: unknown option --bogus (see tftpd version --help)"],
+    [["tune", "--bogus"], "tftpd tune: unknown option --bogus (see tftpd tune --help)"],
+    [["get"], "tftpd get: Missing required positional argument: SERVER (see tftpd get --help)"],
+    [["config"], "tftpd config: which one? name a subcommand (see tftpd config --help)"],
+    [["config", "nope"], "tftpd config: unknown command nope (see tftpd config --help)"],
+    [["config", "check", "--frob"], "tftpd config check: unknown option --frob (see tftpd config check --help)"],
+    [["cache", "ls", "--frob"], "tftpd cache ls: unknown option --frob (see tftpd cache ls --help)"],
+  ];
+  for (const [args, line] of cases) {
+    test(`tftpd ${args.join(" ")}`, async () => {
+      const r = await tftpd(args, { timeoutMs: 15_000 });
+      expect(r.stderr).toBe(`${line}\n`);
+      expect(r.stdout).toBe("");
+      expect(r.exitCode).toBe(2);
+    });
+  }
+});
