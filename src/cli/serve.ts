@@ -202,13 +202,8 @@ export default defineCommand({
     // SIGHUP: the config file (and its remap rule file) read again, over the flags and env as at
     // start, with the fleet's pushed config layered in as before
     process.on("SIGHUP", () => {
-      const pushed = fleet.latestPushed();
-      running.apply(load(pushed ? { content: pushed.content, source: pushed.source } : undefined), {
-        name: "config file",
-        about: { signal: "SIGHUP", config: loaded.source },
-        pushed: pushed ? { content: pushed.content, remap: pushed.remap } : undefined,
-        rereadRules: true,
-      });
+      const pushed = fleet.latestPushed() ?? undefined;
+      running.apply(load(pushed), { name: "config file", about: { signal: "SIGHUP", config: loaded.source }, pushed, rereadRules: true });
     });
 
     // SIGTERM/SIGINT: stop taking requests, let running transfers finish for up to

@@ -11,7 +11,7 @@
 import type { LoadResult } from "../config/load.ts";
 import type { Config } from "../config/schema.ts";
 import type { Logger } from "../log.ts";
-import { rulesOrigin, type RulesOrigin, type RunningConfig } from "../ops/config-reload.ts";
+import { rulesOrigin, type PushedLayer, type RulesOrigin, type RunningConfig } from "../ops/config-reload.ts";
 import { parseRemapRules, type RemapRule } from "../storage/remap.ts";
 import type { RedisLink } from "./redis.ts";
 
@@ -47,30 +47,20 @@ export interface StartupConfig {
   version: number;
   origin: RulesOrigin;
   /** the pushed settings and remap text, layered in again when the file is read again */
-  pushed: LatestPushed;
+  pushed: PushedLayer;
 }
 
-/** The latest pushed config as layered into the node's: its own settings, name and remap text. */
-export interface LatestPushed {
-  content: unknown;
-  source: string;
-  remap: string | null;
-}
 
 /**
  * The config a node starts with when a config was pushed: its file < pushed < env < flags.
  * Errors are the lines of a config the node cannot use (the node then starts on its own).
  */
 export function startupConfig(pushed: Pushed, load: ConfigSyncOptions["load"]): { ok: true; value: StartupConfig } | { ok: false; errors: string[] } {
-  const source = `pushed config version ${pushed.version}`;
-  if (pushed.json === null) return { ok: false, errors: [`${source}: no json field`] };
-  let content: unknown;
-  try {
-    content = JSON.parse(pushed.json);
-  } catch (error) {
-    return { ok: false, errors: [`${source}: invalid JSON: ${(error as Error).message}`] };
-  }
-  const loaded = load({ content, source });
+  const read = pushedLayer(pushed);
+  if (!read.ok) return read;
+  const layer = read.layer;
+  const { content, source } = layer;
+  const loaded = load(layer);
   if (!loaded.ok) return { ok: false, errors: loaded.errors };
   const origin = rulesOrigin(loaded.config, loaded.applied, content, pushed.remap);
   let rules: RemapRule[] | null = null;
@@ -81,8 +71,19 @@ export function startupConfig(pushed: Pushed, load: ConfigSyncOptions["load"]): 
   }
   return {
     ok: true,
-    value: { config: loaded.config, rules, stamp: pushed.stamp, version: Number(pushed.version), origin, pushed: { content, source, remap: pushed.remap } },
+    value: { config: loaded.config, rules, stamp: pushed.stamp, version: Number(pushed.version), origin, pushed: layer },
   };
+}
+
+/** A pushed version's settings as a layer of the node's config, or why it has none. */
+function pushedLayer(pushed: Pushed): { ok: true; layer: PushedLayer } | { ok: false; errors: string[] } {
+  const source = `pushed config version ${pushed.version}`;
+  if (pushed.json === null) return { ok: false, errors: [`${source}: no json field`] };
+  try {
+    return { ok: true, layer: { content: JSON.parse(pushed.json), source, remap: pushed.remap } };
+  } catch (error) {
+    return { ok: false, errors: [`${source}: invalid JSON: ${(error as Error).message}`] };
+  }
 }
 
 /** One version of the pushed config as read from Redis. */
@@ -97,7 +98,7 @@ export interface Pushed {
 
 export class ConfigSync {
   /** the latest pushed config handled, layered in again when the file is read again */
-  private latest: LatestPushed | null = null;
+  private latest: PushedLayer | null = null;
   /**
    * The last version handled (applied or rejected), as "VERSION@PUSHED_AT": each one is reported
    * once, and a counter that restarts (Redis lost its data) still reads as new.
@@ -177,22 +178,18 @@ export class ConfigSync {
 
   private handle(pushed: Pushed): void {
     const version = Number(pushed.version);
-    const source = `pushed config version ${pushed.version}`;
     const about = { version, pushed_by: pushed.pushedBy, pushed_at: pushed.pushedAt };
-    const reject = (errors: string[]): void => this.opts.log.error({ version, errors }, "pushed config rejected");
-    if (pushed.json === null) return reject([`${source}: no json field`]);
-    let content: unknown;
-    try {
-      content = JSON.parse(pushed.json);
-    } catch (error) {
-      return reject([`${source}: invalid JSON: ${(error as Error).message}`]);
+    const read = pushedLayer(pushed);
+    if (!read.ok) {
+      this.opts.log.error({ ...about, errors: read.errors }, "pushed config rejected");
+      return;
     }
-    this.latest = { content, source, remap: pushed.remap };
-    this.opts.running.apply(this.opts.load({ content, source }), { name: "pushed config", errorPrefix: `${source}: `, about, pushed: { content, remap: pushed.remap } });
+    this.latest = read.layer;
+    this.opts.running.apply(this.opts.load(read.layer), { name: "pushed config", errorPrefix: `${read.layer.source}: `, about, pushed: read.layer });
   }
 
   /** the latest pushed config handled (or started with), to layer in when the file is read again */
-  get latestPushed(): LatestPushed | null {
+  get latestPushed(): PushedLayer | null {
     return this.latest;
   }
 }

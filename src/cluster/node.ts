@@ -16,8 +16,8 @@ import { formatHostPort } from "../net/address.ts";
 import type { ClusterStats } from "../ops/metrics.ts";
 import type { ServerDeps, TftpServer } from "../server/server.ts";
 import type { FileCache } from "../storage/cache.ts";
-import { ConfigSync, readPushed, startupConfig, type ConfigSyncOptions, type LatestPushed, type StartupConfig } from "./config-sync.ts";
-import type { RunningConfig } from "../ops/config-reload.ts";
+import { ConfigSync, readPushed, startupConfig, type ConfigSyncOptions, type StartupConfig } from "./config-sync.ts";
+import type { PushedLayer, RunningConfig } from "../ops/config-reload.ts";
 import { ClusterFiles } from "./files.ts";
 import { Heartbeat, type TransferTally } from "./heartbeat.ts";
 import { ClusterLeases, leaseAdmission } from "./leases.ts";
@@ -69,7 +69,7 @@ export interface Fleet {
   /** the server is listening: beat into the fleet and follow its pushed config into `running` */
   serve(server: FleetServer, report: NodeReport, running: RunningConfig): void;
   /** the pushed config the node runs with, to layer in again when its file is read again; null when none */
-  latestPushed(): LatestPushed | null;
+  latestPushed(): PushedLayer | null;
   /** after the server stopped: the fleet's parts stop, the last the link */
   stop(): Promise<void>;
 }
@@ -168,7 +168,7 @@ class FleetNode implements Fleet {
     return link.up ? null : `redis ${link.state}${link.lastError ? ` (${link.lastError})` : ""}: serving local files only`;
   }
 
-  latestPushed(): LatestPushed | null {
+  latestPushed(): PushedLayer | null {
     return this.configSync?.latestPushed ?? this.startedWith?.pushed ?? null;
   }
 

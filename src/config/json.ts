@@ -1,5 +1,7 @@
 // JSON parsing with line/column on syntax errors (JavaScriptCore's JSON.parse reports none), and
 // JSONC (JSON with comments and trailing commas) for config files, which people annotate.
+// Not Bun.JSONC: it reports no position, and it also takes JSON5's hex numbers, ".5" and
+// single-quoted strings, which an editor's JSONC mode (and the printed JSON Schema) rejects.
 
 export type JsonResult = { ok: true; value: unknown } | { ok: false; line: number; column: number; message: string };
 

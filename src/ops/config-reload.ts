@@ -93,6 +93,16 @@ function setIn(obj: Obj, path: readonly string[], value: unknown): void {
 }
 
 
+/**
+ * A pushed fleet config as layered into a node's (its file < pushed < env < flags): its own
+ * settings, their source name for errors, and the remap rules' text when it carries them.
+ */
+export interface PushedLayer {
+  content: unknown;
+  source: string;
+  remap: string | null;
+}
+
 /** Where a new config comes from, for the log lines about it. */
 export interface ReloadSource {
   /** what it is, for the line that rejects it ("pushed config", "config file") */
@@ -102,7 +112,7 @@ export interface ReloadSource {
   /** fields every line about it carries (the pushed version, or the signal) */
   about: Record<string, unknown>;
   /** the pushed config's own settings and remap text, when the new config has one layered in */
-  pushed?: { content: unknown; remap: string | null };
+  pushed?: PushedLayer;
   /** read the remap rule file again even when its name did not change (SIGHUP) */
   rereadRules?: boolean;
 }

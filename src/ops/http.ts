@@ -82,8 +82,7 @@ export function startOpsServer(
           if (profiling) return new Response("a profile is already being recorded\n", { status: 409 });
           profiling = true;
           try {
-            const pool = workers();
-            return Response.json(await recordCpuProfile(seconds, pool ? [pool] : []));
+            return Response.json(await recordCpuProfile(seconds, workers()));
           } finally {
             profiling = false;
           }

@@ -175,15 +175,15 @@ export async function profileThisThread(until: Promise<unknown>, intervalUs = 10
 }
 
 /**
- * Samples the main thread for `seconds` and, over the same seconds, every worker of `pools`
+ * Samples the main thread for `seconds` and, over the same seconds, every worker of `workers`
  * (each its own thread). A worker that gives no profile within WORKER_PROFILE_MARGIN_MS of
  * the end (held up, or it died meanwhile) is reported with why, not waited for.
  */
-export async function recordCpuProfile(seconds: number, pools: readonly ProfiledWorkers[] = [], intervalUs = 1000, limit = 25): Promise<CpuProfileReport> {
+export async function recordCpuProfile(seconds: number, pool: ProfiledWorkers | null = null, intervalUs = 1000, limit = 25): Promise<CpuProfileReport> {
   // workers first and collected last, so their samples cover the main thread's seconds
-  const running = pools.map((pool) => pool.startProfiles(intervalUs, limit));
+  const running = pool?.startProfiles(intervalUs, limit);
   const main = await profileThisThread(Bun.sleep(seconds * 1000), intervalUs, limit);
-  const workers = (await Promise.all(running.map((run) => run.collect(WORKER_PROFILE_MARGIN_MS)))).flat();
+  const workers = running ? await running.collect(WORKER_PROFILE_MARGIN_MS) : [];
   return {
     seconds,
     intervalMs: main.intervalMs,

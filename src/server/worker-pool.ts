@@ -37,6 +37,34 @@ interface Slot {
 /** A worker's part of a profile: its samples, or why it gave none. */
 type ProfileAnswer = { profile: ThreadCpuProfile; missing: null } | { profile: null; missing: string };
 
+/**
+ * Questions asked of workers, by sequence number. Each is answered once: by its worker, or for
+ * it when the worker exits or the pool stops, so no caller waits on a worker that is gone.
+ */
+class PendingAnswers<T> {
+  private last = 0;
+  private readonly waiting = new Map<number, { slot: Slot; resolve: (answer: T) => void }>();
+
+  ask(slot: Slot): { seq: number; answer: Promise<T> } {
+    const seq = ++this.last;
+    const { promise, resolve } = Promise.withResolvers<T>();
+    this.waiting.set(seq, { slot, resolve });
+    return { seq, answer: promise };
+  }
+
+  answer(seq: number, answer: T): void {
+    const pending = this.waiting.get(seq);
+    if (!pending) return;
+    this.waiting.delete(seq);
+    pending.resolve(answer);
+  }
+
+  /** Answers every question `slot` (every one, when null) has not answered. */
+  answerFor(slot: Slot | null, answer: T): void {
+    for (const [seq, pending] of this.waiting) if (slot === null || pending.slot === slot) this.answer(seq, answer);
+  }
+}
+
 /** How often workers are asked to trim their transfer slot pools and say what they hold. */
 const SLOT_REPORT_MS = 1000;
 
@@ -73,11 +101,9 @@ export class WorkerPool implements ProfiledWorkers {
   private readonly dispatched: number[] = [];
   private stopping = false;
   /** requestAgain questions waiting for their worker's answer, by sequence number */
-  private readonly repeats = new Map<number, { slot: Slot; resolve: (verdict: RepeatVerdict) => void }>();
-  private repeatSeq = 0;
-  /** profiles asked of workers and not answered yet, by sequence number */
-  private readonly profiles = new Map<number, { slot: Slot; resolve: (answer: ProfileAnswer) => void }>();
-  private profileSeq = 0;
+  private readonly repeats = new PendingAnswers<RepeatVerdict>();
+  /** profiles asked of workers and not answered yet */
+  private readonly profiles = new PendingAnswers<ProfileAnswer>();
   private slotReports: ReturnType<typeof setInterval> | null = null;
   /** transfer slots made by workers that have since been replaced */
   private retiredSlotAllocations = 0;
@@ -167,11 +193,9 @@ export class WorkerPool implements ProfiledWorkers {
   requestAgain(index: number, id: number, same: boolean): Promise<RepeatVerdict> {
     const slot = this.slots[index];
     if (!slot?.jobs.has(id)) return Promise.resolve("unknown");
-    const seq = ++this.repeatSeq;
-    const { promise, resolve } = Promise.withResolvers<RepeatVerdict>();
-    this.repeats.set(seq, { slot, resolve });
+    const { seq, answer } = this.repeats.ask(slot);
     this.send(slot, { type: "requestAgain", id, same, seq });
-    return promise;
+    return answer;
   }
 
   /** More of a cached copy being made is readable: every worker's readers of it may go on. */
@@ -202,17 +226,15 @@ export class WorkerPool implements ProfiledWorkers {
    */
   startProfiles(intervalUs: number, limit: number): { collect(marginMs: number): Promise<WorkerProfileOutcome[]> } {
     const asked = this.slots.map((slot, index) => {
-      const seq = ++this.profileSeq;
-      const { promise, resolve } = Promise.withResolvers<ProfileAnswer>();
-      this.profiles.set(seq, { slot, resolve });
+      const { seq, answer } = this.profiles.ask(slot);
       this.send(slot, { type: "profileStart", seq, intervalUs, limit });
-      return { index, slot, seq, answer: promise };
+      return { index, slot, seq, answer };
     });
     const collect = async (marginMs: number): Promise<WorkerProfileOutcome[]> => {
       for (const { slot, seq } of asked) this.send(slot, { type: "profileStop", seq });
       const timer = setTimeout(() => {
         const late = `no profile within ${marginMs / 1000} s of the end (the worker was held up)`;
-        for (const { seq } of asked) this.answerProfile(seq, { profile: null, missing: late });
+        for (const { seq } of asked) this.profiles.answer(seq, { profile: null, missing: late });
       }, marginMs);
       try {
         const answers = await Promise.all(asked.map((a) => a.answer));
@@ -257,16 +279,8 @@ export class WorkerPool implements ProfiledWorkers {
       slot.worker.terminate();
       if (slot.wakeFd !== null) wakeLoop(slot.wakeFd);
     }
-    for (const pending of this.repeats.values()) pending.resolve("unknown");
-    this.repeats.clear();
-    for (const seq of [...this.profiles.keys()]) this.answerProfile(seq, { profile: null, missing: "the server stopped" });
-  }
-
-  private answerProfile(seq: number, answer: ProfileAnswer): void {
-    const pending = this.profiles.get(seq);
-    if (!pending) return;
-    this.profiles.delete(seq);
-    pending.resolve(answer);
+    this.repeats.answerFor(null, "unknown");
+    this.profiles.answerFor(null, { profile: null, missing: "the server stopped" });
   }
 
   private send(slot: Slot, message: ToWorker): void {
@@ -304,10 +318,9 @@ export class WorkerPool implements ProfiledWorkers {
         slot.jobs.delete(message.id);
         this.events.failed(message.id, message.message);
       } else if (message.type === "requestAgain") {
-        this.repeats.get(message.seq)?.resolve(message.verdict);
-        this.repeats.delete(message.seq);
+        this.repeats.answer(message.seq, message.verdict);
       } else if (message.type === "profile") {
-        this.answerProfile(
+        this.profiles.answer(
           message.seq,
           message.profile ? { profile: message.profile, missing: null } : { profile: null, missing: `could not profile: ${message.error ?? "no reason given"}` },
         );
@@ -327,13 +340,8 @@ export class WorkerPool implements ProfiledWorkers {
     const lost = [...slot.jobs];
     slot.jobs.clear();
     for (const id of lost) this.events.end(id, workerLost());
-    for (const [seq, pending] of this.repeats) {
-      if (pending.slot !== slot) continue;
-      this.repeats.delete(seq);
-      pending.resolve("unknown");
-    }
-    const reason = `exited during the profile (${slot.crash?.message ?? "exited"})`;
-    for (const [seq, pending] of this.profiles) if (pending.slot === slot) this.answerProfile(seq, { profile: null, missing: reason });
+    this.repeats.answerFor(slot, "unknown");
+    this.profiles.answerFor(slot, { profile: null, missing: `exited during the profile (${slot.crash?.message ?? "exited"})` });
     if (this.stopping || slot.stopping) return;
     this.events.workerExit?.(index, { reason: slot.crash?.message ?? "exited", endedWithError: slot.crash?.ended ?? 0, lost: lost.length });
     this.slots[index] = this.spawn(index);

@@ -6,29 +6,22 @@
  * before a block of the new version leaves. A deleted file's copy leaves the cache when the
  * next request for it finds nothing.
  */
-import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
 import { join } from "node:path";
 import { Opcode } from "../../src/protocol/packet.ts";
-import { patternBytes, removeDir, sha256, sha256File, tempDir, writeFile } from "../helpers/files.ts";
-import { ack, describeReceived, peerTracker, recordWhere, rrq } from "../helpers/raw.ts";
+import { patternBytes, sha256, sha256File, tempDir, writeFile } from "../helpers/files.ts";
+import { ack, describeReceived, recordWhere, rrq } from "../helpers/raw.ts";
 import { run } from "../helpers/run.ts";
 import { startServer, type InProcessServer } from "../helpers/server.ts";
+import { testScope } from "../helpers/test-scope.ts";
 
 setDefaultTimeout(60_000);
 
 const MiB = 1 << 20;
 const BLOCK = 512;
 
-const peers = peerTracker();
-const servers: InProcessServer[] = [];
-const dirs: string[] = [];
-
-afterEach(async () => {
-  peers.closeAll();
-  for (const s of servers.splice(0)) await s.stop();
-  for (const d of dirs.splice(0)) removeDir(d);
-});
+const { peers, servers, dirs } = testScope();
 
 function dir(prefix: string): string {
   const d = tempDir(prefix);

@@ -4,23 +4,16 @@
  * CPU over; through the CLI the log names each worker's thread and CPUs, and a CPU that is
  * not online is said in one line by `config check` and at start.
  */
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { formatCpuList, usableCpus } from "../../../src/net/affinity.ts";
-import { patternBytes, removeDir, tempDir, writeFile } from "../../helpers/files.ts";
-import { download, peerTracker } from "../../helpers/raw.ts";
+import { patternBytes, tempDir, writeFile } from "../../helpers/files.ts";
+import { download } from "../../helpers/raw.ts";
 import { BUN, MAIN, run } from "../../helpers/run.ts";
-import { spawnServer, startServer, type InProcessServer } from "../../helpers/server.ts";
+import { spawnServer, startServer } from "../../helpers/server.ts";
+import { testScope } from "../../helpers/test-scope.ts";
 
-const peers = peerTracker();
-const servers: InProcessServer[] = [];
-const dirs: string[] = [];
-
-afterEach(async () => {
-  peers.closeAll();
-  for (const s of servers.splice(0)) await s.stop();
-  for (const d of dirs.splice(0)) removeDir(d);
-});
+const { peers, servers, dirs } = testScope();
 
 function dir(): string {
   const d = tempDir("tftpd-affinity-");

@@ -8,28 +8,21 @@
  *   says so.
  * Both served on the transfer workers' epoll loop, as by default.
  */
-import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { rrq, ack, peerTracker, download } from "../../helpers/raw.ts";
-import { patternBytes, removeDir, sha256, tempDir, writeFile } from "../../helpers/files.ts";
+import { rrq, ack, download } from "../../helpers/raw.ts";
+import { patternBytes, sha256, tempDir, writeFile } from "../../helpers/files.ts";
 import { evictFromPageCache, residentBytes } from "../../helpers/page-cache.ts";
-import { startServer, type InProcessServer } from "../../helpers/server.ts";
+import { startServer } from "../../helpers/server.ts";
 import { BUN, MAIN, run } from "../../helpers/run.ts";
 import { Opcode } from "../../../src/protocol/packet.ts";
+import { testScope } from "../../helpers/test-scope.ts";
 
 setDefaultTimeout(30_000);
 
 const MiB = 1 << 20;
-const peers = peerTracker();
-const servers: InProcessServer[] = [];
-const dirs: string[] = [];
-
-afterEach(async () => {
-  peers.closeAll();
-  for (const s of servers.splice(0)) await s.stop();
-  for (const d of dirs.splice(0)) removeDir(d);
-});
+const { peers, servers, dirs } = testScope();
 
 /** a root on the disk (not a tmpfs: its pages would be the file itself) holding a cold file */
 function coldFile(size: number, seed: number): { root: string; path: string; bytes: Uint8Array } {

@@ -27,7 +27,7 @@ async function serveWithWorkers(): Promise<InProcessServer> {
 test("every worker samples its own thread, named by its index and thread id", async () => {
   const { server } = await serveWithWorkers();
   const pool = server.workers!;
-  const report = await recordCpuProfile(0.5, [pool]);
+  const report = await recordCpuProfile(0.5, pool);
   expect(report.threads.map((t) => t.thread)).toEqual(["main", "worker-0", "worker-1"]);
   expect(report.threads[0]!.tid).toBe(process.pid);
   for (const [i, thread] of report.threads.slice(1).entries()) {
@@ -44,7 +44,7 @@ test("a worker that dies during the profile is reported as giving none, and the 
   const pool = server.workers!;
   const killedTid = pool.threads[0]!.tid;
   const started = performance.now();
-  const profiling = recordCpuProfile(1, [pool]);
+  const profiling = recordCpuProfile(1, pool);
   await Bun.sleep(200);
   pool.kill(0);
   const report = await profiling;
@@ -57,7 +57,7 @@ test("a worker that dies during the profile is reported as giving none, and the 
   expect(alive!.thread).toBe("worker-1");
   expect(alive!.profile).not.toBeNull();
   // the replacement serves on; the next profile has it in the dead one's place
-  const next = await recordCpuProfile(0.2, [pool]);
+  const next = await recordCpuProfile(0.2, pool);
   expect(next.threads[1]!.missing).toBeNull();
   expect(next.threads[1]!.tid).not.toBe(killedTid);
 });
