@@ -69,6 +69,22 @@ function libDepends(deb: string): string[] {
     .filter((name) => name.startsWith("lib"));
 }
 
+/** The newest .deb of `pkg` in `debDir`, fetched there with `apt-get download` when none is. */
+export function downloadDeb(pkg: string, debDir: string, say: Say): string {
+  mkdirSync(debDir, { recursive: true });
+  let deb = findDeb(debDir, pkg);
+  if (deb !== null) return deb;
+  say(`apt-get download ${pkg} → ${debDir}`);
+  let r = run(["apt-get", "download", pkg], debDir);
+  if (!r.ok) {
+    aptUpdate(say);
+    r = run(["apt-get", "download", pkg], debDir);
+  }
+  deb = findDeb(debDir, pkg);
+  if (!r.ok || deb === null) throw new Error(`apt-get download ${pkg} failed:\n${r.out.trim()}`);
+  return deb;
+}
+
 /** Fetches, unpacks and checks one peer; returns the binary to run. */
 export function ensurePeer(name: string, cacheDir: string, say: Say): PeerBinary {
   const spec = PEER_PACKAGES[name];
@@ -76,19 +92,7 @@ export function ensurePeer(name: string, cacheDir: string, say: Say): PeerBinary
   const debDir = join(cacheDir, "debs");
   const unpackDir = join(cacheDir, "peers", spec.pkg);
   const bin = join(unpackDir, spec.bin);
-  mkdirSync(debDir, { recursive: true });
-
-  let deb = findDeb(debDir, spec.pkg);
-  if (deb === null) {
-    say(`${name}: apt-get download ${spec.pkg} → ${debDir}`);
-    let r = run(["apt-get", "download", spec.pkg], debDir);
-    if (!r.ok) {
-      aptUpdate(say);
-      r = run(["apt-get", "download", spec.pkg], debDir);
-    }
-    deb = findDeb(debDir, spec.pkg);
-    if (!r.ok || deb === null) throw new Error(`apt-get download ${spec.pkg} failed:\n${r.out.trim()}`);
-  }
+  const deb = downloadDeb(spec.pkg, debDir, say);
   if (!existsSync(bin)) {
     say(`${name}: dpkg -x ${deb} ${unpackDir}`);
     mkdirSync(unpackDir, { recursive: true });

@@ -70,7 +70,7 @@ function deleteNamespace(name: string): void {
 /** Namespaces left by a test process that died before its cleanup (its pid is in the name). */
 function sweepAbandoned(): void {
   for (const line of ip(["netns", "list"]).out.split("\n")) {
-    const m = new RegExp(`^(${PREFIX}-(\\d+)-\\d+-[ab])\\b`).exec(line);
+    const m = new RegExp(`^(${PREFIX}-(\\d+)-\\d+-(?:a|b|lan))\\b`).exec(line);
     if (!m || Number(m[2]) === process.pid) continue;
     try {
       process.kill(Number(m[2]), 0);
@@ -109,8 +109,8 @@ function end(name: string, device: string, side: "a" | "b"): NetnsEnd {
   };
 }
 
-/** Creates the two namespaces and the link between them, up, with addresses (IPv6 without DAD). */
-export async function createVethPair(): Promise<VethPair> {
+/** Checks that namespaces can be made, deletes those of dead test processes, and hooks the exit cleanup once. */
+function prepare(): void {
   requireNetns();
   sweepAbandoned();
   if (!exitHooked) {
@@ -120,6 +120,11 @@ export async function createVethPair(): Promise<VethPair> {
       for (const name of [...live]) deleteNamespace(name);
     });
   }
+}
+
+/** Creates the two namespaces and the link between them, up, with addresses (IPv6 without DAD). */
+export async function createVethPair(): Promise<VethPair> {
+  prepare();
   const id = `${PREFIX}-${process.pid}-${counter++}`;
   const names = { a: `${id}-a`, b: `${id}-b` };
   try {
@@ -206,6 +211,8 @@ export interface NetnsProcess {
   waitForOutput(pattern: RegExp, timeoutMs?: number): Promise<string>;
   /** SIGTERM, SIGKILL after `graceMs`; resolves with the exit code (null when it was killed by a signal) */
   stop(graceMs?: number): Promise<number | null>;
+  /** resolves with the exit code once the program has exited by itself or been stopped */
+  readonly exited: Promise<number>;
 }
 
 /**
@@ -229,6 +236,7 @@ export function spawnIn(end: NetnsEnd, cmd: string[], opts: { lifetimeMs?: numbe
   const pumped = Promise.all([pump(proc.stdout), pump(proc.stderr)]);
   return {
     pid: proc.pid,
+    exited: proc.exited,
     output: () => text,
     waitForOutput(pattern, timeoutMs = 10_000) {
       return new Promise((resolve, reject) => {
@@ -269,4 +277,58 @@ export function spawnIn(end: NetnsEnd, cmd: string[], opts: { lifetimeMs?: numbe
       return proc.exitCode;
     },
   };
+}
+
+/**
+ * A boot LAN: one namespace holding a bridge with the boot server's addresses and a tap
+ * device on it, for a virtual machine's NIC (QEMU `-netdev tap,ifname=TAP`). What the machine
+ * sends reaches the bridge, as a booting host's frames reach a boot server on its segment.
+ */
+export interface BootLan {
+  /** the namespace, with the bridge as its device (`ipv4` is the bridge's first address) */
+  readonly host: NetnsEnd;
+  /** the tap device's name inside the namespace */
+  readonly tap: string;
+  remove(): Promise<void>;
+}
+
+/** Creates a boot LAN whose bridge holds `addresses` (`ADDR/PREFIX`, the first one primary). */
+export async function createBootLan(addresses: string[]): Promise<BootLan> {
+  prepare();
+  const name = `${PREFIX}-${process.pid}-${counter++}-lan`;
+  const added = ip(["netns", "add", name]);
+  if (!added.ok) throw new Error(`cannot create a network namespace (ip netns add ${name}): ${added.err}`);
+  live.add(name);
+  try {
+    mustIp(["-n", name, "link", "set", "lo", "up"]);
+    mustIp(["-n", name, "link", "add", "br0", "type", "bridge"]);
+    for (const cidr of addresses) mustIp(["-n", name, "addr", "add", cidr, "dev", "br0"]);
+    mustIp(["-n", name, "link", "set", "br0", "up"]);
+    mustIp(["-n", name, "tuntap", "add", "dev", "tap0", "mode", "tap"]);
+    mustIp(["-n", name, "link", "set", "tap0", "master", "br0"]);
+    mustIp(["-n", name, "link", "set", "tap0", "up"]);
+    const host: NetnsEnd = {
+      name,
+      device: "br0",
+      ipv4: addresses[0]!.split("/")[0]!,
+      ipv6: "",
+      mac: macOf(name, "br0"),
+      command: (cmd) => [IP, "netns", "exec", name, ...cmd],
+    };
+    return { host, tap: "tap0", remove: async () => deleteNamespace(name) };
+  } catch (error) {
+    deleteNamespace(name);
+    throw error;
+  }
+}
+
+/** Resolves once a UDP socket is bound to `address:port` inside `end`'s namespace (throws after `timeoutMs`). */
+export async function waitForUdpListener(end: NetnsEnd, address: string, port: number, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await run(end.command(["ss", "-Hnul", `sport = :${port}`]), { timeoutMs: 5_000 });
+    if (r.stdout.split("\n").some((line) => line.includes(`${address}:${port}`) || line.includes(`*:${port}`) || line.includes(`0.0.0.0:${port}`))) return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on UDP ${address}:${port} in ${end.name} after ${timeoutMs} ms: ${r.stdout}${r.stderr}`);
+    await Bun.sleep(50);
+  }
 }

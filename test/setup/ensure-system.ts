@@ -1,9 +1,11 @@
 /**
  * Runs before `bun test` (see package.json): the end-to-end tests drive real TFTP clients
  * from Debian. Installs what is missing when we are root and apt-get exists; otherwise says
- * the one command to run, and fails.
+ * the one command to run, and fails. The firmware boots (QEMU, OVMF, iPXE) are the exception:
+ * without root their tests are skipped and say so, unless `--firmware` asks for them.
  */
 import { existsSync } from "node:fs";
+import { FIRMWARE_PACKAGES } from "../helpers/firmware.ts";
 
 interface Requirement {
   /** a file the package provides */
@@ -12,6 +14,8 @@ interface Requirement {
   pkg: string;
   /** optional check that the right program is installed under that name */
   check?: () => boolean;
+  /** what the firmware boots alone need (test/e2e/firmware/) */
+  firmware?: boolean;
 }
 
 const isTftpHpa = (): boolean => {
@@ -38,17 +42,29 @@ const requirements: Requirement[] = [
   // the README's dnsmasq DHCP snippet and a DHCP client, run in network namespaces (test/e2e/net/dhcp-boot.test.ts)
   { path: "/usr/sbin/dnsmasq", pkg: "dnsmasq-base" },
   { path: "/bin/busybox", pkg: "busybox" },
+  // real BIOS and UEFI machines that network-boot through tftpd (test/helpers/firmware.ts)
+  ...FIRMWARE_PACKAGES.map((p) => ({ ...p, firmware: true })),
 ];
 
-const missing = requirements.filter((r) => !existsSync(r.path) || (r.check && !r.check())).map((r) => r.pkg);
+const firmwareRequired = process.argv.includes("--firmware");
+const missingOf = (list: Requirement[]): string[] => [
+  ...new Set(list.filter((r) => !existsSync(r.path) || (r.check && !r.check())).map((r) => r.pkg)),
+];
+const missing = missingOf(requirements);
 if (missing.length === 0) process.exit(0);
 
-const command = `apt-get install -y ${missing.join(" ")}`;
 const isRoot = process.getuid?.() === 0;
 if (!isRoot || !existsSync("/usr/bin/apt-get")) {
-  console.error(`tests need ${missing.join(", ")}: run  sudo ${command}`);
-  process.exit(1);
+  const command = `apt-get install -y ${missing.join(" ")}`;
+  const needed = missingOf(requirements.filter((r) => firmwareRequired || !r.firmware));
+  if (needed.length > 0) {
+    console.error(`tests need ${needed.join(", ")}: run  sudo ${command}`);
+    process.exit(1);
+  }
+  console.error(`the firmware boot tests will be skipped (no ${missing.join(", ")}): run  sudo ${command}`);
+  process.exit(0);
 }
+const command = `apt-get install -y ${missing.join(" ")}`;
 console.error(`installing ${missing.join(" ")} for the end-to-end tests`);
 const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
 for (const cmd of [["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", ...missing]]) {

@@ -14,6 +14,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { DNSMASQ, dnsmasqProcessOptions, readmeDnsmasqArgs } from "../../helpers/dnsmasq.ts";
 import { patternBytes, removeDir, sha256, tempDir, writeFile } from "../../helpers/files.ts";
 import { addIpv4, createVethPair, spawnIn, tftpdIn, type NetnsProcess, type VethPair } from "../../helpers/netns.ts";
 import { run } from "../../helpers/run.ts";
@@ -21,7 +22,6 @@ import { spawnServer, type ChildServer } from "../../helpers/server.ts";
 
 setDefaultTimeout(60_000);
 
-const README = new URL("../../../README.md", import.meta.url).pathname;
 /** where the README's snippets put tftpd (RFC 5737's documentation subnet, only inside the namespaces) */
 const TFTPD_HOST = "192.0.2.10";
 /**
@@ -32,7 +32,6 @@ const TFTPD_HOST = "192.0.2.10";
 const DHCP_HOST = "192.0.2.2";
 
 const SBIN_PATH = `${process.env.PATH ?? ""}:/usr/sbin:/sbin:/usr/bin:/bin`;
-const DNSMASQ = Bun.which("dnsmasq", { PATH: SBIN_PATH }) ?? "/usr/sbin/dnsmasq";
 const BUSYBOX = Bun.which("busybox", { PATH: SBIN_PATH }) ?? "/bin/busybox";
 const CURL = Bun.which("curl", { PATH: SBIN_PATH }) ?? "/usr/bin/curl";
 
@@ -42,37 +41,6 @@ const FILES: Record<string, Uint8Array> = {
   "snponly.efi": patternBytes(200_003, 2),
   "boot.ipxe": new TextEncoder().encode("#!ipxe\nkernel tftp://${next-server}/vmlinuz initrd=initrd.img\ninitrd tftp://${next-server}/initrd.img\nboot\n"),
 };
-
-/**
- * The fenced block right after `<!-- MARKER…-->` in README.md, evaluated by bash with
- * `dnsmasq` as a function that prints its arguments: the words dnsmasq gets, by the shell's own
- * rules (quotes, continuation lines, comments). The block must call dnsmasq exactly once.
- */
-async function readmeDnsmasqArgs(marker: string): Promise<string[]> {
-  const text = readFileSync(README, "utf8");
-  const at = text.indexOf(`<!-- ${marker}`);
-  if (at < 0) throw new Error(`README.md has no <!-- ${marker} --> marker`);
-  const block = /^```[a-z]*\n([\s\S]*?)^```$/m.exec(text.slice(at));
-  if (!block || text.slice(at, at + block.index).split("\n").length > 2) {
-    throw new Error(`README.md: no fenced block right after the ${marker} marker`);
-  }
-  const script = `set -euo pipefail\ncalls=0\ndnsmasq() { calls=$((calls + 1)); printf '%s\\0' "$@"; }\n${block[1]}\n[ "$calls" = 1 ] || { echo "the block calls dnsmasq $calls times" >&2; exit 3; }\n`;
-  const r = await run(["bash", "-c", script], { timeoutMs: 10_000 });
-  if (r.exitCode !== 0) throw new Error(`the ${marker} block does not run as a shell command (exit ${r.exitCode}): ${r.stderr}`);
-  return r.stdout.split("\0").slice(0, -1);
-}
-
-/** Options the test adds to the README's, about the process only: foreground, no host files, logging. */
-function processOptions(dir: string): string[] {
-  return [
-    "--keep-in-foreground",
-    "--conf-file=/dev/null", // the host's /etc/dnsmasq.conf, if any, stays out of it
-    `--dhcp-leasefile=${join(dir, "dnsmasq.leases")}`,
-    `--pid-file=${join(dir, "dnsmasq.pid")}`,
-    "--log-facility=-",
-    "--log-dhcp",
-  ];
-}
 
 interface Lease {
   ip: string;
@@ -111,7 +79,7 @@ beforeAll(async () => {
   // side a is the boot server: dnsmasq and tftpd on the README's address
   addIpv4(pair.a, `${DHCP_HOST}/24`);
   addIpv4(pair.a, `${TFTPD_HOST}/24`);
-  dnsmasq = spawnIn(pair.a, [DNSMASQ, ...processOptions(dir), ...fullArgs], { lifetimeMs: 180_000 });
+  dnsmasq = spawnIn(pair.a, [DNSMASQ, ...dnsmasqProcessOptions(dir), ...fullArgs], { lifetimeMs: 180_000 });
   await dnsmasq.waitForOutput(/DHCP, IP range 192\.0\.2\.100 -- 192\.0\.2\.199/, 10_000);
   tftpd = await spawnServer(["--root", root, "--listen", `${TFTPD_HOST}:69`, "--no-tune", "--log-level", "info"], { binary: tftpdIn(pair.a, dir) });
 });
@@ -166,7 +134,7 @@ test("the README's full-DHCP block: DHCP only (no DNS, no TFTP of dnsmasq's own)
   expect(boots.length).toBe(3);
   for (const boot of boots) expect(boot.endsWith(`,,${TFTPD_HOST}`)).toBe(true);
   // what the test adds is about the process, never about DHCP or boot files
-  for (const option of processOptions(dir)) expect(option).toMatch(/^--(keep-in-foreground|conf-file|dhcp-leasefile|pid-file|log-facility|log-dhcp)\b/);
+  for (const option of dnsmasqProcessOptions(dir)) expect(option).toMatch(/^--(keep-in-foreground|conf-file|dhcp-leasefile|pid-file|log-facility|log-dhcp)\b/);
 });
 
 describe("a lease from the README's dnsmasq names the boot file and tftpd as next-server, and tftpd serves that file", () => {

@@ -1,0 +1,104 @@
+/**
+ * Real firmware boots through the compiled tftpd: a BIOS machine (SeaBIOS and its NIC's iPXE
+ * ROM) and a UEFI machine (OVMF's own PXE, then iPXE's snponly.efi), each in QEMU on a boot
+ * LAN of its own with the README's dnsmasq as its DHCP server (test/helpers/firmware.ts).
+ * Each chains a second script, is refused a missing file, fetches a kernel, an initramfs and an
+ * 8 MiB initrd, and boots Linux, which prints the initrd's SHA-256: the bytes as the machine
+ * received them. The server's log must show every file whole.
+ *
+ * Needs root, iproute2 and QEMU, OVMF and iPXE from Debian; `npm run test:firmware` and
+ * .ci/run install them. Without them these tests are skipped, and say so.
+ */
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { compiledBinary } from "../../helpers/binary.ts";
+import {
+  bootMachine, logRecords, missingFirmwarePackages, prepareBootRoot, STEPS, tftpdServer,
+  type BootRoot, type BootRun, type Firmware,
+} from "../../helpers/firmware.ts";
+
+setDefaultTimeout(360_000);
+
+const missing = missingFirmwarePackages();
+if (missing.length > 0) {
+  console.warn(`firmware boot tests SKIPPED: this machine lacks ${missing.join(", ")} (run npm run test:firmware as root, or apt-get install -y ${missing.join(" ")})`);
+}
+
+/** Files every boot fetches, in the order it fetches them. */
+const SCRIPTED_FILES = ["boot.ipxe", "second.ipxe", "vmlinuz", "init.cpio", "big.cpio"];
+
+describe.skipIf(missing.length > 0)("real firmware boots through tftpd", () => {
+  let root: BootRoot;
+  let binary: string;
+
+  beforeAll(async () => {
+    binary = await compiledBinary();
+    root = await prepareBootRoot();
+  });
+  afterAll(() => root?.remove());
+
+  function report(run: BootRun): void {
+    const steps = run.steps.map((s) => `${s.step} ${s.seconds.toFixed(1)} s`).join(", ");
+    console.log(`${run.firmware} through ${run.server}: ${steps}; ${run.ending}`);
+  }
+
+  /** What every good boot shows: the steps in order, the checksum, each file whole in the log. */
+  function expectBooted(run: BootRun, firmware: Firmware): Record<string, unknown>[] {
+    const context = `serial console:\n${run.serial.slice(-4000)}\nserver:\n${run.serverOutput.slice(-4000)}`;
+    if (run.failures.length > 0 || run.steps.length !== STEPS.length) console.error(context);
+    expect(run.failures).toEqual([]);
+    expect(run.steps.map((s) => s.step)).toEqual([...STEPS]);
+    expect(run.linuxSha256).toBe(root.payloadSha256);
+    expect(run.ending).toBe("powered off");
+
+    const records = logRecords(run.serverOutput);
+    const transfers = records.filter((r) => r.msg === "transfer");
+    const files = firmware === "uefi" ? ["snponly.efi", ...SCRIPTED_FILES] : SCRIPTED_FILES;
+    for (const file of files) {
+      const whole = transfers.filter((r) => r.file === file && r.result === "ok");
+      expect({ file, served: whole.length }).toEqual({ file, served: 1 });
+      expect({ file, bytes: whole[0]!.bytes }).toEqual({ file, bytes: root.sizes[file]! });
+    }
+    // the first file a BIOS machine's ROM asks for is the script: it never loads an NBP
+    expect(transfers.some((r) => r.file === (firmware === "uefi" ? "undionly.kpxe" : "snponly.efi"))).toBe(false);
+    const refused = records.filter((r) => r.msg === "request refused" && r.file === "missing.bin");
+    expect(refused.length).toBe(1);
+    expect(refused[0]).toMatchObject({ kind: "not_found", code: 1 });
+    return transfers;
+  }
+
+  test("BIOS: the NIC's iPXE ROM runs boot.ipxe, chains a script, handles a missing file, fetches 8 MiB and boots Linux", async () => {
+    const run = await bootMachine({ firmware: "bios", server: tftpdServer(binary), root });
+    report(run);
+    const transfers = expectBooted(run, "bios");
+    // iPXE asks blksize and tsize, lock-step
+    const big = transfers.find((r) => r.file === "big.cpio" && r.result === "ok")!;
+    expect(big).toMatchObject({ windowsize: 1, tsize: root.sizes["big.cpio"] });
+    expect(big.blksize as number).toBeGreaterThan(512);
+  });
+
+  test("UEFI: OVMF's PXE probes the size (ERROR 8), loads snponly.efi with windowsize 4, and iPXE boots Linux from it", async () => {
+    const run = await bootMachine({ firmware: "uefi", server: tftpdServer(binary), root });
+    report(run);
+    const transfers = expectBooted(run, "uefi");
+    const nbp = transfers.filter((r) => r.file === "snponly.efi");
+    // EDK2 first asks only for the size, and ends that transfer itself with ERROR 8 ...
+    const probe = nbp.find((r) => r.result !== "ok");
+    expect(probe).toMatchObject({ tsize: root.sizes["snponly.efi"], error: { code: 8, from: "client" } });
+    // ... then loads the file windowed
+    expect(nbp.find((r) => r.result === "ok")).toMatchObject({ windowsize: 4, bytes: root.sizes["snponly.efi"] });
+  });
+
+  test("BIOS through a per-network rule that refuses blksize (a ROM that breaks on it): the boot works on 512-byte blocks", async () => {
+    const config = { tftp: { rules: [{ clients: "192.0.2.0/24", refuse_options: ["blksize"] }] } };
+    const run = await bootMachine({ firmware: "bios", server: tftpdServer(binary, config), root });
+    report(run);
+    const transfers = expectBooted(run, "bios");
+    const ok = transfers.filter((r) => r.result === "ok");
+    expect(ok.length).toBe(SCRIPTED_FILES.length);
+    for (const r of ok) {
+      expect({ file: r.file, blksize: r.blksize }).toEqual({ file: r.file, blksize: 512 });
+      // the ROM asked for it; the rule left it out of the answer
+      expect(r.options as string[]).toContain("blksize");
+    }
+  });
+});
