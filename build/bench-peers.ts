@@ -454,7 +454,8 @@ function configKnownTo(base: string[]): { config: BenchConfig; dropped: string[]
   try {
     for (let attempt = 0; attempt < 8; attempt++) {
       const file = join(dir, "check.json");
-      writeFileSync(file, JSON.stringify({ limits }));
+      // (a root that exists: `config check` refuses a config whose root it could not serve)
+      writeFileSync(file, JSON.stringify({ tftp: { root: dir }, limits }));
       const checked = spawnText([...base, "config", "check", file]);
       if (checked.ok) break;
       const unknown = [...checked.out.matchAll(/limits\.([a-z_]+): unknown key/g)].map((m) => m[1]!).filter((k) => k in limits);

@@ -5,7 +5,7 @@
  */
 import { defineCommand } from "citty";
 import { loadConfig } from "../config/load.ts";
-import { serverOptions, unhonouredSettings } from "../config/server-options.ts";
+import { httpOptions, serverOptions, unhonouredSettings } from "../config/server-options.ts";
 import { readTestSwitches, type TestSwitches } from "../config/test-switches.ts";
 import { joinFleet } from "../cluster/node.ts";
 import { TransferTally } from "../cluster/heartbeat.ts";
@@ -14,12 +14,13 @@ import { expandListenAddresses } from "../net/interfaces.ts";
 import { systemAccounts } from "../ops/accounts.ts";
 import type { ServerMetrics } from "../ops/metrics.ts";
 import { startNodeEndpoint, type NodeEndpoint } from "../ops/node-endpoint.ts";
-import { logReady, logTransferEngine, logUploadSweep, serverEvents } from "../ops/server-log.ts";
+import { httpEvents, logReady, logTransferEngine, logUploadSweep, serverEvents } from "../ops/server-log.ts";
 import { enterPlan, planPrivileges } from "../ops/privilege.ts";
 import { RunningConfig } from "../ops/config-reload.ts";
 import { autoTune } from "../ops/tune.ts";
 import { LossPlan } from "../server/loss.ts";
 import { TftpServer } from "../server/server.ts";
+import { HttpFrontend } from "../http/frontend.ts";
 import { FileCache } from "../storage/cache.ts";
 import { loadRemapFile, type RemapRule } from "../storage/remap.ts";
 import { sweepAbandonedUploads } from "../storage/upload-sweep.ts";
@@ -47,6 +48,7 @@ const args = {
   },
   user: { type: "string", description: "Started as root: run as USER[:GROUP] once bound (default tftpd, else nobody; root keeps root)", valueHint: "USER[:GROUP]" },
   "metrics-listen": { type: "string", description: "ADDR:PORT of the metrics and health endpoint (default 127.0.0.1:9469)", valueHint: "ADDR:PORT" },
+  "http-listen": { type: "string", description: "Serve the root over HTTP too, on ADDR:PORT; repeatable (config http.listen)", valueHint: "ADDR:PORT" },
 } as const;
 
 /** Flags → config key paths; values are read like TFTPD_* env values ("8192" is a number). */
@@ -89,6 +91,14 @@ function flagOverrides(
   if (listen.length > 0) {
     overrides["tftp.listen"] = listen;
     overrideSources["tftp.listen"] = "--listen";
+  }
+  const httpListen = repeatedFlag(rawArgs, "http-listen");
+  if (httpListen.length > 0) {
+    // naming an HTTP address means serving HTTP there
+    overrides["http.listen"] = httpListen;
+    overrides["http.enabled"] = true;
+    overrideSources["http.listen"] = "--http-listen";
+    overrideSources["http.enabled"] = "--http-listen";
   }
   return { overrides, overrideSources };
 }
@@ -184,6 +194,14 @@ export default defineCommand({
       metrics = ops.metrics;
       log.info({ address: ops.address }, "metrics listening");
     }
+    let http: HttpFrontend | null = null;
+    if (config.http.enabled) {
+      try {
+        http = await HttpFrontend.start(server, httpOptions(config), httpEvents({ log, metrics: () => metrics }));
+      } catch (error) {
+        fail("serve", (error as Error).message);
+      }
+    }
     // Everything is bound and open: from here on the server is the user it serves as.
     const roots = [{ key: "tftp.root", path: config.tftp.root }, ...config.tftp.rules.flatMap((r, i) => (r.root ? [{ key: `tftp.rules[${i}].root`, path: r.root }] : []))];
     const lost = enterPlan(privileges, { log, roots, uploads: config.tftp.write !== "off" });
@@ -220,6 +238,7 @@ export default defineCommand({
         if (cut > 0) log.warn({ cut }, "transfers still running at the end of the grace period were ended");
       }
       ops?.stop(true);
+      await http?.stop();
       await fleet.stop();
       flushLogs();
       process.exit(0);

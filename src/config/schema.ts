@@ -335,6 +335,77 @@ const tftp = section({
     ),
 });
 
+/** Content types by file extension (lower case, with the dot), before http.mime's own. */
+export const DEFAULT_MIME: Readonly<Record<string, string>> = {
+  ".efi": "application/efi",
+  ".ipxe": "text/plain; charset=utf-8",
+  ".cfg": "text/plain; charset=utf-8",
+  ".txt": "text/plain; charset=utf-8",
+  ".json": "application/json",
+  ".iso": "application/x-iso9660-image",
+  ".img": "application/octet-stream",
+};
+
+const mimeType = parsedBy<string>('"type/subtype"', (v) =>
+  typeof v === "string" && /^[\w.+-]+\/[\w.+-]+(\s*;.*)?$/.test(v) ? { ok: true, value: v } : { ok: false, error: `expected a content type such as "application/efi", got ${describeValue(v)}` },
+);
+
+const http = section({
+  enabled: bool()
+    .default(false)
+    .describe("Serve the same files over HTTP (GET and HEAD), through the same remap rules, roots, per-network rules, allow/deny, limits and cache as TFTP"),
+  listen: listOf(listenAddress(), '"ADDR:PORT" addresses', { min: 1, unique: true })
+    .default(["0.0.0.0:80", "[::]:80"])
+    .describe('TCP addresses of the HTTP listener; IPv6 in brackets ("[::1]:8080")'),
+  tls: section({
+    listen: listOf(listenAddress(), '"ADDR:PORT" addresses', { unique: true })
+      .default([])
+      .describe("TCP addresses of the HTTPS listener (none: no HTTPS); needs http.tls.cert and http.tls.key"),
+    cert: filePath().nullable().default(null).describe("PEM certificate chain for HTTPS. Relative paths resolve against the config file's directory."),
+    key: filePath().nullable().default(null).describe("PEM private key for HTTPS. Relative paths resolve against the config file's directory."),
+  }),
+  retry_after: intIn(1, 3600)
+    .default(5)
+    .describe("Seconds a client turned away over a limit is told to wait (Retry-After of the 503, which iPXE honours)"),
+  mime: z
+    .record(z.string().regex(/^\.[a-z0-9._+-]+$/, { error: 'expected a file extension in lower case with its dot, such as ".efi"' }), mimeType)
+    .default({})
+    .describe('Content types by file extension, over the built-in ones (".efi" application/efi, ".ipxe" text/plain, ...); anything else is application/octet-stream'),
+});
+
+const generatedFile = labelled(
+  z.strictObject(
+    {
+      path: nonEmptyString().refine((v) => /\{(mac|ip)\}/.test(v) && !v.startsWith("/") && !v.split("/").includes(".."), {
+        error: 'expected a path below the root with {mac} or {ip} in it, such as "ipxe/{mac}.ipxe"',
+      }),
+      template: nonEmptyString("a template name below generate.templates"),
+    },
+    { error: (iss: Issue) => `expected {"path": "...{mac}...", "template": "NAME"}, got ${describeValue(iss.input)}` },
+  ),
+  '{"path", "template"}',
+);
+
+const generate = section({
+  inventory: filePath()
+    .nullable()
+    .default(null)
+    .describe('JSON inventory of the machines generated files are made for: {"profiles": {NAME: {"kernel", "initrds", "args", "vars"}}, "machines": [{"match": {"mac"|"ip"|"cidr"|"uuid"|"serial"|"arch"|"labels"}, "profile", "vars"}]}; the most specific match wins. Relative paths resolve against the config file\'s directory.'),
+  templates: filePath()
+    .nullable()
+    .default(null)
+    .describe("Folder of the LiquidJS templates generated files are rendered from. Relative paths resolve against the config file's directory."),
+  files: listOf(generatedFile, "generated files", { unique: true })
+    .default([])
+    .describe('Files made per request, for TFTP and HTTP clients alike: {"path": "ipxe/{mac}.ipxe", "template": "machine.ipxe.liquid"}; {mac} and {ip} in the path name the machine. A path that names no machine of the inventory is looked for in the root.'),
+  http_base: z
+    .string()
+    .regex(/^https?:\/\/[^/\s]+$/, { error: 'expected "http://HOST[:PORT]" or "https://HOST[:PORT]"' })
+    .nullable()
+    .default(null)
+    .describe("server.http_base in templates for TFTP requests (an HTTP request names its own from its Host header), e.g. \"http://192.0.2.10\""),
+});
+
 const metrics = section({
   enabled: bool().default(true).describe(`Serve Prometheus metrics over HTTP`),
   listen: listenAddress().default("127.0.0.1:9469").describe(`TCP address of the metrics / control endpoint`),
@@ -512,6 +583,8 @@ const batch = section({
 
 const rootShape = {
   tftp,
+  http,
+  generate,
   metrics,
   log,
   tune,
@@ -531,6 +604,13 @@ export const configSchema = z
     error: (iss: Issue) => `the config must be a JSON object, got ${describeValue(iss.input)}`,
   })
   .superRefine((c, ctx) => {
+    if (c.http.tls.listen.length > 0) {
+      for (const key of ["cert", "key"] as const) {
+        if (c.http.tls[key] === null) {
+          ctx.addIssue({ code: "custom", path: ["http", "tls", key], message: `required when http.tls.listen is set (HTTPS needs a certificate and its key)` });
+        }
+      }
+    }
     if (c.tftp.window_bytes_max < c.tftp.blksize_max) {
       ctx.addIssue({
         code: "custom",

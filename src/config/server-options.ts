@@ -8,7 +8,9 @@ import { takesDirectIo } from "../storage/disk-io.ts";
 import { parseListenAddress } from "../net/address.ts";
 import type { NetworkRule } from "../server/pipeline/rules.ts";
 import type { ServerOptions } from "../server/server.ts";
-import { defaultConfig, type Config } from "./schema.ts";
+import type { HttpOptions } from "../http/frontend.ts";
+import type { GenerateSettings } from "../generate/generated-files.ts";
+import { DEFAULT_MIME, defaultConfig, type Config } from "./schema.ts";
 
 /**
  * "auto": one transfer engine per CPU but one. The main thread (listeners, admission, the
@@ -73,6 +75,7 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
     allow: tftp.allow,
     deny: tftp.deny,
     uniqueRoot: tftp.unique_root,
+    generate: generateSettings(config),
     rules: networkRules(config),
     cacheBytes: config.cache.enabled ? config.performance.memory.cache_size : 0,
     transferSockets: tftp.transfer_sockets,
@@ -136,4 +139,21 @@ export function unhonouredSettings(config: Config): string[] {
     );
   }
   return lines;
+}
+
+/** The HTTP front end's settings (http.*): the built-in content types under the config's own. */
+export function httpOptions(config: Config): HttpOptions {
+  const h = config.http;
+  return {
+    listen: h.listen,
+    tls: { listen: h.tls.listen, cert: h.tls.cert, key: h.tls.key },
+    retryAfterSeconds: h.retry_after,
+    mime: { ...DEFAULT_MIME, ...h.mime },
+  };
+}
+
+/** The generated files' settings (generate.*). */
+export function generateSettings(config: Config): GenerateSettings {
+  const g = config.generate;
+  return { inventory: g.inventory, templates: g.templates, files: g.files, httpBase: g.http_base };
 }

@@ -4,13 +4,14 @@
  * the whole effective config (defaults < file < pushed < TFTPD_* env < flags); what differs
  * from the running one and can change while running is applied at once:
  * `limits.*` but `limits.scope` (admission of new requests), `tftp.remap` (the rules; on SIGHUP
- * the rule file is read again even when its name is the same) and `log.level`. Every other changed key is logged as
+ * the rule file is read again even when its name is the same), `generate.*` (the inventory and
+ * templates are read again on SIGHUP too) and `log.level`. Every other changed key is logged as
  * needing a restart and left as it is. A config that cannot be used (invalid, a remap file
  * that does not parse) changes nothing and says why in one line per error.
  */
 import type { AppliedSetting, LoadResult } from "../config/load.ts";
 import { KEYS_BY_PATH, type Config } from "../config/schema.ts";
-import { admissionLimits } from "../config/server-options.ts";
+import { admissionLimits, generateSettings } from "../config/server-options.ts";
 import type { Logger } from "../log.ts";
 import type { TftpServer } from "../server/server.ts";
 import { loadRemapFile, parseRemapRules, type RemapRule } from "../storage/remap.ts";
@@ -50,7 +51,7 @@ export function diffConfig(a: Config, b: Config): ConfigChange[] {
 /** Whether a running node applies a change of `key` without a restart. */
 export function isReloadable(key: string): boolean {
   // limits.scope decides whether the node needs Redis at all: a restart
-  return key === "log.level" || key === "tftp.remap" || (key.startsWith("limits.") && key !== "limits.scope");
+  return key === "log.level" || key === "tftp.remap" || key.startsWith("generate.") || (key.startsWith("limits.") && key !== "limits.scope");
 }
 
 const SECRET_KEYS = new Set(["cache.redis.password"]);
@@ -125,7 +126,7 @@ export class RunningConfig {
   constructor(
     config: Config,
     private readonly log: Logger,
-    private readonly server: Pick<TftpServer, "reconfigure">,
+    private readonly server: Pick<TftpServer, "reconfigure" | "reloadGenerated">,
     /** where the start-up rules came from when not from the file `config` names (a pushed text) */
     startedWith: RulesOrigin | null = null,
   ) {
@@ -166,6 +167,17 @@ export class RunningConfig {
     if (remapChanged && !changes.some((c) => c.key === "tftp.remap")) {
       // same rule file name, new rules (or read again)
       changes.push({ key: "tftp.remap", from: this.running.tftp.remap, to: next.tftp.remap });
+    }
+    // the inventory and the templates are read again on SIGHUP (the same names may hold new
+    // machines), and whenever a generate.* setting changed; a set that does not load changes nothing
+    const regenerate = (from.rereadRules === true && next.generate.files.length > 0) || changes.some((c) => c.key.startsWith("generate."));
+    if (regenerate) {
+      try {
+        this.server.reloadGenerated(generateSettings(next));
+      } catch (error) {
+        return reject([(error as Error).message]);
+      }
+      if (!changes.some((c) => c.key.startsWith("generate."))) changes.push({ key: "generate.inventory", from: next.generate.inventory, to: next.generate.inventory });
     }
     const reload = changes.filter((c) => isReloadable(c.key));
     const restart = changes.filter((c) => !isReloadable(c.key));

@@ -6,6 +6,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import client from "prom-client";
+import type { HttpRecord } from "../http/frontend.ts";
 import type { CacheStats } from "../storage/cache.ts";
 import type { TransferRecord } from "../server/server.ts";
 import { REFUSAL_KINDS, type RefusalRecord } from "../server/refusal-record.ts";
@@ -164,6 +165,10 @@ export class ServerMetrics {
   private readonly strays: client.Counter;
   private readonly garbageUnanswered: client.Counter;
   private readonly workerRestarts: client.Counter;
+  private readonly httpRequests: client.Counter;
+  private readonly httpSent: client.Counter;
+  private readonly httpFirstByte: client.Histogram;
+  private readonly renders: client.Counter;
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
@@ -174,6 +179,25 @@ export class ServerMetrics {
       registers,
     });
     this.sent = new client.Counter({ name: "tftpd_sent_bytes_total", help: "File bytes delivered to clients (acknowledged)", registers });
+    this.httpRequests = new client.Counter({
+      name: "tftpd_http_requests_total",
+      help: "HTTP requests for files that reached the pipeline, by method, status and result (ok, aborted by the client, failed mid-body)",
+      labelNames: ["method", "status", "result"],
+      registers,
+    });
+    this.renders = new client.Counter({
+      name: "tftpd_generated_renders_total",
+      help: "Generated files rendered, by template and result (ok, error: the request was refused)",
+      labelNames: ["template", "result"],
+      registers,
+    });
+    this.httpSent = new client.Counter({ name: "tftpd_http_sent_bytes_total", help: "File bytes handed to HTTP clients", registers });
+    this.httpFirstByte = new client.Histogram({
+      name: "tftpd_http_first_byte_seconds",
+      help: "HTTP request in to response headers out (time to first byte)",
+      buckets: FIRST_RESPONSE_BUCKETS,
+      registers,
+    });
     this.received = new client.Counter({ name: "tftpd_received_bytes_total", help: "File bytes received in uploads", registers });
     this.firstResponse = new client.Histogram({
       name: "tftpd_first_response_seconds",
@@ -372,6 +396,16 @@ export class ServerMetrics {
     if (record.kind !== "limit") return;
     const limit = /^busy: (\S+) transfer limit/.exec(record.reason)?.[1];
     if (limit) this.refusals.inc({ limit });
+  }
+
+  rendered(template: string, ok: boolean): void {
+    this.renders.inc({ template, result: ok ? "ok" : "error" });
+  }
+
+  httpServed(record: HttpRecord): void {
+    this.httpRequests.inc({ method: record.method, status: String(record.status), result: record.result });
+    this.httpSent.inc(record.bytes);
+    this.httpFirstByte.observe(record.firstByteMs / 1000);
   }
 
   text(): Promise<string> {

@@ -12,6 +12,7 @@ import { wasCapped } from "../net/sockopt.ts";
 import type { ServerEvents, TftpServer, TransferRecord } from "../server/server.ts";
 import type { IoLoopKind } from "../server/worker-protocol.ts";
 import type { SweepReport } from "../storage/upload-sweep.ts";
+import type { HttpEvents } from "../http/frontend.ts";
 import type { ServerMetrics } from "./metrics.ts";
 
 export interface ServerLogOptions {
@@ -66,8 +67,11 @@ export function serverEvents({ log, metrics, tally, receiveBufferBytes }: Server
     // usually one missing file away, and this is where it shows.
     refused: (r) => {
       metrics()?.requestRefused(r);
-      log.info({ client: r.client, op: r.op, file: r.file, remapped: r.remapped, reason: r.reason, kind: r.kind, code: r.code }, "request refused");
+      const http = r.protocol ? { protocol: r.protocol, status: r.status } : {};
+      log.info({ client: r.client, op: r.op, file: r.file, remapped: r.remapped, reason: r.reason, kind: r.kind, code: r.code, ...http }, "request refused");
     },
+    // (a template that failed is in the refusal's reason: one line, naming template and line)
+    rendered: (template, ok) => metrics()?.rendered(template, ok),
     // no request (no file to name): counted, and logged at debug only
     garbageRefused: (peer, reason, code) => {
       metrics()?.garbageRefused(code);
@@ -164,4 +168,32 @@ function logFileIoPool(log: Logger, server: TftpServer): void {
   const pool = server.fileIoPool;
   if (pool) log.info({ threads: pool.threadIds.length, tids: pool.threadIds }, "file I/O pool started");
   else log.info({ threads: 0 }, "the file cache's copies are made on the main thread (io.async_io false)");
+}
+
+/** The HTTP front end's lines: its listeners, and one record per request as a TFTP transfer has. */
+export function httpEvents({ log, metrics }: Pick<ServerLogOptions, "log" | "metrics">): HttpEvents {
+  return {
+    listening: ({ host, port }, tls) => log.info({ address: formatHostPort(host, port), tls }, "http listening"),
+    served: (r) => {
+      metrics()?.httpServed(r);
+      log[r.result === "ok" ? "info" : "warn"](
+        {
+          protocol: "http",
+          client: r.client,
+          file: r.file,
+          method: r.method,
+          status: r.status,
+          bytes: r.bytes,
+          size: r.size,
+          range: r.range,
+          user_agent: r.userAgent,
+          duration_ms: Math.round(r.durationMs * 100) / 100,
+          first_response_ms: Math.round(r.firstByteMs * 1000) / 1000,
+          result: r.result,
+          ...(r.error ? { error: r.error } : {}),
+        },
+        "transfer",
+      );
+    },
+  };
 }

@@ -26,6 +26,10 @@ export interface RefusalRecord {
   reason: string;
   /** the ERROR code sent; null when the request was dropped unanswered */
   code: number | null;
+  /** absent for TFTP */
+  protocol?: "http";
+  /** the HTTP status answered */
+  status?: number;
 }
 
 /** The kind a refusal's ERROR code stands for, when the refusing step names none of its own. */

@@ -19,6 +19,7 @@ import type { FileSource } from "../storage/source.ts";
 import type { UploadPolicy } from "../storage/upload.ts";
 import { formatHostPort, type HostPort, type PortRange } from "../net/address.ts";
 import { kernelNeighbours, type Neighbours } from "../net/neighbours.ts";
+import { isWildcard } from "../net/interfaces.ts";
 import type { AdmissionLimits, SharedAdmission } from "./admission.ts";
 import { LoadBalancer, type Algorithm, type HashKey } from "./balance.ts";
 import { TransferEngine, unverifiedBudget, type EngineOptions, type RepeatVerdict, type TransferJob } from "./engine.ts";
@@ -33,11 +34,14 @@ import { refusalKindOf, type RefusalKind, type RefusalRecord } from "./refusal-r
 import { RequestRate, type RateLimitSummary, type RequestRateLimits } from "./request-rate.ts";
 import { Admit } from "./pipeline/admit.ts";
 import { ClientDirectories, type UniqueRoot } from "./pipeline/confine.ts";
-import { RequestPipeline, type Accepted } from "./pipeline/pipeline.ts";
+import { NO_CONTEXT, RequestPipeline, type Accepted, type ReadAccepted, type RefusedRequest, type RequestContext } from "./pipeline/pipeline.ts";
 import { nameOf } from "./pipeline/name.ts";
-import type { Asked } from "./pipeline/request.ts";
+import { refused, type Asked } from "./pipeline/request.ts";
 import { NetworkRules, type NetworkRule, type RootPlace } from "./pipeline/rules.ts";
 import { slotShare, type SlotPoolSettings, type SlotStats } from "./transfer-slots.ts";
+import { GeneratedFiles, generatedLink, type GenerateSettings } from "../generate/generated-files.ts";
+
+const NO_GENERATED_FILES: GenerateSettings = { inventory: null, templates: null, files: [] };
 
 export interface ServerOptions {
   root: string;
@@ -108,6 +112,8 @@ export interface ServerOptions {
   workerThrowAfterJobs?: number | null;
   /** serve a client from ROOT/<its IP or MAC>/ when that directory exists (tftp.unique_root) */
   uniqueRoot?: UniqueRoot;
+  /** generated files (generate.*): none when absent */
+  generate?: GenerateSettings;
   /** per-network rules, first match wins (tftp.rules) */
   rules?: NetworkRule[];
 }
@@ -157,6 +163,8 @@ export interface ServerEvents {
   sharedAdmissionDown?(error: string): void;
   /** the shared admission answers again after an outage */
   sharedAdmissionUp?(): void;
+  /** a generated file was rendered (ok) or its template failed */
+  rendered?(template: string, ok: boolean): void;
   /** a neighbour table could not be read (tftp.unique_root "mac"): once per run of failures */
   neighboursUnreadable?(family: 4 | 6, error: string): void;
   /** windows cannot leave as UDP GSO sends here (network.zero_copy): they leave block by block */
@@ -219,6 +227,9 @@ export class TftpServer {
   private unfollowCache: (() => void) | null = null;
   /** made at start(), once the roots are known to exist */
   private pipeline: RequestPipeline | null = null;
+  /** the generated files in force: loaded at start, replaced by a reload */
+  private generated: GeneratedFiles | null = null;
+  private neighbourTables: Neighbours | null = null;
   readonly cache: FileCache;
 
   constructor(
@@ -330,7 +341,9 @@ export class TftpServer {
   private buildPipeline(): RequestPipeline {
     const o = this.options;
     const rootReal = realRoot(o.root);
-    const root: RootPlace = { real: rootReal, lookup: rootLookup(rootReal, this.cache, this.deps.metadata ?? null, this.deps.remoteFiles ?? null) };
+    this.generated = GeneratedFiles.load(o.generate ?? NO_GENERATED_FILES);
+    const generated = generatedLink(() => this.generated, (template, ok) => this.events.rendered?.(template, ok));
+    const root: RootPlace = { real: rootReal, lookup: rootLookup(rootReal, this.cache, this.deps.metadata ?? null, this.deps.remoteFiles ?? null, generated) };
     const rules = o.rules ?? [];
     const ruleRoots = rules.map((rule, i): RootPlace | null => {
       if (rule.root === null) return null;
@@ -344,7 +357,7 @@ export class TftpServer {
     });
     const policies = new NetworkRules(rules, ruleRoots, { root, blksizeMax: o.blksizeMax, windowsizeMax: o.windowsizeMax, refusedOptions: null }, o);
     const uniqueRoot = o.uniqueRoot ?? "off";
-    const directories = uniqueRoot === "off" ? null : new ClientDirectories(uniqueRoot, this.deps.neighbours ?? this.kernelNeighbours());
+    const directories = uniqueRoot === "off" ? null : new ClientDirectories(uniqueRoot, this.neighbours());
     return new RequestPipeline(
       {
         rules: policies,
@@ -352,13 +365,25 @@ export class TftpServer {
         admit: this.admit,
         limits: { windowBytesMax: o.windowBytesMax, uploadMax: o.uploadMax },
         write: { policy: o.write, uploadMax: o.uploadMax },
+        macOf: (address) => this.neighbours().macOf(address),
       },
       o.remap,
     );
   }
 
-  private kernelNeighbours(): Neighbours {
-    return kernelNeighbours({ onReadError: (family, error) => this.events.neighboursUnreadable?.(family, error instanceof Error ? error.message : String(error)) });
+  /** Where clients' MACs are found: the kernel's neighbour tables, unless the deps say otherwise. Made on first use. */
+  private neighbours(): Neighbours {
+    this.neighbourTables ??=
+      this.deps.neighbours ?? kernelNeighbours({ onReadError: (family, error) => this.events.neighboursUnreadable?.(family, error instanceof Error ? error.message : String(error)) });
+    return this.neighbourTables;
+  }
+
+  /**
+   * Reads the generated files' inventory and templates again (SIGHUP, a pushed config): the new
+   * set serves the next request; one that does not load changes nothing and throws why.
+   */
+  reloadGenerated(settings: GenerateSettings): void {
+    this.generated = GeneratedFiles.load(settings);
   }
 
   /**
@@ -451,13 +476,49 @@ export class TftpServer {
     else if (this.pool) void this.pool.requestAgain(running.engine, running.id, same).then(decide);
   }
 
+  /**
+   * A file asked for over HTTP: the road of a TFTP read (the request rate, per-network rules,
+   * remap, confinement, admission, lookup) for an octet read without options. The caller sends
+   * the source's bytes, then closes it and calls `release`. A refusal is recorded here, as a
+   * TFTP one is, with the HTTP status the caller answers.
+   */
+  async openForHttp(
+    name: string,
+    client: HostPort,
+    statusOf: (refusal: RefusedRequest) => number,
+    context: RequestContext = NO_CONTEXT,
+  ): Promise<ReadAccepted | RefusedRequest> {
+    const request: RequestPacket = { op: Opcode.RRQ, filename: name, mode: "octet", options: new Map() };
+    const pipeline = this.pipeline;
+    const asked = nameOf(request);
+    const refuse = (outcome: RefusedRequest): RefusedRequest => {
+      this.events.refused?.({
+        client: formatHostPort(client.host, client.port), op: "read", file: outcome.asked.file, remapped: outcome.asked.remapped,
+        kind: outcome.kind, reason: outcome.message, code: outcome.code, protocol: "http", status: statusOf(outcome),
+      });
+      return outcome;
+    };
+    if (!pipeline || this.stopped) return refuse({ ...refused(ErrorCode.NOT_DEFINED, "server shutting down"), asked });
+    if (!this.requestRate.allow(client.host, performance.now())) return { ...refused(null, "over the request rate of its address", "limit"), asked };
+    const outcome = await pipeline.run(request, client.host, context);
+    if (!outcome.ok) return refuse(outcome);
+    if (outcome.op !== "read") throw new Error("an HTTP read came out of the pipeline as a write");
+    return outcome;
+  }
+
+  /** What a TFTP request carries beside its name: no parameters, and the address it came to. */
+  private tftpContext(listener: Listener): RequestContext {
+    const here = isWildcard(listener.address) ? null : `tftp://${formatHostPort(listener.address, listener.port).replace(/:69$/, "")}`;
+    return { params: {}, server: { tftp_base: here, http_base: this.options.generate?.httpBase ?? null } };
+  }
+
   /** A new request: down the pipeline, then dispatched, or refused. */
   private async take(listener: Listener, packet: RequestPacket, peer: Peer, key: string, receivedAtEpoch: number, request: Uint8Array): Promise<void> {
     const pipeline = this.pipeline;
     if (!pipeline) return;
     let outcome: Awaited<ReturnType<RequestPipeline["run"]>>;
     try {
-      outcome = await pipeline.run(packet, peer.address);
+      outcome = await pipeline.run(packet, peer.address, this.tftpContext(listener));
     } catch (error) {
       this.active.delete(key);
       this.refuse(listener, peer, nameOf(packet), ErrorCode.NOT_DEFINED, `server error: ${(error as Error).message}`);

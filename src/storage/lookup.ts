@@ -1,8 +1,8 @@
 /**
  * Where the bytes of a file to read come from: a chain of links asked in order, each answering
  * with a source, a refusal, or "not mine" (null: ask the next). The server's chain is
- * metadata cache → local root (through the file cache) → fleet; a root of a per-network rule
- * has the local link alone. What all links said no to is not found.
+ * generated files → metadata cache → local root (through the file cache) → fleet; a root of a
+ * per-network rule has the local link alone. What all links said no to is not found.
  */
 import type { FileCache } from "./cache.ts";
 import { cachePath, openCached } from "./local.ts";
@@ -14,6 +14,18 @@ import type { FileIdentity, FileSource } from "./source.ts";
 
 export type Opened = { ok: true; source: FileSource } | Refusal;
 
+/** Who asks, for files made per request (generated files): the pipeline says. */
+export interface Requester {
+  /** the client's address */
+  readonly ip: string;
+  /** its MAC from the kernel's neighbour tables, when it is on a local link */
+  mac(): Promise<string | null>;
+  /** what the request carries beside the name (an HTTP query string: iPXE's uuid, serial, arch) */
+  readonly params: Readonly<Record<string, string>>;
+  /** where this server is, as the client reached it (for URLs in generated files) */
+  readonly server: { readonly http_base: string | null; readonly tftp_base: string | null };
+}
+
 /** One file asked for, and what the links learnt of it on the way. */
 export interface Wanted {
   /** normalised and confined, below the chain's root */
@@ -22,6 +34,8 @@ export interface Wanted {
   readonly whole: boolean;
   /** what the metadata cache knows of the path (set by its link, read by the local one) */
   facts: PathFacts | null;
+  /** who asks, when the caller knows (generated files need it) */
+  readonly requester?: Requester;
 }
 
 export interface LookupLink {
@@ -31,8 +45,8 @@ export interface LookupLink {
 export class FileLookup {
   constructor(private readonly links: readonly LookupLink[]) {}
 
-  async open(relative: string, whole: boolean): Promise<Opened> {
-    const wanted: Wanted = { relative, whole, facts: null };
+  async open(relative: string, whole: boolean, requester?: Requester): Promise<Opened> {
+    const wanted: Wanted = { relative, whole, facts: null, ...(requester ? { requester } : {}) };
     for (const link of this.links) {
       const answer = await link.open(wanted);
       if (answer) return answer;
@@ -95,9 +109,10 @@ export function remoteLink(remote: RemoteFiles): LookupLink {
   return { open: (wanted) => remote.open(wanted.relative, { whole: wanted.whole }) };
 }
 
-/** The server's chain for its own root: metadata → local root → fleet, each when there is one. */
-export function rootLookup(rootReal: string, cache: FileCache, metadata: MetadataCache | null, remote: RemoteFiles | null): FileLookup {
+/** The server's chain for its own root: generated → metadata → local root → fleet, each when there is one. */
+export function rootLookup(rootReal: string, cache: FileCache, metadata: MetadataCache | null, remote: RemoteFiles | null, generated: LookupLink | null = null): FileLookup {
   const links: LookupLink[] = [];
+  if (generated) links.push(generated);
   if (metadata) links.push(metadataLink(metadata, cache, rootReal));
   links.push(localRootLink(rootReal, cache, metadata));
   if (remote) links.push(remoteLink(remote));

@@ -11,9 +11,10 @@
  * - UEFI: OVMF's own PXE (EDK2: a tsize probe it ends with ERROR 8, then windowsize 4) loads
  *   snponly.efi (Debian's ipxe), which asks DHCP again and gets boot.ipxe.
  *
- * boot.ipxe chains second.ipxe, which asks for a file that does not exist, then fetches a
- * Linux kernel (Debian's, fetched once into .cache/firmware), an initramfs (busybox and an
- * /init script) and an 8 MiB initrd of random bytes, and boots. The booted Linux prints the
+ * boot.ipxe (over TFTP, or HTTP when the DHCP answer is a URL) chains second.ipxe, which asks
+ * for a file that does not exist, then fetches a Linux kernel (Debian's, fetched once into
+ * .cache/firmware), an initramfs (busybox and an /init script) and an 8 MiB initrd of random
+ * bytes, and boots. The booted Linux prints the
  * SHA-256 of the initrd's bytes as it received them and powers the machine off. Every step
  * prints a marker line on the serial console; the harness notes when each appears.
  */
@@ -26,7 +27,8 @@ import { removeDir, sha256, tempDir } from "./files.ts";
 import { createBootLan, spawnIn, waitForUdpListener, type NetnsProcess } from "./netns.ts";
 import { run } from "./run.ts";
 
-export type Firmware = "bios" | "uefi";
+/** bios: SeaBIOS and iPXE's ROM; uefi: OVMF's PXE; uefi-http: OVMF's HTTP Boot (its PXE turned off) */
+export type Firmware = "bios" | "uefi" | "uefi-http";
 
 /** The README's addresses (RFC 5737's documentation subnet), inside the boot LAN only. */
 export const TFTP_HOST = "192.0.2.10";
@@ -64,17 +66,22 @@ const MARK = "tftpd-fw:";
 export const STEPS = ["boot script", "second script", "missing file refused", "files fetched", "linux checked"] as const;
 export type Step = (typeof STEPS)[number];
 
+/**
+ * The scripts name their files relative to their own URL, so they come over the protocol and
+ * from the server boot.ipxe came from: TFTP when the DHCP answer names a file, HTTP when it
+ * names a URL (the README's HTTP blocks).
+ */
 const BOOT_IPXE = `#!ipxe
 echo ${MARK} 1 boot script
-chain tftp://\${next-server}/second.ipxe || echo ${MARK} FAIL chain second.ipxe
+chain second.ipxe || echo ${MARK} FAIL chain second.ipxe
 `;
 
 const SECOND_IPXE = `#!ipxe
 echo ${MARK} 2 second script
-imgfetch tftp://\${next-server}/missing.bin && echo ${MARK} FAIL missing.bin was served || echo ${MARK} 3 missing file refused
-kernel tftp://\${next-server}/vmlinuz console=ttyS0 quiet panic=-1 initrd=init.cpio initrd=big.cpio || goto fail
-initrd tftp://\${next-server}/init.cpio || goto fail
-initrd tftp://\${next-server}/big.cpio || goto fail
+imgfetch missing.bin && echo ${MARK} FAIL missing.bin was served || echo ${MARK} 3 missing file refused
+kernel vmlinuz console=ttyS0 quiet panic=-1 initrd=init.cpio initrd=big.cpio || goto fail
+initrd init.cpio || goto fail
+initrd big.cpio || goto fail
 echo ${MARK} 4 files fetched
 boot || goto fail
 :fail
@@ -277,14 +284,24 @@ function qemuArgv(firmware: Firmware, tap: string, serial: string): string[] {
     return [QEMU, "-machine", "pc,graphics=off", ...common, "-boot", "order=n", ...netdev, "-device", "virtio-net-pci,netdev=n0,bootindex=1"];
   }
   // no option ROM: OVMF's own virtio driver and PXE stack do the network boot
-  return [QEMU, "-machine", "q35,graphics=off", "-bios", OVMF, ...common, ...netdev, "-device", "virtio-net-pci,netdev=n0,bootindex=1,romfile="];
+  const uefi = [QEMU, "-machine", "q35,graphics=off", "-bios", OVMF, ...common, ...netdev, "-device", "virtio-net-pci,netdev=n0,bootindex=1,romfile="];
+  if (firmware === "uefi") return uefi;
+  // HTTP Boot comes after PXE in OVMF's boot order: PXE off, so the first network boot is HTTP
+  return [...uefi, "-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n", "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"];
 }
 
 /**
  * Boots one machine through `server` and returns what its console showed and when. Bounded by
  * `timeoutMs`; the LAN, its processes and files are gone when it returns or throws.
  */
-export async function bootMachine(opts: { firmware: Firmware; server: BootServer; root: BootRoot; timeoutMs?: number }): Promise<BootRun> {
+export async function bootMachine(opts: {
+  firmware: Firmware;
+  server: BootServer;
+  root: BootRoot;
+  /** the README's dnsmasq block to run as the LAN's DHCP server, by its marker */
+  dhcp?: string;
+  timeoutMs?: number;
+}): Promise<BootRun> {
   const missing = missingFirmwarePackages();
   if (missing.length > 0) throw new Error(`booting a machine needs ${missing.join(", ")}: apt-get install -y ${missing.join(" ")}`);
   const timeoutMs = opts.timeoutMs ?? 240_000;
@@ -296,7 +313,7 @@ export async function bootMachine(opts: { firmware: Firmware; server: BootServer
   let tftp: NetnsProcess | undefined;
   let machine: NetnsProcess | undefined;
   try {
-    dhcp = spawnIn(lan.host, [DNSMASQ, ...dnsmasqProcessOptions(runDir), ...(await readmeDnsmasqArgs("dnsmasq-full-dhcp"))], { lifetimeMs: timeoutMs + 30_000 });
+    dhcp = spawnIn(lan.host, [DNSMASQ, ...dnsmasqProcessOptions(runDir), ...(await readmeDnsmasqArgs(opts.dhcp ?? "dnsmasq-full-dhcp"))], { lifetimeMs: timeoutMs + 30_000 });
     await dhcp.waitForOutput(/DHCP, IP range/, 10_000);
     tftp = spawnIn(lan.host, opts.server.argv(opts.root.root, runDir), { lifetimeMs: timeoutMs + 30_000, env: { ...process.env, ...opts.server.env } });
     await waitForUdpListener(lan.host, TFTP_HOST, 69, 15_000);

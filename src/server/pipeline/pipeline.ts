@@ -8,6 +8,7 @@
 import type { Negotiated } from "../../protocol/options.ts";
 import type { RequestPacket } from "../../protocol/packet.ts";
 import type { RemapRule } from "../../storage/remap.ts";
+import type { Requester } from "../../storage/lookup.ts";
 import type { FileSource } from "../../storage/source.ts";
 import type { UploadSink } from "../../storage/upload.ts";
 import type { Admit } from "./admit.ts";
@@ -29,11 +30,18 @@ interface AcceptedBase {
   readonly release: () => void;
 }
 
-export type Accepted =
-  | (AcceptedBase & { readonly op: "read"; readonly source: FileSource })
-  | (AcceptedBase & { readonly op: "write"; readonly sink: UploadSink });
+export type ReadAccepted = AcceptedBase & { readonly op: "read"; readonly source: FileSource };
+export type Accepted = ReadAccepted | (AcceptedBase & { readonly op: "write"; readonly sink: UploadSink });
 
 export type RefusedRequest = Refused & { readonly asked: Asked };
+
+/** What a request carries beside its name and address, for generated files. */
+export interface RequestContext {
+  readonly params: Readonly<Record<string, string>>;
+  readonly server: Requester["server"];
+}
+
+export const NO_CONTEXT: RequestContext = { params: {}, server: { http_base: null, tftp_base: null } };
 
 export interface PipelineParts {
   rules: NetworkRules;
@@ -42,6 +50,8 @@ export interface PipelineParts {
   admit: Admit;
   limits: ServerLimits;
   write: WriteSettings;
+  /** a client's MAC, from the kernel's neighbour tables */
+  macOf(address: string): Promise<string | null>;
 }
 
 export class RequestPipeline {
@@ -55,11 +65,11 @@ export class RequestPipeline {
     this.remap = remap;
   }
 
-  async run(request: RequestPacket, clientAddress: string): Promise<Accepted | RefusedRequest> {
+  async run(request: RequestPacket, clientAddress: string, context: RequestContext = NO_CONTEXT): Promise<Accepted | RefusedRequest> {
     const asked = nameOf(request);
     const taken = new Taken();
     try {
-      const accepted = await this.steps(request, clientAddress, asked, taken);
+      const accepted = await this.steps(request, clientAddress, asked, taken, context);
       if (isRefused(accepted)) {
         taken.giveBack();
         return { ...accepted, asked };
@@ -71,7 +81,7 @@ export class RequestPipeline {
     }
   }
 
-  private async steps(request: RequestPacket, address: string, asked: Asked, taken: Taken): Promise<Accepted | Refused> {
+  private async steps(request: RequestPacket, address: string, asked: Asked, taken: Taken, context: RequestContext): Promise<Accepted | Refused> {
     const { rules, directories, admit, limits, write } = this.parts;
     const policy = rules.policyFor(address);
     if (isRefused(policy)) return policy;
@@ -82,7 +92,8 @@ export class RequestPipeline {
     const notAdmitted = await admit.admit(address, confined.relative, taken);
     if (notAdmitted) return notAdmitted;
     if (asked.op === "read") {
-      const source = await resolveRead(confined, request.mode === "netascii", admit, taken);
+      const requester: Requester = { ip: address, mac: () => this.parts.macOf(address), params: context.params, server: context.server };
+      const source = await resolveRead(confined, request.mode === "netascii", admit, taken, requester);
       if (isRefused(source)) return source;
       const negotiated = negotiateFor(request, policy, limits, request.mode === "octet" ? source.size : null);
       if (isRefused(negotiated)) return negotiated;

@@ -5,14 +5,15 @@
  */
 import { ErrorCode } from "../../protocol/packet.ts";
 import { NETASCII_MAX_BYTES, netasciiSource } from "../../storage/netascii-source.ts";
+import type { Requester } from "../../storage/lookup.ts";
 import type { FileSource } from "../../storage/source.ts";
 import { prepareUpload, type UploadPolicy, type UploadSink } from "../../storage/upload.ts";
 import type { Admit } from "./admit.ts";
 import type { Confined } from "./confine.ts";
 import { isRefused, refused, refusedBy, type Refused, type Taken } from "./request.ts";
 
-export async function resolveRead(confined: Confined, netascii: boolean, admit: Admit, taken: Taken): Promise<FileSource | Refused> {
-  const opened = await confined.root.lookup.open(confined.relative, netascii);
+export async function resolveRead(confined: Confined, netascii: boolean, admit: Admit, taken: Taken, requester?: Requester): Promise<FileSource | Refused> {
+  const opened = await confined.root.lookup.open(confined.relative, netascii, requester);
   if (!opened.ok) return refusedBy(opened);
   const source = opened.source;
   if (!netascii) {

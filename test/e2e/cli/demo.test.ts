@@ -12,6 +12,7 @@ import { run } from "../../helpers/run.ts";
 
 const REPO = new URL("../../../", import.meta.url).pathname;
 const DEMO_PORT = 6969;
+const DEMO_HTTP_PORT = 8080;
 
 /** Whether UDP 127.0.0.1:PORT can be bound right now. */
 async function portFree(port: number): Promise<boolean> {
@@ -69,6 +70,12 @@ test("npm start: serves demo/root/hello.txt on 127.0.0.1:6969 to curl and prints
     expect(r.exitCode).toBe(0);
     expect(readFileSync(dest, "utf8")).toBe(readFileSync(join(REPO, "demo/root/hello.txt"), "utf8"));
     await waitFor(/"msg":"transfer"/, 5_000);
+
+    // the same root over HTTP, on the demo's port 8080
+    expect(logs.filter((l) => l.msg === "http listening").map((l) => l.address)).toEqual([`127.0.0.1:${DEMO_HTTP_PORT}`]);
+    const overHttp = await fetch(`http://127.0.0.1:${DEMO_HTTP_PORT}/hello.txt`);
+    expect(overHttp.status).toBe(200);
+    expect(await overHttp.text()).toBe(readFileSync(join(REPO, "demo/root/hello.txt"), "utf8"));
     served = true;
   } finally {
     if (proc.exitCode === null) proc.kill("SIGTERM");

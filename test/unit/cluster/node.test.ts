@@ -44,7 +44,7 @@ test("no Redis in the config: a fleet of no parts, at once, without a log line",
   expect(fleet.clusterStats).toBeUndefined();
   expect(fleet.serverDeps(new FileCache(0))).toEqual({ remoteFiles: null, metadata: null, sharedAdmission: null });
   expect(fleet.degraded()).toBeNull();
-  const running = new RunningConfig(config, log, { reconfigure: () => {} });
+  const running = new RunningConfig(config, log, { reconfigure: () => {}, reloadGenerated: () => {} });
   fleet.serve({ addresses: [], activeTransfers: 0, cache: new FileCache(0) }, { metricsUrl: null, tally: { transfers: 0, failed: 0, bytesSent: 0, count() {} } }, running);
   expect(fleet.latestPushed()).toBeNull();
   await fleet.stop();

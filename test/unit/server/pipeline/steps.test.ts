@@ -281,6 +281,7 @@ describe("the whole pipeline", () => {
         admit: new Admit({ limits: LIMITS }, null),
         limits: { windowBytesMax: 1 << 20, uploadMax: 1 << 20 },
         write: { policy: "create", uploadMax: 1 << 20 },
+        macOf: async () => null,
         ...over,
       },
       parsed.rules,
