@@ -8,14 +8,14 @@
  * - a 1 KiB script, 1,000 keep-alive clients: requests per second and the latency
  *   percentiles (wrk --latency), the time to first byte of a small file.
  *
- * nginx runs as the README of the guide's peers would have it (`sendfile on; tcp_nopush on;`,
- * one worker). Prints goodput (Mbit/s of body bytes), requests/s, p50/p99 latency and the
+ * nginx runs as its users tune it for static files (`sendfile on; tcp_nopush on;`, one
+ * worker); tftpd with the per-address limits lifted (every wrk client is 127.0.0.1). Prints goodput (Mbit/s of body bytes), requests/s, p50/p99 latency and the
  * non-2xx or socket errors per server, and the ratio tftpd ÷ nginx. Installs nginx and wrk
  * with apt-get when they are missing and we are root; otherwise says the command.
  *
  *   bun build/bench-http.ts [--binary dist/tftpd] [--seconds 10] [--rounds 1]
  */
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -83,10 +83,26 @@ async function startTftpd(root: string, dir: string): Promise<Server> {
   const port = await freePort();
   const proc = Bun.spawn(
     ["taskset", "-c", "0", opts.binary, "serve", "--root", root, "--listen", "127.0.0.1:0", "--http-listen", `127.0.0.1:${port}`, "--no-tune", "--log-level", "warn", "--metrics-listen", "127.0.0.1:0"],
-    { stdout: "ignore", stderr: "pipe", cwd: dir },
+    {
+      stdout: "ignore",
+      stderr: "pipe",
+      cwd: dir,
+      // wrk's clients all come from 127.0.0.1: the per-address limits, meant for one machine each, are lifted
+      env: {
+        ...process.env,
+        TFTPD_LIMITS_REQUESTS_PER_SECOND_PER_IP: "0",
+        TFTPD_LIMITS_MAX_CONNECTIONS_PER_IP: "100000",
+        TFTPD_LIMITS_MAX_CONNECTIONS_PER_CLIENT: "100000",
+      },
+    },
   );
   const url = `http://127.0.0.1:${port}`;
-  await waitForHttp(`${url}/script.ipxe`);
+  try {
+    await waitForHttp(`${url}/script.ipxe`);
+  } catch (error) {
+    proc.kill();
+    throw new Error(`${(error as Error).message}: ${await new Response(proc.stderr).text()}`);
+  }
   return { name: "tftpd", url, pid: proc.pid, stop: async () => void (proc.kill(), await proc.exited) };
 }
 
@@ -153,6 +169,8 @@ async function wrk(url: string, connections: number): Promise<Figures> {
 
 ensureTools();
 const dir = mkdtempSync(join(tmpdir(), "tftpd-bench-http-"));
+// both servers drop to an unprivileged user when started as root: the files must be readable to it
+chmodSync(dir, 0o755);
 const root = join(dir, "root");
 Bun.spawnSync(["mkdir", "-p", root]);
 writeFileSync(join(root, "kernel-100m.bin"), patternBytes(100 * 1024 * 1024, 5));

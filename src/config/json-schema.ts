@@ -97,6 +97,8 @@ function handWritten(label: string): JsonObject | null {
       return PORT_RANGE;
     case '"auto" | "none" | CPU list':
       return CPU_AFFINITY;
+    case "content types by extension":
+      return { additionalProperties: { type: "string", pattern: String.raw`^[\w.+-]+/[\w.+-]+(\s*;.*)?$` } };
     default:
       return null;
   }
@@ -125,6 +127,7 @@ function assertConstrained(node: unknown, where: string): void {
   }
   if (isObject(node.properties)) for (const [k, v] of Object.entries(node.properties)) assertConstrained(v, where ? `${where}.${k}` : k);
   if (node.items !== undefined) assertConstrained(node.items, `${where}[]`);
+  if (isObject(node.additionalProperties)) assertConstrained(node.additionalProperties, `${where}.*`);
   if (Array.isArray(node.anyOf)) for (const v of node.anyOf) assertConstrained(v, where);
 }
 

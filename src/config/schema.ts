@@ -367,8 +367,10 @@ const http = section({
   retry_after: intIn(1, 3600)
     .default(5)
     .describe("Seconds a client turned away over a limit is told to wait (Retry-After of the 503, which iPXE honours)"),
-  mime: z
-    .record(z.string().regex(/^\.[a-z0-9._+-]+$/, { error: 'expected a file extension in lower case with its dot, such as ".efi"' }), mimeType)
+  mime: labelled(
+    z.record(z.string().regex(/^\.[a-z0-9._+-]+$/, { error: 'expected a file extension in lower case with its dot, such as ".efi"' }), mimeType),
+    "content types by extension",
+  )
     .default({})
     .describe('Content types by file extension, over the built-in ones (".efi" application/efi, ".ipxe" text/plain, ...); anything else is application/octet-stream'),
 });

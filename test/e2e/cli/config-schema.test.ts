@@ -40,6 +40,7 @@ afterAll(() => removeDir(dir));
 const KEYWORDS = new Set([
   "$schema", "title", "description", "default", "type", "properties", "additionalProperties", "required",
   "items", "minItems", "anyOf", "enum", "const", "pattern", "minLength", "minimum", "maximum", "exclusiveMinimum",
+  "propertyNames",
 ]);
 /** Keywords whose value is data, not subschemas. */
 const DATA = new Set(["default", "enum", "const", "required"]);
@@ -102,8 +103,10 @@ function violations(node: Schema, value: unknown, at = "(root)"): string[] {
     for (const name of Array.isArray(node.required) ? (node.required as string[]) : []) if (!(name in value)) out.push(`${at}: lacks ${name}`);
     for (const [name, v] of Object.entries(value)) {
       const child = properties[name];
+      if (isObject(node.propertyNames)) out.push(...violations(node.propertyNames, name, `${at}: key ${name}`));
       if (isObject(child)) out.push(...violations(child, v, `${at}.${name}`));
       else if (node.additionalProperties === false) out.push(`${at}: ${name} is not allowed`);
+      else if (isObject(node.additionalProperties)) out.push(...violations(node.additionalProperties, v, `${at}.${name}`));
     }
   }
   return out;

@@ -48,7 +48,8 @@ beforeAll(async () => {
   for (const name of ["rootA", "rootB"]) Bun.spawnSync(["mkdir", "-p", join(work, name)]);
   [nodeA, nodeB] = await Promise.all([
     spawnServer(["--root", join(work, "rootA"), "--listen", "127.0.0.1:0"], { env: serverEnv }),
-    spawnServer(["--root", join(work, "rootB"), "--listen", "127.0.0.1:0"], { env: serverEnv }),
+    // node B serves its root over HTTP too: what only the fleet holds must come out there as well
+    spawnServer(["--root", join(work, "rootB"), "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"], { env: serverEnv }),
   ]);
   await Promise.all([nodeA, nodeB].map((n) => n.waitForLog((l) => l.msg === "redis up")));
 }, 60_000);
@@ -86,6 +87,21 @@ describe("cache put on one node, fetch from another", () => {
     expect(listed.find((f) => f.name === "boot/random.bin")?.compression).toBe("none");
     expect(listed.find((f) => f.name === "pxelinux.cfg/default")?.compression).toBe("gzip");
     expect(listed.find((f) => f.name === "boot/random.bin")?.lastServedMs).not.toBeNull();
+  }, 60_000);
+
+  test("a file only the fleet holds is served over HTTP too, whole, from a node that never had it", async () => {
+    const kernel = patternBytes(3_100_000, 17);
+    writeFileSync(join(work, "kernel.bin"), kernel);
+    expect((await put(join(work, "kernel.bin"), "--name", "http/kernel.bin", "--compression", "gzip")).exitCode).toBe(0);
+    const base = `http://${nodeB.logs.find((l) => l.msg === "http listening")!.address}`;
+    const r = await globalThis.fetch(`${base}/http/kernel.bin`);
+    expect(r.status).toBe(200);
+    expect(r.headers.get("content-length")).toBe(String(kernel.length));
+    expect(sha256Hex(new Uint8Array(await r.arrayBuffer()))).toBe(sha256Hex(kernel));
+    const part = await globalThis.fetch(`${base}/http/kernel.bin`, { headers: { range: "bytes=3000000-" } });
+    expect(part.status).toBe(206);
+    expect(sha256Hex(new Uint8Array(await part.arrayBuffer()))).toBe(sha256Hex(kernel.subarray(3_000_000)));
+    expect((await globalThis.fetch(`${base}/http/not-published.bin`)).status).toBe(404);
   }, 60_000);
 
   test("the local root comes first", async () => {
