@@ -106,6 +106,7 @@ describe.skipIf(missing.length > 0)("real firmware boots through tftpd", () => {
 describe.skipIf(missing.length > 0)("real firmware boots over HTTP from the same server", () => {
   let root: BootRoot;
   let binary: string;
+  const config = { http: { enabled: true, listen: [`${TFTP_HOST}:80`] } };
 
   beforeAll(async () => {
     binary = await compiledBinary();
@@ -113,57 +114,30 @@ describe.skipIf(missing.length > 0)("real firmware boots over HTTP from the same
   });
   afterAll(() => root?.remove());
 
-  test("BIOS with the README's iPXE-over-HTTP block: the NIC's iPXE gets boot.ipxe by URL, chains the second script, is answered 404 for a missing file, and fetches kernel and initrds over HTTP", async () => {
-    const config = { http: { enabled: true, listen: [`${TFTP_HOST}:80`] } };
-    const run = await bootMachine({ firmware: "bios", server: tftpdServer(binary, config), root, dhcp: "dnsmasq-ipxe-http" });
-    console.log(`bios through tftpd, http: ${run.steps.map((s) => `${s.step} ${s.seconds.toFixed(1)} s`).join(", ")}; ${run.ending}`);
+  /** A good boot whose every file came over HTTP (GET, 200, whole), the missing one a 404, none over TFTP. */
+  function expectBootedOverHttp(run: BootRun, files: string[]): Record<string, unknown>[] {
+    console.log(`${run.firmware} through tftpd over HTTP: ${run.steps.map((s) => `${s.step} ${s.seconds.toFixed(1)} s`).join(", ")}; ${run.ending}`);
     if (run.failures.length > 0 || run.steps.length !== STEPS.length) console.error(`serial:\n${run.serial.slice(-4000)}\nserver:\n${run.serverOutput.slice(-4000)}`);
     expect(run.failures).toEqual([]);
     expect(run.steps.map((s) => s.step)).toEqual([...STEPS]);
     expect(run.linuxSha256).toBe(root.payloadSha256);
-
-    const records = logRecords(run.serverOutput);
-    const tftp = records.filter((r) => r.msg === "transfer" && r.protocol === undefined && r.result === "ok").map((r) => r.file);
-    // the NIC's ROM is iPXE: nothing comes over TFTP
-    expect(tftp).toEqual([]);
-    for (const file of ["boot.ipxe", "second.ipxe", "vmlinuz", "init.cpio", "big.cpio"]) {
-      const got = records.filter((r) => r.msg === "transfer" && r.protocol === "http" && r.file === file && r.method === "GET");
-      expect({ file, statuses: got.map((r) => r.status) }).toEqual({ file, statuses: [200] });
-      expect({ file, bytes: got[0]!.bytes, result: got[0]!.result }).toEqual({ file, bytes: root.sizes[file]!, result: "ok" });
-    }
-    const missingFile = records.find((r) => r.msg === "request refused" && r.file === "missing.bin");
-    expect(missingFile).toMatchObject({ protocol: "http", status: 404, kind: "not_found" });
-  });
-});
-
-describe.skipIf(missing.length > 0)("UEFI HTTP Boot from the same server", () => {
-  let root: BootRoot;
-  let binary: string;
-
-  beforeAll(async () => {
-    binary = await compiledBinary();
-    root = await prepareBootRoot();
-  });
-  afterAll(() => root?.remove());
-
-  test("OVMF with the README's HTTP Boot block loads snponly.efi over HTTP, and iPXE boots Linux over HTTP; nothing over TFTP", async () => {
-    const config = { http: { enabled: true, listen: [`${TFTP_HOST}:80`] } };
-    const run = await bootMachine({ firmware: "uefi-http", server: tftpdServer(binary, config), root, dhcp: "dnsmasq-uefi-http" });
-    console.log(`uefi-http through tftpd: ${run.steps.map((s) => `${s.step} ${s.seconds.toFixed(1)} s`).join(", ")}; ${run.ending}`);
-    if (run.failures.length > 0 || run.steps.length !== STEPS.length) console.error(`serial:\n${run.serial.slice(-4000)}\nserver:\n${run.serverOutput.slice(-4000)}`);
-    expect(run.failures).toEqual([]);
-    expect(run.steps.map((s) => s.step)).toEqual([...STEPS]);
-    expect(run.linuxSha256).toBe(root.payloadSha256);
-
     const records = logRecords(run.serverOutput);
     expect(records.filter((r) => r.msg === "transfer" && r.protocol === undefined)).toEqual([]);
-    const nbp = records.filter((r) => r.msg === "transfer" && r.protocol === "http" && r.file === "snponly.efi");
-    const got = nbp.filter((r) => r.method === "GET" && r.status === 200);
-    expect(got.length).toBeGreaterThanOrEqual(1);
-    expect(got[0]).toMatchObject({ bytes: root.sizes["snponly.efi"], result: "ok" });
-    for (const file of ["boot.ipxe", "second.ipxe", "vmlinuz", "init.cpio", "big.cpio"]) {
-      const whole = records.filter((r) => r.msg === "transfer" && r.protocol === "http" && r.file === file && r.method === "GET" && r.result === "ok");
-      expect({ file, bytes: whole[0]?.bytes }).toEqual({ file, bytes: root.sizes[file]! });
+    for (const file of files) {
+      const got = records.filter((r) => r.msg === "transfer" && r.protocol === "http" && r.file === file && r.method === "GET" && r.status === 200);
+      expect({ file, bytes: got[0]?.bytes, result: got[0]?.result }).toEqual({ file, bytes: root.sizes[file]!, result: "ok" });
     }
+    expect(records.find((r) => r.msg === "request refused" && r.file === "missing.bin")).toMatchObject({ protocol: "http", status: 404, kind: "not_found" });
+    return records;
+  }
+
+  test("BIOS with the README's iPXE-over-HTTP block: the NIC's iPXE gets boot.ipxe by URL, chains the second script, is answered 404 for a missing file, and fetches kernel and initrds over HTTP", async () => {
+    const run = await bootMachine({ firmware: "bios", server: tftpdServer(binary, config), root, dhcp: "dnsmasq-ipxe-http" });
+    expectBootedOverHttp(run, SCRIPTED_FILES);
+  });
+
+  test("UEFI HTTP Boot with the README's block: OVMF loads snponly.efi over HTTP, and iPXE boots Linux over HTTP", async () => {
+    const run = await bootMachine({ firmware: "uefi-http", server: tftpdServer(binary, config), root, dhcp: "dnsmasq-uefi-http" });
+    expectBootedOverHttp(run, ["snponly.efi", ...SCRIPTED_FILES]);
   });
 });
