@@ -65,7 +65,7 @@ export interface HttpOptions {
 const CHUNK_BYTES = 256 * 1024;
 
 /** The HTTP status for a refusal of the pipeline. */
-export function statusOfRefusal(refusal: RefusedRequest): number {
+function statusOfRefusal(refusal: RefusedRequest): number {
   switch (refusal.kind) {
     case "not_found":
       return 404;
@@ -80,7 +80,7 @@ export function statusOfRefusal(refusal: RefusedRequest): number {
 }
 
 export class HttpFrontend {
-  private readonly servers: { server: http.Server; address: HostPort }[] = [];
+  private readonly servers: http.Server[] = [];
 
   private constructor(
     private readonly opener: FileOpener,
@@ -113,9 +113,8 @@ export class HttpFrontend {
           throw new Error(`http${secure ? ".tls" : ""}.listen ${address}: ${(error as Error).message}`);
         }
         const bound = server.address();
-        const at = { host, port: typeof bound === "object" && bound ? bound.port : port };
-        front.servers.push({ server, address: at });
-        events.listening?.(at, secure !== null);
+        front.servers.push(server);
+        events.listening?.({ host, port: typeof bound === "object" && bound ? bound.port : port }, secure !== null);
       }
     } catch (error) {
       await front.stop();
@@ -124,14 +123,10 @@ export class HttpFrontend {
     return front;
   }
 
-  get addresses(): HostPort[] {
-    return this.servers.map((s) => s.address);
-  }
-
   async stop(): Promise<void> {
     await Promise.all(
       this.servers.splice(0).map(
-        ({ server }) =>
+        (server) =>
           new Promise<void>((resolve) => {
             server.close(() => resolve());
             server.closeAllConnections();
