@@ -17,7 +17,7 @@
  */
 import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { patternBytes } from "../test/helpers/files.ts";
 
@@ -29,6 +29,8 @@ const { values: opts } = parseArgs({
     rounds: { type: "string", default: "1" },
   },
 });
+// (the servers start in a folder of their own: a relative --binary is the caller's)
+const BINARY = resolve(opts.binary);
 const SECONDS = Number(opts.seconds);
 const ROUNDS = Number(opts.rounds);
 const say = (line: string): void => console.error(`bench-http: ${line}`);
@@ -79,10 +81,10 @@ interface Server {
 }
 
 async function startTftpd(root: string, dir: string): Promise<Server> {
-  if (!existsSync(opts.binary)) throw new Error(`no tftpd binary at ${opts.binary}: run npm run build, or give --binary PATH`);
+  if (!existsSync(BINARY)) throw new Error(`no tftpd binary at ${BINARY}: run npm run build, or give --binary PATH`);
   const port = await freePort();
   const proc = Bun.spawn(
-    ["taskset", "-c", "0", opts.binary, "serve", "--root", root, "--listen", "127.0.0.1:0", "--http-listen", `127.0.0.1:${port}`, "--no-tune", "--log-level", "warn", "--metrics-listen", "127.0.0.1:0"],
+    ["taskset", "-c", "0", BINARY, "serve", "--root", root, "--listen", "127.0.0.1:0", "--http-listen", `127.0.0.1:${port}`, "--no-tune", "--log-level", "warn", "--metrics-listen", "127.0.0.1:0"],
     {
       stdout: "ignore",
       stderr: "pipe",
@@ -201,7 +203,7 @@ try {
 }
 
 const fmt = (n: number, d = 0): string => (Number.isFinite(n) ? n.toFixed(d) : "–");
-console.log(`\nHTTP: tftpd (${opts.binary}) and nginx, each pinned to CPU 0, wrk on CPU 1, ${SECONDS} s per run, ${ROUNDS} round(s)\n`);
+console.log(`\nHTTP: tftpd (${BINARY}) and nginx, each pinned to CPU 0, wrk on CPU 1, ${SECONDS} s per run, ${ROUNDS} round(s)\n`);
 console.log("| scenario | server | Mbit/s | requests/s | p50 ms | p99 ms | errors |");
 console.log("| --- | --- | --- | --- | --- | --- | --- |");
 for (const r of results) {
