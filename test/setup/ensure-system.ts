@@ -42,6 +42,8 @@ const requirements: Requirement[] = [
   // the README's dnsmasq DHCP snippet and a DHCP client, run in network namespaces (test/e2e/net/dhcp-boot.test.ts)
   { path: "/usr/sbin/dnsmasq", pkg: "dnsmasq-base" },
   { path: "/bin/busybox", pkg: "busybox" },
+  // a self-signed certificate for the HTTPS test (test/e2e/http/http.test.ts)
+  { path: "/usr/bin/openssl", pkg: "openssl" },
   // real BIOS and UEFI machines that network-boot through tftpd (test/helpers/firmware.ts)
   ...FIRMWARE_PACKAGES.map((p) => ({ ...p, firmware: true })),
 ];

@@ -241,3 +241,28 @@ describe("HTTP takes the TFTP road: remap rules, allow/deny, request rate", () =
     expect(answers[0]).toBe("503 7");
   });
 });
+
+describe("HTTPS (http.tls.*)", () => {
+  let secure: Awaited<ReturnType<typeof startWith>> | undefined;
+  afterAll(async () => {
+    await secure?.server.stop();
+    if (secure) removeDir(secure.dir);
+  });
+
+  test("the same files over TLS with the configured certificate", async () => {
+    const certDir = tempDir("tftpd-http-tls-");
+    const made = await run([
+      "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+      "-keyout", join(certDir, "key.pem"), "-out", join(certDir, "cert.pem"),
+    ]);
+    expect(made.exitCode).toBe(0);
+    secure = await startWith({ http: { tls: { listen: ["127.0.0.1:0"], cert: join(certDir, "cert.pem"), key: join(certDir, "key.pem") } } });
+    const tlsAt = secure.server.logs.find((l) => l.msg === "http listening" && l.tls === true)?.address;
+    expect(typeof tlsAt).toBe("string");
+    const out = join(secure.dir, "over-tls.efi");
+    const r = await run(["curl", "-sS", "--cacert", join(certDir, "cert.pem"), "-o", out, `https://${tlsAt}/bios/ipxe.efi`]);
+    removeDir(certDir);
+    expect(r.stderr).toBe("");
+    expect(sha256(new Uint8Array(readFileSync(out)))).toBe(sha256(EFI));
+  });
+});
