@@ -13,7 +13,7 @@ import type { LookupLink, Requester } from "../storage/lookup.ts";
 import { Inventory, normalMac, type ClientFacts } from "./inventory.ts";
 import { Templates } from "./templates.ts";
 
-export interface GeneratedFileSpec {
+interface GeneratedFileSpec {
   /** below the root, with {mac} and/or {ip} */
   path: string;
   /** a template of the templates folder */
@@ -34,6 +34,8 @@ interface CompiledSpec {
 }
 
 const TOKEN = /\{(mac|ip)\}/g;
+/** query parameters the client facts name; any other is a label */
+const FACT_PARAMS = new Set(["mac", "ip", "uuid", "serial", "arch"]);
 const TOKEN_VALUE: Record<string, string> = {
   // 01-02-03-04-05-06 (as pxelinux names files), 01:02:…, or 12 hex digits
   mac: "(?<mac>[0-9A-Fa-f]{2}(?:[-:]?[0-9A-Fa-f]{2}){5})",
@@ -86,7 +88,7 @@ export class GeneratedFiles {
       const mac = named.mac !== undefined ? normalMac(named.mac) : await requester.mac();
       const params = requester.params;
       const labels: Record<string, string> = {};
-      for (const [k, v] of Object.entries(params)) if (!["mac", "ip", "uuid", "serial", "arch"].includes(k)) labels[k] = v;
+      for (const [k, v] of Object.entries(params)) if (!FACT_PARAMS.has(k)) labels[k] = v;
       const client: ClientFacts = {
         ip: named.ip ?? requester.ip,
         mac,

@@ -50,9 +50,9 @@ const inventorySchema = z
     });
   });
 
-export type Profile = z.output<typeof profileSchema>;
-export type Machine = z.output<typeof machineSchema>;
-export type InventoryData = z.output<typeof inventorySchema>;
+type Profile = z.output<typeof profileSchema>;
+type Machine = z.output<typeof machineSchema>;
+type InventoryData = z.output<typeof inventorySchema>;
 
 /** What is known of the client a file is generated for. */
 export interface ClientFacts {
@@ -74,7 +74,6 @@ export function normalMac(text: string): string | null {
 
 interface CompiledMachine {
   machine: Machine;
-  index: number;
   mac: string | null;
   cidr: { list: CidrList; prefix: number } | null;
   score: number;
@@ -83,14 +82,15 @@ interface CompiledMachine {
 export class Inventory {
   private readonly machines: CompiledMachine[];
 
-  private constructor(readonly data: InventoryData) {
-    this.machines = data.machines.map((machine, index) => {
+  private constructor(private readonly data: InventoryData) {
+    this.machines = data.machines.map((machine) => {
       const m = machine.match;
-      const cidr = m.cidr ? { list: new CidrList([m.cidr]), prefix: (safeParseCidr(m.cidr) as { ok: true; value: { prefix: number } }).value.prefix } : null;
+      const parsed = m.cidr ? safeParseCidr(m.cidr) : null;
+      const cidr = parsed?.ok ? { list: new CidrList([parsed.value.text]), prefix: parsed.value.prefix } : null;
       // identities over addresses over networks over the rest; a longer prefix is more specific
       const score =
         (m.mac || m.uuid || m.serial ? 1_000_000 : 0) + (m.ip ? 100_000 : 0) + (cidr ? 1_000 + cidr.prefix : 0) + (m.arch ? 10 : 0) + Object.keys(m.labels ?? {}).length;
-      return { machine, index, mac: m.mac ? normalMac(m.mac) : null, cidr, score };
+      return { machine, mac: m.mac ? normalMac(m.mac) : null, cidr, score };
     });
   }
 

@@ -11,13 +11,13 @@ import { join, relative } from "node:path";
 import { Liquid } from "liquidjs";
 
 /** Bounds of one render: milliseconds, and the memory LiquidJS accounts (bytes of strings and arrays). */
-export const RENDER_LIMIT_MS = 200;
+const RENDER_LIMIT_MS = 200;
 const MEMORY_LIMIT = 16 * 1024 * 1024;
 const PARSE_LIMIT = 1024 * 1024;
 /** A folder of templates, read whole: more files than this is a wrong path. */
 const MAX_TEMPLATES = 10_000;
 
-export type Rendered = { ok: true; text: string } | { ok: false; error: string };
+type Rendered = { ok: true; text: string } | { ok: false; error: string };
 
 export class Templates {
   private readonly engine: Liquid;

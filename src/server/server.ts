@@ -34,7 +34,7 @@ import { refusalKindOf, type RefusalKind, type RefusalRecord } from "./refusal-r
 import { RequestRate, type RateLimitSummary, type RequestRateLimits } from "./request-rate.ts";
 import { Admit } from "./pipeline/admit.ts";
 import { ClientDirectories, type UniqueRoot } from "./pipeline/confine.ts";
-import { NO_CONTEXT, RequestPipeline, type Accepted, type ReadAccepted, type RefusedRequest, type RequestContext } from "./pipeline/pipeline.ts";
+import { RequestPipeline, type Accepted, type ReadAccepted, type RefusedRequest, type RequestContext } from "./pipeline/pipeline.ts";
 import { nameOf } from "./pipeline/name.ts";
 import { refused, type Asked } from "./pipeline/request.ts";
 import { NetworkRules, type NetworkRule, type RootPlace } from "./pipeline/rules.ts";
@@ -230,6 +230,8 @@ export class TftpServer {
   /** the generated files in force: loaded at start, replaced by a reload */
   private generated: GeneratedFiles | null = null;
   private neighbourTables: Neighbours | null = null;
+  /** what requests to each listener carry beside their names, made once when it opens */
+  private readonly requestContexts = new Map<Listener, RequestContext>();
   readonly cache: FileCache;
 
   constructor(
@@ -319,6 +321,7 @@ export class TftpServer {
         );
         if (listener.transfers) this.local.serveOnListenPort(listener.address, listener.transfers);
         this.listeners.push(listener);
+        this.requestContexts.set(listener, this.tftpContext(listener));
         this.events.listening?.({ host: listener.address, port: listener.port }, listener.buffers);
       }
       if (this.options.gso && this.listeners.length > 0) {
@@ -486,7 +489,7 @@ export class TftpServer {
     name: string,
     client: HostPort,
     statusOf: (refusal: RefusedRequest) => number,
-    context: RequestContext = NO_CONTEXT,
+    context: RequestContext,
   ): Promise<ReadAccepted | RefusedRequest> {
     const request: RequestPacket = { op: Opcode.RRQ, filename: name, mode: "octet", options: new Map() };
     const pipeline = this.pipeline;
@@ -506,7 +509,7 @@ export class TftpServer {
     return outcome;
   }
 
-  /** What a TFTP request carries beside its name: no parameters, and the address it came to. */
+  /** What a TFTP request to `listener` carries beside its name: no parameters, and the address it came to. */
   private tftpContext(listener: Listener): RequestContext {
     const here = isWildcard(listener.address) ? null : `tftp://${formatHostPort(listener.address, listener.port).replace(/:69$/, "")}`;
     return { params: {}, server: { tftp_base: here, http_base: this.options.generate?.httpBase ?? null } };
@@ -518,7 +521,7 @@ export class TftpServer {
     if (!pipeline) return;
     let outcome: Awaited<ReturnType<RequestPipeline["run"]>>;
     try {
-      outcome = await pipeline.run(packet, peer.address, this.tftpContext(listener));
+      outcome = await pipeline.run(packet, peer.address, this.requestContexts.get(listener) ?? this.tftpContext(listener));
     } catch (error) {
       this.active.delete(key);
       this.refuse(listener, peer, nameOf(packet), ErrorCode.NOT_DEFINED, `server error: ${(error as Error).message}`);

@@ -41,7 +41,7 @@ export interface RequestContext {
   readonly server: Requester["server"];
 }
 
-export const NO_CONTEXT: RequestContext = { params: {}, server: { http_base: null, tftp_base: null } };
+const NO_CONTEXT: RequestContext = { params: {}, server: { http_base: null, tftp_base: null } };
 
 export interface PipelineParts {
   rules: NetworkRules;
