@@ -150,8 +150,6 @@ export class IoLoop {
       if (ready < 0 && this.lib.errno() !== EINTR) throw new Error(`epoll_wait failed: errno ${this.lib.errno()}`);
       let woken = false;
       beginTurn();
-      // the turn's one clock reading, taken before its datagrams: what is left of IDLE_WAIT_MS
-      let left = endBy - now();
       try {
         for (let i = 0; i < ready; i++) {
           const fd = this.eventView.getUint32(i * stride + dataAt, true);
@@ -168,7 +166,7 @@ export class IoLoop {
       // ends when a message came (the wake descriptor), nothing did, or it has held the thread
       // IDLE_WAIT_MS, so timers and callbacks run no later than after one idle wait.
       if (ready <= 0 || woken || this.holds === 0 || this.closed) break;
-      left = Math.floor(left);
+      const left = Math.floor(endBy - performance.now());
       if (left < 1) break;
       wait = left;
     }
