@@ -72,11 +72,15 @@ async function curl(path: string, args: string[] = []): Promise<Curl> {
   return { status, headers, body, exitCode: r.exitCode };
 }
 
-/** The server's record of the latest HTTP request for `file`. */
-async function recordOf(file: string, msg = "transfer"): Promise<Record<string, unknown>> {
-  return server.waitForLog((l) => l.msg === msg && l.protocol === "http" && l.file === file, 5_000).then(() =>
-    server.logs.filter((l) => l.msg === msg && l.protocol === "http" && l.file === file).at(-1)!,
-  );
+/**
+ * The server's record of an HTTP request for `file` that has `fields` (a record is written when
+ * the response finishes, which may be after curl has returned: wait for the one meant).
+ */
+async function recordOf(file: string, msg = "transfer", fields: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
+  const meant = (l: Record<string, unknown>): boolean =>
+    l.msg === msg && l.protocol === "http" && l.file === file && Object.entries(fields).every(([k, v]) => l[k] === v);
+  await server.waitForLog(meant, 5_000);
+  return server.logs.filter(meant).at(-1)!;
 }
 
 describe("the root over HTTP", () => {
@@ -96,7 +100,7 @@ describe("the root over HTTP", () => {
     expect(r.headers.etag).toMatch(/^"[0-9a-f-]+"$/);
     expect(r.headers["transfer-encoding"]).toBeUndefined();
     expect(sha256(r.body)).toBe(sha256(BIG));
-    const rec = await recordOf("big.bin");
+    const rec = await recordOf("big.bin", "transfer", { method: "GET", status: 200 });
     expect(rec).toMatchObject({ method: "GET", status: 200, bytes: BIG.length, size: BIG.length, result: "ok" });
     expect(String(rec.user_agent)).toMatch(/^curl\//);
 
@@ -115,7 +119,7 @@ describe("the root over HTTP", () => {
     expect(r.headers["content-length"]).toBe(String(BIG.length));
     const head = await fetch(`${base}/big.bin`, { method: "HEAD" });
     expect((await head.arrayBuffer()).byteLength).toBe(0);
-    expect(await recordOf("big.bin")).toMatchObject({ method: "HEAD", status: 200, bytes: 0 });
+    expect(await recordOf("big.bin", "transfer", { method: "HEAD" })).toMatchObject({ method: "HEAD", status: 200, bytes: 0 });
   });
 
   test("a single range: 206 with Content-Range and exactly those bytes; a suffix range; 416 past the end", async () => {
@@ -124,7 +128,7 @@ describe("the root over HTTP", () => {
     expect(r.headers["content-range"]).toBe(`bytes 1000-1999/${BIG.length}`);
     expect(r.headers["content-length"]).toBe("1000");
     expect(sha256(r.body)).toBe(sha256(BIG.subarray(1000, 2000)));
-    expect(await recordOf("big.bin")).toMatchObject({ status: 206, range: "1000-1999", bytes: 1000 });
+    expect(await recordOf("big.bin", "transfer", { status: 206 })).toMatchObject({ status: 206, range: "1000-1999", bytes: 1000 });
 
     const tail = await curl("/big.bin", ["-r", "-17"]);
     expect(tail.status).toBe(206);
