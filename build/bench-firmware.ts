@@ -56,7 +56,7 @@ function server(name: string): BootServer {
 }
 const servers = opts.servers.split(",").map(server);
 
-const root = await prepareBootRoot(say);
+const root = await prepareBootRoot({ say });
 const runs: BootRun[] = [];
 try {
   for (let round = 1; round <= rounds; round++) {

@@ -11,7 +11,8 @@
  * - UEFI: OVMF's own PXE (EDK2: a tsize probe it ends with ERROR 8, then windowsize 4) loads
  *   snponly.efi (Debian's ipxe), which asks DHCP again and gets boot.ipxe.
  *
- * boot.ipxe (over TFTP, or HTTP when the DHCP answer is a URL) chains second.ipxe, which asks
+ * boot.ipxe (over TFTP, or HTTP when the DHCP answer is a URL) chains second.ipxe (or, in a
+ * root made with `script: "rendered"`, the script generated for the machine's MAC), which asks
  * for a file that does not exist, then fetches a Linux kernel (Debian's, fetched once into
  * .cache/firmware), an initramfs (busybox and an /init script) and an 8 MiB initrd of random
  * bytes, and boots. The booted Linux prints the
@@ -88,6 +89,34 @@ boot || goto fail
 echo ${MARK} FAIL fetch or boot
 `;
 
+/**
+ * boot.ipxe of a root whose second script is made per machine: it chains the file
+ * `generate.files` renders for the machine's MAC (pxelinux's spelling, 01-02-…).
+ */
+const BOOT_IPXE_RENDERED = `#!ipxe
+echo ${MARK} 1 boot script
+chain ipxe/\${mac:hexhyp}.ipxe || echo ${MARK} FAIL chain the script rendered for \${mac:hexhyp}
+`;
+
+/**
+ * The template of the per-machine script: the same steps as second.ipxe, with the kernel, its
+ * arguments and the initrds of the machine's profile, by absolute URL (server.http_base is
+ * where the machine reached the server).
+ */
+export const MACHINE_TEMPLATE = `#!ipxe
+echo ${MARK} 2 second script, rendered for {{ machine.name }} ({{ client.mac }})
+imgfetch {{ server.http_base }}/missing.bin && echo ${MARK} FAIL missing.bin was served || echo ${MARK} 3 missing file refused
+kernel {{ server.http_base }}/{{ profile.kernel }} {{ profile.args }}{% for initrd in profile.initrds %} initrd={{ initrd }}{% endfor %} || goto fail
+{% for initrd in profile.initrds %}initrd {{ server.http_base }}/{{ initrd }} || goto fail
+{% endfor %}echo ${MARK} 4 files fetched
+boot || goto fail
+:fail
+echo ${MARK} FAIL fetch or boot
+`;
+
+/** The MAC of every machine's NIC (QEMU's default, said explicitly: the inventory names it). */
+export const MACHINE_MAC = "52:54:00:12:34:56";
+
 const INIT = `#!/bin/busybox sh
 /bin/busybox mount -t devtmpfs dev /dev 2>/dev/null
 set -- $(/bin/busybox sha256sum /big.bin)
@@ -96,7 +125,7 @@ set -- $(/bin/busybox sha256sum /big.bin)
 `;
 
 /** The size of big.cpio, the 8 MiB file a boot fetches: its payload fills it to the byte. */
-export const BIG_FILE_SIZE = 8 * 1024 * 1024;
+const BIG_FILE_SIZE = 8 * 1024 * 1024;
 
 /**
  * One member of a cpio archive in the kernel's initramfs format ("newc"): header, name and
@@ -136,13 +165,13 @@ async function busyboxMembers(): Promise<{ name: string; mode: number; data: Uin
   return [...[...dirs].sort().map((name) => ({ name, mode: DIR, data: new Uint8Array(0) })), ...files];
 }
 
-/** The 8 MiB initrd: an archive holding big.bin, random bytes sized so the archive is BIG_FILE_SIZE. */
-function bigArchive(): { archive: Uint8Array; payloadSha256: string } {
+/** The big initrd: an archive holding big.bin, random bytes sized so the archive is `size` bytes. */
+function bigArchive(size: number): { archive: Uint8Array; payloadSha256: string } {
   const empty = cpioArchive([{ name: "big.bin", mode: FILE, data: new Uint8Array(0) }]).length;
-  const payload = new Uint8Array(BIG_FILE_SIZE - empty);
+  const payload = new Uint8Array(size - empty);
   for (let at = 0; at < payload.length; at += 65_536) randomFillSync(payload, at, Math.min(65_536, payload.length - at));
   const archive = cpioArchive([{ name: "big.bin", mode: FILE, data: payload }]);
-  if (archive.length !== BIG_FILE_SIZE) throw new Error(`big.cpio is ${archive.length} bytes, not ${BIG_FILE_SIZE}`);
+  if (archive.length !== size) throw new Error(`big.cpio is ${archive.length} bytes, not ${size}`);
   return { archive, payloadSha256: sha256(payload) };
 }
 
@@ -183,17 +212,29 @@ export interface BootRoot {
   remove(): void;
 }
 
-export async function prepareBootRoot(say: (line: string) => void = () => {}): Promise<BootRoot> {
-  const vmlinuz = await bootKernel(say);
+export interface BootRootOptions {
+  say?: (line: string) => void;
+  /** bytes of big.cpio (default 8 MiB) */
+  bigFileSize?: number;
+  /** "static": boot.ipxe chains second.ipxe; "rendered": the script generate.files renders for the machine's MAC */
+  script?: "static" | "rendered";
+}
+
+export async function prepareBootRoot(opts: BootRootOptions = {}): Promise<BootRoot> {
+  const vmlinuz = await bootKernel(opts.say);
   const dir = tempDir("tftpd-firmware-");
   // the servers drop to an unprivileged user; the root they serve must be readable to it
   chmodSync(dir, 0o755);
   const root = join(dir, "root");
   mkdirSync(root, { mode: 0o755 });
-  const big = bigArchive();
+  const big = bigArchive(opts.bigFileSize ?? BIG_FILE_SIZE);
   const init = cpioArchive([...(await busyboxMembers()), { name: "init", mode: EXEC, data: new TextEncoder().encode(INIT) }]);
-  writeFileSync(join(root, "boot.ipxe"), BOOT_IPXE);
-  writeFileSync(join(root, "second.ipxe"), SECOND_IPXE);
+  if (opts.script === "rendered") {
+    writeFileSync(join(root, "boot.ipxe"), BOOT_IPXE_RENDERED);
+  } else {
+    writeFileSync(join(root, "boot.ipxe"), BOOT_IPXE);
+    writeFileSync(join(root, "second.ipxe"), SECOND_IPXE);
+  }
   writeFileSync(join(root, "init.cpio"), init);
   writeFileSync(join(root, "big.cpio"), big.archive);
   copyFileSync(vmlinuz, join(root, "vmlinuz"));
@@ -276,15 +317,15 @@ export function logRecords(output: string): Record<string, unknown>[] {
   return records;
 }
 
-function qemuArgv(firmware: Firmware, tap: string, serial: string): string[] {
-  const common = ["-accel", "tcg", "-m", "512", "-display", "none", "-no-reboot", "-serial", `file:${serial}`];
+function qemuArgv(firmware: Firmware, tap: string, serial: string, memoryMiB: number): string[] {
+  const common = ["-accel", "tcg", "-m", String(memoryMiB), "-display", "none", "-no-reboot", "-serial", `file:${serial}`];
   const netdev = ["-netdev", `tap,id=n0,ifname=${tap},script=no,downscript=no`];
   if (firmware === "bios") {
     // the NIC's option ROM is QEMU's default for virtio-net: iPXE
-    return [QEMU, "-machine", "pc,graphics=off", ...common, "-boot", "order=n", ...netdev, "-device", "virtio-net-pci,netdev=n0,bootindex=1"];
+    return [QEMU, "-machine", "pc,graphics=off", ...common, "-boot", "order=n", ...netdev, "-device", `virtio-net-pci,netdev=n0,mac=${MACHINE_MAC},bootindex=1`];
   }
   // no option ROM: OVMF's own virtio driver and PXE stack do the network boot
-  const uefi = [QEMU, "-machine", "q35,graphics=off", "-bios", OVMF, ...common, ...netdev, "-device", "virtio-net-pci,netdev=n0,bootindex=1,romfile="];
+  const uefi = [QEMU, "-machine", "q35,graphics=off", "-bios", OVMF, ...common, ...netdev, "-device", `virtio-net-pci,netdev=n0,mac=${MACHINE_MAC},bootindex=1,romfile=`];
   if (firmware === "uefi") return uefi;
   // HTTP Boot comes after PXE in OVMF's boot order: PXE off, so the first network boot is HTTP
   return [...uefi, "-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n", "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"];
@@ -301,6 +342,8 @@ export async function bootMachine(opts: {
   /** the README's dnsmasq block to run as the LAN's DHCP server, by its marker */
   dhcp?: string;
   timeoutMs?: number;
+  /** the machine's memory (default 512 MiB; a 100 MiB initrd is held twice while Linux unpacks it) */
+  memoryMiB?: number;
 }): Promise<BootRun> {
   const missing = missingFirmwarePackages();
   if (missing.length > 0) throw new Error(`booting a machine needs ${missing.join(", ")}: apt-get install -y ${missing.join(" ")}`);
@@ -319,7 +362,7 @@ export async function bootMachine(opts: {
     await waitForUdpListener(lan.host, TFTP_HOST, 69, 15_000);
 
     const started = performance.now();
-    machine = spawnIn(lan.host, qemuArgv(opts.firmware, lan.tap, serialPath), { lifetimeMs: timeoutMs + 5_000 });
+    machine = spawnIn(lan.host, qemuArgv(opts.firmware, lan.tap, serialPath, opts.memoryMiB ?? 512), { lifetimeMs: timeoutMs + 5_000 });
     let exited = false;
     void machine.exited.then(() => (exited = true));
     const steps: BootRun["steps"] = [];

@@ -10,9 +10,11 @@
  * .ci/run install them. Without them these tests are skipped, and say so.
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { compiledBinary } from "../../helpers/binary.ts";
 import {
-  bootMachine, logRecords, missingFirmwarePackages, prepareBootRoot, STEPS, TFTP_HOST, tftpdServer,
+  bootMachine, logRecords, MACHINE_MAC, MACHINE_TEMPLATE, missingFirmwarePackages, prepareBootRoot, STEPS, TFTP_HOST, tftpdServer,
   type BootRoot, type BootRun, type Firmware,
 } from "../../helpers/firmware.ts";
 
@@ -139,5 +141,64 @@ describe.skipIf(missing.length > 0)("real firmware boots over HTTP from the same
   test("UEFI HTTP Boot with the README's block: OVMF loads snponly.efi over HTTP, and iPXE boots Linux over HTTP", async () => {
     const run = await bootMachine({ firmware: "uefi-http", server: tftpdServer(binary, config), root, dhcp: "dnsmasq-uefi-http" });
     expectBootedOverHttp(run, ["snponly.efi", ...SCRIPTED_FILES]);
+  });
+});
+
+describe.skipIf(missing.length > 0)("a real machine boots from the script generated for it", () => {
+  let root: BootRoot;
+  let binary: string;
+  const HUNDRED_MIB = 100 * 1024 * 1024;
+
+  beforeAll(async () => {
+    binary = await compiledBinary();
+    root = await prepareBootRoot({ script: "rendered", bigFileSize: HUNDRED_MIB });
+  });
+  afterAll(() => root?.remove());
+
+  test("BIOS over HTTP: boot.ipxe chains ipxe/<its MAC>.ipxe, rendered from the inventory, which fetches a 100 MiB initrd whose bytes Linux checks", async () => {
+    // other machines of the inventory name files that do not exist: a wrong match cannot boot
+    const machines = Array.from({ length: 200 }, (_, i) => ({
+      name: `rack-${i}`,
+      match: { mac: `52:54:00:aa:${(i >> 8).toString(16).padStart(2, "0")}:${(i & 255).toString(16).padStart(2, "0")}` },
+      profile: "other",
+    }));
+    machines.splice(137, 0, { name: "lab-7", match: { mac: MACHINE_MAC }, profile: "linux" });
+    const inventory = {
+      profiles: {
+        linux: { kernel: "vmlinuz", initrds: ["init.cpio", "big.cpio"], args: "console=ttyS0 quiet panic=-1" },
+        other: { kernel: "no-such-kernel", initrds: [], args: "" },
+      },
+      machines,
+    };
+    writeFileSync(join(root.dir, "inventory.json"), JSON.stringify(inventory));
+    mkdirSync(join(root.dir, "templates"));
+    writeFileSync(join(root.dir, "templates", "machine.ipxe.liquid"), MACHINE_TEMPLATE);
+    const config = {
+      http: { enabled: true, listen: [`${TFTP_HOST}:80`] },
+      generate: {
+        inventory: join(root.dir, "inventory.json"),
+        templates: join(root.dir, "templates"),
+        files: [{ path: "ipxe/{mac}.ipxe", template: "machine.ipxe.liquid" }],
+      },
+    };
+    const run = await bootMachine({ firmware: "bios", server: tftpdServer(binary, config), root, dhcp: "dnsmasq-ipxe-http", memoryMiB: 1024 });
+    console.log(`bios through a rendered script over HTTP: ${run.steps.map((s) => `${s.step} ${s.seconds.toFixed(1)} s`).join(", ")}; ${run.ending}`);
+    if (run.failures.length > 0 || run.steps.length !== STEPS.length) console.error(`serial:\n${run.serial.slice(-4000)}\nserver:\n${run.serverOutput.slice(-4000)}`);
+    expect(run.failures).toEqual([]);
+    expect(run.steps.map((s) => s.step)).toEqual([...STEPS]);
+    // the rendered script named the machine the inventory gives this MAC
+    expect(run.steps[1]!.line).toContain(`rendered for lab-7 (${MACHINE_MAC})`);
+    expect(run.linuxSha256).toBe(root.payloadSha256);
+    expect(root.sizes["big.cpio"]).toBe(HUNDRED_MIB);
+
+    const records = logRecords(run.serverOutput);
+    const got = (file: string) => records.filter((r) => r.msg === "transfer" && r.protocol === "http" && r.file === file && r.method === "GET" && r.status === 200);
+    const script = got(`ipxe/${MACHINE_MAC.replaceAll(":", "-")}.ipxe`);
+    expect(script.length).toBe(1);
+    expect(script[0]!.result).toBe("ok");
+    for (const file of ["boot.ipxe", "vmlinuz", "init.cpio", "big.cpio"]) {
+      expect({ file, bytes: got(file)[0]?.bytes, result: got(file)[0]?.result }).toEqual({ file, bytes: root.sizes[file]!, result: "ok" });
+    }
+    expect(records.some((r) => r.file === "second.ipxe" || r.file === "no-such-kernel")).toBe(false);
   });
 });
