@@ -74,23 +74,50 @@ export function normalMac(text: string): string | null {
 
 interface CompiledMachine {
   machine: Machine;
+  /** its place in the file: the first of equals wins */
+  order: number;
   mac: string | null;
   cidr: { list: CidrList; prefix: number } | null;
   score: number;
 }
 
+/** The key a machine is found by without a scan: the first identity or address its match names. */
+type IndexKey = `${"mac" | "uuid" | "serial" | "ip"}=${string}`;
+
+function indexKey(c: CompiledMachine): IndexKey | null {
+  const m = c.machine.match;
+  if (c.mac !== null) return `mac=${c.mac}`;
+  if (m.uuid !== undefined) return `uuid=${m.uuid.toLowerCase()}`;
+  if (m.serial !== undefined) return `serial=${m.serial}`;
+  if (m.ip !== undefined) return `ip=${m.ip}`;
+  return null;
+}
+
 export class Inventory {
-  private readonly machines: CompiledMachine[];
+  /**
+   * Machines by the one identity or address each names (a fleet's inventory is mostly MACs):
+   * a request looks at the few its facts can match, not the whole inventory.
+   */
+  private readonly byKey = new Map<IndexKey, CompiledMachine[]>();
+  /** machines matched by network, architecture or labels only: tried for every request */
+  private readonly scanned: CompiledMachine[] = [];
 
   private constructor(private readonly data: InventoryData) {
-    this.machines = data.machines.map((machine) => {
+    data.machines.forEach((machine, order) => {
       const m = machine.match;
       const parsed = m.cidr ? safeParseCidr(m.cidr) : null;
       const cidr = parsed?.ok ? { list: new CidrList([parsed.value.text]), prefix: parsed.value.prefix } : null;
       // identities over addresses over networks over the rest; a longer prefix is more specific
       const score =
         (m.mac || m.uuid || m.serial ? 1_000_000 : 0) + (m.ip ? 100_000 : 0) + (cidr ? 1_000 + cidr.prefix : 0) + (m.arch ? 10 : 0) + Object.keys(m.labels ?? {}).length;
-      return { machine, mac: m.mac ? normalMac(m.mac) : null, cidr, score };
+      const compiled: CompiledMachine = { machine, order, mac: m.mac ? normalMac(m.mac) : null, cidr, score };
+      const key = indexKey(compiled);
+      if (key === null) this.scanned.push(compiled);
+      else {
+        const same = this.byKey.get(key);
+        if (same) same.push(compiled);
+        else this.byKey.set(key, [compiled]);
+      }
     });
   }
 
@@ -122,13 +149,22 @@ export class Inventory {
   /** The machine `client` is, by the most specific match, with its profile; null when none matches. */
   match(client: ClientFacts): { machine: Machine; profile: Profile & { name: string } } | null {
     let best: CompiledMachine | null = null;
-    for (const c of this.machines) {
-      if (!matches(c, client)) continue;
-      if (!best || c.score > best.score) best = c;
-    }
+    const consider = (candidates: readonly CompiledMachine[] | undefined): void => {
+      if (!candidates) return;
+      for (const c of candidates) {
+        if (!matches(c, client)) continue;
+        if (!best || c.score > best.score || (c.score === best.score && c.order < best.order)) best = c;
+      }
+    };
+    if (client.mac !== null) consider(this.byKey.get(`mac=${client.mac}`));
+    if (client.uuid !== null) consider(this.byKey.get(`uuid=${client.uuid.toLowerCase()}`));
+    if (client.serial !== null) consider(this.byKey.get(`serial=${client.serial}`));
+    if (client.ip !== null) consider(this.byKey.get(`ip=${client.ip}`));
+    consider(this.scanned);
     if (!best) return null;
-    const name = best.machine.profile;
-    return { machine: best.machine, profile: { ...this.data.profiles[name]!, name } };
+    const found: CompiledMachine = best;
+    const name = found.machine.profile;
+    return { machine: found.machine, profile: { ...this.data.profiles[name]!, name } };
   }
 }
 

@@ -46,6 +46,44 @@ describe("inventory: the most specific match wins", () => {
     expect(() => Inventory.parse('{"machines": [{"match": {"mac": "zz"}, "profile": "p"}], "profiles": {"p": {}}}', "inv.json")).toThrow(/not a MAC address/);
     expect(() => Inventory.parse("{ nope", "inv.json")).toThrow(/^inv\.json:1:/);
   });
+  test("a machine found by its MAC still needs the rest of its match; the first of equals wins", () => {
+    const two = Inventory.parse(
+      JSON.stringify({
+        profiles: { p: {} },
+        machines: [
+          { match: { mac: "52:54:00:00:00:01", arch: "efi64" }, profile: "p", vars: { role: "efi" } },
+          { match: { mac: "52:54:00:00:00:01" }, profile: "p", vars: { role: "first" } },
+          { match: { mac: "52-54-00-00-00-01" }, profile: "p", vars: { role: "second" } },
+          { match: { serial: "SN-1" }, profile: "p", vars: { role: "serial" } },
+          { match: { ip: "10.0.0.1", labels: { rack: "r1" } }, profile: "p", vars: { role: "ip+rack" } },
+        ],
+      }),
+      "two.json",
+    );
+    const r = (c: ClientFacts): unknown => two.match(c)?.machine.vars.role ?? null;
+    expect(r(client({ mac: "52:54:00:00:00:01" }))).toBe("first");
+    expect(r(client({ mac: "52:54:00:00:00:01", arch: "efi64" }))).toBe("efi");
+    expect(r(client({ serial: "SN-1" }))).toBe("serial");
+    expect(r(client({ serial: "sn-1" }))).toBeNull();
+    expect(r(client({ ip: "10.0.0.1" }))).toBeNull();
+    expect(r(client({ ip: "10.0.0.1", labels: { rack: "r1" } }))).toBe("ip+rack");
+  });
+  test("10,000 machines: each MAC gets its own, and one named by a network still matches the rest", () => {
+    const mac = (i: number): string => `52:54:00:${[i >> 16, (i >> 8) & 255, i & 255].map((b) => b.toString(16).padStart(2, "0")).join(":")}`;
+    const big = Inventory.parse(
+      JSON.stringify({
+        profiles: { p: {} },
+        machines: [
+          ...Array.from({ length: 10_000 }, (_, i) => ({ name: `m${i}`, match: { mac: mac(i) }, profile: "p" })),
+          { name: "lab", match: { cidr: "10.0.0.0/8" }, profile: "p" },
+        ],
+      }),
+      "big.json",
+    );
+    for (const i of [0, 4_321, 9_999]) expect(big.match(client({ mac: mac(i), ip: "10.1.1.1" }))?.machine.name).toBe(`m${i}`);
+    expect(big.match(client({ mac: mac(10_000), ip: "10.1.1.1" }))?.machine.name).toBe("lab");
+    expect(big.match(client({ mac: mac(10_000), ip: "192.0.2.1" }))).toBeNull();
+  });
   test("MACs in every spelling", () => {
     for (const m of ["52-54-00-12-34-56", "52:54:00:12:34:56", "525400123456", "52-54-00-12-34-56".toUpperCase()]) expect(normalMac(m)).toBe("52:54:00:12:34:56");
     expect(normalMac("52-54-00-12-34")).toBeNull();
