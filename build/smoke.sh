@@ -24,15 +24,15 @@ cmp "$work/root/kernel.img" "$work/got.img"
 # the metrics saw it: one finished read and every byte
 sleep 0.2
 metrics=$(curl -sS "http://127.0.0.1:$mport/metrics")
-grep -q '^tftpd_transfers_total{direction="read",result="ok"} 1$' <<<"$metrics" || { echo "smoke: metrics did not count the transfer"; exit 1; }
-grep -q '^tftpd_sent_bytes_total 3000000$' <<<"$metrics" || { echo "smoke: metrics did not count the bytes"; exit 1; }
+grep -q '^tftpd_transfers_total{protocol="tftp",direction="read",result="ok"} 1$' <<<"$metrics" || { echo "smoke: metrics did not count the transfer"; exit 1; }
+grep -q '^tftpd_sent_bytes_total{protocol="tftp"} 3000000$' <<<"$metrics" || { echo "smoke: metrics did not count the bytes"; exit 1; }
 "$bin" metrics --url "http://127.0.0.1:$mport" | grep -q '^connections active 0 total 1 failed 0$'
 # under load: 100 more transfers from the built-in load generator (8 at once: the default
 # per-client limit is 10 transfers of one file from one address)
 "$bin" bench "127.0.0.1:$port" --concurrency 8 --total 100 --blksize 1468 --file kernel.img --verify "$work/root/kernel.img" --quiet
 sleep 0.2
 metrics=$(curl -sS "http://127.0.0.1:$mport/metrics")
-for want in 'tftpd_transfers_total{direction="read",result="ok"} 101' 'tftpd_sent_bytes_total 303000000' 'tftpd_first_response_seconds_count 101' 'tftpd_transfer_duration_seconds_count 101'; do
+for want in 'tftpd_transfers_total{protocol="tftp",direction="read",result="ok"} 101' 'tftpd_sent_bytes_total{protocol="tftp"} 303000000' 'tftpd_first_response_seconds_count{protocol="tftp"} 101' 'tftpd_transfer_duration_seconds_count{protocol="tftp"} 101'; do
   grep -qF "$want" <<<"$metrics" || { echo "smoke: metrics under load: expected '$want'"; exit 1; }
 done
 # a CPU profile of the running binary, taken while it serves

@@ -2,6 +2,8 @@
  * The server's Prometheus metrics (prom-client). Every finished transfer reaches the main
  * thread as one record, workers included, so one registry on the main thread sums them all.
  * Names follow Prometheus conventions: base units, `_total` for counters, `_seconds`, `_bytes`.
+ * What TFTP and HTTP both do (bytes sent, time to first byte, transfers, refusals, durations)
+ * is one family with a `protocol` label, so a query sums or splits them as it needs.
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { monitorEventLoopDelay } from "node:perf_hooks";
@@ -9,13 +11,17 @@ import client from "prom-client";
 import type { HttpRecord } from "../http/frontend.ts";
 import type { CacheStats } from "../storage/cache.ts";
 import type { TransferRecord } from "../server/server.ts";
-import { REFUSAL_KINDS, type RefusalRecord } from "../server/refusal-record.ts";
+import { REFUSAL_KINDS, type RefusalKind, type RefusalRecord } from "../server/refusal-record.ts";
 import type { SlotStats } from "../server/transfer-slots.ts";
 import { BUILD_COMMIT, VERSION } from "../version.ts";
 
 /** First responses on a LAN take tens of µs; a storm pushes them to ms; retries to seconds. */
 const FIRST_RESPONSE_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 const DURATION_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
+
+/** The `protocol` label of the families TFTP and HTTP share. */
+type Protocol = "tftp" | "http";
+const PROTOCOLS: readonly Protocol[] = ["tftp", "http"];
 
 /** The fleet side of a node in cluster mode: its Redis link and the shared cache's use. */
 export interface ClusterStats {
@@ -152,33 +158,44 @@ function registerEventLoopLag(registers: client.Registry[]): void {
 export class ServerMetrics {
   readonly registry = new client.Registry();
   private readonly transfers: client.Counter;
-  private readonly sent: client.Counter;
   private readonly received: client.Counter;
-  private readonly firstResponse: client.Histogram;
-  private readonly duration: client.Histogram;
+  // children bound once: each transfer's end then builds no label object for them
+  private readonly sentTftp: client.Counter.Internal;
+  private readonly sentHttp: client.Counter.Internal;
+  private readonly firstResponseTftp: client.Histogram.Internal<"protocol">;
+  private readonly firstResponseHttp: client.Histogram.Internal<"protocol">;
+  private readonly durationTftp: client.Histogram.Internal<"protocol">;
+  private readonly durationHttp: client.Histogram.Internal<"protocol">;
   private readonly retransmits: client.Counter;
   private readonly errorsSent: client.Counter;
   private readonly optionRequests: client.Counter;
   private readonly probes: client.Counter;
   private readonly refusals: client.Counter;
-  private readonly requestsRefused: client.Counter;
+  private readonly requestsRefused: Record<Protocol, Record<RefusalKind, client.Counter.Internal>>;
   private readonly strays: client.Counter;
   private readonly garbageUnanswered: client.Counter;
   private readonly workerRestarts: client.Counter;
   private readonly httpRequests: client.Counter;
-  private readonly httpSent: client.Counter;
-  private readonly httpFirstByte: client.Histogram;
   private readonly renders: client.Counter;
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
     this.transfers = new client.Counter({
       name: "tftpd_transfers_total",
-      help: "Finished transfers by direction and result: ok, probe, superseded (not failures: the client asked anew from the same port after a silence), client-error, timeout, error",
-      labelNames: ["direction", "result"],
+      help: "Finished transfers by protocol, direction and result. TFTP: ok, probe, superseded (not failures: the client asked anew from the same port after a silence), client-error, timeout, error, dropped; HTTP (every request that opened a file, read): ok, aborted (the client went away), failed (mid-body)",
+      labelNames: ["protocol", "direction", "result"],
       registers,
     });
-    this.sent = new client.Counter({ name: "tftpd_sent_bytes_total", help: "File bytes delivered to clients (acknowledged)", registers });
+    const sent = new client.Counter({
+      name: "tftpd_sent_bytes_total",
+      help: "File bytes delivered to clients, by protocol: acknowledged (TFTP), handed to the connection (HTTP body)",
+      labelNames: ["protocol"],
+      registers,
+    });
+    this.sentTftp = sent.labels({ protocol: "tftp" });
+    this.sentHttp = sent.labels({ protocol: "http" });
+    // present from the start as the unlabelled family was: a rate over it needs no first transfer
+    this.sentTftp.inc(0);
     this.httpRequests = new client.Counter({
       name: "tftpd_http_requests_total",
       help: "HTTP requests for files that reached the pipeline, by method, status and result (ok, aborted by the client, failed mid-body)",
@@ -191,21 +208,27 @@ export class ServerMetrics {
       labelNames: ["template", "result"],
       registers,
     });
-    this.httpSent = new client.Counter({ name: "tftpd_http_sent_bytes_total", help: "File bytes handed to HTTP clients", registers });
-    this.httpFirstByte = new client.Histogram({
-      name: "tftpd_http_first_byte_seconds",
-      help: "HTTP request in to response headers out (time to first byte)",
-      buckets: FIRST_RESPONSE_BUCKETS,
-      registers,
-    });
     this.received = new client.Counter({ name: "tftpd_received_bytes_total", help: "File bytes received in uploads", registers });
-    this.firstResponse = new client.Histogram({
+    const firstResponse = new client.Histogram({
       name: "tftpd_first_response_seconds",
-      help: "Request in to first OACK/DATA/ACK out",
+      help: "Time to first byte, by protocol: request in to first OACK/DATA/ACK out (TFTP), request in to response headers out (HTTP)",
+      labelNames: ["protocol"],
       buckets: FIRST_RESPONSE_BUCKETS,
       registers,
     });
-    this.duration = new client.Histogram({ name: "tftpd_transfer_duration_seconds", help: "Whole transfers", buckets: DURATION_BUCKETS, registers });
+    this.firstResponseTftp = firstResponse.labels({ protocol: "tftp" });
+    this.firstResponseHttp = firstResponse.labels({ protocol: "http" });
+    firstResponse.zero({ protocol: "tftp" });
+    const duration = new client.Histogram({
+      name: "tftpd_transfer_duration_seconds",
+      help: "Whole transfers, by protocol: request in to the last ACK (TFTP), to the response's end (HTTP)",
+      labelNames: ["protocol"],
+      buckets: DURATION_BUCKETS,
+      registers,
+    });
+    this.durationTftp = duration.labels({ protocol: "tftp" });
+    this.durationHttp = duration.labels({ protocol: "http" });
+    duration.zero({ protocol: "tftp" });
     this.retransmits = new client.Counter({ name: "tftpd_retransmits_total", help: "Datagrams sent again", registers });
     this.errorsSent = new client.Counter({ name: "tftpd_errors_sent_total", help: "TFTP ERROR packets sent, by code", labelNames: ["code"], registers });
     this.optionRequests = new client.Counter({
@@ -221,14 +244,17 @@ export class ServerMetrics {
       labelNames: ["limit"],
       registers,
     });
-    this.requestsRefused = new client.Counter({
+    const requestsRefused = new client.Counter({
       name: "tftpd_requests_refused_total",
-      help: "Requests refused before a transfer began (answered with an ERROR or dropped), by reason: not_found, access, limit, allow_deny, options, malformed (datagrams at a listen port that are no valid request), other",
-      labelNames: ["reason"],
+      help: "Requests refused before a transfer began (answered with an ERROR or an HTTP status, or dropped), by protocol and reason: not_found, access, limit, allow_deny, options, malformed (datagrams at a listen port that are no valid request), other",
+      labelNames: ["protocol", "reason"],
       registers,
     });
-    // every reason present from the start, so a rate over it needs no first refusal
-    for (const reason of REFUSAL_KINDS) this.requestsRefused.inc({ reason }, 0);
+    // every reason of either protocol present from the start, so a rate over it needs no first refusal
+    const byReason = (protocol: Protocol) =>
+      Object.fromEntries(REFUSAL_KINDS.map((reason) => [reason, requestsRefused.labels({ protocol, reason })])) as Record<RefusalKind, client.Counter.Internal>;
+    this.requestsRefused = { tftp: byReason("tftp"), http: byReason("http") };
+    for (const protocol of PROTOCOLS) for (const child of Object.values(this.requestsRefused[protocol])) child.inc(0);
     const rateLimited = sources.requestsRateLimited;
     if (rateLimited) {
       runningTotalCounter(
@@ -357,13 +383,13 @@ export class ServerMetrics {
   }
 
   transferEnded(record: TransferRecord): void {
-    this.transfers.inc({ direction: record.direction, result: record.result });
-    if (record.direction === "read") this.sent.inc(record.bytes);
+    this.transfers.inc({ protocol: "tftp", direction: record.direction, result: record.result });
+    if (record.direction === "read") this.sentTftp.inc(record.bytes);
     else this.received.inc(record.bytes);
     // a request dropped over its source's budget of unanswered transfers never got a first packet
     if (record.result !== "dropped") {
-      this.firstResponse.observe(record.firstResponseMs / 1000);
-      this.duration.observe(record.durationMs / 1000);
+      this.firstResponseTftp.observe(record.firstResponseMs / 1000);
+      this.durationTftp.observe(record.durationMs / 1000);
     }
     if (record.retransmits > 0) this.retransmits.inc(record.retransmits);
     if (record.error?.from === "server") this.errorsSent.inc({ code: String(record.error.code) });
@@ -375,13 +401,13 @@ export class ServerMetrics {
   /** A datagram at a listen port that was no request, dropped over the reply rate. */
   garbageDropped(): void {
     this.garbageUnanswered.inc();
-    this.requestsRefused.inc({ reason: "malformed" });
+    this.refused("tftp", "malformed");
   }
 
   /** A datagram at a listen port that was no request, answered with ERROR `code` (null: dropped). */
   garbageRefused(code: number | null): void {
     if (code !== null) this.errorsSent.inc({ code: String(code) });
-    this.requestsRefused.inc({ reason: "malformed" });
+    this.refused("tftp", "malformed");
   }
 
   /** A transfer worker died and was replaced. */
@@ -391,8 +417,9 @@ export class ServerMetrics {
 
   /** A request refused before a transfer began (`code` null when it was dropped). */
   requestRefused(record: RefusalRecord): void {
-    if (record.code !== null) this.errorsSent.inc({ code: String(record.code) });
-    this.requestsRefused.inc({ reason: record.kind });
+    // an HTTP refusal carries the code TFTP would have sent, but answered with a status instead
+    if (record.code !== null && record.protocol === undefined) this.errorsSent.inc({ code: String(record.code) });
+    this.refused(record.protocol ?? "tftp", record.kind);
     if (record.kind !== "limit") return;
     const limit = /^busy: (\S+) transfer limit/.exec(record.reason)?.[1];
     if (limit) this.refusals.inc({ limit });
@@ -402,10 +429,17 @@ export class ServerMetrics {
     this.renders.inc({ template, result: ok ? "ok" : "error" });
   }
 
+  /** An HTTP request that opened a file, however it ended: a transfer of protocol "http". */
   httpServed(record: HttpRecord): void {
     this.httpRequests.inc({ method: record.method, status: String(record.status), result: record.result });
-    this.httpSent.inc(record.bytes);
-    this.httpFirstByte.observe(record.firstByteMs / 1000);
+    this.transfers.inc({ protocol: "http", direction: "read", result: record.result });
+    this.sentHttp.inc(record.bytes);
+    this.firstResponseHttp.observe(record.firstByteMs / 1000);
+    this.durationHttp.observe(record.durationMs / 1000);
+  }
+
+  private refused(protocol: Protocol, reason: RefusalKind): void {
+    this.requestsRefused[protocol][reason].inc();
   }
 
   text(): Promise<string> {

@@ -44,18 +44,26 @@ export function parsePrometheus(text: string): Sample[] {
   return samples;
 }
 
-function sum(samples: Sample[], name: string, filter: (labels: Record<string, string>) => boolean = () => true): number {
+type LabelFilter = (labels: Record<string, string>) => boolean;
+
+/** TFTP's series; a server from before the `protocol` label served TFTP alone. */
+const tftp: LabelFilter = (l) => (l.protocol ?? "tftp") === "tftp";
+
+function sum(samples: Sample[], name: string, filter: LabelFilter = () => true): number {
   let total = 0;
   for (const s of samples) if (s.name === name && filter(s.labels)) total += s.value;
   return total;
 }
 
-/** A quantile from a cumulative histogram, interpolating inside the bucket (as PromQL does). */
-export function histogramQuantile(samples: Sample[], name: string, q: number): number | null {
-  // summed by bucket bound over every series of the histogram, as `sum by (le)` does
+/**
+ * A quantile from a cumulative histogram, interpolating inside the bucket (as PromQL does).
+ * @param filter the series to take (all of them by default)
+ */
+export function histogramQuantile(samples: Sample[], name: string, q: number, filter: LabelFilter = () => true): number | null {
+  // summed by bucket bound over every series taken, as `sum by (le)` does
   const byBound = new Map<number, number>();
   for (const s of samples) {
-    if (s.name !== `${name}_bucket` || s.labels.le === undefined) continue;
+    if (s.name !== `${name}_bucket` || s.labels.le === undefined || !filter(s.labels)) continue;
     const le = parseValue(s.labels.le);
     byBound.set(le, (byBound.get(le) ?? 0) + s.value);
   }
@@ -95,6 +103,10 @@ export interface Summary {
 }
 
 /**
+ * Bytes, transfers and failures are TFTP's and HTTP's together (what the node served); the
+ * first-response latency and retransmits per transfer are TFTP's alone, the figures the
+ * datacenter guide compares with other TFTP servers (an HTTP download has no retransmits, and
+ * its time to first byte would blend another distribution into the TFTP p99).
  * @param earlier a scrape taken `seconds` before `now`, for rates (throughput, CPU); without
  *   it the rates are null
  */
@@ -102,11 +114,14 @@ export function summarize(now: Sample[], earlier: Sample[] | null, seconds: numb
   const bytes = (s: Sample[]) => sum(s, "tftpd_sent_bytes_total") + sum(s, "tftpd_received_bytes_total");
   const cpu = (s: Sample[]) => sum(s, "tftpd_process_cpu_seconds_total");
   const transfers = sum(now, "tftpd_transfers_total");
+  const tftpTransfers = sum(now, "tftpd_transfers_total", tftp);
+  // HTTP's aborted is the client gone, as TFTP's client-error: neither is the server failing
+  const failed: LabelFilter = (l) => (tftp(l) ? l.result === "timeout" || l.result === "error" : l.result === "failed");
   const retransmits = sum(now, "tftpd_retransmits_total");
   const hits = sum(now, "tftpd_cache_hits_total");
   const lookups = hits + sum(now, "tftpd_cache_misses_total") + sum(now, "tftpd_cache_bypasses_total");
-  const p50 = histogramQuantile(now, "tftpd_first_response_seconds", 0.5);
-  const p99 = histogramQuantile(now, "tftpd_first_response_seconds", 0.99);
+  const p50 = histogramQuantile(now, "tftpd_first_response_seconds", 0.5, tftp);
+  const p99 = histogramQuantile(now, "tftpd_first_response_seconds", 0.99, tftp);
   return {
     throughput_bits_per_second: earlier && seconds > 0 ? ((bytes(now) - bytes(earlier)) * 8) / seconds : null,
     sent_bytes_total: sum(now, "tftpd_sent_bytes_total"),
@@ -115,9 +130,9 @@ export function summarize(now: Sample[], earlier: Sample[] | null, seconds: numb
     latency_first_response_p99_ms: p99 === null ? null : p99 * 1000,
     connections_active: sum(now, "tftpd_active_transfers"),
     connections_total: transfers,
-    transfers_failed: sum(now, "tftpd_transfers_total", (l) => l.result === "timeout" || l.result === "error"),
+    transfers_failed: sum(now, "tftpd_transfers_total", failed),
     retransmits_total: retransmits,
-    retransmits_per_transfer: transfers > 0 ? retransmits / transfers : null,
+    retransmits_per_transfer: tftpTransfers > 0 ? retransmits / tftpTransfers : null,
     cache_hit_ratio: lookups > 0 ? hits / lookups : null,
     cpu_seconds_total: cpu(now),
     cpu_percent: earlier && seconds > 0 ? ((cpu(now) - cpu(earlier)) / seconds) * 100 : null,

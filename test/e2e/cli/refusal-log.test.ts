@@ -144,8 +144,13 @@ describe("a refused request is one info line with the file name, counted by reas
 
   test("the metrics count each refusal once by reason, and the ERROR codes and the limit as before", async () => {
     const m = await scrape(s);
-    const refused = (reason: string) => value(m, "tftpd_requests_refused_total", { reason });
-    expect([refused("not_found"), refused("access"), refused("allow_deny"), refused("options"), refused("limit"), refused("malformed"), refused("other")]).toEqual([1, 1, 1, 1, 1, 1, 0]);
+    const reasons = ["not_found", "access", "allow_deny", "options", "limit", "malformed", "other"];
+    const refused = (protocol: string) => reasons.map((reason) => value(m, "tftpd_requests_refused_total", { protocol, reason }));
+    expect(refused("tftp")).toEqual([1, 1, 1, 1, 1, 1, 0]);
+    // no HTTP here: its series are there all the same, at 0, for rates that need no first refusal
+    expect(refused("http")).toEqual([0, 0, 0, 0, 0, 0, 0]);
+    const httpSeries = m.filter((x) => x.name === "tftpd_requests_refused_total" && x.labels.protocol === "http");
+    expect(httpSeries.map((x) => x.labels.reason).sort()).toEqual([...reasons].sort());
     expect(value(m, "tftpd_admission_refusals_total", { limit: "per-ip" })).toBe(1);
     const sent = (code: string) => value(m, "tftpd_errors_sent_total", { code });
     expect([sent("0"), sent("1"), sent("2"), sent("3"), sent("4")]).toEqual([1, 1, 2, 1, 1]);
@@ -184,7 +189,7 @@ describe("request rate per source address", () => {
 
     const m = await scrape(s);
     expect(value(m, "tftpd_requests_rate_limited_total")).toBe(sent - answers.length);
-    expect(value(m, "tftpd_requests_refused_total", { reason: "not_found" })).toBe(answers.length);
+    expect(value(m, "tftpd_requests_refused_total", { protocol: "tftp", reason: "not_found" })).toBe(answers.length);
 
     // one line per answered request, none per dropped one; one summary within the interval
     expect(s.logs.filter((l) => isRefusal(l) && String(l.file).startsWith("flood/"))).toHaveLength(answers.length);

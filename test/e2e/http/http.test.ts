@@ -8,6 +8,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { parsePrometheus } from "../../../src/ops/summary.ts";
 import { patternBytes, removeDir, sha256, tempDir, writeFile } from "../../helpers/files.ts";
 import { run } from "../../helpers/run.ts";
 import { spawnServer, type ChildServer } from "../../helpers/server.ts";
@@ -203,12 +204,28 @@ describe("the root over HTTP", () => {
     expect(sha256((await curl("/changing.bin")).body)).toBe(sha256(old));
   });
 
-  test("metrics: requests by method, status and result; bytes; time to first byte", async () => {
+  test("metrics: requests by method, status and result; bytes, transfers, time to first byte and refusals under protocol http", async () => {
     const text = await (await fetch(`${server.metricsUrl}/metrics`)).text();
     expect(text).toMatch(/tftpd_http_requests_total\{method="GET",status="200",result="ok"\} [1-9]/);
     expect(text).toMatch(/tftpd_http_requests_total\{method="GET",status="206",result="ok"\} [1-9]/);
-    expect(text).toMatch(/tftpd_http_sent_bytes_total [1-9]/);
-    expect(text).toMatch(/tftpd_http_first_byte_seconds_count [1-9]/);
+    expect(text).toMatch(/tftpd_sent_bytes_total\{protocol="http"\} [1-9]/);
+    expect(text).toMatch(/tftpd_transfers_total\{protocol="http",direction="read",result="ok"\} [1-9]/);
+    expect(text).toMatch(/tftpd_first_response_seconds_count\{protocol="http"\} [1-9]/);
+    expect(text).toMatch(/tftpd_requests_refused_total\{protocol="http",reason="not_found"\} [1-9]/);
+    expect(text).not.toContain("tftpd_http_sent_bytes_total");
+    expect(text).not.toContain("tftpd_http_first_byte_seconds");
+    // one record per request feeds them all: in one scrape they agree
+    const samples = parsePrometheus(text);
+    const sum = (name: string, labels: Record<string, string> = {}) =>
+      samples.filter((x) => x.name === name && Object.entries(labels).every(([k, v]) => x.labels[k] === v)).reduce((n, x) => n + x.value, 0);
+    const requests = sum("tftpd_http_requests_total");
+    expect(requests).toBeGreaterThan(0);
+    expect(sum("tftpd_transfers_total", { protocol: "http" })).toBe(requests);
+    expect(sum("tftpd_first_response_seconds_count", { protocol: "http" })).toBe(requests);
+    expect(sum("tftpd_transfer_duration_seconds_count", { protocol: "http" })).toBe(requests);
+    // the one TFTP read here went well, and HTTP refusals are answered with a status, not a TFTP ERROR
+    expect(sum("tftpd_transfers_total", { protocol: "tftp" })).toBe(1);
+    expect(sum("tftpd_errors_sent_total")).toBe(0);
   });
 });
 

@@ -1,8 +1,9 @@
 /**
  * The operations endpoint and `tftpd metrics` against a real `tftpd serve` child: health and
  * readiness, counters that move by exactly what the clients did (curl downloads, a missing
- * file, a UEFI-style tsize probe), the CLI's greppable lines, --raw, --json, a dead URL, and
- * metrics switched off.
+ * file, a UEFI-style tsize probe), TFTP and HTTP told apart by the `protocol` label of the
+ * families they share, the CLI's greppable lines, --raw, --json, a dead URL, and metrics
+ * switched off.
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { renameSync } from "node:fs";
@@ -135,26 +136,28 @@ describe("counters", () => {
   });
 
   test("transfers: 5 ok and 1 probe; the missing file is a refused request, not a transfer", () => {
-    expect(delta("tftpd_transfers_total", { direction: "read", result: "ok" })).toBe(5);
-    expect(delta("tftpd_transfers_total", { direction: "read", result: "probe" })).toBe(1);
+    expect(delta("tftpd_transfers_total", { protocol: "tftp", direction: "read", result: "ok" })).toBe(5);
+    expect(delta("tftpd_transfers_total", { protocol: "tftp", direction: "read", result: "probe" })).toBe(1);
     expect(delta("tftpd_transfers_total")).toBe(6);
     expect(value(after, "tftpd_active_transfers")).toBe(0);
   });
 
   test("bytes: 5 × 100,000 sent, nothing received", () => {
+    expect(delta("tftpd_sent_bytes_total", { protocol: "tftp" })).toBe(5 * SIZE);
     expect(delta("tftpd_sent_bytes_total")).toBe(5 * SIZE);
     expect(delta("tftpd_received_bytes_total")).toBe(0);
   });
 
   test("first-response histogram counts the 5 downloads and the probe", () => {
-    expect(delta("tftpd_first_response_seconds_count")).toBe(6);
-    expect(delta("tftpd_first_response_seconds_bucket", { le: "+Inf" })).toBe(6);
-    expect(delta("tftpd_transfer_duration_seconds_count")).toBe(6);
+    expect(delta("tftpd_first_response_seconds_count", { protocol: "tftp" })).toBe(6);
+    expect(delta("tftpd_first_response_seconds_bucket", { protocol: "tftp", le: "+Inf" })).toBe(6);
+    expect(delta("tftpd_transfer_duration_seconds_count", { protocol: "tftp" })).toBe(6);
     expect(delta("tftpd_first_response_seconds_sum")).toBeGreaterThan(0);
   });
 
   test("errors, probes and options", () => {
     expect(delta("tftpd_errors_sent_total", { code: "1" })).toBe(1);
+    expect(delta("tftpd_requests_refused_total", { protocol: "tftp", reason: "not_found" })).toBe(1);
     // the probe's ERROR 8 came from the client, not the server
     expect(delta("tftpd_errors_sent_total", { code: "8" })).toBe(0);
     expect(delta("tftpd_size_probes_total")).toBe(1);
@@ -226,6 +229,78 @@ describe("counters", () => {
       expect(lines(r.stderr)).toHaveLength(1);
       expect(r.stderr).toContain(`${closed}/metrics`);
     });
+  });
+});
+
+describe("TFTP and HTTP in the same families, told apart by protocol", () => {
+  let both: ChildServer;
+  let samples: Sample[];
+  const of = (name: string, labels: Record<string, string> = {}): number => value(samples, name, labels);
+
+  beforeAll(async () => {
+    both = await spawnServer(["--root", root, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]);
+    extra.push(both);
+    const http = both.logs.find((l) => l.msg === "http listening")?.address;
+    expect(typeof http).toBe("string");
+
+    const viaTftp = join(out, "both-tftp.bin");
+    expect((await curl(["--tftp-blksize", "1468", "-o", viaTftp, `tftp://127.0.0.1:${both.port}/f.bin`])).exitCode).toBe(0);
+    expect(await sha256File(viaTftp)).toBe(sha256(content));
+    const viaHttp = join(out, "both-http.bin");
+    expect((await curl(["-o", viaHttp, `http://${http}/f.bin`])).exitCode).toBe(0);
+    expect(await sha256File(viaHttp)).toBe(sha256(content));
+    const missing = await curl(["-o", "/dev/null", "-w", "%{http_code}", `http://${http}/missing.bin`]);
+    expect(missing.stdout).toBe("404");
+
+    // an HTTP download is recorded when its response ends, which may be after curl returned
+    const deadline = performance.now() + 3000;
+    for (;;) {
+      samples = parsePrometheus(await (await fetch(`${both.metricsUrl}/metrics`, { signal: AbortSignal.timeout(3000) })).text());
+      if (of("tftpd_transfers_total") >= 2 || performance.now() > deadline) break;
+      await Bun.sleep(50);
+    }
+  });
+
+  test("sent bytes: the file's size under each protocol", () => {
+    expect(of("tftpd_sent_bytes_total", { protocol: "tftp" })).toBe(SIZE);
+    expect(of("tftpd_sent_bytes_total", { protocol: "http" })).toBe(SIZE);
+  });
+
+  test("transfers: one read of each protocol, both ok; the 404 is no transfer", () => {
+    expect(of("tftpd_transfers_total", { protocol: "tftp", direction: "read", result: "ok" })).toBe(1);
+    expect(of("tftpd_transfers_total", { protocol: "http", direction: "read", result: "ok" })).toBe(1);
+    expect(of("tftpd_transfers_total")).toBe(2);
+    expect(of("tftpd_http_requests_total", { method: "GET", status: "200", result: "ok" })).toBe(1);
+  });
+
+  test("time to first byte and duration: one observation under each protocol", () => {
+    expect(of("tftpd_first_response_seconds_count", { protocol: "tftp" })).toBe(1);
+    expect(of("tftpd_first_response_seconds_count", { protocol: "http" })).toBe(1);
+    expect(of("tftpd_first_response_seconds_bucket", { protocol: "http", le: "+Inf" })).toBe(1);
+    expect(of("tftpd_first_response_seconds_sum", { protocol: "http" })).toBeGreaterThan(0);
+    expect(of("tftpd_transfer_duration_seconds_count", { protocol: "http" })).toBe(1);
+  });
+
+  test("the HTTP 404 is an HTTP refusal (not_found), and no TFTP ERROR was sent for it", () => {
+    expect(of("tftpd_requests_refused_total", { protocol: "http", reason: "not_found" })).toBe(1);
+    expect(of("tftpd_requests_refused_total", { protocol: "tftp", reason: "not_found" })).toBe(0);
+    expect(of("tftpd_errors_sent_total")).toBe(0);
+  });
+
+  test("HTTP has no families of its own for what both protocols do", () => {
+    const names = new Set(samples.map((s) => s.name));
+    for (const gone of ["tftpd_http_sent_bytes_total", "tftpd_http_first_byte_seconds_count", "tftpd_http_first_byte_seconds_bucket"]) {
+      expect(names.has(gone)).toBe(false);
+    }
+  });
+
+  test("tftpd metrics counts the transfers and bytes of both", async () => {
+    const r = await tftpd(["metrics", "--url", both.metricsUrl!, "--json", "--interval", "0.2"], { timeoutMs: 8000 });
+    expect(r.exitCode).toBe(0);
+    const figures = JSON.parse(r.stdout) as Record<string, unknown>;
+    expect(figures.connections_total).toBe(2);
+    expect(figures.sent_bytes_total).toBe(2 * SIZE);
+    expect(figures.transfers_failed).toBe(0);
   });
 });
 

@@ -10,6 +10,7 @@ import { ServerMetrics } from "../../../src/ops/metrics.ts";
 interface Target {
   expr?: string;
   refId?: string;
+  legendFormat?: string;
 }
 interface Panel {
   id?: number;
@@ -153,9 +154,26 @@ describe("dashboards/tftpd.json", () => {
   test("expressions are filtered by the instance variable and histograms are quantiled over rates", () => {
     for (const { expr } of exprs) {
       expect(expr).toContain('instance=~"$instance"');
-      if (expr!.includes("_bucket")) expect(expr).toMatch(/histogram_quantile\(0\.\d+, sum by \(le\) \(rate\(tftpd_[a-z0-9_]+_bucket\{/);
+      if (expr!.includes("_bucket")) expect(expr).toMatch(/histogram_quantile\(0\.\d+, sum by \(le(, protocol)?\) \(rate\(tftpd_[a-z0-9_]+_bucket\{/);
       // counters are only ever used through a rate
       for (const counter of expr!.match(/tftpd_[a-z0-9_]+_total\b/g) ?? []) expect(expr).toContain(`rate(${counter}{`);
     }
+  });
+
+  test("the families TFTP and HTTP share are drawn per protocol, never as one blended quantile", () => {
+    const targets = panels.flatMap((p) => (p.targets ?? []).map((t) => ({ panel: p.title, ...t })));
+    for (const family of ["tftpd_first_response_seconds_bucket", "tftpd_transfer_duration_seconds_bucket"]) {
+      const uses = targets.filter((t) => t.expr?.includes(family));
+      expect(uses.length).toBeGreaterThan(0);
+      for (const t of uses) {
+        expect(t.expr).toContain("sum by (le, protocol)");
+        expect(t.legendFormat).toContain("{{protocol}}");
+      }
+    }
+    const transfers = targets.filter((t) => t.expr?.includes("tftpd_transfers_total"));
+    expect(transfers.map((t) => t.expr)).toEqual([expect.stringContaining("sum by (protocol, result)")]);
+    // per node, sent bytes are told apart by protocol (the total line adds everything up)
+    const sentPerNode = targets.filter((t) => t.expr?.includes("tftpd_sent_bytes_total") && t.expr.includes("by (instance"));
+    expect(sentPerNode.map((t) => t.expr)).toEqual([expect.stringContaining("sum by (instance, protocol)")]);
   });
 });

@@ -9,7 +9,8 @@ import { join } from "node:path";
 import pino from "pino";
 import { TransferTally } from "../../../src/cluster/heartbeat.ts";
 import { ServerMetrics } from "../../../src/ops/metrics.ts";
-import { logReady, logUploadSweep, serverEvents } from "../../../src/ops/server-log.ts";
+import { httpEvents, logReady, logUploadSweep, serverEvents } from "../../../src/ops/server-log.ts";
+import { parsePrometheus } from "../../../src/ops/summary.ts";
 import type { TransferRecord } from "../../../src/server/server.ts";
 import { FileCache } from "../../../src/storage/cache.ts";
 
@@ -66,9 +67,46 @@ test("a refused request is one info line with the file asked and its kind; the m
   const cache = new FileCache(0);
   metrics = new ServerMetrics({ activeTransfers: () => 0, cacheStats: () => cache.stats });
   events.refused!(refusal);
-  expect(lines).toHaveLength(2);
+  // the same refusal over HTTP: counted under its own protocol
+  events.refused!({ ...refusal, protocol: "http", status: 404 });
+  expect(lines).toHaveLength(3);
   expect(lines[0]).toMatchObject({ level: "info", msg: "request refused", file: "pxelinux.cfg/01-aa", kind: "not_found", code: 1 });
-  expect(await metrics.text()).toMatch(/tftpd_requests_refused_total\{reason="not_found"\} 1\n/);
+  expect(lines[0]).not.toHaveProperty("protocol");
+  expect(lines[2]).toMatchObject({ protocol: "http", status: 404, kind: "not_found" });
+  const text = await metrics.text();
+  expect(text).toMatch(/tftpd_requests_refused_total\{protocol="tftp",reason="not_found"\} 1\n/);
+  expect(text).toMatch(/tftpd_requests_refused_total\{protocol="http",reason="not_found"\} 1\n/);
+  expect(text).toMatch(/tftpd_requests_refused_total\{protocol="http",reason="limit"\} 0\n/);
+});
+
+test("a TFTP transfer and an HTTP download feed the same families, each under its protocol", async () => {
+  const { log, lines } = capture();
+  const metrics = new ServerMetrics({ activeTransfers: () => 0, cacheStats: () => new FileCache(0).stats });
+  serverEvents({ log, metrics: () => metrics, tally: new TransferTally(), receiveBufferBytes: 1 << 20 }).transferEnd!(record({ bytes: 1000, firstResponseMs: 0.2 }));
+  const http = httpEvents({ log, metrics: () => metrics });
+  const served = { client: "10.0.0.5:2000", method: "GET" as const, file: "vmlinuz", status: 200, bytes: 5000, size: 5000, range: null, userAgent: "curl", firstByteMs: 30, durationMs: 80 };
+  http.served!({ ...served, result: "ok" });
+  http.served!({ ...served, bytes: 700, result: "aborted" });
+  expect(lines.map((l) => [l.msg, l.protocol])).toEqual([
+    ["transfer", undefined],
+    ["transfer", "http"],
+    ["transfer", "http"],
+  ]);
+  const samples = parsePrometheus(await metrics.text());
+  const value = (name: string, labels: Record<string, string>) =>
+    samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v)).reduce((n, s) => n + s.value, 0);
+  expect([value("tftpd_sent_bytes_total", { protocol: "tftp" }), value("tftpd_sent_bytes_total", { protocol: "http" })]).toEqual([1000, 5700]);
+  expect(value("tftpd_transfers_total", { protocol: "tftp", direction: "read", result: "ok" })).toBe(1);
+  expect(value("tftpd_transfers_total", { protocol: "http", direction: "read", result: "ok" })).toBe(1);
+  expect(value("tftpd_transfers_total", { protocol: "http", direction: "read", result: "aborted" })).toBe(1);
+  expect(value("tftpd_first_response_seconds_count", { protocol: "tftp" })).toBe(1);
+  expect(value("tftpd_first_response_seconds_count", { protocol: "http" })).toBe(2);
+  // 30 ms each: above the 25 ms bound, within the 50 ms one
+  expect(value("tftpd_first_response_seconds_bucket", { protocol: "http", le: "0.025" })).toBe(0);
+  expect(value("tftpd_first_response_seconds_bucket", { protocol: "http", le: "0.05" })).toBe(2);
+  expect(value("tftpd_transfer_duration_seconds_sum", { protocol: "http" })).toBeCloseTo(0.16, 9);
+  expect(value("tftpd_http_requests_total", { method: "GET", status: "200" })).toBe(2);
+  expect(samples.some((s) => s.name.startsWith("tftpd_http_sent_bytes") || s.name.startsWith("tftpd_http_first_byte"))).toBe(false);
 });
 
 test("listening: one line per address; a receive buffer the kernel capped is a warning naming the sysctl", () => {

@@ -119,50 +119,103 @@ describe("histogramQuantile", () => {
     // same as HIST's first buckets: 2 ≤ 0.1, 6 ≤ 0.5, 10 in all → p50 = 0.4
     expect(histogramQuantile(two, "lat", 0.5)).toBeCloseTo(0.4, 12);
   });
+
+  test("a filter takes some series only", () => {
+    const two = parsePrometheus(
+      [
+        'lat_bucket{protocol="tftp",le="0.1"} 2',
+        'lat_bucket{protocol="tftp",le="+Inf"} 2',
+        'lat_bucket{protocol="http",le="0.1"} 0',
+        'lat_bucket{protocol="http",le="+Inf"} 2',
+      ].join("\n"),
+    );
+    expect(histogramQuantile(two, "lat", 0.5, (l) => l.protocol === "tftp")).toBeCloseTo(0.05, 12);
+    // both: rank 2 of 4 is the 0.1 bound
+    expect(histogramQuantile(two, "lat", 0.5)).toBeCloseTo(0.1, 12);
+    expect(histogramQuantile(two, "lat", 0.5, () => false)).toBeNull();
+  });
 });
 
-function scrape(o: { sent: number; received: number; cpu: number; ok: number; timeout?: number; hits?: number; misses?: number; bypasses?: number; retransmits?: number; active?: number; rss?: number }): Sample[] {
+interface Scrape {
+  sent: number;
+  received: number;
+  cpu: number;
+  ok: number;
+  timeout?: number;
+  hits?: number;
+  misses?: number;
+  bypasses?: number;
+  retransmits?: number;
+  active?: number;
+  rss?: number;
+  http?: { sent: number; ok: number; aborted: number; failed: number };
+}
+
+function scrape(o: Scrape): Sample[] {
+  const http = o.http ?? { sent: 0, ok: 0, aborted: 0, failed: 0 };
   return parsePrometheus(
     [
-      `tftpd_sent_bytes_total ${o.sent}`,
+      `tftpd_sent_bytes_total{protocol="tftp"} ${o.sent}`,
+      `tftpd_sent_bytes_total{protocol="http"} ${http.sent}`,
       `tftpd_received_bytes_total ${o.received}`,
       `tftpd_process_cpu_seconds_total ${o.cpu}`,
-      `tftpd_transfers_total{direction="read",result="ok"} ${o.ok}`,
-      `tftpd_transfers_total{direction="read",result="probe"} 1`,
-      `tftpd_transfers_total{direction="read",result="timeout"} ${o.timeout ?? 0}`,
-      `tftpd_transfers_total{direction="write",result="error"} 1`,
-      `tftpd_transfers_total{direction="write",result="client-error"} 1`,
+      `tftpd_transfers_total{protocol="tftp",direction="read",result="ok"} ${o.ok}`,
+      `tftpd_transfers_total{protocol="tftp",direction="read",result="probe"} 1`,
+      `tftpd_transfers_total{protocol="tftp",direction="read",result="timeout"} ${o.timeout ?? 0}`,
+      `tftpd_transfers_total{protocol="tftp",direction="write",result="error"} 1`,
+      `tftpd_transfers_total{protocol="tftp",direction="write",result="client-error"} 1`,
+      `tftpd_transfers_total{protocol="http",direction="read",result="ok"} ${http.ok}`,
+      `tftpd_transfers_total{protocol="http",direction="read",result="aborted"} ${http.aborted}`,
+      `tftpd_transfers_total{protocol="http",direction="read",result="failed"} ${http.failed}`,
       `tftpd_retransmits_total ${o.retransmits ?? 0}`,
       `tftpd_cache_hits_total ${o.hits ?? 0}`,
       `tftpd_cache_misses_total ${o.misses ?? 0}`,
       `tftpd_cache_bypasses_total ${o.bypasses ?? 0}`,
       `tftpd_active_transfers ${o.active ?? 0}`,
       `tftpd_process_resident_memory_bytes ${o.rss ?? 0}`,
-      'tftpd_first_response_seconds_bucket{le="0.001"} 4',
-      'tftpd_first_response_seconds_bucket{le="0.01"} 8',
-      'tftpd_first_response_seconds_bucket{le="+Inf"} 8',
+      'tftpd_first_response_seconds_bucket{protocol="tftp",le="0.001"} 4',
+      'tftpd_first_response_seconds_bucket{protocol="tftp",le="0.01"} 8',
+      'tftpd_first_response_seconds_bucket{protocol="tftp",le="+Inf"} 8',
+      // HTTP's time to first byte, far slower: it must not move TFTP's quantiles
+      `tftpd_first_response_seconds_bucket{protocol="http",le="0.001"} 0`,
+      `tftpd_first_response_seconds_bucket{protocol="http",le="0.01"} 0`,
+      `tftpd_first_response_seconds_bucket{protocol="http",le="+Inf"} ${http.ok + http.aborted + http.failed}`,
     ].join("\n"),
   );
 }
 
 describe("summarize", () => {
-  const earlier = scrape({ sent: 1_000_000, received: 0, cpu: 10, ok: 2 });
-  const now = scrape({ sent: 3_000_000, received: 500_000, cpu: 11, ok: 7, timeout: 2, hits: 6, misses: 1, bypasses: 1, retransmits: 3, active: 2, rss: 64 * 1048576 });
+  const earlier = scrape({ sent: 1_000_000, received: 0, cpu: 10, ok: 2, http: { sent: 100_000, ok: 1, aborted: 0, failed: 0 } });
+  const now = scrape({
+    sent: 3_000_000,
+    received: 500_000,
+    cpu: 11,
+    ok: 7,
+    timeout: 2,
+    hits: 6,
+    misses: 1,
+    bypasses: 1,
+    retransmits: 3,
+    active: 2,
+    rss: 64 * 1048576,
+    http: { sent: 400_000, ok: 3, aborted: 2, failed: 1 },
+  });
 
-  test("throughput: (sent + received) delta × 8 / seconds; cpu %: cpu seconds delta / seconds", () => {
+  test("throughput: (sent over both protocols + received) delta × 8 / seconds; cpu %: cpu seconds delta / seconds", () => {
     const s = summarize(now, earlier, 2);
-    expect(s.throughput_bits_per_second).toBe(((2_000_000 + 500_000) * 8) / 2);
+    expect(s.throughput_bits_per_second).toBe(((2_000_000 + 300_000 + 500_000) * 8) / 2);
     expect(s.cpu_percent).toBeCloseTo(50, 9);
     expect(s.cpu_seconds_total).toBe(11);
   });
 
-  test("totals and ratios from the latest scrape", () => {
+  test("totals and ratios from the latest scrape: transfers and bytes of both protocols, retransmits per TFTP transfer", () => {
     const s = summarize(now, earlier, 2);
-    expect(s.sent_bytes_total).toBe(3_000_000);
+    expect(s.sent_bytes_total).toBe(3_400_000);
     expect(s.received_bytes_total).toBe(500_000);
-    // 7 ok + 1 probe + 2 timeout + 1 error + 1 client-error
-    expect(s.connections_total).toBe(12);
-    expect(s.transfers_failed).toBe(3);
+    // TFTP: 7 ok + 1 probe + 2 timeout + 1 error + 1 client-error; HTTP: 3 ok + 2 aborted + 1 failed
+    expect(s.connections_total).toBe(18);
+    // TFTP's timeout and error, HTTP's failed (aborted: the client went away, as client-error)
+    expect(s.transfers_failed).toBe(4);
     expect(s.connections_active).toBe(2);
     expect(s.retransmits_total).toBe(3);
     expect(s.retransmits_per_transfer).toBeCloseTo(3 / 12, 12);
@@ -183,6 +236,24 @@ describe("summarize", () => {
     expect(bare.retransmits_per_transfer).toBeNull();
     expect(bare.latency_first_response_p50_ms).toBeNull();
     expect(bare.connections_total).toBe(0);
+  });
+
+  test("a server from before the protocol label: its unlabelled series are TFTP's", () => {
+    const old = parsePrometheus(
+      [
+        "tftpd_sent_bytes_total 2000",
+        'tftpd_transfers_total{direction="read",result="ok"} 3',
+        'tftpd_transfers_total{direction="read",result="timeout"} 1',
+        "tftpd_retransmits_total 2",
+        'tftpd_first_response_seconds_bucket{le="0.001"} 4',
+        'tftpd_first_response_seconds_bucket{le="+Inf"} 4',
+      ].join("\n"),
+    );
+    const s = summarize(old, null, 1);
+    expect(s.sent_bytes_total).toBe(2000);
+    expect(s.transfers_failed).toBe(1);
+    expect(s.retransmits_per_transfer).toBeCloseTo(2 / 4, 12);
+    expect(s.latency_first_response_p50_ms).toBeCloseTo(0.5, 9);
   });
 });
 
