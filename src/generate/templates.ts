@@ -8,7 +8,7 @@
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { join, relative } from "node:path";
-import { Liquid } from "liquidjs";
+import { Liquid, type Template } from "liquidjs";
 
 /** Bounds of one render: milliseconds, and the memory LiquidJS accounts (bytes of strings and arrays). */
 const RENDER_LIMIT_MS = 200;
@@ -21,6 +21,12 @@ type Rendered = { ok: true; text: string } | { ok: false; error: string };
 
 export class Templates {
   private readonly engine: Liquid;
+  /**
+   * Each template parsed once per loaded set (a parse costs about four renders). Includes are
+   * parsed where they are met, so a template that includes itself for ever meets the parse
+   * and render limits, not the end of the stack.
+   */
+  private readonly parsed = new Map<string, Template[]>();
 
   private constructor(private readonly texts: Readonly<Record<string, string>>) {
     this.engine = new Liquid({
@@ -71,7 +77,7 @@ export class Templates {
   check(): string | null {
     for (const [name, text] of Object.entries(this.texts)) {
       try {
-        this.engine.parse(text, name);
+        this.parsed.set(name, this.engine.parse(text, name));
       } catch (error) {
         return located(name, error);
       }
@@ -81,7 +87,9 @@ export class Templates {
 
   render(name: string, context: Record<string, unknown>): Rendered {
     try {
-      return { ok: true, text: this.engine.renderFileSync(name, context) as string };
+      const parsed = this.parsed.get(name);
+      const text = parsed ? this.engine.renderSync(parsed, context) : this.engine.renderFileSync(name, context);
+      return { ok: true, text: text as string };
     } catch (error) {
       return { ok: false, error: located(name, error) };
     }
