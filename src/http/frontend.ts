@@ -266,17 +266,24 @@ async function sendBody(source: FileSource, start: number, length: number, res: 
     if (!res.writableFinished) done(sent, "aborted");
   });
   res.once("finish", () => done(sent, "ok"));
+  // a cached copy or a generated file: its own memory goes out, a view at a time, never copied here
+  const inMemory = source.bytes;
   try {
     while (sent < length && !gone) {
       const want = Math.min(CHUNK_BYTES, length - sent);
-      // a file still arriving from the fleet: these bytes once they are in
-      const pending = source.whenReadable?.(start + sent + want);
-      if (pending) await pending;
-      const chunk = Buffer.allocUnsafe(want);
-      const got = source.read(start + sent, chunk, 0, want);
-      // a file that shrank under a disk read: never pad, never send less silently
-      if (got < want) throw new Error(FILE_CHANGED);
-      sent += got;
+      let chunk: Uint8Array;
+      if (inMemory) {
+        chunk = inMemory.subarray(start + sent, start + sent + want);
+      } else {
+        // a file still arriving from the fleet: these bytes once they are in
+        const pending = source.whenReadable?.(start + sent + want);
+        if (pending) await pending;
+        chunk = Buffer.allocUnsafe(want);
+        const got = source.read(start + sent, chunk, 0, want);
+        // a file that shrank under a disk read: never pad, never send less silently
+        if (got < want) throw new Error(FILE_CHANGED);
+      }
+      sent += want;
       if (!res.write(chunk)) await new Promise<void>((resolve) => res.once("drain", resolve).once("close", resolve));
     }
     if (!gone) res.end();

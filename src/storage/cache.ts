@@ -316,7 +316,7 @@ export class FileCache {
         copy.close();
         this.unread(entry);
       };
-      return { size: identity.size, identity, share: { kind: "memfd", id: entry.id, fd: state.copy.fd }, read: copy.read, close };
+      return { size: identity.size, identity, share: { kind: "memfd", id: entry.id, fd: state.copy.fd }, bytes: state.copy.bytes, read: copy.read, close };
     }
     if (state.kind !== "filling") throw new Error("read of a failed copy");
     const { progress, memfd } = state;

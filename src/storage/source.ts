@@ -43,6 +43,12 @@ export interface FileSource {
    * here: a cached copy's memfd, or the open file's descriptor.
    */
   readonly share?: SourceShare;
+  /**
+   * All of the source's bytes, when they are in memory and never change (a sealed cached
+   * copy's mapping, a generated file): a reader may hand views of them on instead of copying
+   * them out with `read`. A view keeps the memory alive, even past `close`.
+   */
+  readonly bytes?: Uint8Array;
 }
 
 export type SourceShare =
@@ -154,6 +160,7 @@ export function memorySource(bytes: Uint8Array, identity?: Partial<FileIdentity>
   const view = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
   return {
     size,
+    bytes,
     identity: {
       dev: identity?.dev ?? 0,
       ino: identity?.ino ?? 0,

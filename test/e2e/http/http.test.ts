@@ -140,6 +140,22 @@ describe("the root over HTTP", () => {
     expect(past.headers["content-range"]).toBe(`bytes */${BIG.length}`);
   });
 
+  test("a file the cache holds goes out from its mapping: whole, and a range across the body's chunks, byte-exact", async () => {
+    const hits = async (): Promise<number> => {
+      const text = await (await fetch(`${server.metricsUrl}/metrics`)).text();
+      return parsePrometheus(text).find((x) => x.name === "tftpd_cache_hits_total")?.value ?? 0;
+    };
+    // the first read fills the cache; the reads after it are hits, served from the sealed copy
+    expect((await curl("/big.bin")).status).toBe(200);
+    const before = await hits();
+    const whole = await curl("/big.bin");
+    expect(sha256(whole.body)).toBe(sha256(BIG));
+    const part = await curl("/big.bin", ["-r", "262000-786500"]);
+    expect(part.status).toBe(206);
+    expect(sha256(part.body)).toBe(sha256(BIG.subarray(262000, 786501)));
+    expect((await hits()) - before).toBeGreaterThanOrEqual(2);
+  });
+
   test("If-Range: the current ETag keeps the range, a stale one gets the whole file", async () => {
     const etag = (await curl("/big.bin", ["-I"])).headers.etag!;
     const fresh = await curl("/big.bin", ["-r", "0-9", "-H", `If-Range: ${etag}`]);
