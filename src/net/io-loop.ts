@@ -141,34 +141,17 @@ export class IoLoop {
     if (this.closed) return;
     // what timers and messages queued since the last turn leaves before any sleep
     this.flushAll();
+    const wait = this.holds > 0 ? IDLE_WAIT_MS : -1;
+    const ready = this.lib.epoll_wait(this.epfd, this.eventsAt, MAX_EVENTS, wait);
+    if (ready < 0 && this.lib.errno() !== EINTR) throw new Error(`epoll_wait failed: errno ${this.lib.errno()}`);
     const stride = this.layout.epollEventBytes;
     const dataAt = this.layout.epollDataOffset;
-    const endBy = performance.now() + IDLE_WAIT_MS;
-    let wait = this.holds > 0 ? IDLE_WAIT_MS : -1;
-    for (;;) {
-      const ready = this.lib.epoll_wait(this.epfd, this.eventsAt, MAX_EVENTS, wait);
-      if (ready < 0 && this.lib.errno() !== EINTR) throw new Error(`epoll_wait failed: errno ${this.lib.errno()}`);
-      let woken = false;
-      beginTurn();
-      try {
-        for (let i = 0; i < ready; i++) {
-          const fd = this.eventView.getUint32(i * stride + dataAt, true);
-          if (fd === this.wakeFd) woken = true;
-          this.readers.get(fd)?.drain();
-        }
-        this.flushAll();
-      } finally {
-        endTurn();
-      }
-      // A lock-step client answers each block within a round trip, far sooner than the
-      // turn's IDLE_WAIT_MS on a LAN: its next ACK is waited for here instead of going round
-      // the event loop (an immediate and a poll of the runtime's own per datagram). The turn
-      // ends when a message came (the wake descriptor), nothing did, or it has held the thread
-      // IDLE_WAIT_MS, so timers and callbacks run no later than after one idle wait.
-      if (ready <= 0 || woken || this.holds === 0 || this.closed) break;
-      const left = Math.floor(endBy - performance.now());
-      if (left < 1) break;
-      wait = left;
+    beginTurn();
+    try {
+      for (let i = 0; i < ready; i++) this.readers.get(this.eventView.getUint32(i * stride + dataAt, true))?.drain();
+      this.flushAll();
+    } finally {
+      endTurn();
     }
     // sockets only of the wake descriptor: the thread has nothing here to wait for
     if (this.readers.size > 1) this.schedule();
