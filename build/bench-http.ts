@@ -23,11 +23,12 @@
  *   bun build/bench-http.ts [--binary dist/tftpd] [--seconds 10] [--rounds 1]
  *                           [--scenarios a,b,c,d] [--script-rates 2,5]
  */
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { patternBytes } from "../test/helpers/files.ts";
+import { compiledC } from "./c-tool.ts";
 import { treeCpu } from "./proc.ts";
 
 const REPO = new URL("../", import.meta.url).pathname;
@@ -186,18 +187,6 @@ async function wrk(url: string, connections: number): Promise<Figures> {
   return { mbits: (Number(transfer?.[1] ?? NaN) * unit * 8) / 1e6, rps, p50ms: p50, p99ms: p99, errors };
 }
 
-/** Compiles build/http-paced.c into .bench/ (when the source is newer). */
-function pacedLoad(): string {
-  const source = join(REPO, "build/http-paced.c");
-  const binary = join(REPO, ".bench/http-paced");
-  if (!existsSync(binary) || statSync(binary).mtimeMs < statSync(source).mtimeMs) {
-    mkdirSync(dirname(binary), { recursive: true });
-    const r = Bun.spawnSync(["cc", "-O2", "-o", binary, source], { stderr: "pipe" });
-    if (r.exitCode !== 0) throw new Error(`cc build/http-paced.c failed (apt-get install gcc): ${r.stderr.toString()}`);
-  }
-  return binary;
-}
-
 /**
  * build/http-paced.c pinned to CPU 1: 1,000 keep-alive connections, 1,000 × `perClient`
  * requests a second on a fixed schedule for SECONDS after a 2 s warm-up, each request for the
@@ -206,7 +195,7 @@ function pacedLoad(): string {
 async function paced(url: string, paths: string, perClient: number): Promise<Figures> {
   const { hostname, port } = new URL(url);
   const proc = Bun.spawn(
-    ["taskset", "-c", "1", pacedLoad(), hostname, port, "--paths", paths, "--connections", "1000", "--rate", String(1000 * perClient), "--seconds", String(SECONDS), "--warmup", "2"],
+    ["taskset", "-c", "1", compiledC("http-paced"), hostname, port, "--paths", paths, "--connections", "1000", "--rate", String(1000 * perClient), "--seconds", String(SECONDS), "--warmup", "2"],
     { stdout: "pipe", stderr: "pipe" },
   );
   const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);

@@ -23,9 +23,10 @@ import type { BenchResult } from "../src/bench/tally.ts";
 import { accessSync, chmodSync, closeSync, constants, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync, writeSync } from "node:fs";
 import { randomFillSync } from "node:crypto";
 import { cpus, tmpdir } from "node:os";
-import { dirname, join, relative, resolve } from "node:path";
+import { join, relative, resolve } from "node:path";
 import { ensurePeer, type PeerBinary } from "./peers.ts";
 import { alive, ignoresSigchld, machineBusySeconds, MemorySampler, peakRssKiB, ProcessAccounting, treeCpu } from "./proc.ts";
+import { compiledC } from "./c-tool.ts";
 
 const REPO = resolve(import.meta.dir, "..");
 const BUN = process.execPath;
@@ -652,16 +653,13 @@ async function runBench(loadgen: string[], target: string, args: string[], timeo
   return { status: "ok", json, argv, detail: code === 0 ? "" : `exit ${code}` };
 }
 
-/** Compiles build/loadgen.c into .bench/loadgen (when it is newer than the binary). */
+/** build/loadgen.c, compiled into .bench/loadgen when needed. */
 function leanClient(): string {
-  const source = join(REPO, "build/loadgen.c");
-  const binary = join(REPO, ".bench/loadgen");
-  if (!existsSync(binary) || statSync(binary).mtimeMs < statSync(source).mtimeMs) {
-    mkdirSync(dirname(binary), { recursive: true });
-    const r = spawnText(["cc", "-O2", "-o", binary, source]);
-    if (!existsSync(binary)) die(`--lean-client: cc failed (apt-get install gcc): ${r.out}`, 1);
+  try {
+    return compiledC("loadgen");
+  } catch (error) {
+    die(`--lean-client: ${(error as Error).message}`, 1);
   }
-  return binary;
 }
 
 function resolveLoadgen(o: Options): { argv: string[]; label: string } {

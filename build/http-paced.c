@@ -34,7 +34,6 @@ struct conn {
   int fd;
   int busy;            /* a request is out and its response not yet whole */
   long queued;         /* requests due on this connection and not yet sent */
-  double due;          /* when the request in flight was due */
   double first;        /* its first response byte, 0 before */
   size_t have;         /* response bytes held in buf */
   long body_left;      /* -1 while the headers are incomplete */
@@ -146,14 +145,11 @@ int main(int argc, char **argv) {
   long skip = (long)(warmup * rate);
   double *ttfb = calloc(total, sizeof *ttfb), *whole = calloc(total, sizeof *whole);
   long measured = 0, failures = 0, finished = 0, next = 0;
-  /* per connection, when each of its queued requests was due: they are sent in order */
-  double **dues = calloc(nconn, sizeof *dues);
-  long *head = calloc(nconn, sizeof *head), *tail = calloc(nconn, sizeof *tail);
-  long per = total / nconn + 2;
-  for (long i = 0; i < nconn; i++) dues[i] = malloc(per * sizeof **dues);
-  long *index_of = calloc(nconn, sizeof *index_of); /* request number in flight, per connection */
-  long **ks = calloc(nconn, sizeof *ks);
-  for (long i = 0; i < nconn; i++) ks[i] = malloc(per * sizeof **ks);
+  /*
+   * Request k goes on connection k mod N and was due at start + k / rate, so a connection's
+   * queue is a count: the next it sends is `sent_on` * N + its index, up to `due_on`.
+   */
+  long *sent_on = calloc(nconn, sizeof *sent_on), *due_on = calloc(nconn, sizeof *due_on);
 
   double start = now() + 0.05;
   struct epoll_event events[256];
@@ -162,15 +158,10 @@ int main(int argc, char **argv) {
     double t = now();
     while (next < total && start + next / rate <= t) {
       long ci = next % nconn;
-      dues[ci][tail[ci]] = start + next / rate;
-      ks[ci][tail[ci]++] = next;
       next++;
+      due_on[ci]++;
       struct conn *c = &conns[ci];
-      if (!c->busy && head[ci] < tail[ci]) {
-        c->due = dues[ci][head[ci]];
-        index_of[ci] = ks[ci][head[ci]++];
-        send_next(c, index_of[ci]);
-      }
+      if (!c->busy && c->fd >= 0) send_next(c, sent_on[ci]++ * nconn + ci);
     }
     int wait_ms = next < total ? (int)((start + next / rate - now()) * 1000) : 100;
     if (wait_ms < 0) wait_ms = 0;
@@ -183,13 +174,14 @@ int main(int argc, char **argv) {
         ssize_t got = read(c->fd, c->buf + c->have, sizeof c->buf - c->have);
         if (got < 0 && errno == EAGAIN) break;
         if (got <= 0) {
-          /* the connection is gone: everything still owed on it fails */
-          failures += (c->busy ? 1 : 0) + (tail[ci] - head[ci]);
-          finished += (c->busy ? 1 : 0) + (tail[ci] - head[ci]);
-          head[ci] = tail[ci];
+          /* the connection is gone: what it had out, and what is still due on it, fails */
+          long owed = (c->busy ? 1 : 0) + (total - 1 - ci) / nconn + 1 - sent_on[ci];
+          failures += owed;
+          finished += owed;
           c->busy = 0;
           epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
           close(c->fd);
+          c->fd = -1;
           break;
         }
         if (!c->busy) continue; /* bytes nobody asked for */
@@ -210,20 +202,17 @@ int main(int argc, char **argv) {
           c->have = 0;
         }
         if (c->body_left > 0) continue;
-        long k = index_of[ci];
+        long k = (sent_on[ci] - 1) * nconn + ci;
+        double due = start + k / rate;
         if (k >= skip) {
-          ttfb[measured] = c->first - c->due;
-          whole[measured] = at - c->due;
+          ttfb[measured] = c->first - due;
+          whole[measured] = at - due;
           measured++;
         }
         if (c->status != 200) failures++;
         finished++;
         c->busy = 0;
-        if (head[ci] < tail[ci]) {
-          c->due = dues[ci][head[ci]];
-          index_of[ci] = ks[ci][head[ci]++];
-          send_next(c, index_of[ci]);
-        }
+        if (sent_on[ci] < due_on[ci]) send_next(c, sent_on[ci]++ * nconn + ci);
       }
     }
   }

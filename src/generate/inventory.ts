@@ -148,21 +148,22 @@ export class Inventory {
 
   /** The machine `client` is, by the most specific match, with its profile; null when none matches. */
   match(client: ClientFacts): { machine: Machine; profile: Profile & { name: string } } | null {
-    let best: CompiledMachine | null = null;
-    const consider = (candidates: readonly CompiledMachine[] | undefined): void => {
-      if (!candidates) return;
-      for (const c of candidates) {
+    // the machines its facts can name, then those found by network, architecture or labels
+    const candidates = [
+      client.mac !== null ? this.byKey.get(`mac=${client.mac}`) : undefined,
+      client.uuid !== null ? this.byKey.get(`uuid=${client.uuid.toLowerCase()}`) : undefined,
+      client.serial !== null ? this.byKey.get(`serial=${client.serial}`) : undefined,
+      client.ip !== null ? this.byKey.get(`ip=${client.ip}`) : undefined,
+      this.scanned,
+    ];
+    let found: CompiledMachine | null = null;
+    for (const list of candidates) {
+      for (const c of list ?? []) {
         if (!matches(c, client)) continue;
-        if (!best || c.score > best.score || (c.score === best.score && c.order < best.order)) best = c;
+        if (!found || c.score > found.score || (c.score === found.score && c.order < found.order)) found = c;
       }
-    };
-    if (client.mac !== null) consider(this.byKey.get(`mac=${client.mac}`));
-    if (client.uuid !== null) consider(this.byKey.get(`uuid=${client.uuid.toLowerCase()}`));
-    if (client.serial !== null) consider(this.byKey.get(`serial=${client.serial}`));
-    if (client.ip !== null) consider(this.byKey.get(`ip=${client.ip}`));
-    consider(this.scanned);
-    if (!best) return null;
-    const found: CompiledMachine = best;
+    }
+    if (!found) return null;
     const name = found.machine.profile;
     return { machine: found.machine, profile: { ...this.data.profiles[name]!, name } };
   }

@@ -23,6 +23,11 @@ const DURATION_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 type Protocol = "tftp" | "http";
 const PROTOCOLS: readonly Protocol[] = ["tftp", "http"];
 
+/** A family's child per protocol, bound once: a transfer's end then builds no label object. */
+function perProtocol<C>(child: (labels: { protocol: Protocol }) => C): Record<Protocol, C> {
+  return { tftp: child({ protocol: "tftp" }), http: child({ protocol: "http" }) };
+}
+
 /** The fleet side of a node in cluster mode: its Redis link and the shared cache's use. */
 export interface ClusterStats {
   redisUp: boolean;
@@ -159,13 +164,9 @@ export class ServerMetrics {
   readonly registry = new client.Registry();
   private readonly transfers: client.Counter;
   private readonly received: client.Counter;
-  // children bound once: each transfer's end then builds no label object for them
-  private readonly sentTftp: client.Counter.Internal;
-  private readonly sentHttp: client.Counter.Internal;
-  private readonly firstResponseTftp: client.Histogram.Internal<"protocol">;
-  private readonly firstResponseHttp: client.Histogram.Internal<"protocol">;
-  private readonly durationTftp: client.Histogram.Internal<"protocol">;
-  private readonly durationHttp: client.Histogram.Internal<"protocol">;
+  private readonly sent: Record<Protocol, client.Counter.Internal>;
+  private readonly firstResponse: Record<Protocol, client.Histogram.Internal<"protocol">>;
+  private readonly duration: Record<Protocol, client.Histogram.Internal<"protocol">>;
   private readonly retransmits: client.Counter;
   private readonly errorsSent: client.Counter;
   private readonly optionRequests: client.Counter;
@@ -192,10 +193,9 @@ export class ServerMetrics {
       labelNames: ["protocol"],
       registers,
     });
-    this.sentTftp = sent.labels({ protocol: "tftp" });
-    this.sentHttp = sent.labels({ protocol: "http" });
+    this.sent = perProtocol((l) => sent.labels(l));
     // present from the start as the unlabelled family was: a rate over it needs no first transfer
-    this.sentTftp.inc(0);
+    this.sent.tftp.inc(0);
     this.httpRequests = new client.Counter({
       name: "tftpd_http_requests_total",
       help: "HTTP requests for files that reached the pipeline, by method, status and result (ok, aborted by the client, failed mid-body)",
@@ -216,8 +216,7 @@ export class ServerMetrics {
       buckets: FIRST_RESPONSE_BUCKETS,
       registers,
     });
-    this.firstResponseTftp = firstResponse.labels({ protocol: "tftp" });
-    this.firstResponseHttp = firstResponse.labels({ protocol: "http" });
+    this.firstResponse = perProtocol((l) => firstResponse.labels(l));
     firstResponse.zero({ protocol: "tftp" });
     const duration = new client.Histogram({
       name: "tftpd_transfer_duration_seconds",
@@ -226,8 +225,7 @@ export class ServerMetrics {
       buckets: DURATION_BUCKETS,
       registers,
     });
-    this.durationTftp = duration.labels({ protocol: "tftp" });
-    this.durationHttp = duration.labels({ protocol: "http" });
+    this.duration = perProtocol((l) => duration.labels(l));
     duration.zero({ protocol: "tftp" });
     this.retransmits = new client.Counter({ name: "tftpd_retransmits_total", help: "Datagrams sent again", registers });
     this.errorsSent = new client.Counter({ name: "tftpd_errors_sent_total", help: "TFTP ERROR packets sent, by code", labelNames: ["code"], registers });
@@ -253,7 +251,7 @@ export class ServerMetrics {
     // every reason of either protocol present from the start, so a rate over it needs no first refusal
     const byReason = (protocol: Protocol) =>
       Object.fromEntries(REFUSAL_KINDS.map((reason) => [reason, requestsRefused.labels({ protocol, reason })])) as Record<RefusalKind, client.Counter.Internal>;
-    this.requestsRefused = { tftp: byReason("tftp"), http: byReason("http") };
+    this.requestsRefused = perProtocol(({ protocol }) => byReason(protocol));
     for (const protocol of PROTOCOLS) for (const child of Object.values(this.requestsRefused[protocol])) child.inc(0);
     const rateLimited = sources.requestsRateLimited;
     if (rateLimited) {
@@ -384,12 +382,12 @@ export class ServerMetrics {
 
   transferEnded(record: TransferRecord): void {
     this.transfers.inc({ protocol: "tftp", direction: record.direction, result: record.result });
-    if (record.direction === "read") this.sentTftp.inc(record.bytes);
+    if (record.direction === "read") this.sent.tftp.inc(record.bytes);
     else this.received.inc(record.bytes);
     // a request dropped over its source's budget of unanswered transfers never got a first packet
     if (record.result !== "dropped") {
-      this.firstResponseTftp.observe(record.firstResponseMs / 1000);
-      this.durationTftp.observe(record.durationMs / 1000);
+      this.firstResponse.tftp.observe(record.firstResponseMs / 1000);
+      this.duration.tftp.observe(record.durationMs / 1000);
     }
     if (record.retransmits > 0) this.retransmits.inc(record.retransmits);
     if (record.error?.from === "server") this.errorsSent.inc({ code: String(record.error.code) });
@@ -433,9 +431,9 @@ export class ServerMetrics {
   httpServed(record: HttpRecord): void {
     this.httpRequests.inc({ method: record.method, status: String(record.status), result: record.result });
     this.transfers.inc({ protocol: "http", direction: "read", result: record.result });
-    this.sentHttp.inc(record.bytes);
-    this.firstResponseHttp.observe(record.firstByteMs / 1000);
-    this.durationHttp.observe(record.durationMs / 1000);
+    this.sent.http.inc(record.bytes);
+    this.firstResponse.http.observe(record.firstByteMs / 1000);
+    this.duration.http.observe(record.durationMs / 1000);
   }
 
   private refused(protocol: Protocol, reason: RefusalKind): void {
