@@ -375,7 +375,8 @@ export async function bootMachine(opts: {
       await Bun.sleep(50);
       serial = readFileSync(serialPath, "latin1").replaceAll("\r", "");
       const seconds = (performance.now() - started) / 1000;
-      for (const m of serial.matchAll(new RegExp(`${MARK} (\\d|FAIL) ([^\\n]*)`, "g"))) {
+      // whole lines only: the console file is read while the machine writes it
+      for (const m of serial.matchAll(new RegExp(`${MARK} (\\d|FAIL) ([^\\n]*)\\n`, "g"))) {
         if (m[1] === "FAIL") {
           if (!failures.includes(m[0])) failures.push(m[0]);
           continue;
