@@ -262,10 +262,22 @@ export class RetransmitClock {
     // is there, and on a lossy path our resend may get through yet (it gives up on its own).
     // A client-paced transfer out of credit sends nothing while it waits, so it waits longer:
     // a client backing off (1, 2, 4, 8 s between repeats) is still on its way.
+    // Past `retries` misses, a resend whose answer could not come before the patience runs out
+    // buys nothing: the rest is waited out in silence. The turn clock may read up to a
+    // millisecond behind the timer that woke us, hence the slack (as for `early` above).
     const patience = this.policy.clientPaced && this.credit === 0 ? this.patienceMs * STARVED_PATIENCE : this.patienceMs;
-    if (this.misses >= this.policy.retries && now() - Math.max(this.lastProgressAt, this.lastHeardAt) >= patience) {
-      this.onGiveUp();
-      return;
+    if (this.misses >= this.policy.retries) {
+      const left = patience - (now() - Math.max(this.lastProgressAt, this.lastHeardAt));
+      if (left <= 1) {
+        this.onGiveUp();
+        return;
+      }
+      if (left < this.currentMs) {
+        this.deadline = now() + left;
+        this.timerAt = this.deadline;
+        this.timer = setTimeout(() => this.fire(), left);
+        return;
+      }
     }
     this.misses++;
     if (!this.policy.fixed) this.currentMs = Math.min(this.currentMs * 2, this.policy.timeoutMs);

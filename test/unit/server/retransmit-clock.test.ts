@@ -136,3 +136,17 @@ test("judgeRepeat: resend before the client answered, ignore while alive, supers
   expect(judgeRepeat(c, false, moved + 500)).toBe("ignore");
   expect(judgeRepeat(c, true, moved + 1001)).toBe("supersede");
 });
+
+test("past `retries` misses, a resend the client could not answer before the patience ends is not sent: the rest is waited out", async () => {
+  const { c, fired, gaveUp } = clock(500, 2);
+  c.progress(); // the first packet left
+  c.sample(1); // the timeout drops to RTO_MIN_MS, then doubles back up to 500
+  const start = performance.now();
+  c.progress(); // the client answered
+  await Bun.sleep(500 * 3 + 250);
+  // resends at RTO_MIN_MS and 3 × RTO_MIN_MS; a third would leave 400 ms before the end, too
+  // late for a 500 ms wait
+  expect(fired).toHaveLength(2);
+  expect(gaveUp() - start).toBeGreaterThanOrEqual(500 * 3 - 5);
+  expect(gaveUp() - start).toBeLessThan(500 * 3 + 80);
+});
