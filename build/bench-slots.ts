@@ -2,8 +2,8 @@
 /**
  * What transfer slots (connection_pool.*, performance.memory.connection_pool_size) buy: a storm
  * of windowed downloads (windowsize 4 and tsize, as UEFI firmware asks; each transfer on a port
- * of its own) against the real server on 127.0.0.1, with the pool (the defaults) and without
- * it (connection_pool.max_connections 0), and against --before BINARY when given, the runs
+ * of its own: tftp.transfer_sockets "per-transfer") against the real server on 127.0.0.1, with
+ * the pool (the defaults) and without it (connection_pool.max_connections 0), and against --before BINARY when given, the runs
  * alternating within each round. Per run: the collections JavaScriptCore logged during the
  * storm (BUN_JSC_logGC, every thread of the server) and their time, the server's CPU seconds
  * (utime + stime from /proc), and the storm's wall time; with the pool, the slots allocated
@@ -69,6 +69,8 @@ async function once(variant: Variant): Promise<Figures> {
     binary: variant.binary,
     env: {
       BUN_JSC_logGC: "1",
+      // slots are what a transfer's own port works through: every transfer on one here
+      TFTPD_TFTP_TRANSFER_SOCKETS: "per-transfer",
       TFTPD_LIMITS_REQUESTS_PER_SECOND_PER_IP: "0",
       TFTPD_LIMITS_MAX_CONNECTIONS_PER_IP: "100000",
       TFTPD_LIMITS_MAX_CONNECTIONS_PER_CLIENT: "100000",

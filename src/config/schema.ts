@@ -326,7 +326,7 @@ const tftp = section({
   transfer_sockets: oneOf(["per-transfer", "shared"])
     .default("shared")
     .describe(
-      '"per-transfer": a new UDP port for every transfer. "shared": transfers to different clients share one port per local address, so datagrams are sent and received in batches (each transfer is still its own TID pair).',
+      '"per-transfer": a new UDP port for every transfer. "shared": transfers to different clients share ports per local address, so datagrams are sent and received in batches (each transfer is still its own TID pair): lock-step transfers one port, windowed ones a port drawn at random per transfer from a pool of windowsize ports (a forged ACK must be sent to every port of the pool to reach a transfer, so it draws one block per datagram on average, as on the lock-step port); a window over 128 KiB gets a port of its own.',
     ),
   single_port: bool()
     .default(false)
@@ -439,7 +439,7 @@ const performance = section({
     connection_pool_size: intIn(0, 1_000_000)
       .default(1024)
       .describe(
-        "Transfer slots allocated at start, shared out over the transfer workers (at most connection_pool.max_connections): a slot is what a transfer with a port of its own (windowed, or tftp.transfer_sockets \"per-transfer\") sends and receives through, about 11 KiB; a storm of such transfers takes warm slots instead of allocating and collecting buffers per transfer. Used by network.epoll's loop (Bun's sockets keep buffers of their own)",
+        "Transfer slots allocated at start, shared out over the transfer workers (at most connection_pool.max_connections): a slot is what a transfer with a port of its own (a window over 128 KiB, or every transfer with tftp.transfer_sockets \"per-transfer\") sends and receives through, about 11 KiB; a storm of such transfers takes warm slots instead of allocating and collecting buffers per transfer. Used by network.epoll's loop (Bun's sockets keep buffers of their own)",
       ),
   }),
   network: section({
@@ -569,7 +569,7 @@ const network = section({
   zero_copy: bool()
     .default(true)
     .describe(
-      "A window leaves as one UDP GSO send (the kernel cuts it into DATA packets of 4 + blksize bytes) instead of one send per block, from the windowed transfer's own socket; where the kernel refuses GSO, windows leave block by block and the server says so once at start",
+      "A window leaves as one UDP GSO send (the kernel cuts it into DATA packets of 4 + blksize bytes) instead of one send per block: on a port of its own as a socket option, on the window pool's shared ports per message of a sendmmsg batch (network.epoll's loop; Bun's sockets send such windows block by block); where the kernel refuses GSO, windows leave block by block and the server says so once at start",
     ),
 });
 

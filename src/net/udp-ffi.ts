@@ -28,6 +28,17 @@ const IOV_BYTES = 16;
 const NAME_BYTES = 32;
 const SOCKADDR_IN_BYTES = 16;
 const SOCKADDR_IN6_BYTES = 28;
+/** struct msghdr's msg_control and msg_controllen, as words of an mmsghdr */
+const MSG_CONTROL_WORD = 32 / 4;
+const MSG_CONTROLLEN_WORD = 40 / 4;
+/**
+ * A UDP_SEGMENT control message (SOL_UDP, a u16 segment size): CMSG_SPACE(2) bytes, cmsg_len
+ * CMSG_LEN(2); the size sits after the 16-byte cmsghdr.
+ */
+const SEGMENT_CMSG_BYTES = 24;
+const SEGMENT_CMSG_LEN = 18;
+const SOL_UDP = 17;
+const UDP_SEGMENT = 103;
 /**
  * Batches one drain reads before it hands the thread back: a socket in a flood (a storm's
  * ACKs on a shared port) would otherwise keep reading for as long as the flood outruns it, and
@@ -188,8 +199,13 @@ export class SocketBuffers {
   readonly txNamesAt: number;
   readonly txIov: Uint32Array;
   readonly txIovAt: number;
+  /** a UDP_SEGMENT control message per send slot, for a datagram queued with a segment size */
+  readonly txControl: Uint8Array;
+  readonly txControlAt: number;
   readonly queue: Uint8Array[] = [];
   readonly queueNames: SocketName[] = [];
+  /** per queued datagram: its GSO segment size, or 0 to send it whole */
+  readonly queueSegments: number[] = [];
 
   constructor(readonly options: FfiUdpOptions) {
     const { receiveBatch, receiveBytes, sendBatch } = options;
@@ -222,6 +238,14 @@ export class SocketBuffers {
     this.txNamesAt = ptr(this.txNames);
     this.txIov = new Uint32Array(new ArrayBuffer(sendBatch * IOV_BYTES));
     this.txIovAt = ptr(this.txIov);
+    this.txControl = new Uint8Array(new ArrayBuffer(sendBatch * SEGMENT_CMSG_BYTES));
+    this.txControlAt = ptr(this.txControl);
+    const control = new DataView(this.txControl.buffer);
+    for (let i = 0; i < sendBatch; i++) {
+      control.setUint32(i * SEGMENT_CMSG_BYTES, SEGMENT_CMSG_LEN, true); // cmsg_len (a size_t: high word 0)
+      control.setInt32(i * SEGMENT_CMSG_BYTES + 8, SOL_UDP, true);
+      control.setInt32(i * SEGMENT_CMSG_BYTES + 12, UDP_SEGMENT, true);
+    }
     for (let i = 0; i < sendBatch; i++) {
       const word = (i * MMSG_BYTES) / 4;
       pointerWords(this.txWords, word, this.txNamesAt + i * NAME_BYTES);
@@ -233,7 +257,7 @@ export class SocketBuffers {
   /** bytes of the buffers libc reads and writes (what a pool of them holds) */
   static bytesFor(options: FfiUdpOptions): number {
     const { receiveBatch, receiveBytes, sendBatch } = options;
-    return receiveBatch * (MMSG_BYTES + IOV_BYTES + NAME_BYTES + receiveBytes) + sendBatch * (MMSG_BYTES + NAME_BYTES + IOV_BYTES);
+    return receiveBatch * (MMSG_BYTES + IOV_BYTES + NAME_BYTES + receiveBytes) + sendBatch * (MMSG_BYTES + NAME_BYTES + IOV_BYTES + SEGMENT_CMSG_BYTES);
   }
 }
 
@@ -254,8 +278,11 @@ export class FfiUdpSocket implements Readable, Flushable {
   private readonly txVectorAt: number;
   private readonly txNames: Uint32Array;
   private readonly txIov: Uint32Array;
+  private readonly txControl: Uint8Array;
+  private readonly txControlAt: number;
   private readonly queue: Uint8Array[];
   private readonly queueNames: SocketName[];
+  private readonly queueSegments: number[];
   /** datagrams the kernel would not take (a full send buffer): the retransmit clock covers them */
   dropped = 0;
 
@@ -280,10 +307,14 @@ export class FfiUdpSocket implements Readable, Flushable {
     this.txVectorAt = buffers.txVectorAt;
     this.txNames = buffers.txNames;
     this.txIov = buffers.txIov;
+    this.txControl = buffers.txControl;
+    this.txControlAt = buffers.txControlAt;
     this.queue = buffers.queue;
     this.queueNames = buffers.queueNames;
+    this.queueSegments = buffers.queueSegments;
     this.queue.length = 0;
     this.queueNames.length = 0;
+    this.queueSegments.length = 0;
     loop.watch(fd, this);
   }
 
@@ -312,12 +343,17 @@ export class FfiUdpSocket implements Readable, Flushable {
     return new FfiUdpSocket(lib, fd, loop, buffers instanceof SocketBuffers ? buffers : new SocketBuffers(buffers), onDatagram);
   }
 
-  /** Queues `packet` for `to`; it leaves at the end of the loop's turn (or at flush()). */
-  enqueue(packet: Uint8Array, to: SocketName): void {
+  /**
+   * Queues `packet` for `to`; it leaves at the end of the loop's turn (or at flush()). With a
+   * `segment` size, the kernel cuts it into datagrams of that size (UDP GSO, per message): packets
+   * laid end to end leave in one send.
+   */
+  enqueue(packet: Uint8Array, to: SocketName, segment = 0): void {
     if (this.closed) return;
     if (this.queue.length === 0) this.loop.queued(this);
     this.queue.push(packet);
     this.queueNames.push(to);
+    this.queueSegments.push(segment);
     if (this.queue.length >= this.options.sendBatch) this.flush();
   }
 
@@ -332,11 +368,13 @@ export class FfiUdpSocket implements Readable, Flushable {
     if (count === 0 || this.closed) {
       queue.length = 0;
       this.queueNames.length = 0;
+      this.queueSegments.length = 0;
       return;
     }
     const words = this.txWords;
     const names = this.txNames;
     const iov = this.txIov;
+    const segments = this.queueSegments;
     for (let i = 0; i < count; i++) {
       const packet = queue[i]!;
       const name = this.queueNames[i]!;
@@ -346,10 +384,22 @@ export class FfiUdpSocket implements Readable, Flushable {
       pointerWords(iov, (i * IOV_BYTES) / 4, ptr(packet));
       iov[(i * IOV_BYTES) / 4 + 2] = packet.length;
       iov[(i * IOV_BYTES) / 4 + 3] = 0;
+      const segment = segments[i]!;
+      if (segment > 0) {
+        const at = i * SEGMENT_CMSG_BYTES;
+        this.txControl[at + 16] = segment & 0xff;
+        this.txControl[at + 17] = segment >> 8;
+        pointerWords(words, word + MSG_CONTROL_WORD, this.txControlAt + at);
+        words[word + MSG_CONTROLLEN_WORD] = SEGMENT_CMSG_BYTES;
+      } else if (words[word + MSG_CONTROLLEN_WORD] !== 0) {
+        pointerWords(words, word + MSG_CONTROL_WORD, 0);
+        words[word + MSG_CONTROLLEN_WORD] = 0;
+      }
     }
     this.sendVector(count);
     queue.length = 0;
     this.queueNames.length = 0;
+    segments.length = 0;
   }
 
   /**

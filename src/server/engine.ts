@@ -5,6 +5,7 @@
  * store them), and the engine reports how it ended. One engine runs on the main thread; with
  * workers, one more runs in each worker thread (worker.ts).
  */
+import { randomInt } from "node:crypto";
 import { isIP } from "node:net";
 import { interfaceMtu } from "../net/interfaces.ts";
 import { DATA_HEADER_SIZE, type TransferMode } from "../protocol/packet.ts";
@@ -89,6 +90,14 @@ export function unverifiedBudget(maxPerIp: number): number {
 }
 
 const DROPPED: TransferOutcome = { result: "dropped", bytes: 0, retransmits: 0, firstResponseMs: 0 };
+
+/**
+ * The shared port a transfer of `windowsize` joins: 0 (the lock-step port) for lock-step, else
+ * one of 1..windowsize drawn from the system's random source per transfer (see bindChannel).
+ */
+export function windowPoolIndex(windowsize: number): number {
+  return windowsize === 1 ? 0 : 1 + randomInt(windowsize);
+}
 
 /** Windows above this many bytes get a bigger socket send buffer than the kernel default. */
 const BIG_WINDOW_BYTES = 128 * 1024;
@@ -299,25 +308,28 @@ export class TransferEngine {
   }
 
   /**
-   * A lock-step transfer joins its address's shared port when that is the mode; a windowed one
-   * always gets a port of its own. Anyone learns the shared port by asking for a file, so a
-   * forged ACK can reach a transfer there; it answers with one block (and its timer waits for
-   * the client: RetransmitPolicy.clientPaced), where a window would answer with up to 64. A
-   * port of its own is one the forger never sees.
+   * In "shared" mode a transfer joins one of its address's shared ports. Anyone learns a shared
+   * port by asking for a file, so a forged ACK can reach a transfer there; a lock-step one
+   * answers it with one block (and its timer waits for the client: RetransmitPolicy.clientPaced).
+   * A window answers with `windowsize` blocks, so a windowed transfer joins a port drawn at
+   * random from a pool of `windowsize` ports (windowPoolIndex) that lock-step transfers never
+   * use: a forger who cannot see the transfer's first packet must send to every port of the
+   * pool to reach it once, and draws on average one block per datagram forged, as on the
+   * lock-step port. Windows too big to batch well (BIG_WINDOW_BYTES) get a port of their own.
    */
   private async bindChannel(job: TransferJob, handler: PacketHandler): Promise<OpenedChannel> {
     // tftp.single_port: every transfer on the port its request came to, windows included
     const listenPort = this.listenPorts.get(job.localAddress);
     if (listenPort) return { channel: listenPort.attachReplacing(job.peer, handler), shared: true };
     const dontFragment = this.fitsMtu(job.localAddress, job.blksize);
-    if (this.options.transferSockets === "shared" && job.windowsize === 1) {
-      const shared = await this.sharedSocket(job.localAddress, dontFragment);
+    const stride = job.blksize + 4;
+    const windowBytes = job.windowsize * stride;
+    if (this.options.transferSockets === "shared" && windowBytes <= BIG_WINDOW_BYTES) {
+      const shared = await this.sharedSocket(job.localAddress, dontFragment, windowPoolIndex(job.windowsize));
       // The same client port twice at once (a client reusing its port) needs a socket of its own.
       const channel = shared.attach(job.peer, handler);
       if (channel) return { channel, shared: true };
     }
-    const stride = job.blksize + 4;
-    const windowBytes = job.windowsize * stride;
     const sendBuffer = windowBytes > BIG_WINDOW_BYTES ? Math.min(this.options.sendBufferBytes, windowBytes * 2) : 0;
     const segment = this.options.gso && job.windowsize > 1 ? stride : 0;
     // (where the kernel refuses GSO the channel sends a window as before: the server said so at start)
@@ -326,16 +338,18 @@ export class TransferEngine {
   }
 
   /**
-   * A shared port per local address, and per whether its datagrams carry DF: transfers whose
-   * blocks fit the interface's MTU share one with DF, the others (blocks left to be fragmented)
-   * one without.
+   * The shared ports per local address: `index` 0 for lock-step transfers, 1.. for the window
+   * pool (windowPoolIndex); and per whether their datagrams carry DF: transfers whose blocks fit
+   * the interface's MTU share ports with DF, the others (blocks left to be fragmented) ports
+   * without.
    */
-  private sharedSocket(address: string, dontFragment: boolean): Promise<SharedSocket> {
-    const key = dontFragment ? `${address}|df` : address;
+  private sharedSocket(address: string, dontFragment: boolean, index: number): Promise<SharedSocket> {
+    const key = `${address}|${dontFragment ? "df" : ""}|${index}`;
     let socket = this.sharedSockets.get(key);
     if (!socket) {
       const buffers = { receive: this.options.receiveBufferBytes, send: this.options.sendBufferBytes };
-      socket = this.sockets.openShared(address, this.options.portRange, this.options.batch, buffers, dontFragment);
+      // the window pool's ports carry windows: one GSO message each (network.zero_copy)
+      socket = this.sockets.openShared(address, this.options.portRange, this.options.batch, buffers, dontFragment, this.options.gso && index > 0);
       this.sharedSockets.set(key, socket);
       socket.then(
         (open) => this.openShared.add(open),

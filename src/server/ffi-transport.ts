@@ -49,8 +49,13 @@ class FfiSharedChannel implements TransferChannel {
     if (!this.closed) this.owner.send(packet, this.name);
   }
 
+  /** A window laid end to end leaves as one GSO message of the batch when the port segments. */
   sendMany(packets: readonly Uint8Array[]): void {
-    for (const packet of packets) this.send(packet);
+    if (this.closed) return;
+    const segment = this.owner.segments && packets.length > 1 ? packets[0]!.length : 0;
+    const run = segment > 0 ? contiguousRun(packets, segment) : null;
+    if (run) this.owner.send(run, this.name, segment);
+    else for (const packet of packets) this.owner.send(packet, this.name);
   }
 
   settle(): void {
@@ -72,6 +77,8 @@ export class FfiSharedSocket implements SharedSocket {
   private constructor(
     private readonly loop: IoLoop,
     private readonly batch: BatchPolicy,
+    /** windows leave as GSO messages (per message: transfers here differ in block size) */
+    readonly segments: boolean,
   ) {}
 
   static async open(
@@ -81,8 +88,9 @@ export class FfiSharedSocket implements SharedSocket {
     batch: BatchPolicy,
     buffers: { receive: number; send: number },
     dontFragment: boolean,
+    segments = false,
   ): Promise<FfiSharedSocket> {
-    const shared = new FfiSharedSocket(loop, batch);
+    const shared = new FfiSharedSocket(loop, batch, segments);
     const options = { receiveBatch: SHARED_RECEIVE_BATCH, receiveBytes: RECEIVE_BYTES, sendBatch: batch.enabled ? batch.size : 1 };
     shared.socket = await bindInPortRange(address, range, async (port) =>
       FfiUdpSocket.open(loop, address, port, options, (datagram, from) => shared.receive(datagram, from)),
@@ -113,8 +121,8 @@ export class FfiSharedSocket implements SharedSocket {
     if (this.channels.remove(channel.name.port, channel)) this.loop.holds--;
   }
 
-  send(packet: Uint8Array, to: SocketName): void {
-    this.socket.enqueue(packet, to);
+  send(packet: Uint8Array, to: SocketName, segment = 0): void {
+    this.socket.enqueue(packet, to, segment);
     if (!this.batch.enabled) this.socket.flush();
   }
 
@@ -218,7 +226,7 @@ class FfiTransferChannel implements TransferChannel {
 export function ffiTransferSockets(loop: IoLoop, batch: BatchPolicy, slots: SlotPool<SocketBuffers> | null = null): TransferSockets {
   loop.batchTimeoutMs = batch.timeoutMs ?? 1;
   return {
-    openShared: (address, range, batch, buffers, dontFragment) => FfiSharedSocket.open(loop, address, range, batch, buffers, dontFragment),
+    openShared: (address, range, batch, buffers, dontFragment, segments) => FfiSharedSocket.open(loop, address, range, batch, buffers, dontFragment, segments),
     async openChannel(localAddress, peer, range, handler, sendBufferBytes = 0, segmentBytes = 0, dontFragment = false) {
       const channel = new FfiTransferChannel(loop, new SocketName(peer.address, peer.port), handler, slots);
       const buffers = slots ? slots.take() : OWN_SOCKET;

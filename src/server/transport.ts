@@ -246,8 +246,19 @@ export async function openTransferChannel(
 
 /** What opens a transfer's socket: Bun's (here and shared-socket.ts) or the epoll loop's (ffi-transport.ts). */
 export interface TransferSockets {
-  /** a port `address` shares among lock-step transfers; `dontFragment`: DF on its datagrams (setDontFragment) */
-  openShared(address: string, range: PortRange | null, batch: BatchPolicy, buffers: { receive: number; send: number }, dontFragment: boolean): Promise<SharedSocket>;
+  /**
+   * a port `address` shares among transfers; `dontFragment`: DF on its datagrams
+   * (setDontFragment); `segments`: windows leave as one UDP GSO message each where the sockets
+   * can say so per message (the epoll loop's; Bun's send them as they are)
+   */
+  openShared(
+    address: string,
+    range: PortRange | null,
+    batch: BatchPolicy,
+    buffers: { receive: number; send: number },
+    dontFragment: boolean,
+    segments: boolean,
+  ): Promise<SharedSocket>;
   /** a port of the transfer's own */
   openChannel(
     localAddress: string,

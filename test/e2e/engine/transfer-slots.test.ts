@@ -1,7 +1,8 @@
 /**
  * Transfer slots (connection_pool.*, performance.memory.connection_pool_size) in the real
- * server: a storm of windowed downloads (windowsize 4, as UEFI firmware asks: each on a port
- * of its own) with the pool and without it (max_connections 0), side by side.
+ * server: a storm of windowed downloads (windowsize 4, as UEFI firmware asks; each on a port of
+ * its own: tftp.transfer_sockets "per-transfer") with the pool and without it (max_connections
+ * 0), side by side.
  *
  * - Allocations: with the pool, the storm runs on the slots made at start (the metrics show no
  *   slot allocated during it, and every transfer reusing one); without, every transfer allocates
@@ -71,6 +72,8 @@ async function storm(env: Record<string, string>): Promise<StormRun> {
       // no file I/O threads: their heaps would add collections of their own to the log
       TFTPD_IO_ASYNC_IO: "false",
       TFTPD_PERFORMANCE_MEMORY_CONNECTION_POOL_SIZE: String(PREALLOCATED),
+      // slots are what a transfer's own port works through (shared ports have buffers of their own)
+      TFTPD_TFTP_TRANSFER_SOCKETS: "per-transfer",
       TFTPD_LIMITS_REQUESTS_PER_SECOND_PER_IP: "0",
       TFTPD_LIMITS_MAX_CONNECTIONS_PER_IP: "100000",
       TFTPD_LIMITS_MAX_CONNECTIONS_PER_CLIENT: "100000",
@@ -148,6 +151,8 @@ test("slots idle for idle_timeout are given up down to min_connections, and thos
     env: {
       TFTPD_PERFORMANCE_CPU_WORKER_THREADS: "1",
       TFTPD_PERFORMANCE_MEMORY_CONNECTION_POOL_SIZE: String(PREALLOCATED),
+      // slots are what a transfer's own port works through (shared ports have buffers of their own)
+      TFTPD_TFTP_TRANSFER_SOCKETS: "per-transfer",
       TFTPD_CONNECTION_POOL_MIN_CONNECTIONS: "8",
       TFTPD_CONNECTION_POOL_IDLE_TIMEOUT: "1",
     },

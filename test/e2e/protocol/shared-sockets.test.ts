@@ -2,7 +2,10 @@
  * transferSockets "shared": lock-step transfers to different clients share one port per local
  * address (so datagrams go out in sendmmsg batches), yet each stays its own TID pair: a stranger
  * on that port gets ERROR 5, loss recovery works, and real clients are served. A windowed
- * transfer gets a port of its own (a forged ACK on the shared port must not open a window).
+ * transfer joins a port drawn at random from a pool of `windowsize` ports that lock-step
+ * transfers never use (a forged ACK sent to the port anyone learns must not open a window, and
+ * one sent to every port of the pool draws one block per datagram); a window too big to batch
+ * gets a port of its own. On the epoll loop a pooled window leaves as one GSO message.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { ErrorCode, Opcode } from "../../../src/protocol/packet.ts";
@@ -30,7 +33,7 @@ afterAll(async () => {
 });
 
 describe("shared transfer sockets", () => {
-  test("two lock-step clients are served from one transfer port, not the listen port, both byte-exact; a windowed one from a port of its own", async () => {
+  test("two lock-step clients are served from one transfer port, not the listen port, both byte-exact; a windowed one from another port", async () => {
     const [one, two, three] = [await peers.open(), await peers.open(), await peers.open()];
     const [a, b, c] = await Promise.all([
       download(one, server.port, "a.bin", { options: [["blksize", "1468"]] }),
@@ -43,6 +46,7 @@ describe("shared transfer sockets", () => {
     expect(a.port).toBe(b.port);
     expect(a.port).not.toBe(server.port);
     expect(c.port).not.toBe(a.port);
+    expect(c.port).not.toBe(server.port);
   });
 
   test("a stranger writing to the shared port gets ERROR 5 and the transfer in progress completes", async () => {
@@ -107,3 +111,59 @@ test("shared sockets: a lost DATA in a window is recovered by rewind with a real
     removeDir(out);
   }
 });
+
+/**
+ * Sixteen windowed downloads at once from one server, each its own client port: the ports they
+ * were served from, and each one's bytes.
+ */
+async function windowedAtOnce(port: number, file: string, options: [string, string][], count = 16) {
+  const clients = await Promise.all(Array.from({ length: count }, () => peers.open()));
+  return Promise.all(clients.map((client) => download(client, port, file, { options })));
+}
+
+for (const ioLoop of ["bun", "epoll"] as const) {
+  describe(`the window pool (${ioLoop} loop)`, () => {
+    let s: InProcessServer;
+    beforeAll(async () => {
+      s = await startServer(root, { transferSockets: "shared", ioLoop, workers: 1 });
+    });
+    afterAll(() => s.stop());
+
+    test("windowsize 4: at most 4 ports, drawn at random per transfer, none the lock-step port; every download byte-exact", async () => {
+      const lockStep = await download(await peers.open(), s.port, "b.bin");
+      // b.bin is 70,000 bytes: 47 full blocks of 1468 and a short one, so windows end short too
+      const results = await windowedAtOnce(s.port, "b.bin", [["blksize", "1468"], ["windowsize", "4"]]);
+      for (const r of results) expect(sha256(r.bytes)).toBe(sha256(lockStep.bytes));
+      const ports = new Set(results.map((r) => r.port));
+      expect(ports.size).toBeLessThanOrEqual(4);
+      // all sixteen on one port of four: 4 × (1/4)^16, about one run in a billion
+      expect(ports.size).toBeGreaterThan(1);
+      expect(ports.has(lockStep.port)).toBe(false);
+      expect(ports.has(s.port)).toBe(false);
+    });
+
+    test("a window too big to batch (blksize 8192 × windowsize 64) gets a port of its own", async () => {
+      const results = await windowedAtOnce(s.port, "a.bin", [["blksize", "8192"], ["windowsize", "64"]], 3);
+      for (const r of results) expect(sha256(r.bytes)).toBe(sha256(big));
+      expect(new Set(results.map((r) => r.port)).size).toBe(3);
+    });
+
+    test("atftp with windowsize 16 and curl lock-step at once, byte-exact", async () => {
+      const out = tempDir("tftpd-pool-out-");
+      try {
+        const jobs = [];
+        for (let i = 0; i < 4; i++) {
+          jobs.push(run(["curl", "-sS", "--tftp-blksize", "1468", "-o", `${out}/c${i}`, `tftp://127.0.0.1:${s.port}/a.bin`]));
+          jobs.push(run(["atftp", "--get", "-r", "a.bin", "-l", `${out}/a${i}`, "--option", "blksize 1468", "--option", "windowsize 16", "127.0.0.1", String(s.port)]));
+        }
+        for (const r of await Promise.all(jobs)) expect(r.exitCode).toBe(0);
+        for (let i = 0; i < 4; i++) {
+          expect(sha256(new Uint8Array(await Bun.file(`${out}/c${i}`).arrayBuffer()))).toBe(sha256(big));
+          expect(sha256(new Uint8Array(await Bun.file(`${out}/a${i}`).arrayBuffer()))).toBe(sha256(big));
+        }
+      } finally {
+        removeDir(out);
+      }
+    });
+  });
+}

@@ -108,6 +108,32 @@ describe("FfiUdpSocket", () => {
     expect(socket.dropped).toBe(0);
   });
 
+  test("a message queued with a segment size leaves cut into datagrams of it (UDP GSO per message), beside whole ones in the same batch", async () => {
+    const loop = openLoop();
+    const socket = FfiUdpSocket.open(loop, "127.0.0.1", 0, OPTIONS, () => {});
+    closers.push(() => socket.close());
+    const one = await bunPeer();
+    const two = await bunPeer();
+    // 3 segments of 100 bytes and a last one of 40, each led by its index; then a whole 250-byte one
+    const run = new Uint8Array(340);
+    for (let i = 0; i < 4; i++) run.fill(i, i * 100, Math.min(340, i * 100 + 100));
+    socket.enqueue(new Uint8Array(250).fill(9), new SocketName("127.0.0.1", two.socket.port));
+    socket.enqueue(run, new SocketName("127.0.0.1", one.socket.port), 100);
+    socket.enqueue(new Uint8Array(250).fill(8), new SocketName("127.0.0.1", two.socket.port));
+    socket.flush();
+    await waitFor(() => one.heard.length === 4 && two.heard.length === 2, 2000, "four segments and two whole datagrams");
+    expect(one.heard.map((h) => [h.bytes.length, h.bytes[0]])).toEqual([[100, 0], [100, 1], [100, 2], [40, 3]]);
+    expect(two.heard.map((h) => [h.bytes.length, h.bytes[0]])).toEqual([[250, 9], [250, 8]]);
+    // the second slot, which carried the segment size, sends whole again next time
+    socket.enqueue(new Uint8Array(250).fill(6), new SocketName("127.0.0.1", two.socket.port));
+    socket.enqueue(new Uint8Array(250).fill(7), new SocketName("127.0.0.1", one.socket.port));
+    socket.flush();
+    await waitFor(() => one.heard.length >= 5 && two.heard.length === 3, 2000, "whole datagrams from both slots");
+    await Bun.sleep(50);
+    expect(one.heard.slice(4).map((h) => h.bytes.length)).toEqual([250]);
+    expect(socket.dropped).toBe(0);
+  });
+
   test("a datagram queued outside a turn leaves at the loop's next turn", async () => {
     const loop = openLoop();
     const socket = FfiUdpSocket.open(loop, "127.0.0.1", 0, OPTIONS, () => {});
