@@ -206,6 +206,19 @@ const NO_SLOTS: SlotPoolSettings = { preallocate: 0, min: 0, max: 0, idleMs: 0 }
 /** How often requests dropped over their source's rate are summed up: one line per source and interval. */
 const RATE_SUMMARY_MS = 10_000;
 
+/**
+ * A read of at most this many windows (a boot menu, a config file, an iPXE script: what a boot
+ * loader asks for one after another) runs on the main thread's engine even with workers: a
+ * worker would cost a job sent over, a wake of its thread and the end sent back, more than the
+ * transfer itself, and on a busy host a thread switch each way before the first packet.
+ */
+export const LOCAL_READ_WINDOWS = 4;
+
+/** The windows a read of `size` bytes takes (a size that is a whole number of blocks ends with an empty one). */
+function windowsOf(size: number, blksize: number, windowsize: number): number {
+  return Math.ceil((Math.floor(size / blksize) + 1) / windowsize);
+}
+
 export class TftpServer {
   private readonly listeners: Listener[] = [];
   /**
@@ -543,7 +556,10 @@ export class TftpServer {
     this.dispatch(outcome, listener, packet, peer, key, receivedAtEpoch, request);
   }
 
-  /** Starts an accepted request's transfer: reads on a worker when there are workers, else here. */
+  /**
+   * Starts an accepted request's transfer: reads on a worker when there are workers (but a read
+   * of a few windows: LOCAL_READ_WINDOWS), else here.
+   */
   private dispatch(accepted: Accepted, listener: Listener, packet: RequestPacket, peer: Peer, key: string, receivedAtEpoch: number, request: Uint8Array): void {
     const { negotiated } = accepted;
     const declared = accepted.op === "write" ? packet.options.get("tsize") : undefined;
@@ -587,7 +603,7 @@ export class TftpServer {
       return;
     }
     const source = accepted.source;
-    if (this.pool && source.share) {
+    if (this.pool && source.share && windowsOf(source.size, negotiated.blksize, negotiated.windowsize) > LOCAL_READ_WINDOWS) {
       running.engine = this.balancer.pick({ clientAddress: peer.address, clientPort: peer.port, filename: accepted.file }, this.pool.loads);
       running.source = source;
       this.pool.dispatch(running.engine, job, source.share, source.identity);

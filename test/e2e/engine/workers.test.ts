@@ -182,7 +182,8 @@ describe(`workers: 2, ${ioLoop} loop`, () => {
 
   test("uncached (cacheBytes 0): the workers read through the main thread's descriptor, byte-exact", async () => {
     const root = dir("tftpd-workers-nocache-");
-    const files = [patternBytes(0, 1), patternBytes(511, 2), patternBytes(512, 3), patternBytes(300 * KiB + 3, 4)];
+    // more than LOCAL_READ_WINDOWS windows of 1400 × 8 each, whole blocks and not
+    const files = [patternBytes(50 * 1400, 1), patternBytes(50 * 1400 - 1, 2), patternBytes(50 * 1400 + 1, 3), patternBytes(300 * KiB + 3, 4)];
     files.forEach((bytes, i) => writeFile(root, `u${i}.bin`, bytes));
     const s = await serve(root, { workers: 2, cacheBytes: 0 });
     expect(s.server.cache.enabled).toBe(false);
@@ -197,6 +198,25 @@ describe(`workers: 2, ${ioLoop} loop`, () => {
     }
     expect(s.pool.started).toEqual([4, 4]);
     await waitFor(() => s.records.length === 8, 3000, "8 records");
+    expect(s.records.every((r) => r.result === "ok")).toBe(true);
+  });
+
+  test("a read of a few windows (a config file, a script) runs on the main thread, byte-exact; a longer one on a worker", async () => {
+    const root = dir("tftpd-workers-local-");
+    // windows of 512 × 1: 0 bytes and 511 take one, 2,048 (four whole blocks) five, 2,047 four
+    const small = [patternBytes(0, 11), patternBytes(511, 12), patternBytes(2047, 13)];
+    small.forEach((bytes, i) => writeFile(root, `s${i}.cfg`, bytes));
+    writeFile(root, "s3.cfg", patternBytes(2048, 14));
+    const s = await serve(root, { workers: 2 });
+    for (const [i, bytes] of small.entries()) {
+      const got = await download(await peers.open(), s.port, `s${i}.cfg`);
+      expect(sha256(got.bytes)).toBe(sha256(bytes));
+    }
+    expect(s.pool.started).toEqual([0, 0]);
+    const got = await download(await peers.open(), s.port, "s3.cfg");
+    expect(sha256(got.bytes)).toBe(sha256(patternBytes(2048, 14)));
+    expect(s.pool.started.reduce((a, b) => a + b, 0)).toBe(1);
+    await waitFor(() => s.records.length === 4, 3000, "4 records");
     expect(s.records.every((r) => r.result === "ok")).toBe(true);
   });
 
