@@ -112,6 +112,8 @@ export class TransferEngine {
   private readonly sharedSockets = new Map<string, Promise<SharedSocket>>();
   /** the shared sockets once open, for an end that cannot wait (abort) */
   private readonly openShared = new Set<SharedSocket>();
+  /** the window pool's ports once open, by sharedSockets key: closed by sweep() once idle */
+  private readonly windowPorts = new Map<string, SharedSocket>();
   private stopped = false;
   /**
    * by source address, the jobs counted against its unverified budget: those opening or
@@ -189,6 +191,7 @@ export class TransferEngine {
     this.transfers.clear();
     for (const socket of this.sharedSockets.values()) (await socket.catch(() => null))?.close();
     this.sharedSockets.clear();
+    this.windowPorts.clear();
   }
 
   /**
@@ -275,9 +278,26 @@ export class TransferEngine {
       const reason = overdue(transfer.clock, this.options.lifetimes, now);
       if (reason) transfer.expire(reason);
     }
-    if (this.transfers.size === 0 && this.sweeper) {
+    this.closeIdleWindowPorts();
+    if (this.transfers.size === 0 && this.windowPorts.size === 0 && this.sweeper) {
       clearInterval(this.sweeper);
       this.sweeper = null;
+    }
+  }
+
+  /**
+   * A window pool port with no transfer left is closed (a later windowed transfer opens one
+   * anew, on a new port): a pool is as large as the largest window asked for, and an idle
+   * server holds only its lock-step ports. A transfer joins its port in the same task as the
+   * port's promise resolves (bindChannel), so this timer's task never closes one under it.
+   */
+  private closeIdleWindowPorts(): void {
+    for (const [key, socket] of this.windowPorts) {
+      if (socket.transfers > 0) continue;
+      this.windowPorts.delete(key);
+      this.sharedSockets.delete(key);
+      this.openShared.delete(socket);
+      socket.close();
     }
   }
 
@@ -352,7 +372,10 @@ export class TransferEngine {
       socket = this.sockets.openShared(address, this.options.portRange, this.options.batch, buffers, dontFragment, this.options.gso && index > 0);
       this.sharedSockets.set(key, socket);
       socket.then(
-        (open) => this.openShared.add(open),
+        (open) => {
+          this.openShared.add(open);
+          if (index > 0) this.windowPorts.set(key, open);
+        },
         () => this.sharedSockets.delete(key),
       );
     }

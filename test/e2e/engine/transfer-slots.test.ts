@@ -28,7 +28,8 @@ let root = "";
 
 beforeAll(() => {
   root = tempDir("tftpd-transfer-slots-");
-  writeFile(root, "boot.efi", patternBytes(16 * 1024, 7));
+  // 12 windows of 4 × 1468: more than a read run on the main thread (LOCAL_READ_WINDOWS)
+  writeFile(root, "boot.efi", patternBytes(64 * 1024, 7));
 });
 
 afterAll(() => removeDir(root));

@@ -142,6 +142,25 @@ for (const ioLoop of ["bun", "epoll"] as const) {
       expect(ports.has(s.port)).toBe(false);
     });
 
+    test("a pool port with no transfer left closes within two sweeps; the lock-step port stays", async () => {
+      const lockStep = await download(await peers.open(), s.port, "b.bin");
+      const results = await windowedAtOnce(s.port, "b.bin", [["blksize", "1468"], ["windowsize", "4"]], 8);
+      const stranger = await peers.open();
+      // open now: a stranger's ACK draws ERROR 5
+      const pooled = results[0]!.port;
+      stranger.send(ack(1), pooled, "127.0.0.1");
+      const open = await stranger.next();
+      expect(open.packet?.op === Opcode.ERROR && open.packet.code).toBe(ErrorCode.UNKNOWN_TID);
+      await Bun.sleep(2500);
+      for (const port of new Set(results.map((r) => r.port))) {
+        stranger.send(ack(1), port, "127.0.0.1");
+        await stranger.expectNothing(200);
+      }
+      stranger.send(ack(1), lockStep.port, "127.0.0.1");
+      const still = await stranger.next();
+      expect(still.packet?.op === Opcode.ERROR && still.packet.code).toBe(ErrorCode.UNKNOWN_TID);
+    });
+
     test("a window too big to batch (blksize 8192 × windowsize 64) gets a port of its own", async () => {
       const results = await windowedAtOnce(s.port, "a.bin", [["blksize", "8192"], ["windowsize", "64"]], 3);
       for (const r of results) expect(sha256(r.bytes)).toBe(sha256(big));
