@@ -6,7 +6,7 @@
  * gap: the next window starts right after it.
  */
 import { writeDataHeader } from "../protocol/codec.ts";
-import { DATA_HEADER_SIZE, ErrorCode, Opcode, type Packet } from "../protocol/packet.ts";
+import { blockCount, DATA_HEADER_SIZE, ErrorCode, Opcode, type Packet } from "../protocol/packet.ts";
 import { ClientSession } from "./session.ts";
 import { openSource, type Source } from "./source.ts";
 import type { TransferReport, UploadOptions } from "./types.ts";
@@ -77,7 +77,7 @@ class UploadSession extends ClientSession<TransferReport> {
 
   private start(): void {
     this.started = true;
-    this.total = Math.floor(this.size / this.blksize) + 1;
+    this.total = blockCount(this.size, this.blksize);
     this.sendWindow();
     this.progress();
   }

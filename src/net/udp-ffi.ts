@@ -242,12 +242,12 @@ export class SocketBuffers {
     this.txControlAt = ptr(this.txControl);
     const control = new DataView(this.txControl.buffer);
     for (let i = 0; i < sendBatch; i++) {
+      const word = (i * MMSG_BYTES) / 4;
+      // each slot's control message, filled in but for its size; a datagram points at it only
+      // when it is queued with a segment size
       control.setUint32(i * SEGMENT_CMSG_BYTES, SEGMENT_CMSG_LEN, true); // cmsg_len (a size_t: high word 0)
       control.setInt32(i * SEGMENT_CMSG_BYTES + 8, SOL_UDP, true);
       control.setInt32(i * SEGMENT_CMSG_BYTES + 12, UDP_SEGMENT, true);
-    }
-    for (let i = 0; i < sendBatch; i++) {
-      const word = (i * MMSG_BYTES) / 4;
       pointerWords(this.txWords, word, this.txNamesAt + i * NAME_BYTES);
       pointerWords(this.txWords, word + 4, this.txIovAt + i * IOV_BYTES);
       this.txWords[word + 6] = 1;

@@ -70,3 +70,12 @@ export const DATA_HEADER_SIZE = 4;
 
 /** RFC 1350: the default block size when no blksize option is negotiated. */
 export const DEFAULT_BLKSIZE = 512;
+
+/**
+ * The DATA blocks that carry `size` bytes. RFC 1350 §6: a block shorter than blksize ends the
+ * transfer, so a size that is an exact multiple needs one more, empty block; an empty file is a
+ * single empty block.
+ */
+export function blockCount(size: number, blksize: number): number {
+  return Math.floor(size / blksize) + 1;
+}

@@ -95,7 +95,7 @@ const DROPPED: TransferOutcome = { result: "dropped", bytes: 0, retransmits: 0, 
  * The shared port a transfer of `windowsize` joins: 0 (the lock-step port) for lock-step, else
  * one of 1..windowsize drawn from the system's random source per transfer (see bindChannel).
  */
-export function windowPoolIndex(windowsize: number): number {
+function windowPoolIndex(windowsize: number): number {
   return windowsize === 1 ? 0 : 1 + randomInt(windowsize);
 }
 

@@ -4,7 +4,7 @@
  */
 import { decodePacket, encodeOack, writeDataHeader } from "../protocol/codec.ts";
 import { now } from "../net/turn-clock.ts";
-import { DATA_HEADER_SIZE, ErrorCode, Opcode } from "../protocol/packet.ts";
+import { blockCount, DATA_HEADER_SIZE, ErrorCode, Opcode } from "../protocol/packet.ts";
 import type { FileSource } from "../storage/source.ts";
 import type { TransferChannel } from "./transport.ts";
 import { threadSendArena, type SendArena } from "./send-arena.ts";
@@ -57,9 +57,7 @@ export class ReadTransfer extends EndingTransfer {
     private readonly arena: SendArena = threadSendArena,
   ) {
     super(channel, params, onEnd);
-    // RFC 1350 §6: a block shorter than blksize ends the transfer, so a size that is an exact
-    // multiple needs one more, empty block; an empty file is a single empty block.
-    this.lastBlock = Math.floor(source.size / params.blksize) + 1;
+    this.lastBlock = blockCount(source.size, params.blksize);
     this.batchBlocks = Math.max(1, Math.min(WINDOW_BATCH_BLOCKS, Math.floor(WINDOW_BATCH_BYTES / params.blksize)));
   }
 

@@ -6,7 +6,7 @@
  * requests sent again, and the running transfers. Knows nothing of config files or Redis.
  */
 import { decodePacket, encodeError } from "../protocol/codec.ts";
-import { ErrorCode, Opcode, type RequestPacket } from "../protocol/packet.ts";
+import { blockCount, ErrorCode, Opcode, type RequestPacket } from "../protocol/packet.ts";
 import { CopyPool } from "../storage/copy-pool.ts";
 import { diskIo, setDiskIo, type DiskIoSettings } from "../storage/disk-io.ts";
 import { FileCache } from "../storage/cache.ts";
@@ -212,12 +212,7 @@ const RATE_SUMMARY_MS = 10_000;
  * worker would cost a job sent over, a wake of its thread and the end sent back, more than the
  * transfer itself, and on a busy host a thread switch each way before the first packet.
  */
-export const LOCAL_READ_WINDOWS = 4;
-
-/** The windows a read of `size` bytes takes (a size that is a whole number of blocks ends with an empty one). */
-function windowsOf(size: number, blksize: number, windowsize: number): number {
-  return Math.ceil((Math.floor(size / blksize) + 1) / windowsize);
-}
+const LOCAL_READ_WINDOWS = 4;
 
 export class TftpServer {
   private readonly listeners: Listener[] = [];
@@ -603,7 +598,7 @@ export class TftpServer {
       return;
     }
     const source = accepted.source;
-    if (this.pool && source.share && windowsOf(source.size, negotiated.blksize, negotiated.windowsize) > LOCAL_READ_WINDOWS) {
+    if (this.pool && source.share && Math.ceil(blockCount(source.size, negotiated.blksize) / negotiated.windowsize) > LOCAL_READ_WINDOWS) {
       running.engine = this.balancer.pick({ clientAddress: peer.address, clientPort: peer.port, filename: accepted.file }, this.pool.loads);
       running.source = source;
       this.pool.dispatch(running.engine, job, source.share, source.identity);

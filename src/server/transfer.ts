@@ -225,10 +225,13 @@ export class RetransmitClock {
       clearTimeout(this.timer);
       this.timer = null;
     }
-    if (!this.timer) {
-      this.timerAt = this.deadline;
-      this.timer = setTimeout(() => this.fire(), this.deadline - at);
-    }
+    if (!this.timer) this.wakeAt(this.deadline, at);
+  }
+
+  /** The timer, due at `deadline` (`at`: now). */
+  private wakeAt(deadline: number, at: number): void {
+    this.timerAt = deadline;
+    this.timer = setTimeout(() => this.fire(), deadline - at);
   }
 
   /** Final: a stopped clock never fires again, whatever is called after. */
@@ -241,10 +244,9 @@ export class RetransmitClock {
   private fire(): void {
     this.timer = null;
     if (this.stopped) return;
-    const early = this.deadline - now();
-    if (early > 1) {
-      this.timerAt = this.deadline;
-      this.timer = setTimeout(() => this.fire(), early);
+    const at = now();
+    if (this.deadline - at > 1) {
+      this.wakeAt(this.deadline, at);
       return;
     }
     // Until the client answers, nothing shows that the request came from the address it names:
@@ -264,18 +266,17 @@ export class RetransmitClock {
     // a client backing off (1, 2, 4, 8 s between repeats) is still on its way.
     // Past `retries` misses, a resend whose answer could not come before the patience runs out
     // buys nothing: the rest is waited out in silence. The turn clock may read up to a
-    // millisecond behind the timer that woke us, hence the slack (as for `early` above).
+    // millisecond behind the timer that woke us, hence the slack (as for the deadline above).
     const patience = this.policy.clientPaced && this.credit === 0 ? this.patienceMs * STARVED_PATIENCE : this.patienceMs;
     if (this.misses >= this.policy.retries) {
-      const left = patience - (now() - Math.max(this.lastProgressAt, this.lastHeardAt));
+      const left = patience - (at - Math.max(this.lastProgressAt, this.lastHeardAt));
       if (left <= 1) {
         this.onGiveUp();
         return;
       }
       if (left < this.currentMs) {
-        this.deadline = now() + left;
-        this.timerAt = this.deadline;
-        this.timer = setTimeout(() => this.fire(), left);
+        this.deadline = at + left;
+        this.wakeAt(this.deadline, at);
         return;
       }
     }
