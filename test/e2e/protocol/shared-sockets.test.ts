@@ -32,6 +32,25 @@ afterAll(async () => {
   removeDir(root);
 });
 
+/** `pairs` curl (lock-step) and atftp (windowsize 16) downloads of a.bin at once: all byte-exact. */
+async function curlAndAtftpAtOnce(port: number, pairs: number): Promise<void> {
+  const out = tempDir("tftpd-shared-out-");
+  try {
+    const jobs = [];
+    for (let i = 0; i < pairs; i++) {
+      jobs.push(run(["curl", "-sS", "--tftp-blksize", "1468", "-o", `${out}/c${i}`, `tftp://127.0.0.1:${port}/a.bin`]));
+      jobs.push(run(["atftp", "--get", "-r", "a.bin", "-l", `${out}/a${i}`, "--option", "blksize 1468", "--option", "windowsize 16", "127.0.0.1", String(port)]));
+    }
+    for (const r of await Promise.all(jobs)) expect(r.exitCode).toBe(0);
+    for (let i = 0; i < pairs; i++) {
+      expect(sha256(new Uint8Array(await Bun.file(`${out}/c${i}`).arrayBuffer()))).toBe(sha256(big));
+      expect(sha256(new Uint8Array(await Bun.file(`${out}/a${i}`).arrayBuffer()))).toBe(sha256(big));
+    }
+  } finally {
+    removeDir(out);
+  }
+}
+
 describe("shared transfer sockets", () => {
   test("two lock-step clients are served from one transfer port, not the listen port, both byte-exact; a windowed one from another port", async () => {
     const [one, two, three] = [await peers.open(), await peers.open(), await peers.open()];
@@ -74,26 +93,7 @@ describe("shared transfer sockets", () => {
     expect(received).toBe(big.length);
   });
 
-  test("curl and atftp (windowed) at once, byte-exact", async () => {
-    const out = tempDir("tftpd-shared-out-");
-    try {
-      const jobs = [];
-      for (let i = 0; i < 6; i++) {
-        jobs.push(run(["curl", "-sS", "--tftp-blksize", "1468", "-o", `${out}/c${i}`, `tftp://127.0.0.1:${server.port}/a.bin`]));
-        jobs.push(
-          run(["atftp", "--get", "-r", "a.bin", "-l", `${out}/a${i}`, "--option", "blksize 1468", "--option", "windowsize 16", "127.0.0.1", String(server.port)]),
-        );
-      }
-      const results = await Promise.all(jobs);
-      for (const r of results) expect(r.exitCode).toBe(0);
-      for (let i = 0; i < 6; i++) {
-        expect(sha256(new Uint8Array(await Bun.file(`${out}/c${i}`).arrayBuffer()))).toBe(sha256(big));
-        expect(sha256(new Uint8Array(await Bun.file(`${out}/a${i}`).arrayBuffer()))).toBe(sha256(big));
-      }
-    } finally {
-      removeDir(out);
-    }
-  });
+  test("curl and atftp (windowed) at once, byte-exact", () => curlAndAtftpAtOnce(server.port, 6));
 });
 
 test("shared sockets: a lost DATA in a window is recovered by rewind with a real client", async () => {
@@ -167,22 +167,6 @@ for (const ioLoop of ["bun", "epoll"] as const) {
       expect(new Set(results.map((r) => r.port)).size).toBe(3);
     });
 
-    test("atftp with windowsize 16 and curl lock-step at once, byte-exact", async () => {
-      const out = tempDir("tftpd-pool-out-");
-      try {
-        const jobs = [];
-        for (let i = 0; i < 4; i++) {
-          jobs.push(run(["curl", "-sS", "--tftp-blksize", "1468", "-o", `${out}/c${i}`, `tftp://127.0.0.1:${s.port}/a.bin`]));
-          jobs.push(run(["atftp", "--get", "-r", "a.bin", "-l", `${out}/a${i}`, "--option", "blksize 1468", "--option", "windowsize 16", "127.0.0.1", String(s.port)]));
-        }
-        for (const r of await Promise.all(jobs)) expect(r.exitCode).toBe(0);
-        for (let i = 0; i < 4; i++) {
-          expect(sha256(new Uint8Array(await Bun.file(`${out}/c${i}`).arrayBuffer()))).toBe(sha256(big));
-          expect(sha256(new Uint8Array(await Bun.file(`${out}/a${i}`).arrayBuffer()))).toBe(sha256(big));
-        }
-      } finally {
-        removeDir(out);
-      }
-    });
+    test("atftp with windowsize 16 and curl lock-step at once, byte-exact", () => curlAndAtftpAtOnce(s.port, 4));
   });
 }
