@@ -177,10 +177,12 @@ function bindError(address: string, port: number, errno: number): Error {
 }
 
 /**
- * Everything a socket sends and receives through, allocated once for a shape of batches: the
- * mmsghdr vectors, their iovecs, name slots and receive buffers, and the send queue. A socket
- * leaves nothing of its own in them once closed, so a transfer's buffers can be handed to the
- * next transfer's socket (transfer-slots.ts) instead of being allocated per transfer.
+ * Everything a socket hands libc, allocated once for a shape of batches: the mmsghdr vectors,
+ * their iovecs, name slots and receive buffers. A socket uses them only inside one drain or one
+ * flush, and a loop never runs two of those at once on one thread, so the sockets of a loop may
+ * share one set (the shared ports do); a socket leaves nothing of its own in them once closed,
+ * so a transfer's buffers can also be handed to the next transfer's socket (transfer-slots.ts)
+ * instead of being allocated per transfer.
  */
 export class SocketBuffers {
   readonly rxVector: Uint8Array;
@@ -202,10 +204,6 @@ export class SocketBuffers {
   /** a UDP_SEGMENT control message per send slot, for a datagram queued with a segment size */
   readonly txControl: Uint8Array;
   readonly txControlAt: number;
-  readonly queue: Uint8Array[] = [];
-  readonly queueNames: SocketName[] = [];
-  /** per queued datagram: its GSO segment size, or 0 to send it whole */
-  readonly queueSegments: number[] = [];
 
   constructor(readonly options: FfiUdpOptions) {
     const { receiveBatch, receiveBytes, sendBatch } = options;
@@ -280,9 +278,11 @@ export class FfiUdpSocket implements Readable, Flushable {
   private readonly txIov: Uint32Array;
   private readonly txControl: Uint8Array;
   private readonly txControlAt: number;
-  private readonly queue: Uint8Array[];
-  private readonly queueNames: SocketName[];
-  private readonly queueSegments: number[];
+  /** what waits for the next flush: the socket's own, as the buffers may be shared */
+  private readonly queue: Uint8Array[] = [];
+  private readonly queueNames: SocketName[] = [];
+  /** per queued datagram: its GSO segment size, or 0 to send it whole */
+  private readonly queueSegments: number[] = [];
   /** datagrams the kernel would not take (a full send buffer): the retransmit clock covers them */
   dropped = 0;
 
@@ -309,12 +309,6 @@ export class FfiUdpSocket implements Readable, Flushable {
     this.txIov = buffers.txIov;
     this.txControl = buffers.txControl;
     this.txControlAt = buffers.txControlAt;
-    this.queue = buffers.queue;
-    this.queueNames = buffers.queueNames;
-    this.queueSegments = buffers.queueSegments;
-    this.queue.length = 0;
-    this.queueNames.length = 0;
-    this.queueSegments.length = 0;
     loop.watch(fd, this);
   }
 

@@ -28,6 +28,21 @@ const OWN_SEND_BATCH = 16;
 /** the shape of a transfer's own socket's buffers: a transfer slot (transfer-slots.ts) */
 export const OWN_SOCKET: FfiUdpOptions = { receiveBatch: OWN_RECEIVE_BATCH, receiveBytes: RECEIVE_BYTES, sendBatch: OWN_SEND_BATCH };
 
+/**
+ * The buffers every shared port of `loop` sends and receives through (per send batch size): one
+ * set for all of them, so a port of the window pool opens with a few system calls instead of
+ * allocating its own 128 KiB of slots, which took longer than the transfer's first packet.
+ */
+const sharedBufferSets = new WeakMap<IoLoop, Map<number, SocketBuffers>>();
+
+function sharedBuffers(loop: IoLoop, sendBatch: number): SocketBuffers {
+  let sets = sharedBufferSets.get(loop);
+  if (!sets) sharedBufferSets.set(loop, (sets = new Map()));
+  let buffers = sets.get(sendBatch);
+  if (!buffers) sets.set(sendBatch, (buffers = new SocketBuffers({ receiveBatch: SHARED_RECEIVE_BATCH, receiveBytes: RECEIVE_BYTES, sendBatch })));
+  return buffers;
+}
+
 class FfiSharedChannel implements TransferChannel {
   closed = false;
 
@@ -69,7 +84,7 @@ class FfiSharedChannel implements TransferChannel {
   }
 }
 
-export class FfiSharedSocket implements SharedSocket {
+class FfiSharedSocket implements SharedSocket {
   /** transfers by client port, then address */
   private readonly channels = new ChannelsByPort<FfiSharedChannel>();
   private socket!: FfiUdpSocket;
@@ -91,9 +106,9 @@ export class FfiSharedSocket implements SharedSocket {
     segments = false,
   ): Promise<FfiSharedSocket> {
     const shared = new FfiSharedSocket(loop, batch, segments);
-    const options = { receiveBatch: SHARED_RECEIVE_BATCH, receiveBytes: RECEIVE_BYTES, sendBatch: batch.enabled ? batch.size : 1 };
+    const slots = sharedBuffers(loop, batch.enabled ? batch.size : 1);
     shared.socket = await bindInPortRange(address, range, async (port) =>
-      FfiUdpSocket.open(loop, address, port, options, (datagram, from) => shared.receive(datagram, from)),
+      FfiUdpSocket.open(loop, address, port, slots, (datagram, from) => shared.receive(datagram, from)),
     );
     setBufferSizes(shared.socket, buffers.receive, buffers.send);
     if (dontFragment) setDontFragment(shared.socket);

@@ -8,7 +8,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import type { udp } from "bun";
 import { IoLoop, wakeLoop, closeWake } from "../../../src/net/io-loop.ts";
-import { FfiUdpSocket, MAX_BATCHES_PER_DRAIN, SocketName, ipv6Bytes, type Datagram } from "../../../src/net/udp-ffi.ts";
+import { FfiUdpSocket, MAX_BATCHES_PER_DRAIN, SocketBuffers, SocketName, ipv6Bytes, type Datagram } from "../../../src/net/udp-ffi.ts";
 import { waitFor } from "../../helpers/raw.ts";
 
 interface Heard {
@@ -106,6 +106,29 @@ describe("FfiUdpSocket", () => {
     expect(peer.heard.map((h) => h.bytes[3])).toEqual([...Array(40).keys()]);
     expect(peer.heard[0]!.port).toBe(socket.port);
     expect(socket.dropped).toBe(0);
+  });
+
+  test("two sockets of one loop on one set of buffers: each sends what it queued from its own port, and hears only its own", async () => {
+    const loop = openLoop();
+    const buffers = new SocketBuffers(OPTIONS);
+    const got: { a: number[]; b: number[] } = { a: [], b: [] };
+    const a = FfiUdpSocket.open(loop, "127.0.0.1", 0, buffers, (d) => got.a.push(d.bytes[3]!));
+    const b = FfiUdpSocket.open(loop, "127.0.0.1", 0, buffers, (d) => got.b.push(d.bytes[3]!));
+    closers.push(() => a.close(), () => b.close());
+    const peer = await bunPeer();
+    const to = new SocketName("127.0.0.1", peer.socket.port);
+    // queued in turns, sent one socket after the other: a queue is its socket's own
+    for (let i = 0; i < 6; i++) (i % 2 === 0 ? a : b).enqueue(new Uint8Array([0, 3, 0, i]), to);
+    expect(a.queuedCount).toBe(3);
+    expect(b.queuedCount).toBe(3);
+    a.flush();
+    b.flush();
+    await waitFor(() => peer.heard.length === 6, 2000, "six datagrams");
+    expect(peer.heard.filter((h) => h.port === a.port).map((h) => h.bytes[3])).toEqual([0, 2, 4]);
+    expect(peer.heard.filter((h) => h.port === b.port).map((h) => h.bytes[3])).toEqual([1, 3, 5]);
+    for (let i = 0; i < 4; i++) peer.socket.send(new Uint8Array([0, 4, 0, 10 + i]), i % 2 === 0 ? a.port : b.port, "127.0.0.1");
+    await waitFor(() => got.a.length + got.b.length === 4, 2000, "four ACKs");
+    expect(got).toEqual({ a: [10, 12], b: [11, 13] });
   });
 
   test("a message queued with a segment size leaves cut into datagrams of it (UDP GSO per message), beside whole ones in the same batch", async () => {
