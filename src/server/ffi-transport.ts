@@ -28,21 +28,6 @@ const OWN_SEND_BATCH = 16;
 /** the shape of a transfer's own socket's buffers: a transfer slot (transfer-slots.ts) */
 export const OWN_SOCKET: FfiUdpOptions = { receiveBatch: OWN_RECEIVE_BATCH, receiveBytes: RECEIVE_BYTES, sendBatch: OWN_SEND_BATCH };
 
-/**
- * The buffers every shared port of `loop` sends and receives through (per send batch size): one
- * set for all of them, so a port of the window pool opens with a few system calls instead of
- * allocating its own 128 KiB of slots, which took longer than the transfer's first packet.
- */
-const sharedBufferSets = new WeakMap<IoLoop, Map<number, SocketBuffers>>();
-
-function sharedBuffers(loop: IoLoop, sendBatch: number): SocketBuffers {
-  let sets = sharedBufferSets.get(loop);
-  if (!sets) sharedBufferSets.set(loop, (sets = new Map()));
-  let buffers = sets.get(sendBatch);
-  if (!buffers) sets.set(sendBatch, (buffers = new SocketBuffers({ receiveBatch: SHARED_RECEIVE_BATCH, receiveBytes: RECEIVE_BYTES, sendBatch })));
-  return buffers;
-}
-
 class FfiSharedChannel implements TransferChannel {
   closed = false;
 
@@ -96,8 +81,10 @@ class FfiSharedSocket implements SharedSocket {
     readonly segments: boolean,
   ) {}
 
+  /** `io`: what it sends and receives through, shared with the loop's other shared ports */
   static async open(
     loop: IoLoop,
+    io: SocketBuffers,
     address: string,
     range: PortRange | null,
     batch: BatchPolicy,
@@ -106,9 +93,8 @@ class FfiSharedSocket implements SharedSocket {
     segments = false,
   ): Promise<FfiSharedSocket> {
     const shared = new FfiSharedSocket(loop, batch, segments);
-    const slots = sharedBuffers(loop, batch.enabled ? batch.size : 1);
     shared.socket = await bindInPortRange(address, range, async (port) =>
-      FfiUdpSocket.open(loop, address, port, slots, (datagram, from) => shared.receive(datagram, from)),
+      FfiUdpSocket.open(loop, address, port, io, (datagram, from) => shared.receive(datagram, from)),
     );
     setBufferSizes(shared.socket, buffers.receive, buffers.send);
     if (dontFragment) setDontFragment(shared.socket);
@@ -240,8 +226,18 @@ class FfiTransferChannel implements TransferChannel {
  */
 export function ffiTransferSockets(loop: IoLoop, batch: BatchPolicy, slots: SlotPool<SocketBuffers> | null = null): TransferSockets {
   loop.batchTimeoutMs = batch.timeoutMs ?? 1;
+  // One set of buffers for every shared port (per send batch): a port of the window pool then
+  // opens with a few system calls instead of allocating 128 KiB of slots of its own, which took
+  // longer than the transfer's first packet. The loop drains or flushes one socket at a time.
+  const sharedIo = new Map<number, SocketBuffers>();
+  const sharedIoFor = (sendBatch: number): SocketBuffers => {
+    let io = sharedIo.get(sendBatch);
+    if (!io) sharedIo.set(sendBatch, (io = new SocketBuffers({ receiveBatch: SHARED_RECEIVE_BATCH, receiveBytes: RECEIVE_BYTES, sendBatch })));
+    return io;
+  };
   return {
-    openShared: (address, range, batch, buffers, dontFragment, segments) => FfiSharedSocket.open(loop, address, range, batch, buffers, dontFragment, segments),
+    openShared: (address, range, batch, buffers, dontFragment, segments) =>
+      FfiSharedSocket.open(loop, sharedIoFor(batch.enabled ? batch.size : 1), address, range, batch, buffers, dontFragment, segments),
     async openChannel(localAddress, peer, range, handler, sendBufferBytes = 0, segmentBytes = 0, dontFragment = false) {
       const channel = new FfiTransferChannel(loop, new SocketName(peer.address, peer.port), handler, slots);
       const buffers = slots ? slots.take() : OWN_SOCKET;

@@ -598,7 +598,8 @@ export class TftpServer {
       return;
     }
     const source = accepted.source;
-    if (this.pool && source.share && Math.ceil(blockCount(source.size, negotiated.blksize) / negotiated.windowsize) > LOCAL_READ_WINDOWS) {
+    const windows = Math.ceil(blockCount(source.size, negotiated.blksize) / negotiated.windowsize);
+    if (this.pool && source.share && windows > LOCAL_READ_WINDOWS) {
       running.engine = this.balancer.pick({ clientAddress: peer.address, clientPort: peer.port, filename: accepted.file }, this.pool.loads);
       running.source = source;
       this.pool.dispatch(running.engine, job, source.share, source.identity);
