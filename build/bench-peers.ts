@@ -25,7 +25,7 @@ import { randomFillSync } from "node:crypto";
 import { cpus, tmpdir } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { ensurePeer, type PeerBinary } from "./peers.ts";
-import { alive, ignoresSigchld, machineBusySeconds, MemorySampler, peakRssKiB, ProcessAccounting, treeCpu } from "./proc.ts";
+import { alive, ignoresSigchld, machineBusySeconds, MemorySampler, peakRssKiB, ProcessAccounting, threadCpu, threadSplit, treeCpu } from "./proc.ts";
 import { compiledC } from "./c-tool.ts";
 
 const REPO = resolve(import.meta.dir, "..");
@@ -592,8 +592,12 @@ function tail(path: string, lines = 8): string {
 
 // ───────────────────────────── load generator ─────────────────────────────
 
-/** What `tftpd bench --json` prints (src/bench/tally.ts). */
-type BenchJson = BenchResult;
+/**
+ * What `tftpd bench --json` prints (src/bench/tally.ts); the lean client adds when the first
+ * reply reached the session's socket (the kernel's receive time stamp), without its own
+ * lateness in reading it.
+ */
+type BenchJson = BenchResult & { first_arrival_ms?: BenchResult["first_response_ms"] };
 
 interface BenchRun {
   status: "ok" | "timeout" | "error";
@@ -778,12 +782,14 @@ async function measure(
       if (acct === null) notes.push("CPU of forked children NOT counted (process accounting refused): a lower bound");
     }
     const cpu0 = treeCpu(pid);
+    const threads0 = threadCpu(pid);
     const busy0 = machineBusySeconds();
     const sampler = new MemorySampler(pid, 200);
     const run = await runBench(loadgen, target, benchArgs(s, o.quick, root, o.verify), o.runTimeoutS, loadCpu);
     await sleep(300); // let forked children finish, so their time is counted
     sampler.stop();
     const cpu1 = treeCpu(pid);
+    const split = threadSplit(threads0, threadCpu(pid));
     const busyS = machineBusySeconds() - busy0;
     let cpuS = cpu1.total - cpu0.total;
     if (acct) {
@@ -794,6 +800,7 @@ async function measure(
     }
     const hwm = peakRssKiB(pid) ?? 0;
     const peakMiB = Math.max(hwm, sampler.peakKiB) / 1024;
+    if (split) notes.push(`server CPU by thread: ${split}`);
     if (run.detail) notes.push(run.detail);
     if (background !== null && background >= 0.2) notes.push(`machine already busy before the run: ${background.toFixed(2)} CPUs (other work on the machine)`);
     const crashed = !alive(srv.child.pid);
@@ -928,7 +935,8 @@ function details(results: Result[]): string[] {
     if (j) {
       const reasons = Object.entries(j.failures ?? {}).map(([k, n]) => `${k} ×${n}`).join(", ");
       if (reasons) parts.push(`failures: ${reasons}`);
-      parts.push(`wall ${num(j.wall_s, 2)} s, p50/p99 first response ${num(j.first_response_ms.p50, 2)}/${num(j.first_response_ms.p99, 2)} ms, p99 transfer ${num(j.transfer_ms?.p99, 0)} ms, retransmits ${j.retransmits}, load generator CPU ${num((j.cpu_s?.user ?? 0) + (j.cpu_s?.system ?? 0), 2)} s, machine busy ${num(r.busyS, 2)} CPU s`);
+      const arrival = j.first_arrival_ms ? ` (arrived ${num(j.first_arrival_ms.p50, 2)}/${num(j.first_arrival_ms.p99, 2)} ms)` : "";
+      parts.push(`wall ${num(j.wall_s, 2)} s, p50/p99 first response ${num(j.first_response_ms.p50, 2)}/${num(j.first_response_ms.p99, 2)} ms${arrival}, p99 transfer ${num(j.transfer_ms?.p99, 0)} ms, retransmits ${j.retransmits}, load generator CPU ${num((j.cpu_s?.user ?? 0) + (j.cpu_s?.system ?? 0), 2)} s, machine busy ${num(r.busyS, 2)} CPU s`);
     }
     if (r.peakProcs > 1) parts.push(`up to ${r.peakProcs} server processes at once`);
     if (r.note) parts.push(r.note);
@@ -1129,7 +1137,8 @@ async function main(): Promise<number> {
     "",
     "- Every server runs on 127.0.0.1 and is started afresh for each scenario (so peak memory and CPU belong to that scenario), answers one 4 KiB probe transfer, 50 more of it one at a time and one unmeasured warm-up transfer of the scenario's file with the scenario's options (page cache, file caches and compiled code warm for every server, as for a long-running daemon), then the load generator runs once with a hard time limit of " +
       `${o.runTimeoutS} s ("timeout" when hit). ${o.settleS} s pause between runs. Files are random bytes generated at run time in a temporary root; the page cache is warm for every server.`,
-    "- goodput, transfers/s, p99 first response (request sent → first OACK/DATA/ERROR back) and failures come from the load generator's JSON.",
+    "- goodput, transfers/s, p99 first response (request sent → first OACK/DATA/ERROR back) and failures come from the load generator's JSON. The lean client (build/loadgen.c) also reports when that reply reached the session's socket by the kernel's receive time stamp (\"arrived\" in the notes): its own lateness in reading replies (in a storm, a thousand requests are sent before any reply is read) counts in the first figure, not in this one.",
+    "- server CPU by thread (notes): utime+stime of each live thread of the server (/proc/PID/task/TID/stat) over the run, summed by thread name: the transfer workers and file I/O threads (Worker), the main thread (the binary's name), and the runtime's own (JIT compiler threads, garbage collector helpers, the allocator's scavenger).",
     "- server CPU s: utime+stime+cutime+cstime from /proc/PID/stat of the server (all its threads) and its live descendants, sampled before and after the run (300 ms after it, so forked children have finished). tftpd-hpa ignores SIGCHLD, so the kernel reaps its per-transfer children and drops their times (its cutime stays 0): for a server that ignores SIGCHLD the script turns on BSD process accounting (acct(2)) for the run and adds the CPU time of every exited child whose parent was the server.",
     "- machine busy (notes): all-CPU busy time from /proc/stat over the run: server + load generator + this script + anything else running on the machine, a cross-check.",
     "- peak RSS MiB: the larger of the server's VmHWM (/proc/PID/status) and the peak of a 200 ms sampler over its process tree; while a forking server (tftpd-hpa) has live children the sampler sums Pss (/proc/PID/smaps_rollup) over the tree, so pages shared by the forked children count once.",

@@ -13,6 +13,12 @@
  * 127.1.0.2, ...; loopback answers to all of them), one per session in turn, as each PXE
  * client has an address of its own, so per-address limits stay at the product's defaults.
  *
+ * first_response_ms runs from a request's send to the moment this program read the reply; in
+ * a storm it includes this program's own lateness (its start loop alone sends a thousand
+ * requests before it reads anything). first_arrival_ms runs to the moment the reply reached
+ * the session's socket, by the kernel's receive time stamp (SO_TIMESTAMPNS): the server's
+ * part without the client's.
+ *
  * Build: cc -O2 -o .bench/loadgen build/loadgen.c   (build/bench-peers.ts --lean-client does it)
  */
 #define _GNU_SOURCE
@@ -53,6 +59,26 @@ static double now_ms(void) {
   return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+/* CLOCK_REALTIME minus CLOCK_MONOTONIC, in ms: the kernel stamps datagrams in real time */
+static double realtime_offset_ms;
+
+static void measure_realtime_offset(void) {
+  struct timespec real;
+  clock_gettime(CLOCK_REALTIME, &real);
+  realtime_offset_ms = real.tv_sec * 1e3 + real.tv_nsec / 1e6 - now_ms();
+}
+
+/* When the datagram `msg` was read from reached its socket (now_ms's clock), or -1 unstamped. */
+static double arrival_ms(struct msghdr *msg) {
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_TIMESTAMPNS) continue;
+    struct timespec at;
+    memcpy(&at, CMSG_DATA(c), sizeof at);
+    return at.tv_sec * 1e3 + at.tv_nsec / 1e6 - realtime_offset_ms;
+  }
+  return -1;
+}
+
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return x < y ? -1 : x > y;
@@ -75,6 +101,8 @@ static int blksize = 512, windowsize = 1, tsize = 0, timeout_ms = 1000, retries 
 /* A socket for session `i`: bound to the i-th source address when --sources is given. */
 static int session_socket(int i) {
   int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+  int on = 1;
+  if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
   if (fd < 0 || sources <= 0) return fd;
   int k = i % sources;
   struct sockaddr_in local = { .sin_family = AF_INET, .sin_port = 0 };
@@ -150,10 +178,11 @@ int main(int argc, char **argv) {
   rl.rlim_cur = rl.rlim_max;
   setrlimit(RLIMIT_NOFILE, &rl);
 
+  measure_realtime_offset();
   int ep = epoll_create1(0);
   struct session *ss = calloc(concurrency, sizeof *ss);
-  double *first = malloc(sizeof(double) * total), *whole = malloc(sizeof(double) * total);
-  int nfirst = 0, nwhole = 0, started = 0, done = 0, failed = 0, timeouts = 0, errors = 0;
+  double *first = malloc(sizeof(double) * total), *arrived = malloc(sizeof(double) * total), *whole = malloc(sizeof(double) * total);
+  int nfirst = 0, narrived = 0, nwhole = 0, started = 0, done = 0, failed = 0, timeouts = 0, errors = 0;
   uint64_t bytes = 0, retransmits = 0;
   for (int i = 0; i < concurrency; i++) {
     struct session *s = &ss[i];
@@ -174,8 +203,10 @@ int main(int argc, char **argv) {
       struct session *s = &ss[events[e].data.u32];
       for (;;) {
         struct sockaddr_in from;
-        socklen_t fl = sizeof from;
-        ssize_t len = recvfrom(s->fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
+        struct iovec iov = { .iov_base = buf, .iov_len = sizeof buf };
+        char control[CMSG_SPACE(sizeof(struct timespec))];
+        struct msghdr msg = { .msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control };
+        ssize_t len = recvmsg(s->fd, &msg, 0);
         if (len < 0) break;
         if (s->state == IDLE || len < 4) continue;
         uint16_t op = buf[0] << 8 | buf[1];
@@ -183,6 +214,8 @@ int main(int argc, char **argv) {
         if (s->state == WAIT_FIRST) {
           s->tid = port;
           first[nfirst++] = now_ms() - s->started;
+          double at = arrival_ms(&msg);
+          if (at >= 0) arrived[narrived++] = at - s->started;
           s->state = RUNNING;
         } else if (port != s->tid) continue;
         int finished = 0;
@@ -265,6 +298,7 @@ int main(int argc, char **argv) {
   if (errors) printf("%s\"server error\":%d", c++ ? "," : "", errors);
   printf("},\"bytes\":%llu,\"wall_s\":%.3f,\"goodput_mbps\":%.3f,\"transfers_per_s\":%.3f,", (unsigned long long)bytes, wall, bytes * 8 / 1e6 / wall, nwhole / wall);
   percentiles("first_response_ms", first, nfirst, 1);
+  percentiles("first_arrival_ms", arrived, narrived, 1);
   percentiles("transfer_ms", whole, nwhole, 1);
   printf("\"retransmits\":%llu,\"cpu_s\":{\"user\":%.3f,\"system\":%.3f},\"cpu_pct\":%.1f,\"late_starts\":0}\n", (unsigned long long)retransmits, user, sys, (user + sys) / wall * 100);
   return failed > 0 ? 1 : 0;
