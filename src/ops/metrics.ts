@@ -6,7 +6,6 @@
  * is one family with a `protocol` label, so a query sums or splits them as it needs.
  */
 import { readdirSync, readFileSync } from "node:fs";
-import { monitorEventLoopDelay } from "node:perf_hooks";
 import client from "prom-client";
 import type { HttpRecord } from "../http/frontend.ts";
 import type { CacheStats } from "../storage/cache.ts";
@@ -14,6 +13,7 @@ import type { TransferRecord } from "../server/server.ts";
 import { REFUSAL_KINDS, type RefusalKind, type RefusalRecord } from "../server/refusal-record.ts";
 import type { SlotStats } from "../server/transfer-slots.ts";
 import { BUILD_COMMIT, VERSION } from "../version.ts";
+import { LoopLag } from "./loop-lag.ts";
 
 /** First responses on a LAN take tens of µs; a storm pushes them to ms; retries to seconds. */
 const FIRST_RESPONSE_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
@@ -142,20 +142,18 @@ function registerProcessMetrics(registers: client.Registry[]): void {
   gauge("tftpd_process_max_fds", "Maximum number of open file descriptors (soft RLIMIT_NOFILE)", maxOpenFiles);
 }
 
-/**
- * How late the main thread's event loop runs (listeners, the request pipeline, the metrics
- * endpoint): the p99 of its delays since the last scrape, sampled every 10 ms.
- */
+/** How often the main thread's event-loop delay is sampled. */
+const LOOP_LAG_STEP_MS = 100;
+
+/** How late the main thread's event loop runs: the p99 of its delays since the last scrape (loop-lag.ts). */
 function registerEventLoopLag(registers: client.Registry[]): void {
-  const delays = monitorEventLoopDelay({ resolution: 10 });
-  delays.enable();
+  const lag = new LoopLag(LOOP_LAG_STEP_MS);
   new client.Gauge({
     name: "tftpd_event_loop_lag_p99_seconds",
-    help: "p99 of the main thread's event-loop delay since the last scrape, in seconds (requests wait this long to be read)",
+    help: `p99 of the main thread's event-loop delay since the last scrape, in seconds (requests wait this long to be read), from a timer due every ${LOOP_LAG_STEP_MS} ms`,
     registers,
     collect() {
-      this.set(delays.count > 0 ? delays.percentile(99) / 1e9 : 0);
-      delays.reset();
+      this.set(lag.takeP99Ms() / 1000);
     },
   });
 }
