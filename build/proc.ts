@@ -38,16 +38,19 @@ export function alive(pid: number): boolean {
   return f !== null && f[0] !== "Z" && f[0] !== "X";
 }
 
+/** The thread ids of pid (none when it is gone). */
+function tasksOf(pid: number): string[] {
+  try {
+    return readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return [];
+  }
+}
+
 /** Direct children of pid (over all its threads). */
 export function childrenOf(pid: number): number[] {
   const out: number[] = [];
-  let tasks: string[];
-  try {
-    tasks = readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return out;
-  }
-  for (const tid of tasks) {
+  for (const tid of tasksOf(pid)) {
     const text = readText(`/proc/${pid}/task/${tid}/children`);
     if (!text) continue;
     for (const word of text.trim().split(/\s+/)) if (word) out.push(Number(word));
@@ -99,13 +102,7 @@ export function treeCpu(pid: number): TreeCpu {
 /** CPU seconds (utime+stime) of each live thread of `pid`, by thread id, with the thread's name. */
 export function threadCpu(pid: number): Map<number, { name: string; seconds: number }> {
   const out = new Map<number, { name: string; seconds: number }>();
-  let tasks: string[];
-  try {
-    tasks = readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return out;
-  }
-  for (const tid of tasks) {
+  for (const tid of tasksOf(pid)) {
     const text = readText(`/proc/${pid}/task/${tid}/stat`);
     if (text === null) continue;
     const name = text.slice(text.indexOf("(") + 1, text.lastIndexOf(")"));
