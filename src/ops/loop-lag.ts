@@ -8,6 +8,7 @@
  * alternating: 138 µs on average with it, 114 µs with this timer every 100 ms), CPU taken from
  * the requests a storm queues.
  */
+import { percentile } from "../bench/stats.ts";
 
 /** Samples kept between two readings at most: a server nobody scrapes keeps the newest. */
 const MAX_SAMPLES = 4096;
@@ -28,9 +29,7 @@ export class LoopLag {
   takeP99Ms(): number {
     const samples = this.samples;
     this.samples = [];
-    if (samples.length === 0) return 0;
-    samples.sort((a, b) => a - b);
-    return samples[Math.ceil(samples.length * 0.99) - 1]!;
+    return percentile(samples.sort((a, b) => a - b), 99) ?? 0;
   }
 
   private fired(): void {

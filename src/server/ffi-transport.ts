@@ -226,18 +226,16 @@ class FfiTransferChannel implements TransferChannel {
  */
 export function ffiTransferSockets(loop: IoLoop, batch: BatchPolicy, slots: SlotPool<SocketBuffers> | null = null): TransferSockets {
   loop.batchTimeoutMs = batch.timeoutMs ?? 1;
-  // One set of buffers for every shared port (per send batch): a port of the window pool then
-  // opens with a few system calls instead of allocating 128 KiB of slots of its own, which took
-  // longer than the transfer's first packet. The loop drains or flushes one socket at a time.
-  const sharedIo = new Map<number, SocketBuffers>();
-  const sharedIoFor = (sendBatch: number): SocketBuffers => {
-    let io = sharedIo.get(sendBatch);
-    if (!io) sharedIo.set(sendBatch, (io = new SocketBuffers({ receiveBatch: SHARED_RECEIVE_BATCH, receiveBytes: RECEIVE_BYTES, sendBatch })));
-    return io;
-  };
+  // One set of buffers for every shared port, made with the first (its send batch is `batch`'s,
+  // which the engine passes on to openShared too): a port of the window pool then opens with a
+  // few system calls instead of allocating 128 KiB of slots of its own, which took longer than
+  // the transfer's first packet. The loop drains or flushes one socket at a time.
+  let sharedIo: SocketBuffers | null = null;
+  const sharedBuffers = (): SocketBuffers =>
+    (sharedIo ??= new SocketBuffers({ receiveBatch: SHARED_RECEIVE_BATCH, receiveBytes: RECEIVE_BYTES, sendBatch: batch.enabled ? batch.size : 1 }));
   return {
     openShared: (address, range, batch, buffers, dontFragment, segments) =>
-      FfiSharedSocket.open(loop, sharedIoFor(batch.enabled ? batch.size : 1), address, range, batch, buffers, dontFragment, segments),
+      FfiSharedSocket.open(loop, sharedBuffers(), address, range, batch, buffers, dontFragment, segments),
     async openChannel(localAddress, peer, range, handler, sendBufferBytes = 0, segmentBytes = 0, dontFragment = false) {
       const channel = new FfiTransferChannel(loop, new SocketName(peer.address, peer.port), handler, slots);
       const buffers = slots ? slots.take() : OWN_SOCKET;
