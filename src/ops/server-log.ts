@@ -54,6 +54,7 @@ export function serverEvents({ log, metrics, tally, receiveBufferBytes }: Server
           tsize: r.tsize,
           options: r.options,
           duration_ms: Math.round(r.durationMs * 100) / 100,
+          accepted_ms: Math.round(r.acceptedMs * 1000) / 1000,
           first_response_ms: Math.round(r.firstResponseMs * 1000) / 1000,
           retransmits: r.retransmits,
           result: r.result,

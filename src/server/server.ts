@@ -143,6 +143,11 @@ export interface TransferRecord extends TransferOutcome {
   windowsize: number;
   tsize: number | null;
   options: string[];
+  /**
+   * request received → accepted by the pipeline and handed to its engine, on the main thread;
+   * firstResponseMs minus this is the engine's start (a worker's hand-over included)
+   */
+  acceptedMs: number;
   durationMs: number;
 }
 
@@ -572,6 +577,7 @@ export class TftpServer {
         windowsize: negotiated.windowsize,
         tsize: accepted.op === "read" ? accepted.source.size : declared === undefined ? null : Number(declared),
         options: negotiated.requested,
+        acceptedMs: 0,
       },
       started: performance.now(),
       source: null,
@@ -591,6 +597,7 @@ export class TftpServer {
     };
     this.active.set(key, running);
     this.running.set(running.id, running);
+    running.record.acceptedMs = Math.max(0, performance.timeOrigin + performance.now() - receivedAtEpoch);
     const startFailed = (error: unknown): void => this.failed(running.id, (error as Error).message);
     if (accepted.op === "write") {
       // Uploads are rare in network boot and write through the main thread's sink: they run here.

@@ -33,6 +33,7 @@ const record = (over: Partial<TransferRecord>): TransferRecord => ({
   tsize: 100,
   options: ["blksize"],
   durationMs: 12.3456,
+  acceptedMs: 0.04567,
   result: "ok",
   bytes: 100,
   retransmits: 0,
@@ -52,7 +53,7 @@ test("a transfer is one line, info when it served (ok, probe, superseded), warn 
     ["transfer", "info", "superseded"],
     ["transfer", "warn", "timeout"],
   ]);
-  expect(lines[0]).toMatchObject({ client: "127.0.0.1:40000", file: "pxelinux.0", duration_ms: 12.35, first_response_ms: 0.123 });
+  expect(lines[0]).toMatchObject({ client: "127.0.0.1:40000", file: "pxelinux.0", duration_ms: 12.35, accepted_ms: 0.046, first_response_ms: 0.123 });
   expect(lines[0]).not.toHaveProperty("error");
   expect(lines[2]).toMatchObject({ error: { message: "no answer" } });
   expect([tally.transfers, tally.failed, tally.bytesSent]).toEqual([3, 1, 200]);
