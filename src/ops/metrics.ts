@@ -14,6 +14,7 @@ import { REFUSAL_KINDS, type RefusalKind, type RefusalRecord } from "../server/r
 import type { SlotStats } from "../server/transfer-slots.ts";
 import { BUILD_COMMIT, VERSION } from "../version.ts";
 import { LoopLag } from "./loop-lag.ts";
+import { TransferTotals } from "./transfer-totals.ts";
 
 /** First responses on a LAN take tens of µs; a storm pushes them to ms; retries to seconds. */
 const FIRST_RESPONSE_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
@@ -176,20 +177,25 @@ export class ServerMetrics {
   private readonly workerRestarts: client.Counter;
   private readonly httpRequests: client.Counter;
   private readonly renders: client.Counter;
+  /** TFTP transfers ended since the last scrape: applied when one of their families is read */
+  private readonly ended = new TransferTotals();
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
+    const collect = (): void => this.applyEnded();
     this.transfers = new client.Counter({
       name: "tftpd_transfers_total",
       help: "Finished transfers by protocol, direction and result. TFTP: ok, probe, superseded (not failures: the client asked anew from the same port after a silence), client-error, timeout, error, dropped; HTTP (every request that opened a file, read): ok, aborted (the client went away), failed (mid-body)",
       labelNames: ["protocol", "direction", "result"],
       registers,
+      collect,
     });
     const sent = new client.Counter({
       name: "tftpd_sent_bytes_total",
       help: "File bytes delivered to clients, by protocol: acknowledged (TFTP), handed to the connection (HTTP body)",
       labelNames: ["protocol"],
       registers,
+      collect,
     });
     this.sent = perProtocol((l) => sent.labels(l));
     // present from the start as the unlabelled family was: a rate over it needs no first transfer
@@ -206,13 +212,14 @@ export class ServerMetrics {
       labelNames: ["template", "result"],
       registers,
     });
-    this.received = new client.Counter({ name: "tftpd_received_bytes_total", help: "File bytes received in uploads", registers });
+    this.received = new client.Counter({ name: "tftpd_received_bytes_total", help: "File bytes received in uploads", registers, collect });
     const firstResponse = new client.Histogram({
       name: "tftpd_first_response_seconds",
       help: "Time to first byte, by protocol: request in to first OACK/DATA/ACK out (TFTP), request in to response headers out (HTTP)",
       labelNames: ["protocol"],
       buckets: FIRST_RESPONSE_BUCKETS,
       registers,
+      collect,
     });
     this.firstResponse = perProtocol((l) => firstResponse.labels(l));
     firstResponse.zero({ protocol: "tftp" });
@@ -222,18 +229,20 @@ export class ServerMetrics {
       labelNames: ["protocol"],
       buckets: DURATION_BUCKETS,
       registers,
+      collect,
     });
     this.duration = perProtocol((l) => duration.labels(l));
     duration.zero({ protocol: "tftp" });
-    this.retransmits = new client.Counter({ name: "tftpd_retransmits_total", help: "Datagrams sent again", registers });
-    this.errorsSent = new client.Counter({ name: "tftpd_errors_sent_total", help: "TFTP ERROR packets sent, by code", labelNames: ["code"], registers });
+    this.retransmits = new client.Counter({ name: "tftpd_retransmits_total", help: "Datagrams sent again", registers, collect });
+    this.errorsSent = new client.Counter({ name: "tftpd_errors_sent_total", help: "TFTP ERROR packets sent, by code", labelNames: ["code"], registers, collect });
     this.optionRequests = new client.Counter({
       name: "tftpd_option_requests_total",
       help: "Known options asked for by clients (RFC 2347), by option",
       labelNames: ["option"],
       registers,
+      collect,
     });
-    this.probes = new client.Counter({ name: "tftpd_size_probes_total", help: "Transfers that were tsize probes (ERROR 8 after the OACK)", registers });
+    this.probes = new client.Counter({ name: "tftpd_size_probes_total", help: "Transfers that were tsize probes (ERROR 8 after the OACK)", registers, collect });
     this.refusals = new client.Counter({
       name: "tftpd_admission_refusals_total",
       help: "Requests refused by an admission limit, by limit",
@@ -265,6 +274,7 @@ export class ServerMetrics {
       help: "Datagrams from a transfer's client address and port that were dropped instead of steering it, by kind (malformed, unexpected-opcode, out-of-window, duplicate-request); counted when the transfer ends",
       labelNames: ["kind"],
       registers,
+      collect,
     });
     this.workerRestarts = new client.Counter({
       name: "tftpd_worker_restarts_total",
@@ -378,20 +388,23 @@ export class ServerMetrics {
     }).set({ version: VERSION, commit: BUILD_COMMIT, bun: Bun.version }, 1);
   }
 
+  /** A TFTP transfer ended: summed now, applied to its families when they are next read. */
   transferEnded(record: TransferRecord): void {
-    this.transfers.inc({ protocol: "tftp", direction: record.direction, result: record.result });
-    if (record.direction === "read") this.sent.tftp.inc(record.bytes);
-    else this.received.inc(record.bytes);
-    // a request dropped over its source's budget of unanswered transfers never got a first packet
-    if (record.result !== "dropped") {
-      this.firstResponse.tftp.observe(record.firstResponseMs / 1000);
-      this.duration.tftp.observe(record.durationMs / 1000);
-    }
-    if (record.retransmits > 0) this.retransmits.inc(record.retransmits);
-    if (record.error?.from === "server") this.errorsSent.inc({ code: String(record.error.code) });
-    for (const option of record.options) this.optionRequests.inc({ option });
-    if (record.result === "probe") this.probes.inc();
-    if (record.strays) for (const [kind, count] of Object.entries(record.strays)) this.strays.inc({ kind }, count);
+    if (this.ended.add(record)) this.applyEnded();
+  }
+
+  private applyEnded(): void {
+    const t = this.ended.take();
+    for (const [direction, byResult] of t.ends) for (const [result, count] of byResult) this.transfers.inc({ protocol: "tftp", direction, result }, count);
+    if (t.sentBytes > 0) this.sent.tftp.inc(t.sentBytes);
+    if (t.receivedBytes > 0) this.received.inc(t.receivedBytes);
+    for (const seconds of t.firstResponse) this.firstResponse.tftp.observe(seconds);
+    for (const seconds of t.duration) this.duration.tftp.observe(seconds);
+    if (t.retransmits > 0) this.retransmits.inc(t.retransmits);
+    for (const [code, count] of t.errorsSent) this.errorsSent.inc({ code: String(code) }, count);
+    for (const [option, count] of t.options) this.optionRequests.inc({ option }, count);
+    if (t.probes > 0) this.probes.inc(t.probes);
+    for (const [kind, count] of t.strays) this.strays.inc({ kind }, count);
   }
 
   /** A datagram at a listen port that was no request, dropped over the reply rate. */

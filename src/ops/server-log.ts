@@ -42,6 +42,8 @@ export function serverEvents({ log, metrics, tally, receiveBufferBytes }: Server
       tally.count(r);
       // a superseded transfer is no failure: its client rebooted and asked anew
       const level = r.result === "ok" || r.result === "probe" || r.result === "superseded" ? "info" : "warn";
+      // a line the level drops is not built: a storm of them costs the main thread
+      if (!log.isLevelEnabled(level)) return;
       log[level](
         {
           client: r.client,
