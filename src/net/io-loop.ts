@@ -8,11 +8,14 @@
  * in transfer workers, whose sockets are all ours. What else may need the thread wakes it:
  * another thread writes to `wakeFd` (an eventfd) after posting it a message, and a thread with
  * transfers running wakes at least every IDLE_WAIT_MS for its timers (retransmissions are due
- * no sooner than RTO_MIN_MS, 200 ms). With no transfers it sleeps until woken.
+ * no sooner than RTO_MIN_MS, 200 ms). With no transfers it sleeps until woken. With a WakeGate
+ * the other thread writes only while this one may be asleep, and a turn whose messages are
+ * still unread does not sleep.
  */
 import { ptr } from "bun:ffi";
 import { EINTR, netLayout, netLibc, type Layout, type NetLibc } from "./libc.ts";
 import { beginTurn, endTurn, now } from "./turn-clock.ts";
+import type { WakeGate } from "./wake-gate.ts";
 
 export interface Readable {
   /** reads every datagram that is waiting (ready per epoll) */
@@ -56,6 +59,7 @@ export class IoLoop {
     private readonly epfd: number,
     /** eventfd another thread writes to after posting this one a message */
     readonly wakeFd: number,
+    private readonly gate: WakeGate | null,
   ) {
     // (every buffer handed to libc is made from an ArrayBuffer: asking a small typed array for
     // its .buffer later would move its bytes away from a pointer taken before)
@@ -65,8 +69,11 @@ export class IoLoop {
     this.watch(wakeFd, { drain: () => this.lib.read(this.wakeFd, ptr(this.counter), 8) });
   }
 
-  /** A loop for this thread, or null where libc or its struct layouts are out of reach. */
-  static open(): IoLoop | null {
+  /**
+   * A loop for this thread, or null where libc or its struct layouts are out of reach; `gate`:
+   * shared with the thread that posts this one messages (they then write wakeFd only when told)
+   */
+  static open(gate: WakeGate | null = null): IoLoop | null {
     const lib = netLibc();
     const layout = netLayout();
     if (!lib || !layout) return null;
@@ -77,7 +84,7 @@ export class IoLoop {
       lib.close(epfd);
       return null;
     }
-    return new IoLoop(lib, layout, epfd, wakeFd);
+    return new IoLoop(lib, layout, epfd, wakeFd, gate);
   }
 
   /** Calls `reader.drain()` whenever `fd` has datagrams waiting. */
@@ -141,8 +148,10 @@ export class IoLoop {
     if (this.closed) return;
     // what timers and messages queued since the last turn leaves before any sleep
     this.flushAll();
-    const wait = this.holds > 0 ? IDLE_WAIT_MS : -1;
+    let wait = this.holds > 0 ? IDLE_WAIT_MS : -1;
+    if (this.gate && !this.gate.maySleep()) wait = 0;
     const ready = this.lib.epoll_wait(this.epfd, this.eventsAt, MAX_EVENTS, wait);
+    this.gate?.awake();
     if (ready < 0 && this.lib.errno() !== EINTR) throw new Error(`epoll_wait failed: errno ${this.lib.errno()}`);
     const stride = this.layout.epollEventBytes;
     const dataAt = this.layout.epollDataOffset;

@@ -8,6 +8,7 @@ import type { EndHandler, RepeatVerdict, TransferJob } from "./engine.ts";
 import type { TransferOutcome } from "./transfer.ts";
 import type { SlotStats } from "./transfer-slots.ts";
 import { closeWake, wakeLoop } from "../net/io-loop.ts";
+import { WakeGate } from "../net/wake-gate.ts";
 import type { ProfiledWorkers, ThreadCpuProfile, WorkerProfileOutcome } from "../ops/profiler.ts";
 import type { FromWorker, IoLoopKind, ToWorker, WorkerInit, WorkerThread } from "./worker-protocol.ts";
 
@@ -25,8 +26,10 @@ interface Slot {
   stopping: boolean;
   /** set when the worker reported an uncaught error before exiting */
   crash: { message: string; ended: number } | null;
-  /** the worker's epoll loop sleeps in epoll_wait: a message to it is followed by a write here */
+  /** the worker's epoll loop sleeps in epoll_wait: a message to it is followed by a write here when `gate` says */
   wakeFd: number | null;
+  /** whether its loop may be asleep, shared with it: every message sent is counted here */
+  gate: WakeGate;
   ioLoop: IoLoopKind | null;
   /** its thread, once it is ready */
   thread: WorkerThread | null;
@@ -111,8 +114,8 @@ export class WorkerPool implements ProfiledWorkers {
 
   constructor(
     private readonly count: number,
-    /** what every worker starts with; its CPUs and the test switch are its own */
-    private readonly init: Omit<WorkerInit, "cpus">,
+    /** what every worker starts with; its CPUs, the test switch and its wake gate are its own */
+    private readonly init: Omit<WorkerInit, "cpus" | "wakeGate">,
     /** performance.cpu.affinity: the CPUs of worker i (a replacement takes its CPUs over) */
     private readonly cpus: readonly (readonly number[] | null)[],
     private readonly events: PoolEvents,
@@ -285,7 +288,7 @@ export class WorkerPool implements ProfiledWorkers {
 
   private send(slot: Slot, message: ToWorker): void {
     slot.worker.postMessage(message);
-    if (slot.wakeFd !== null) wakeLoop(slot.wakeFd);
+    if (slot.gate.posted() && slot.wakeFd !== null) wakeLoop(slot.wakeFd);
   }
 
   private spawn(index: number, throwAfterJobs: number | null = null): Slot {
@@ -297,7 +300,8 @@ export class WorkerPool implements ProfiledWorkers {
       markFailed = reject;
     });
     ready.catch(() => {}); // a replacement worker's failure is reported by its exit, not here
-    const slot: Slot = { worker, jobs: new Set(), stopping: false, ready, crash: null, wakeFd: null, ioLoop: null, thread: null, transferSlots: null };
+    const gate = new WakeGate();
+    const slot: Slot = { worker, jobs: new Set(), stopping: false, ready, crash: null, wakeFd: null, gate, ioLoop: null, thread: null, transferSlots: null };
     worker.addEventListener("error", (event) => markFailed(new Error(`transfer worker failed: ${(event as ErrorEvent).message}`)));
     worker.addEventListener("message", (event: MessageEvent<FromWorker>) => {
       const message = event.data;
@@ -327,7 +331,7 @@ export class WorkerPool implements ProfiledWorkers {
       }
     });
     worker.addEventListener("close", () => this.onExit(index, slot));
-    worker.postMessage({ type: "init", init: { ...this.init, throwAfterJobs, cpus: this.cpus[index] ?? null } } satisfies ToWorker);
+    worker.postMessage({ type: "init", init: { ...this.init, throwAfterJobs, cpus: this.cpus[index] ?? null, wakeGate: gate.buffer } } satisfies ToWorker);
     return slot;
   }
 

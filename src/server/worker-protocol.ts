@@ -20,6 +20,8 @@ export interface WorkerInit {
   diskIo: DiskIoSettings;
   /** this worker's share of the node's transfer slots (used on the epoll loop only) */
   transferSlots: SlotPoolSettings;
+  /** the WakeGate's cells: the main thread writes wakeFd only while the loop may be asleep */
+  wakeGate: SharedArrayBuffer;
 }
 
 export type IoLoopKind = "epoll" | "bun";

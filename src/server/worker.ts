@@ -13,6 +13,7 @@ import { FillProgress, followingSource } from "../storage/copy-progress.ts";
 import { setDiskIo } from "../storage/disk-io.ts";
 import { borrowedFdSource, type FileIdentity, type FileSource, type SourceShare } from "../storage/source.ts";
 import { IoLoop } from "../net/io-loop.ts";
+import { WakeGate } from "../net/wake-gate.ts";
 import { SocketBuffers } from "../net/udp-ffi.ts";
 import { pinThisThread, threadId } from "../net/affinity.ts";
 import { profileThisThread } from "../ops/profiler.ts";
@@ -40,6 +41,8 @@ interface Copy {
 const copies = new Map<number, Copy>();
 let engine: TransferEngine | null = null;
 let loop: IoLoop | null = null;
+/** every message after "init" is counted read here (wake-gate.ts) */
+let gate: WakeGate | null = null;
 /** the buffers of transfers' own sockets, kept between transfers (epoll loop only) */
 let slots: SlotPool<SocketBuffers> | null = null;
 /** what the main thread was last told the pool holds */
@@ -126,13 +129,15 @@ self.addEventListener("error", (event) => {
 
 self.onmessage = (event: MessageEvent<ToWorker>) => {
   const message = event.data;
+  if (message.type !== "init") gate?.received();
   switch (message.type) {
     case "init": {
       const { engine: options, lossSpec, ioLoop, cpus, diskIo } = message.init;
       setDiskIo(diskIo);
       // pinned before anything else runs here, so the loop's first turn is already on its CPU
       const pinError = cpus ? pinThisThread(cpus) : null;
-      loop = ioLoop === "epoll" ? IoLoop.open() : null;
+      gate = new WakeGate(message.init.wakeGate);
+      loop = ioLoop === "epoll" ? IoLoop.open(gate) : null;
       // (Bun's sockets allocate their own buffers: slots are the epoll loop's)
       slots = loop ? new SlotPool(() => new SocketBuffers(OWN_SOCKET), message.init.transferSlots) : null;
       engine = new TransferEngine(
