@@ -10,7 +10,7 @@ import type { SlotStats } from "./transfer-slots.ts";
 import { closeWake, wakeLoop } from "../net/io-loop.ts";
 import { WakeGate } from "../net/wake-gate.ts";
 import type { ProfiledWorkers, ThreadCpuProfile, WorkerProfileOutcome } from "../ops/profiler.ts";
-import type { FromWorker, IoLoopKind, ToWorker, WorkerInit, WorkerThread } from "./worker-protocol.ts";
+import { receivedMessage, type FromWorker, type IoLoopKind, type Posted, type ToWorker, type WorkerInit, type WorkerThread } from "./worker-protocol.ts";
 
 /**
  * From source, the worker file sits next to this one. In a compiled binary everything is
@@ -189,7 +189,7 @@ export class WorkerPool implements ProfiledWorkers {
     const slot = this.slots[index]!;
     slot.jobs.add(job.id);
     this.dispatched[index]!++;
-    this.send(slot, { type: "read", job, share, identity });
+    this.send(slot, JSON.stringify({ type: "read", job, share, identity } satisfies ToWorker));
   }
 
   /** Asks worker `index` how to take a request repeated by the client of its transfer `id`. */
@@ -268,8 +268,9 @@ export class WorkerPool implements ProfiledWorkers {
           new Promise<void>((resolve) => {
             slot.stopping = true;
             const timer = setTimeout(resolve, 2000);
-            slot.worker.addEventListener("message", (event: MessageEvent<FromWorker>) => {
-              if (event.data.type === "stopped") {
+            slot.worker.addEventListener("message", (event: MessageEvent<Posted<FromWorker>>) => {
+              // ("stopped" travels as an object: only a transfer's end is text)
+              if (typeof event.data !== "string" && event.data.type === "stopped") {
                 clearTimeout(timer);
                 resolve();
               }
@@ -286,7 +287,7 @@ export class WorkerPool implements ProfiledWorkers {
     this.profiles.answerFor(null, { profile: null, missing: "the server stopped" });
   }
 
-  private send(slot: Slot, message: ToWorker): void {
+  private send(slot: Slot, message: Posted<ToWorker>): void {
     slot.worker.postMessage(message);
     if (slot.gate.posted() && slot.wakeFd !== null) wakeLoop(slot.wakeFd);
   }
@@ -303,8 +304,8 @@ export class WorkerPool implements ProfiledWorkers {
     const gate = new WakeGate();
     const slot: Slot = { worker, jobs: new Set(), stopping: false, ready, crash: null, wakeFd: null, gate, ioLoop: null, thread: null, transferSlots: null };
     worker.addEventListener("error", (event) => markFailed(new Error(`transfer worker failed: ${(event as ErrorEvent).message}`)));
-    worker.addEventListener("message", (event: MessageEvent<FromWorker>) => {
-      const message = event.data;
+    worker.addEventListener("message", (event: MessageEvent<Posted<FromWorker>>) => {
+      const message = receivedMessage(event.data);
       if (message.type === "ready") {
         slot.wakeFd = message.wakeFd;
         slot.ioLoop = message.ioLoop;

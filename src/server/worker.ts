@@ -21,11 +21,11 @@ import { TransferEngine } from "./engine.ts";
 import { ffiTransferSockets, OWN_SOCKET } from "./ffi-transport.ts";
 import { LossPlan } from "./loss.ts";
 import { SlotPool, type SlotStats } from "./transfer-slots.ts";
-import type { FromWorker, ToWorker } from "./worker-protocol.ts";
+import { receivedMessage, type FromWorker, type Posted, type ToWorker } from "./worker-protocol.ts";
 
 declare const self: Worker;
 
-const post = (message: FromWorker): void => self.postMessage(message);
+const post = (message: Posted<FromWorker>): void => self.postMessage(message);
 
 /** A cached copy of the main thread, as this worker reads it: by its memfd until it is sealed, then mapped. */
 interface Copy {
@@ -127,8 +127,8 @@ self.addEventListener("error", (event) => {
   post({ type: "crashed", message, ended });
 });
 
-self.onmessage = (event: MessageEvent<ToWorker>) => {
-  const message = event.data;
+self.onmessage = (event: MessageEvent<Posted<ToWorker>>) => {
+  const message = receivedMessage(event.data);
   if (message.type !== "init") gate?.received();
   switch (message.type) {
     case "init": {
@@ -143,7 +143,7 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
       engine = new TransferEngine(
         options,
         lossSpec ? LossPlan.parse(lossSpec) : null,
-        (id, outcome) => post({ type: "end", id, outcome }),
+        (id, outcome) => post(JSON.stringify({ type: "end", id, outcome } satisfies FromWorker)),
         loop ? ffiTransferSockets(loop, options.batch, slots) : undefined,
       );
       throwAfterJobs = message.init.throwAfterJobs ?? null;
