@@ -577,7 +577,8 @@ export class TftpServer {
         windowsize: negotiated.windowsize,
         tsize: accepted.op === "read" ? accepted.source.size : declared === undefined ? null : Number(declared),
         options: negotiated.requested,
-        acceptedMs: 0,
+        // (the same thread's clock as receivedAtEpoch: no skew)
+        acceptedMs: performance.timeOrigin + performance.now() - receivedAtEpoch,
       },
       started: performance.now(),
       source: null,
@@ -597,7 +598,6 @@ export class TftpServer {
     };
     this.active.set(key, running);
     this.running.set(running.id, running);
-    running.record.acceptedMs = Math.max(0, performance.timeOrigin + performance.now() - receivedAtEpoch);
     const startFailed = (error: unknown): void => this.failed(running.id, (error as Error).message);
     if (accepted.op === "write") {
       // Uploads are rare in network boot and write through the main thread's sink: they run here.

@@ -10,7 +10,7 @@ import type { SlotStats } from "./transfer-slots.ts";
 import { closeWake, wakeLoop } from "../net/io-loop.ts";
 import { WakeGate } from "../net/wake-gate.ts";
 import type { ProfiledWorkers, ThreadCpuProfile, WorkerProfileOutcome } from "../ops/profiler.ts";
-import { receivedMessage, type FromWorker, type IoLoopKind, type Posted, type ToWorker, type WorkerInit, type WorkerThread } from "./worker-protocol.ts";
+import { asText, receivedMessage, type FromWorker, type IoLoopKind, type Posted, type ToWorker, type WorkerInit, type WorkerThread } from "./worker-protocol.ts";
 
 /**
  * From source, the worker file sits next to this one. In a compiled binary everything is
@@ -189,7 +189,7 @@ export class WorkerPool implements ProfiledWorkers {
     const slot = this.slots[index]!;
     slot.jobs.add(job.id);
     this.dispatched[index]!++;
-    this.send(slot, JSON.stringify({ type: "read", job, share, identity } satisfies ToWorker));
+    this.send(slot, asText<ToWorker>({ type: "read", job, share, identity }));
   }
 
   /** Asks worker `index` how to take a request repeated by the client of its transfer `id`. */

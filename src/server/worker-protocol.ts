@@ -34,6 +34,11 @@ export type IoLoopKind = "epoll" | "bun";
  */
 export type Posted<T> = T | string;
 
+/** A message as the text it travels as (a transfer's "read" and "end"). */
+export function asText<T extends ToWorker | FromWorker>(message: T): Posted<T> {
+  return JSON.stringify(message);
+}
+
 export function receivedMessage<T>(data: Posted<T>): T {
   return typeof data === "string" ? (JSON.parse(data) as T) : data;
 }

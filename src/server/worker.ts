@@ -21,7 +21,7 @@ import { TransferEngine } from "./engine.ts";
 import { ffiTransferSockets, OWN_SOCKET } from "./ffi-transport.ts";
 import { LossPlan } from "./loss.ts";
 import { SlotPool, type SlotStats } from "./transfer-slots.ts";
-import { receivedMessage, type FromWorker, type Posted, type ToWorker } from "./worker-protocol.ts";
+import { asText, receivedMessage, type FromWorker, type Posted, type ToWorker } from "./worker-protocol.ts";
 
 declare const self: Worker;
 
@@ -143,7 +143,7 @@ self.onmessage = (event: MessageEvent<Posted<ToWorker>>) => {
       engine = new TransferEngine(
         options,
         lossSpec ? LossPlan.parse(lossSpec) : null,
-        (id, outcome) => post(JSON.stringify({ type: "end", id, outcome } satisfies FromWorker)),
+        (id, outcome) => post(asText<FromWorker>({ type: "end", id, outcome })),
         loop ? ffiTransferSockets(loop, options.batch, slots) : undefined,
       );
       throwAfterJobs = message.init.throwAfterJobs ?? null;
