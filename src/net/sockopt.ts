@@ -45,7 +45,8 @@ function setInt(lib: NetLibc, fd: number, name: number, value: number, level = S
 }
 
 /** The descriptor Bun keeps on its UDP sockets (not in the public types); ours have one too. */
-function socketFd(socket: object): number | null {
+/** The descriptor of a Bun socket (or of one of ours), or null where it has none. */
+export function socketFd(socket: object): number | null {
   const fd = (socket as { fd?: unknown }).fd;
   return typeof fd === "number" && fd >= 0 ? fd : null;
 }

@@ -12,6 +12,7 @@ import { ptr } from "bun:ffi";
 import { isIP } from "node:net";
 import { EACCES, EADDRINUSE, EAGAIN, netLibc, type NetLibc } from "./libc.ts";
 import type { Flushable, IoLoop, Readable } from "./io-loop.ts";
+import { setReusePort } from "./reuseport.ts";
 
 const AF_INET = 2;
 const AF_INET6 = 10;
@@ -318,7 +319,15 @@ export class FfiUdpSocket implements Readable, Flushable {
    * is closed) or new ones of that shape. Throws with `code` "EADDRINUSE" / "EACCES" when the
    * port is taken or forbidden, as Bun's bind does.
    */
-  static open(loop: IoLoop, address: string, port: number, buffers: SocketBuffers | FfiUdpOptions, onDatagram: DatagramHandler): FfiUdpSocket {
+  static open(
+    loop: IoLoop,
+    address: string,
+    port: number,
+    buffers: SocketBuffers | FfiUdpOptions,
+    onDatagram: DatagramHandler,
+    /** join the sockets already bound to this address and port (reuseport.ts) */
+    reusePort = false,
+  ): FfiUdpSocket {
     const lib = netLibc();
     if (!lib) throw new Error("libc is not available");
     const name = new SocketName(address, port);
@@ -328,6 +337,11 @@ export class FfiUdpSocket implements Readable, Flushable {
       // as Bun does for an IPv6 address: an IPv4-mapped peer reaches a socket on "::"
       const off = new Int32Array([0]);
       lib.setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, ptr(off), 4);
+    }
+    if (reusePort && !setReusePort(fd)) {
+      const errno = lib.errno();
+      lib.close(fd);
+      throw new Error(`SO_REUSEPORT refused on ${address}:${port}: errno ${errno}`);
     }
     if (lib.bind(fd, ptr(name.bytes), name.length) !== 0) {
       const errno = lib.errno();
