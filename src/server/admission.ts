@@ -5,6 +5,11 @@
  * they may hold together. A request over a limit is dropped (the ROM retries later) or
  * answered "busy", as configured.
  */
+import { AdmissionState } from "./admission-state.ts";
+
+/** Most distinct clients an admission table holds at once: past it, new ones are refused as over "total". */
+const MAX_TABLE_KEYS = 1 << 18;
+
 export interface AdmissionLimits {
   maxTotal: number;
   maxPerIp: number;
@@ -42,13 +47,20 @@ export interface SharedAdmission {
   release(token: string, address: string): void;
 }
 
+/**
+ * The node's admission: its counts in an AdmissionState, which other threads may share (pass
+ * its buffer to them and build an Admission on it there); each Admission keeps its own limits.
+ */
 export class Admission {
-  private total = 0;
-  private reserved = 0;
-  private readonly perIp = new Map<string, number>();
-  private readonly perClient = new Map<string, number>();
+  readonly state: AdmissionState;
 
-  constructor(private limits: AdmissionLimits) {}
+  constructor(
+    private limits: AdmissionLimits,
+    state?: AdmissionState,
+  ) {
+    // room for as many clients as transfers may run, within what a table may sensibly hold
+    this.state = state ?? AdmissionState.create(Math.min(limits.maxTotal, MAX_TABLE_KEYS));
+  }
 
   /** New limits apply to the next admit(); transfers over a lowered limit run to their end. */
   setLimits(limits: AdmissionLimits): void {
@@ -56,12 +68,12 @@ export class Admission {
   }
 
   get running(): number {
-    return this.total;
+    return this.state.locked(() => this.state.total);
   }
 
   /** bytes reserved by the running transfers */
   get reservedMemory(): number {
-    return this.reserved;
+    return this.state.locked(() => this.state.reserved);
   }
 
   /** the memory budget; Infinity when there is none */
@@ -71,17 +83,23 @@ export class Admission {
 
   /** Takes a slot and reserves `memory` bytes for it, or says which limit refused it. */
   admit(address: string, file: string, memory = 0): LimitName | null {
-    if (this.total >= this.limits.maxTotal) return "total";
-    const ip = this.perIp.get(address) ?? 0;
-    if (ip >= this.limits.maxPerIp) return "per-ip";
+    const limits = this.limits;
+    const state = this.state;
     const clientKey = `${address}|${file}`;
-    const client = this.perClient.get(clientKey) ?? 0;
-    if (client >= this.limits.maxPerClient) return "per-client";
-    if (!this.reserve(memory)) return "memory";
-    this.total++;
-    this.perIp.set(address, ip + 1);
-    this.perClient.set(clientKey, client + 1);
-    return null;
+    return state.locked(() => {
+      if (state.total >= limits.maxTotal) return "total";
+      if (state.count("ip", address) >= limits.maxPerIp) return "per-ip";
+      if (state.count("client", clientKey) >= limits.maxPerClient) return "per-client";
+      if (memory > 0 && state.reserved + memory > this.memoryBudget) return "memory";
+      if (!state.increment("ip", address)) return "total";
+      if (!state.increment("client", clientKey)) {
+        state.decrement("ip", address);
+        return "total";
+      }
+      state.total++;
+      state.reserved += memory;
+      return null;
+    });
   }
 
   /**
@@ -89,12 +107,14 @@ export class Admission {
    * reserve); a release with no slot held is ignored.
    */
   release(address: string, file: string, memory = 0): void {
+    const state = this.state;
     const clientKey = `${address}|${file}`;
-    if (!this.perClient.has(clientKey)) return;
-    this.total--;
-    this.unreserve(memory);
-    decrement(this.perIp, address);
-    decrement(this.perClient, clientKey);
+    state.locked(() => {
+      if (!state.decrement("client", clientKey)) return;
+      state.decrement("ip", address);
+      state.total--;
+      state.reserved = Math.max(0, state.reserved - memory);
+    });
   }
 
   /**
@@ -103,19 +123,19 @@ export class Admission {
    * until enough has been given back.
    */
   reserve(bytes: number): boolean {
-    if (bytes > 0 && this.reserved + bytes > this.memoryBudget) return false;
-    this.reserved += bytes;
-    return true;
+    const state = this.state;
+    return state.locked(() => {
+      if (bytes > 0 && state.reserved + bytes > this.memoryBudget) return false;
+      state.reserved += bytes;
+      return true;
+    });
   }
 
   /** Gives back bytes taken by reserve() without ending the transfer (its copy turned out smaller). */
   unreserve(bytes: number): void {
-    this.reserved = Math.max(0, this.reserved - bytes);
+    const state = this.state;
+    state.locked(() => {
+      state.reserved = Math.max(0, state.reserved - bytes);
+    });
   }
-}
-
-function decrement(map: Map<string, number>, key: string): void {
-  const n = (map.get(key) ?? 0) - 1;
-  if (n > 0) map.set(key, n);
-  else map.delete(key);
 }
