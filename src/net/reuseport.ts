@@ -28,7 +28,11 @@ const SKF_NET_OFF = -0x100000;
 /** where the source address's last 32 bits sit in an IPv4 / IPv6 header */
 const SOURCE_WORD_AT = { 4: 12, 6: 20 } as const;
 
-/** Sets SO_REUSEPORT on `fd`: before its bind, or after it on the group's first socket. */
+/**
+ * Sets SO_REUSEPORT on `fd`: before its bind, or after it on the group's first socket. It
+ * stays on (the kernel steers only among sockets that have it); a socket of another program
+ * of the same user that joins later gets nothing, as the program names only ours.
+ */
 export function setReusePort(fd: number): boolean {
   const lib = netLibc();
   if (!lib) return false;

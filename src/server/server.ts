@@ -20,6 +20,8 @@ import type { UploadPolicy } from "../storage/upload.ts";
 import { formatHostPort, type HostPort, type PortRange } from "../net/address.ts";
 import { kernelNeighbours, type Neighbours } from "../net/neighbours.ts";
 import { isWildcard } from "../net/interfaces.ts";
+import { setReusePort, steerBySource } from "../net/reuseport.ts";
+import { isIP } from "node:net";
 import type { AdmissionLimits, SharedAdmission } from "./admission.ts";
 import { LoadBalancer, type Algorithm, type HashKey } from "./balance.ts";
 import { TransferEngine, unverifiedBudget, type EngineOptions, type RepeatVerdict, type TransferJob } from "./engine.ts";
@@ -67,6 +69,12 @@ export interface ServerOptions {
    * clients share a socket per local address, so sends and receives are batched.
    */
   transferSockets: "per-transfer" | "shared";
+  /**
+   * The transfer workers (network.epoll) take the listen ports' datagrams themselves: each
+   * joins every listener's socket group, and the kernel steers each client address to one
+   * worker (reuseport.ts); the main thread's socket hears what no worker takes
+   */
+  requestsOnWorkers?: boolean;
   /** sendmmsg batching of shared sockets */
   batch: BatchPolicy;
   /** a window leaves as one UDP GSO send where the kernel allows (network.zero_copy) */
@@ -174,6 +182,8 @@ export interface ServerEvents {
   neighboursUnreadable?(family: 4 | 6, error: string): void;
   /** windows cannot leave as UDP GSO sends here (network.zero_copy): they leave block by block */
   gsoUnavailable?(reason: string): void;
+  /** requestsOnWorkers was asked for but the workers could not take the listen ports: why */
+  requestsOnMainThread?(reason: string): void;
 }
 
 /** A transfer from acceptance to its end record. */
@@ -312,6 +322,10 @@ export class TftpServer {
             end: (id, outcome) => this.ended(id, outcome),
             failed: (id, message) => this.failed(id, message),
             workerExit: (index, exit) => this.events.workerExit?.(index, exit),
+            request: (index, bytes, peer, receivedAtEpoch) => {
+              const listener = this.listeners[index];
+              if (listener) this.onRequest(listener, bytes, peer, receivedAtEpoch - performance.timeOrigin);
+            },
           },
         );
         await this.pool.start();
@@ -337,6 +351,9 @@ export class TftpServer {
         this.requestContexts.set(listener, this.tftpContext(listener));
         this.events.listening?.({ host: listener.address, port: listener.port }, listener.buffers);
       }
+      if (this.pool && this.options.requestsOnWorkers && ioLoop === "epoll" && !singlePort && !this.options.loss) {
+        await this.takeRequestsOnWorkers(this.pool);
+      }
       if (this.options.gso && this.listeners.length > 0) {
         const refused = await probeGso(this.listeners[0]!.address);
         if (refused !== null) this.events.gsoUnavailable?.(refused);
@@ -347,6 +364,29 @@ export class TftpServer {
       await this.stop();
       throw error;
     }
+  }
+
+  /**
+   * Every worker joins each listener's socket group and the kernel steers every client
+   * address to one of them; the main thread's socket, first in each group, stays for the
+   * answers sent from the listen port and for what no worker takes. Where that cannot be set
+   * up, the main thread keeps listening alone, and says why.
+   */
+  private async takeRequestsOnWorkers(pool: WorkerPool): Promise<void> {
+    const fds = this.listeners.map((listener) => listener.fd);
+    const unavailable = (why: string): void => this.events.requestsOnMainThread?.(why);
+    if (fds.some((fd) => fd === null)) return unavailable("a listen socket's descriptor is out of reach");
+    if (!fds.every((fd) => setReusePort(fd!))) return unavailable("SO_REUSEPORT was refused on a listen socket");
+    let workerFds: number[][];
+    try {
+      workerFds = await pool.listen(this.listeners.map((l) => ({ address: l.address, port: l.port, receiveBytes: this.options.receiveBufferBytes })));
+    } catch (error) {
+      return unavailable((error as Error).message);
+    }
+    this.listeners.forEach((listener, index) => {
+      const errno = steerBySource(fds[index]!, isIP(listener.address) === 6 ? 6 : 4, 1, workerFds.length);
+      if (errno !== null) unavailable(`the kernel refused to steer ${formatHostPort(listener.address, listener.port)} by source address (errno ${errno}): its requests are spread by its own hash, the main thread's socket included`);
+    });
   }
 
   /**

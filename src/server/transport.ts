@@ -12,7 +12,7 @@ import { ErrorCode } from "../protocol/packet.ts";
 import type { LossPlan } from "./loss.ts";
 import { formatHostPort, type PortRange } from "../net/address.ts";
 import { bindInPortRange } from "../net/port-range-bind.ts";
-import { GSO_MAX_BYTES, GSO_MAX_SEGMENTS, setBufferSizes, sendUnsegmented, setDontFragment, setUdpSegment, type BufferSizes } from "../net/sockopt.ts";
+import { GSO_MAX_BYTES, GSO_MAX_SEGMENTS, setBufferSizes, sendUnsegmented, setDontFragment, setUdpSegment, socketFd, type BufferSizes } from "../net/sockopt.ts";
 import { TokenBucket } from "./token-bucket.ts";
 import type { BatchPolicy, SharedSocket } from "./shared-socket.ts";
 
@@ -292,6 +292,8 @@ export async function probeGso(address: string): Promise<string | null> {
 export interface Listener {
   readonly address: string;
   readonly port: number;
+  /** its socket's descriptor (workers join its group: reuseport.ts), null where Bun gives none */
+  readonly fd: number | null;
   /** with tftp.single_port: the transfers served from this very port, else null */
   readonly transfers: ListenPortTransfers | null;
   /** what the kernel granted for SO_RCVBUF / SO_SNDBUF, null when it could not be read */
@@ -362,6 +364,7 @@ export async function openListener(
   listener = {
     address,
     port: socket.port,
+    fd: socketFd(socket),
     buffers: granted,
     transfers,
     garbageReplies: new TokenBucket(GARBAGE_REPLIES_PER_SECOND, GARBAGE_REPLIES_PER_SECOND),

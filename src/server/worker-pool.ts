@@ -8,9 +8,11 @@ import type { EndHandler, RepeatVerdict, TransferJob } from "./engine.ts";
 import type { TransferOutcome } from "./transfer.ts";
 import type { SlotStats } from "./transfer-slots.ts";
 import { closeWake, wakeLoop } from "../net/io-loop.ts";
+import { netLibc } from "../net/libc.ts";
 import { WakeGate } from "../net/wake-gate.ts";
 import type { ProfiledWorkers, ThreadCpuProfile, WorkerProfileOutcome } from "../ops/profiler.ts";
-import { asText, receivedMessage, type FromWorker, type IoLoopKind, type Posted, type ToWorker, type WorkerInit, type WorkerThread } from "./worker-protocol.ts";
+import { asText, receivedMessage, type FromWorker, type IoLoopKind, type ListenSpec, type Posted, type ToWorker, type WorkerInit, type WorkerThread } from "./worker-protocol.ts";
+import type { Peer } from "./transport.ts";
 
 /**
  * From source, the worker file sits next to this one. In a compiled binary everything is
@@ -35,6 +37,8 @@ interface Slot {
   thread: WorkerThread | null;
   /** what its transfer slot pool held when it last said (null: it keeps none) */
   transferSlots: SlotStats | null;
+  /** its sockets in the listeners' groups (listen): closed here if it dies, or they would swallow its share */
+  listenFds: number[];
 }
 
 /** A worker's part of a profile: its samples, or why it gave none. */
@@ -81,6 +85,8 @@ export interface PoolEvents {
    * end itself (it was killed), reported as failed without a word to their clients
    */
   workerExit?(index: number, exit: WorkerExit): void;
+  /** a datagram a worker took from listener `listener`'s group (listen) */
+  request?(listener: number, bytes: Uint8Array, peer: Peer, receivedAtEpoch: number): void;
 }
 
 const workerLost = (): TransferOutcome => ({
@@ -102,11 +108,17 @@ export class WorkerPool implements ProfiledWorkers {
   private readonly slots: Slot[] = [];
   /** transfers handed to each worker index since start (a replacement continues the count) */
   private readonly dispatched: number[] = [];
+  /** requests each worker took from the listen ports (listen), for tests and metrics */
+  private readonly taken: number[] = [];
   private stopping = false;
   /** requestAgain questions waiting for their worker's answer, by sequence number */
   private readonly repeats = new PendingAnswers<RepeatVerdict>();
   /** profiles asked of workers and not answered yet */
   private readonly profiles = new PendingAnswers<ProfileAnswer>();
+  /** what workers listen on (listen), for a worker started in place of one that died */
+  private listenSpecs: ListenSpec[] | null = null;
+  /** answers to "listen": each worker's listen descriptors, or why it has none */
+  private readonly listens = new PendingAnswers<{ fds: number[] | null; error: string | null }>();
   private slotReports: ReturnType<typeof setInterval> | null = null;
   /** transfer slots made by workers that have since been replaced */
   private retiredSlotAllocations = 0;
@@ -162,11 +174,22 @@ export class WorkerPool implements ProfiledWorkers {
     return [...this.dispatched];
   }
 
+  /** per worker, whether its sockets are in the listeners' groups now */
+  get listening(): boolean[] {
+    return this.slots.map((slot) => slot.listenFds.length > 0);
+  }
+
+  /** datagrams each worker took from the listen ports since the pool started */
+  get requestsTaken(): number[] {
+    return [...this.taken];
+  }
+
   async start(): Promise<void> {
     for (let i = 0; i < this.count; i++) {
       // the test switch makes the first worker throw once; its replacement starts clean
       this.slots.push(this.spawn(i, i === 0 ? (this.init.throwAfterJobs ?? null) : null));
       this.dispatched.push(0);
+      this.taken.push(0);
     }
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
@@ -249,6 +272,31 @@ export class WorkerPool implements ProfiledWorkers {
     return { collect };
   }
 
+  /**
+   * Every worker joins the listen sockets' groups (SO_REUSEPORT set on the main thread's
+   * sockets first) and hands what it receives there to events.request; a worker started in
+   * place of one that died joins them too. Returns each worker's descriptors, one per
+   * listener, in worker order; throws with the first worker's refusal.
+   */
+  async listen(listeners: ListenSpec[]): Promise<number[][]> {
+    this.listenSpecs = listeners;
+    // one after another: worker i is then i + 1 in each group, as steering counts them
+    const answers: { fds: number[] | null; error: string | null }[] = [];
+    for (const slot of this.slots) answers.push(await this.listenOn(slot, listeners));
+    return answers.map((answer, index) => {
+      if (answer.fds === null) throw new Error(`transfer worker ${index} could not listen: ${answer.error ?? "no reason given"}`);
+      return answer.fds;
+    });
+  }
+
+  private async listenOn(slot: Slot, listeners: ListenSpec[]): Promise<{ fds: number[] | null; error: string | null }> {
+    const { seq, answer } = this.listens.ask(slot);
+    this.send(slot, { type: "listen", seq, listeners });
+    const outcome = await answer;
+    slot.listenFds = outcome.fds ?? [];
+    return outcome;
+  }
+
   /** Test hook and last resort: ends one worker abruptly, as a crash would. */
   kill(index: number): void {
     const slot = this.slots[index];
@@ -284,6 +332,7 @@ export class WorkerPool implements ProfiledWorkers {
       if (slot.wakeFd !== null) wakeLoop(slot.wakeFd);
     }
     this.repeats.answerFor(null, "unknown");
+    this.listens.answerFor(null, { fds: null, error: "the server stopped" });
     this.profiles.answerFor(null, { profile: null, missing: "the server stopped" });
   }
 
@@ -302,7 +351,7 @@ export class WorkerPool implements ProfiledWorkers {
     });
     ready.catch(() => {}); // a replacement worker's failure is reported by its exit, not here
     const gate = new WakeGate();
-    const slot: Slot = { worker, jobs: new Set(), stopping: false, ready, crash: null, wakeFd: null, gate, ioLoop: null, thread: null, transferSlots: null };
+    const slot: Slot = { worker, jobs: new Set(), stopping: false, ready, crash: null, wakeFd: null, gate, ioLoop: null, thread: null, transferSlots: null, listenFds: [] };
     worker.addEventListener("error", (event) => markFailed(new Error(`transfer worker failed: ${(event as ErrorEvent).message}`)));
     worker.addEventListener("message", (event: MessageEvent<Posted<FromWorker>>) => {
       const message = receivedMessage(event.data);
@@ -322,6 +371,11 @@ export class WorkerPool implements ProfiledWorkers {
       } else if (message.type === "failed") {
         slot.jobs.delete(message.id);
         this.events.failed(message.id, message.message);
+      } else if (message.type === "request") {
+        this.taken[index]!++;
+        this.events.request?.(message.listener, message.bytes, { address: message.address, port: message.port }, message.receivedAtEpoch);
+      } else if (message.type === "listening") {
+        this.listens.answer(message.seq, { fds: message.fds, error: message.error });
       } else if (message.type === "requestAgain") {
         this.repeats.answer(message.seq, message.verdict);
       } else if (message.type === "profile") {
@@ -346,9 +400,15 @@ export class WorkerPool implements ProfiledWorkers {
     slot.jobs.clear();
     for (const id of lost) this.events.end(id, workerLost());
     this.repeats.answerFor(slot, "unknown");
+    this.listens.answerFor(slot, { fds: null, error: "exited" });
     this.profiles.answerFor(slot, { profile: null, missing: `exited during the profile (${slot.crash?.message ?? "exited"})` });
     if (this.stopping || slot.stopping) return;
+    // a dead worker's listen sockets stay in their groups, steered to, until closed
+    for (const fd of slot.listenFds.splice(0)) netLibc()?.close(fd);
     this.events.workerExit?.(index, { reason: slot.crash?.message ?? "exited", endedWithError: slot.crash?.ended ?? 0, lost: lost.length });
-    this.slots[index] = this.spawn(index);
+    const replacement = this.spawn(index);
+    this.slots[index] = replacement;
+    const specs = this.listenSpecs;
+    if (specs) void replacement.ready.then(() => this.listenOn(replacement, specs)).catch(() => {});
   }
 }

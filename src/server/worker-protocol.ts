@@ -52,8 +52,18 @@ export interface WorkerThread {
   pinError: string | null;
 }
 
+/** A listen address a worker takes requests on, beside the main thread's socket (reuseport.ts). */
+export interface ListenSpec {
+  address: string;
+  port: number;
+  /** SO_RCVBUF asked for: a storm's requests arrive at once */
+  receiveBytes: number;
+}
+
 export type ToWorker =
   | { type: "init"; init: WorkerInit }
+  /** join the listen sockets' groups and take their datagrams: answered by "listening" `seq` */
+  | { type: "listen"; seq: number; listeners: ListenSpec[] }
   | { type: "read"; job: TransferJob; share: SourceShare; identity: FileIdentity }
   /** the client of transfer `id` sent a request from its port again: the worker decides (engine.requestAgain) */
   | { type: "requestAgain"; id: number; same: boolean; seq: number }
@@ -82,6 +92,13 @@ export type FromWorker =
   /** what its transfer slot pool holds now */
   | { type: "slots"; stats: SlotStats }
   | { type: "end"; id: number; outcome: TransferOutcome }
+  /** the answer to "listen" `seq`: the descriptors of its sockets, one per listener, or why none */
+  | { type: "listening"; seq: number; fds: number[] | null; error: string | null }
+  /**
+   * a datagram that reached listener `listener` (an index of "listen"'s list) on this worker's
+   * socket, for the main thread's request path; `receivedAtEpoch` as TransferJob has it
+   */
+  | { type: "request"; listener: number; bytes: Uint8Array; address: string; port: number; receivedAtEpoch: number }
   /** the job could not start (no socket could be bound): the main thread answers the client */
   | { type: "failed"; id: number; message: string }
   /** the answer to "requestAgain" `seq`; a "superseded" transfer's "end" was posted before it */

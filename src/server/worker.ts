@@ -14,14 +14,15 @@ import { setDiskIo } from "../storage/disk-io.ts";
 import { borrowedFdSource, type FileIdentity, type FileSource, type SourceShare } from "../storage/source.ts";
 import { IoLoop } from "../net/io-loop.ts";
 import { WakeGate } from "../net/wake-gate.ts";
-import { SocketBuffers } from "../net/udp-ffi.ts";
+import { FfiUdpSocket, SocketBuffers } from "../net/udp-ffi.ts";
+import { setBufferSizes } from "../net/sockopt.ts";
 import { pinThisThread, threadId } from "../net/affinity.ts";
 import { profileThisThread } from "../ops/profiler.ts";
 import { TransferEngine } from "./engine.ts";
 import { ffiTransferSockets, OWN_SOCKET } from "./ffi-transport.ts";
 import { LossPlan } from "./loss.ts";
 import { SlotPool, type SlotStats } from "./transfer-slots.ts";
-import { asText, receivedMessage, type FromWorker, type Posted, type ToWorker } from "./worker-protocol.ts";
+import { asText, receivedMessage, type FromWorker, type ListenSpec, type Posted, type ToWorker } from "./worker-protocol.ts";
 
 declare const self: Worker;
 
@@ -108,6 +109,52 @@ function startProfile(seq: number, intervalUs: number, limit: number): void {
     });
 }
 
+/** this worker's sockets in the listen sockets' groups, in the order of the main thread's listeners */
+const listenSockets: FfiUdpSocket[] = [];
+
+/** Most datagrams one receive takes from a listen socket, and the longest request it reads whole. */
+const LISTEN_BATCH = 32;
+const LISTEN_BYTES = 16 * 1024;
+
+/**
+ * Joins each listener's group; what arrives goes to the main thread's request path. On any
+ * failure the sockets opened so far close, and the main thread keeps the listener alone.
+ */
+function listen(seq: number, listeners: ListenSpec[]): void {
+  if (!loop) {
+    post({ type: "listening", seq, fds: null, error: "this worker has no epoll loop" });
+    return;
+  }
+  const ioLoop = loop;
+  try {
+    listeners.forEach((spec, index) => {
+      const socket = FfiUdpSocket.open(
+        ioLoop,
+        spec.address,
+        spec.port,
+        { receiveBatch: LISTEN_BATCH, receiveBytes: LISTEN_BYTES, sendBatch: 1 },
+        (datagram, from) =>
+          post({
+            type: "request",
+            listener: index,
+            bytes: datagram.bytes.slice(),
+            address: from.toName().address,
+            port: datagram.port,
+            receivedAtEpoch: performance.timeOrigin + performance.now(),
+          }),
+        true,
+      );
+      listenSockets.push(socket);
+      setBufferSizes(socket, spec.receiveBytes, 0);
+    });
+  } catch (error) {
+    for (const socket of listenSockets.splice(0)) socket.close();
+    post({ type: "listening", seq, fds: null, error: (error as Error).message });
+    return;
+  }
+  post({ type: "listening", seq, fds: listenSockets.map((socket) => socket.fd), error: null });
+}
+
 /** TFTPD_TEST_WORKER_THROW: transfers to start before this worker throws on purpose */
 let throwAfterJobs: number | null = null;
 
@@ -170,6 +217,9 @@ self.onmessage = (event: MessageEvent<Posted<ToWorker>>) => {
       }
       return;
     }
+    case "listen":
+      listen(message.seq, message.listeners);
+      return;
     case "requestAgain":
       post({ type: "requestAgain", seq: message.seq, verdict: engine?.requestAgain(message.id, message.same) ?? "unknown" });
       return;
@@ -208,6 +258,7 @@ self.onmessage = (event: MessageEvent<Posted<ToWorker>>) => {
       if (profiling?.seq === message.seq) profiling.stop();
       return;
     case "stop":
+      for (const socket of listenSockets.splice(0)) socket.close();
       void engine?.stop().then(() => {
         loop?.close();
         post({ type: "stopped" });

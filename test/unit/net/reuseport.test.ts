@@ -2,7 +2,8 @@
  * Steering by source address (src/net/reuseport.ts), with real sockets on loopback: a
  * Bun.udpSocket bound first (as the main thread's listener is) joins a group after its bind,
  * two libc sockets join it, and the program sends each source address to one of the two by its
- * last bits, never to the first socket; with the steered sockets gone, the first hears all.
+ * last bits, never to the first socket nor to a socket that joined later; with the steered
+ * sockets gone, the first hears all.
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import type { udp } from "bun";
@@ -87,6 +88,16 @@ describe("a group steered by source address", () => {
     expect(heard[1]!.sort((a, b) => a - b)).toEqual(lasts.filter((n) => n % 2 === 1));
     expect(firstHeard).toEqual([]);
 
+    // a newcomer may join, but the program never names it
+    const newcomerHeard: number[] = [];
+    const newcomer = FfiUdpSocket.open(loop, "127.0.0.1", first.port, { receiveBatch: 8, receiveBytes: 64, sendBatch: 1 }, (d) => newcomerHeard.push(d.bytes[0]!), true);
+    heard[0]!.length = 0;
+    heard[1]!.length = 0;
+    await sendFrom([30, 31, 32, 33], first.port);
+    await waitFor(() => heard[0]!.length + heard[1]!.length === 4, 2000);
+    expect([heard[0], heard[1], newcomerHeard]).toEqual([[30, 32], [31, 33], []]);
+
+    newcomer.close();
     for (const socket of steered) socket.close();
     await sendFrom([20, 21, 22], first.port);
     await waitFor(() => firstHeard.length === 3, 2000);
