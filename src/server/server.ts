@@ -41,6 +41,7 @@ import { nameOf } from "./pipeline/name.ts";
 import { refused, type Asked } from "./pipeline/request.ts";
 import { NetworkRules, type NetworkRule, type RootPlace } from "./pipeline/rules.ts";
 import { slotShare, type SlotPoolSettings, type SlotStats } from "./transfer-slots.ts";
+import type { FastPathSettings, FastStart } from "./fast-path.ts";
 import { GeneratedFiles, generatedLink, type GenerateSettings } from "../generate/generated-files.ts";
 
 const NO_GENERATED_FILES: GenerateSettings = { inventory: null, templates: null, files: [] };
@@ -237,7 +238,21 @@ export class TftpServer {
    */
   private readonly active = new Map<string, Running | null>();
   private readonly running = new Map<number, Running>();
-  private lastId = 0;
+  /** transfer ids, shared with workers that take requests themselves (fast-path.ts): never one id twice */
+  private readonly ids = new Int32Array(new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT));
+  /** the root's real path, once the pipeline is built */
+  private rootReal: string | null = null;
+  /** the admission limits as they are now (reconfigure changes them) */
+  private limits: ServerOptions["limits"];
+  /** the workers are in the listen sockets' groups (requestsOnWorkers) */
+  private takingOnWorkers = false;
+  /** the workers take eligible requests themselves (fast-path.ts) */
+  private fastPath = false;
+  /** sealed copies the workers were told of, as "entryId|path" */
+  private readonly published = new Set<string>();
+  /** requests the workers dropped over their sources' rates, as of their last summary */
+  private workersRateDropped = 0;
+  private readonly workerRateTotals: number[] = [];
   private stopped = false;
   private readonly events: ServerEvents;
   private readonly admit: Admit;
@@ -263,6 +278,7 @@ export class TftpServer {
   ) {
     this.events = deps.events ?? {};
     this.cache = deps.cache ?? new FileCache(options.cacheBytes);
+    this.limits = options.limits;
     this.admit = new Admit(options, deps.sharedAdmission ?? null, {
       down: (error) => this.events.sharedAdmissionDown?.(error),
       up: () => this.events.sharedAdmissionUp?.(),
@@ -288,7 +304,7 @@ export class TftpServer {
 
   /** requests dropped over their source's rate since start */
   get requestsRateLimited(): number {
-    return this.requestRate.dropped;
+    return this.requestRate.dropped + this.workersRateDropped;
   }
 
   get addresses(): HostPort[] {
@@ -322,10 +338,11 @@ export class TftpServer {
             end: (id, outcome) => this.ended(id, outcome),
             failed: (id, message) => this.failed(id, message),
             workerExit: (index, exit) => this.events.workerExit?.(index, exit),
-            request: (index, bytes, peer, receivedAtEpoch) => {
+            request: (index, bytes, peer, receivedAtEpoch, rateChecked) => {
               const listener = this.listeners[index];
-              if (listener) this.onRequest(listener, bytes, peer, receivedAtEpoch - performance.timeOrigin);
+              if (listener) this.onRequest(listener, bytes, peer, receivedAtEpoch - performance.timeOrigin, rateChecked);
             },
+            started: (index, start) => this.adopt(index, start),
           },
         );
         await this.pool.start();
@@ -334,7 +351,10 @@ export class TftpServer {
           progress: (entryId, readable) => pool.progress(entryId, readable),
           filled: (entryId, fd, size) => pool.filled(entryId, fd, size),
           failed: (entryId, reason) => pool.fillFailed(entryId, reason),
-          released: (entryId) => pool.release(entryId),
+          released: (entryId) => {
+            pool.release(entryId);
+            for (const key of this.published) if (key.startsWith(`${entryId}|`)) this.published.delete(key);
+          },
         });
       }
       for (const { host, port } of this.options.listen) {
@@ -383,6 +403,8 @@ export class TftpServer {
     } catch (error) {
       return unavailable((error as Error).message);
     }
+    this.takingOnWorkers = true;
+    this.updateFastPath();
     this.listeners.forEach((listener, index) => {
       const errno = steerBySource(fds[index]!, isIP(listener.address) === 6 ? 6 : 4, 1, workerFds.length);
       if (errno !== null) unavailable(`the kernel refused to steer ${formatHostPort(listener.address, listener.port)} by source address (errno ${errno}): its requests are spread by its own hash, the main thread's socket included`);
@@ -397,6 +419,7 @@ export class TftpServer {
   private buildPipeline(): RequestPipeline {
     const o = this.options;
     const rootReal = realRoot(o.root);
+    this.rootReal = rootReal;
     this.generated = GeneratedFiles.load(o.generate ?? NO_GENERATED_FILES);
     const generated = generatedLink(() => this.generated, (template, ok) => this.events.rendered?.(template, ok));
     const root: RootPlace = { real: rootReal, lookup: rootLookup(rootReal, this.cache, this.deps.metadata ?? null, this.deps.remoteFiles ?? null, generated) };
@@ -440,6 +463,7 @@ export class TftpServer {
    */
   reloadGenerated(settings: GenerateSettings): void {
     this.generated = GeneratedFiles.load(settings);
+    this.updateFastPath();
   }
 
   /**
@@ -485,7 +509,7 @@ export class TftpServer {
     return { portRange, transferSockets, batch, gso, receiveBufferBytes, sendBufferBytes, lifetimes, unverifiedPerSource };
   }
 
-  private onRequest(listener: Listener, bytes: Uint8Array, peer: Peer, receivedAt: number): void {
+  private onRequest(listener: Listener, bytes: Uint8Array, peer: Peer, receivedAt: number, rateChecked = false): void {
     const decoded = decodePacket(bytes);
     if (!decoded.ok) {
       this.refuseGarbage(listener, peer, decoded.reply, decoded.message);
@@ -499,7 +523,7 @@ export class TftpServer {
     }
     // The request rate is the pipeline's gate, taken here, before anything that answers or
     // logs: a flood from one address costs a lookup and a drop.
-    if (!this.requestRate.allow(peer.address, receivedAt)) return;
+    if (!rateChecked && !this.requestRate.allow(peer.address, receivedAt)) return;
     const key = peerKey(peer);
     const current = this.active.get(key);
     // Firmware resends an unanswered request from the same port: the one on the pipeline answers it.
@@ -604,7 +628,7 @@ export class TftpServer {
     const { negotiated } = accepted;
     const declared = accepted.op === "write" ? packet.options.get("tsize") : undefined;
     const running: Running = {
-      id: ++this.lastId,
+      id: Atomics.add(this.ids, 0, 1) + 1,
       key,
       peer,
       listener,
@@ -653,6 +677,91 @@ export class TftpServer {
     } else {
       this.local.startRead(job, source).catch(startFailed);
     }
+    if (packet.mode === "octet") this.publish(accepted.file, source);
+  }
+
+  /** A path served from a sealed cached copy: workers taking requests may serve it from now on. */
+  private publish(relative: string, source: FileSource): void {
+    const share = source.share;
+    if (!this.fastPath || !this.pool || share?.kind !== "memfd") return;
+    const key = `${share.id}|${relative}`;
+    if (this.published.has(key)) return;
+    this.published.add(key);
+    this.pool.publish({ relative, entryId: share.id, share, identity: source.identity });
+  }
+
+  /**
+   * A transfer a worker took itself (fast-path.ts): recorded here as the ones dispatched from
+   * here are, so that its end, the status and a drain count it. What it holds, the worker gives back.
+   */
+  private adopt(engine: number, start: FastStart): void {
+    const listener = this.listeners[start.listener];
+    if (!listener) return;
+    const key = peerKey(start.peer);
+    const running: Running = {
+      id: start.id,
+      key,
+      peer: start.peer,
+      listener,
+      record: {
+        client: formatHostPort(start.peer.address, start.peer.port),
+        file: start.file,
+        mode: "octet",
+        direction: "read",
+        blksize: start.blksize,
+        windowsize: start.windowsize,
+        tsize: start.tsize,
+        options: start.options,
+        acceptedMs: start.acceptedMs,
+      },
+      started: start.receivedAtEpoch - performance.timeOrigin,
+      source: null,
+      engine,
+      release: () => {},
+      request: Uint8Array.from(start.request),
+    };
+    this.running.set(running.id, running);
+    this.active.set(key, running);
+  }
+
+  /**
+   * Whether workers taking the listen ports' requests may take some themselves: only where no
+   * policy depends on the client or on more than this node's root and cache (fast-path.ts).
+   */
+  private fastPathSettings(): FastPathSettings | null {
+    const o = this.options;
+    const eligible =
+      this.rootReal !== null &&
+      o.allow.length === 0 &&
+      o.deny.length === 0 &&
+      (o.rules ?? []).length === 0 &&
+      (this.pipeline?.remap.length ?? 1) === 0 &&
+      (o.uniqueRoot ?? "off") === "off" &&
+      this.generated === null &&
+      o.cacheBytes > 0 &&
+      !this.deps.remoteFiles &&
+      !this.deps.metadata &&
+      !this.deps.sharedAdmission;
+    if (!eligible) return null;
+    const limits = this.limits;
+    return {
+      rootReal: this.rootReal!,
+      negotiation: { blksizeMax: o.blksizeMax, windowsizeMax: o.windowsizeMax, windowBytesMax: o.windowBytesMax, uploadMax: o.uploadMax },
+      timeoutMs: o.timeoutMs,
+      retries: o.retries,
+      limits,
+      admission: this.admit.admission.state.buffer,
+      requestRate: limits.requestRate ?? NO_REQUEST_RATE,
+      ids: this.ids.buffer as SharedArrayBuffer,
+    };
+  }
+
+  /** Tells the workers taking requests what they may take now (after a reload, say). */
+  private updateFastPath(): void {
+    if (!this.pool || !this.takingOnWorkers) return;
+    const settings = this.fastPathSettings();
+    this.fastPath = settings !== null;
+    this.pool.fastPath(settings);
   }
 
   /** Refuses a request: its ERROR (unless dropped: code null), and its record. */
@@ -665,7 +774,22 @@ export class TftpServer {
   /** Sums up the requests dropped over their source's rate since the last time. */
   private summarizeRateLimited(): void {
     const summary = this.requestRate.summarize(performance.now());
-    if (summary.sources.length > 0 || summary.unreported > 0) this.events.rateLimited?.({ ...summary, intervalMs: RATE_SUMMARY_MS });
+    const report = (merged: RateLimitSummary): void => {
+      if (merged.sources.length > 0 || merged.unreported > 0) this.events.rateLimited?.({ ...merged, intervalMs: RATE_SUMMARY_MS });
+    };
+    if (!this.fastPath || !this.pool) return report(summary);
+    // workers taking requests keep their sources' buckets: theirs join this one
+    void this.pool.rateSummaries().then((answers) => {
+      answers.forEach(({ summary: theirs, dropped }, index) => {
+        const last = this.workerRateTotals[index] ?? 0;
+        // (a replacement worker counts from zero again)
+        this.workersRateDropped += dropped >= last ? dropped - last : dropped;
+        this.workerRateTotals[index] = dropped;
+        summary.sources.push(...theirs.sources);
+        summary.unreported += theirs.unreported;
+      });
+      report(summary);
+    });
   }
 
   /**
@@ -688,10 +812,12 @@ export class TftpServer {
    */
   reconfigure(change: { limits?: ServerOptions["limits"]; remap?: RemapRule[] }): void {
     if (change.limits) {
+      this.limits = change.limits;
       this.admit.setLimits(change.limits);
       this.requestRate.setLimits(change.limits.requestRate ?? NO_REQUEST_RATE);
     }
     if (change.remap && this.pipeline) this.pipeline.remap = change.remap;
+    this.updateFastPath();
   }
 
   private retransmitPolicy(clientTimeoutMs: number | null): RetransmitPolicy {

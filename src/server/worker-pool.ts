@@ -13,6 +13,8 @@ import { WakeGate } from "../net/wake-gate.ts";
 import type { ProfiledWorkers, ThreadCpuProfile, WorkerProfileOutcome } from "../ops/profiler.ts";
 import { asText, receivedMessage, type FromWorker, type IoLoopKind, type ListenSpec, type Posted, type ToWorker, type WorkerInit, type WorkerThread } from "./worker-protocol.ts";
 import type { Peer } from "./transport.ts";
+import type { FastPathSettings, FastStart, PublishedCopy } from "./fast-path.ts";
+import type { RateLimitSummary } from "./request-rate.ts";
 
 /**
  * From source, the worker file sits next to this one. In a compiled binary everything is
@@ -85,8 +87,10 @@ export interface PoolEvents {
    * end itself (it was killed), reported as failed without a word to their clients
    */
   workerExit?(index: number, exit: WorkerExit): void;
-  /** a datagram a worker took from listener `listener`'s group (listen) */
-  request?(listener: number, bytes: Uint8Array, peer: Peer, receivedAtEpoch: number): void;
+  /** a datagram a worker took from listener `listener`'s group (listen); `rateChecked`: its source's rate was taken there */
+  request?(listener: number, bytes: Uint8Array, peer: Peer, receivedAtEpoch: number, rateChecked: boolean): void;
+  /** a transfer worker `index` took itself (fast-path.ts); its end comes as any other's */
+  started?(index: number, start: FastStart): void;
 }
 
 const workerLost = (): TransferOutcome => ({
@@ -110,11 +114,16 @@ export class WorkerPool implements ProfiledWorkers {
   private readonly dispatched: number[] = [];
   /** requests each worker took from the listen ports (listen), for tests and metrics */
   private readonly taken: number[] = [];
+  /** of those, the transfers each worker started itself (fast-path.ts) */
+  private readonly startedThere: number[] = [];
   private stopping = false;
   /** requestAgain questions waiting for their worker's answer, by sequence number */
   private readonly repeats = new PendingAnswers<RepeatVerdict>();
   /** profiles asked of workers and not answered yet */
   private readonly profiles = new PendingAnswers<ProfileAnswer>();
+  /** what workers take themselves (fast-path.ts), for a worker started in place of one that died */
+  private fastSettings: FastPathSettings | null = null;
+  private readonly rates = new PendingAnswers<{ summary: RateLimitSummary; dropped: number }>();
   /** what workers listen on (listen), for a worker started in place of one that died */
   private listenSpecs: ListenSpec[] | null = null;
   /** answers to "listen": each worker's listen descriptors, or why it has none */
@@ -184,12 +193,18 @@ export class WorkerPool implements ProfiledWorkers {
     return [...this.taken];
   }
 
+  /** transfers each worker started itself, without the main thread's request path (fast-path.ts) */
+  get transfersStartedThere(): number[] {
+    return [...this.startedThere];
+  }
+
   async start(): Promise<void> {
     for (let i = 0; i < this.count; i++) {
       // the test switch makes the first worker throw once; its replacement starts clean
       this.slots.push(this.spawn(i, i === 0 ? (this.init.throwAfterJobs ?? null) : null));
       this.dispatched.push(0);
       this.taken.push(0);
+      this.startedThere.push(0);
     }
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
@@ -289,6 +304,28 @@ export class WorkerPool implements ProfiledWorkers {
     });
   }
 
+  /** Workers take eligible requests themselves with these settings (null: none). */
+  fastPath(settings: FastPathSettings | null): void {
+    this.fastSettings = settings;
+    for (const slot of this.slots) this.send(slot, { type: "fastPath", settings });
+  }
+
+  /** A path served from a sealed cached copy: every worker may serve it too. */
+  publish(copy: PublishedCopy): void {
+    for (const slot of this.slots) this.send(slot, { type: "publish", copy });
+  }
+
+  /** What each worker dropped over the request rate since the last ask, and in all. */
+  async rateSummaries(): Promise<{ summary: RateLimitSummary; dropped: number }[]> {
+    return Promise.all(
+      this.slots.map((slot) => {
+        const { seq, answer } = this.rates.ask(slot);
+        this.send(slot, { type: "rateSummary", seq });
+        return answer;
+      }),
+    );
+  }
+
   private async listenOn(slot: Slot, listeners: ListenSpec[]): Promise<{ fds: number[] | null; error: string | null }> {
     const { seq, answer } = this.listens.ask(slot);
     this.send(slot, { type: "listen", seq, listeners });
@@ -333,6 +370,7 @@ export class WorkerPool implements ProfiledWorkers {
     }
     this.repeats.answerFor(null, "unknown");
     this.listens.answerFor(null, { fds: null, error: "the server stopped" });
+    this.rates.answerFor(null, { summary: { sources: [], unreported: 0 }, dropped: 0 });
     this.profiles.answerFor(null, { profile: null, missing: "the server stopped" });
   }
 
@@ -373,7 +411,14 @@ export class WorkerPool implements ProfiledWorkers {
         this.events.failed(message.id, message.message);
       } else if (message.type === "request") {
         this.taken[index]!++;
-        this.events.request?.(message.listener, message.bytes, { address: message.address, port: message.port }, message.receivedAtEpoch);
+        this.events.request?.(message.listener, message.bytes, { address: message.address, port: message.port }, message.receivedAtEpoch, message.rateChecked);
+      } else if (message.type === "started") {
+        this.taken[index]!++;
+        this.startedThere[index]!++;
+        slot.jobs.add(message.start.id);
+        this.events.started?.(index, message.start);
+      } else if (message.type === "rateSummary") {
+        this.rates.answer(message.seq, { summary: message.summary, dropped: message.dropped });
       } else if (message.type === "listening") {
         this.listens.answer(message.seq, { fds: message.fds, error: message.error });
       } else if (message.type === "requestAgain") {
@@ -401,6 +446,7 @@ export class WorkerPool implements ProfiledWorkers {
     for (const id of lost) this.events.end(id, workerLost());
     this.repeats.answerFor(slot, "unknown");
     this.listens.answerFor(slot, { fds: null, error: "exited" });
+    this.rates.answerFor(slot, { summary: { sources: [], unreported: 0 }, dropped: 0 });
     this.profiles.answerFor(slot, { profile: null, missing: `exited during the profile (${slot.crash?.message ?? "exited"})` });
     if (this.stopping || slot.stopping) return;
     // a dead worker's listen sockets stay in their groups, steered to, until closed
@@ -409,6 +455,13 @@ export class WorkerPool implements ProfiledWorkers {
     const replacement = this.spawn(index);
     this.slots[index] = replacement;
     const specs = this.listenSpecs;
-    if (specs) void replacement.ready.then(() => this.listenOn(replacement, specs)).catch(() => {});
+    const fast = this.fastSettings;
+    if (specs)
+      void replacement.ready
+        .then(() => {
+          if (fast) this.send(replacement, { type: "fastPath", settings: fast });
+          return this.listenOn(replacement, specs);
+        })
+        .catch(() => {});
   }
 }

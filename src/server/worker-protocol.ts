@@ -5,6 +5,8 @@ import type { FileIdentity, SourceShare } from "../storage/source.ts";
 import type { EngineOptions, RepeatVerdict, TransferJob } from "./engine.ts";
 import type { TransferOutcome } from "./transfer.ts";
 import type { SlotPoolSettings, SlotStats } from "./transfer-slots.ts";
+import type { FastPathSettings, FastStart, PublishedCopy } from "./fast-path.ts";
+import type { RateLimitSummary } from "./request-rate.ts";
 
 export interface WorkerInit {
   engine: EngineOptions;
@@ -64,6 +66,12 @@ export type ToWorker =
   | { type: "init"; init: WorkerInit }
   /** join the listen sockets' groups and take their datagrams: answered by "listening" `seq` */
   | { type: "listen"; seq: number; listeners: ListenSpec[] }
+  /** take eligible requests here (fast-path.ts), with these settings; null: hand every one to the main thread */
+  | { type: "fastPath"; settings: FastPathSettings | null }
+  /** a path the main thread serves from a sealed cached copy: eligible requests for it are taken here */
+  | { type: "publish"; copy: PublishedCopy }
+  /** what this worker dropped over the request rate since the last ask: answered by "rateSummary" `seq` */
+  | { type: "rateSummary"; seq: number }
   | { type: "read"; job: TransferJob; share: SourceShare; identity: FileIdentity }
   /** the client of transfer `id` sent a request from its port again: the worker decides (engine.requestAgain) */
   | { type: "requestAgain"; id: number; same: boolean; seq: number }
@@ -98,7 +106,10 @@ export type FromWorker =
    * a datagram that reached listener `listener` (an index of "listen"'s list) on this worker's
    * socket, for the main thread's request path; `receivedAtEpoch` as TransferJob has it
    */
-  | { type: "request"; listener: number; bytes: Uint8Array; address: string; port: number; receivedAtEpoch: number }
+  | { type: "request"; listener: number; bytes: Uint8Array; address: string; port: number; receivedAtEpoch: number; rateChecked: boolean }
+  /** a transfer this worker took itself (fast-path.ts): the main thread keeps its record; its "end" follows */
+  | { type: "started"; start: FastStart }
+  | { type: "rateSummary"; seq: number; summary: RateLimitSummary; dropped: number }
   /** the job could not start (no socket could be bound): the main thread answers the client */
   | { type: "failed"; id: number; message: string }
   /** the answer to "requestAgain" `seq`; a "superseded" transfer's "end" was posted before it */

@@ -21,6 +21,7 @@ import { profileThisThread } from "../ops/profiler.ts";
 import { TransferEngine } from "./engine.ts";
 import { ffiTransferSockets, OWN_SOCKET } from "./ffi-transport.ts";
 import { LossPlan } from "./loss.ts";
+import { FastPath, type FastPathDeps } from "./fast-path.ts";
 import { SlotPool, type SlotStats } from "./transfer-slots.ts";
 import { asText, receivedMessage, type FromWorker, type ListenSpec, type Posted, type ToWorker } from "./worker-protocol.ts";
 
@@ -133,15 +134,21 @@ function listen(seq: number, listeners: ListenSpec[]): void {
         spec.address,
         spec.port,
         { receiveBatch: LISTEN_BATCH, receiveBytes: LISTEN_BYTES, sendBatch: 1 },
-        (datagram, from) =>
+        (datagram, from) => {
+          const receivedAt = performance.now();
+          const peer = { address: from.toName().address, port: datagram.port };
+          const verdict = fast ? fast.take(datagram.bytes, peer, index, spec.address, receivedAt) : "forward";
+          if (verdict !== "forward") return;
           post({
             type: "request",
             listener: index,
             bytes: datagram.bytes.slice(),
-            address: from.toName().address,
-            port: datagram.port,
-            receivedAtEpoch: performance.timeOrigin + performance.now(),
-          }),
+            address: peer.address,
+            port: peer.port,
+            receivedAtEpoch: performance.timeOrigin + receivedAt,
+            rateChecked: fast !== null,
+          });
+        },
         true,
       );
       listenSockets.push(socket);
@@ -153,6 +160,41 @@ function listen(seq: number, listeners: ListenSpec[]): void {
     return;
   }
   post({ type: "listening", seq, fds: listenSockets.map((socket) => socket.fd), error: null });
+}
+
+/** requests this worker takes itself (fast-path.ts), once the main thread says so */
+let fast: FastPath | null = null;
+/** what each transfer taken here gives back when it ends */
+const fastEnds = new Map<number, () => void>();
+
+function fastPathDeps(): FastPathDeps {
+  return {
+    start(job, copy, ended) {
+      fastEnds.set(job.id, ended);
+      let source: FileSource;
+      try {
+        source = sourceFor(copy.share, copy.identity);
+      } catch (error) {
+        endedHere(job.id);
+        post({ type: "failed", id: job.id, message: (error as Error).message });
+        return;
+      }
+      engine?.startRead(job, source).catch((error: unknown) => {
+        endedHere(job.id);
+        post({ type: "failed", id: job.id, message: (error as Error).message });
+      });
+    },
+    started: (start) => post(asText<FromWorker>({ type: "started", start })),
+    requestAgain: (id, same) => engine?.requestAgain(id, same) ?? "unknown",
+  };
+}
+
+/** A transfer taken here ended (or never started): what it held goes back. */
+function endedHere(id: number): void {
+  const ended = fastEnds.get(id);
+  if (!ended) return;
+  fastEnds.delete(id);
+  ended();
 }
 
 /** TFTPD_TEST_WORKER_THROW: transfers to start before this worker throws on purpose */
@@ -190,7 +232,10 @@ self.onmessage = (event: MessageEvent<Posted<ToWorker>>) => {
       engine = new TransferEngine(
         options,
         lossSpec ? LossPlan.parse(lossSpec) : null,
-        (id, outcome) => post(asText<FromWorker>({ type: "end", id, outcome })),
+        (id, outcome) => {
+          endedHere(id);
+          post(asText<FromWorker>({ type: "end", id, outcome }));
+        },
         loop ? ffiTransferSockets(loop, options.batch, slots) : undefined,
       );
       throwAfterJobs = message.init.throwAfterJobs ?? null;
@@ -220,6 +265,19 @@ self.onmessage = (event: MessageEvent<Posted<ToWorker>>) => {
     case "listen":
       listen(message.seq, message.listeners);
       return;
+    case "fastPath":
+      if (message.settings === null) fast = null;
+      else if (fast) fast.update(message.settings);
+      else fast = new FastPath(message.settings, fastPathDeps());
+      return;
+    case "publish":
+      fast?.publish(message.copy);
+      return;
+    case "rateSummary": {
+      const summary = fast?.summarize(performance.now()) ?? { sources: [], unreported: 0 };
+      post({ type: "rateSummary", seq: message.seq, summary, dropped: fast?.rateDropped ?? 0 });
+      return;
+    }
     case "requestAgain":
       post({ type: "requestAgain", seq: message.seq, verdict: engine?.requestAgain(message.id, message.same) ?? "unknown" });
       return;
@@ -241,6 +299,7 @@ self.onmessage = (event: MessageEvent<Posted<ToWorker>>) => {
     }
     case "release":
       copies.delete(message.entryId);
+      fast?.release(message.entryId);
       return;
     case "slots": {
       if (!slots) return;
