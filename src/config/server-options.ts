@@ -83,6 +83,7 @@ export function serverOptions(config: Config, remap: ServerOptions["remap"]): Se
     batch: { enabled: config.batch.enabled && config.batch.batch_timeout > 0, size: config.batch.batch_size, timeoutMs: config.batch.batch_timeout },
     gso: config.network.zero_copy,
     ioLoop: config.network.epoll ? "epoll" : "bun",
+    requestsOnWorkers: config.network.requests_on_workers,
     singlePort: tftp.single_port,
     writeBehind: config.io.write_behind,
     diskIo: { readAheadBytes: config.io.read_ahead, directFills: config.io.direct_io, ioThreads: fileIoThreads(config) },
@@ -131,6 +132,11 @@ export function unhonouredSettings(config: Config): string[] {
   if (!config.network.epoll && slotsSet) {
     lines.push(
       "connection_pool.max_connections / min_connections and performance.memory.connection_pool_size set transfer slots, the buffers of network.epoll's transfer sockets; network.epoll is false, and Bun's sockets allocate buffers of their own: no slots are kept",
+    );
+  }
+  if (config.network.requests_on_workers && (!config.network.epoll || config.tftp.single_port)) {
+    lines.push(
+      `network.requests_on_workers is true, but ${!config.network.epoll ? "network.epoll is false (only the epoll loop's workers take requests)" : "tftp.single_port serves every transfer from the listen port on the main thread"}: the main thread takes every request`,
     );
   }
   if (config.network.io_uring) {

@@ -169,6 +169,8 @@ export interface FfiUdpOptions {
   receiveBytes: number;
   /** most datagrams one sendmmsg carries */
   sendBatch: number;
+  /** receive batches one drain reads at most (MAX_BATCHES_PER_DRAIN when absent) */
+  batchesPerDrain?: number;
 }
 
 /** An error carrying the errno name the port-range search tells apart (net/port-range-bind.ts). */
@@ -436,6 +438,7 @@ export class FfiUdpSocket implements Readable, Flushable {
 
   drain(): void {
     const { receiveBatch, receiveBytes } = this.options;
+    const maxBatches = this.options.batchesPerDrain ?? MAX_BATCHES_PER_DRAIN;
     const words = this.rxWords;
     const data = this.rxData;
     const received = this.received;
@@ -458,7 +461,7 @@ export class FfiUdpSocket implements Readable, Flushable {
         this.onDatagram(received, name);
         if (this.closed) return;
       }
-      if (count < receiveBatch || batches === MAX_BATCHES_PER_DRAIN) return;
+      if (count < receiveBatch || batches === maxBatches) return;
       this.loop.sendIfDue();
     }
   }

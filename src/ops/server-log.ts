@@ -108,6 +108,9 @@ export function serverEvents({ log, metrics, tally, receiveBufferBytes }: Server
     gsoUnavailable: (reason) => {
       log.warn({ reason }, "network.zero_copy: the kernel refuses UDP GSO here, so windows leave one datagram per block");
     },
+    requestsOnMainThread: (reason) => {
+      log.warn({ reason }, "network.requests_on_workers: the main thread takes the listen ports' requests");
+    },
   };
 }
 

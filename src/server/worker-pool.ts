@@ -391,9 +391,10 @@ export class WorkerPool implements ProfiledWorkers {
     const gate = new WakeGate();
     const slot: Slot = { worker, jobs: new Set(), stopping: false, ready, crash: null, wakeFd: null, gate, ioLoop: null, thread: null, transferSlots: null, listenFds: [] };
     worker.addEventListener("error", (event) => markFailed(new Error(`transfer worker failed: ${(event as ErrorEvent).message}`)));
-    worker.addEventListener("message", (event: MessageEvent<Posted<FromWorker>>) => {
-      const message = receivedMessage(event.data);
-      if (message.type === "ready") {
+    const handle = (message: FromWorker): void => {
+      if (message.type === "batch") {
+        for (const each of message.messages) handle(each);
+      } else if (message.type === "ready") {
         slot.wakeFd = message.wakeFd;
         slot.ioLoop = message.ioLoop;
         slot.thread = message.thread;
@@ -429,7 +430,8 @@ export class WorkerPool implements ProfiledWorkers {
           message.profile ? { profile: message.profile, missing: null } : { profile: null, missing: `could not profile: ${message.error ?? "no reason given"}` },
         );
       }
-    });
+    };
+    worker.addEventListener("message", (event: MessageEvent<Posted<FromWorker>>) => handle(receivedMessage(event.data)));
     worker.addEventListener("close", () => this.onExit(index, slot));
     worker.postMessage({ type: "init", init: { ...this.init, throwAfterJobs, cpus: this.cpus[index] ?? null, wakeGate: gate.buffer } } satisfies ToWorker);
     return slot;

@@ -109,6 +109,8 @@ export type FromWorker =
   | { type: "request"; listener: number; bytes: Uint8Array; address: string; port: number; receivedAtEpoch: number; rateChecked: boolean }
   /** a transfer this worker took itself (fast-path.ts): the main thread keeps its record; its "end" follows */
   | { type: "started"; start: FastStart }
+  /** messages of one turn of the worker's loop ("started" and "end"), in order, as one text */
+  | { type: "batch"; messages: FromWorker[] }
   | { type: "rateSummary"; seq: number; summary: RateLimitSummary; dropped: number }
   /** the job could not start (no socket could be bound): the main thread answers the client */
   | { type: "failed"; id: number; message: string }

@@ -27,7 +27,29 @@ import { asText, receivedMessage, type FromWorker, type ListenSpec, type Posted,
 
 declare const self: Worker;
 
-const post = (message: Posted<FromWorker>): void => self.postMessage(message);
+/**
+ * Messages that may wait for the end of this turn (a transfer's start record and its end): they
+ * leave together, as one text, so that a storm wakes the main thread once per turn of this
+ * loop rather than once per transfer (each wake took the CPU from this thread). Any other
+ * message sends them first: the order between the threads holds.
+ */
+const outbox: FromWorker[] = [];
+
+function flushOutbox(): void {
+  if (outbox.length === 0) return;
+  const messages = outbox.splice(0);
+  self.postMessage(messages.length === 1 ? asText(messages[0]!) : asText<FromWorker>({ type: "batch", messages }));
+}
+
+function postLater(message: FromWorker): void {
+  if (outbox.length === 0) queueMicrotask(flushOutbox);
+  outbox.push(message);
+}
+
+const post = (message: Posted<FromWorker>): void => {
+  flushOutbox();
+  self.postMessage(message);
+};
 
 /** A cached copy of the main thread, as this worker reads it: by its memfd until it is sealed, then mapped. */
 interface Copy {
@@ -113,9 +135,14 @@ function startProfile(seq: number, intervalUs: number, limit: number): void {
 /** this worker's sockets in the listen sockets' groups, in the order of the main thread's listeners */
 const listenSockets: FfiUdpSocket[] = [];
 
-/** Most datagrams one receive takes from a listen socket, and the longest request it reads whole. */
-const LISTEN_BATCH = 32;
+/**
+ * Most datagrams one receive takes from a listen socket, the longest request it reads whole,
+ * and the batches one turn reads: a storm's requests arrive at once, and each turn spent on
+ * the transfers already running is a wait for the rest (the request rate bounds a flood's cost).
+ */
+const LISTEN_BATCH = 64;
 const LISTEN_BYTES = 16 * 1024;
+const LISTEN_BATCHES_PER_TURN = 32;
 
 /**
  * Joins each listener's group; what arrives goes to the main thread's request path. On any
@@ -133,7 +160,7 @@ function listen(seq: number, listeners: ListenSpec[]): void {
         ioLoop,
         spec.address,
         spec.port,
-        { receiveBatch: LISTEN_BATCH, receiveBytes: LISTEN_BYTES, sendBatch: 1 },
+        { receiveBatch: LISTEN_BATCH, receiveBytes: LISTEN_BYTES, sendBatch: 1, batchesPerDrain: LISTEN_BATCHES_PER_TURN },
         (datagram, from) => {
           const receivedAt = performance.now();
           const peer = { address: from.toName().address, port: datagram.port };
@@ -184,7 +211,7 @@ function fastPathDeps(): FastPathDeps {
         post({ type: "failed", id: job.id, message: (error as Error).message });
       });
     },
-    started: (start) => post(asText<FromWorker>({ type: "started", start })),
+    started: (start) => postLater({ type: "started", start }),
     requestAgain: (id, same) => engine?.requestAgain(id, same) ?? "unknown",
   };
 }
@@ -234,7 +261,7 @@ self.onmessage = (event: MessageEvent<Posted<ToWorker>>) => {
         lossSpec ? LossPlan.parse(lossSpec) : null,
         (id, outcome) => {
           endedHere(id);
-          post(asText<FromWorker>({ type: "end", id, outcome }));
+          postLater({ type: "end", id, outcome });
         },
         loop ? ffiTransferSockets(loop, options.batch, slots) : undefined,
       );

@@ -170,7 +170,8 @@ describe("requests on workers", () => {
     peer.send(request, s.port, "127.0.0.1");
     const first = await peer.next(3000);
     expect(first.packet?.op).toBe(Opcode.OACK);
-    expect(s.pool.transfersStartedThere[0]).toBe(1);
+    // (its start record reaches the main thread at the end of the worker's turn)
+    await waitFor(() => s.pool.transfersStartedThere[0] === 1, 2000, "the start record");
     // past RTO_MIN_MS (a copy sent sooner is ignored), within the server's own timeout of 2 s
     await Bun.sleep(300);
     peer.send(request, s.port, "127.0.0.1");
