@@ -134,11 +134,6 @@ export function unhonouredSettings(config: Config): string[] {
       "connection_pool.max_connections / min_connections and performance.memory.connection_pool_size set transfer slots, the buffers of network.epoll's transfer sockets; network.epoll is false, and Bun's sockets allocate buffers of their own: no slots are kept",
     );
   }
-  if (config.network.requests_on_workers && (!config.network.epoll || config.tftp.single_port)) {
-    lines.push(
-      `network.requests_on_workers is true, but ${!config.network.epoll ? "network.epoll is false (only the epoll loop's workers take requests)" : "tftp.single_port serves every transfer from the listen port on the main thread"}: the main thread takes every request`,
-    );
-  }
   if (config.network.io_uring) {
     lines.push(
       `network.io_uring is true, but this build has no io_uring loop (Bun offers none, and none is driven through libc): transfers use ${config.network.epoll ? "the epoll loop (network.epoll)" : "Bun's sockets (network.epoll is false)"}`,

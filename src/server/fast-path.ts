@@ -19,6 +19,7 @@ import { decodePacket } from "../protocol/codec.ts";
 import { negotiate, type NegotiationLimits } from "../protocol/options.ts";
 import { Opcode } from "../protocol/packet.ts";
 import { resolveRequestPath } from "../storage/resolve.ts";
+import { versionKey } from "../storage/cache.ts";
 import type { FileIdentity, SourceShare } from "../storage/source.ts";
 import { Admission, TRANSFER_MEMORY_BYTES, type AdmissionLimits } from "./admission.ts";
 import { AdmissionState } from "./admission-state.ts";
@@ -40,6 +41,10 @@ export interface FastPathSettings {
   requestRate: RequestRateLimits;
   /** one Int32 counter of transfer ids, shared with the main thread so that ids never collide */
   ids: SharedArrayBuffer;
+  /** one Int32 counter of requests dropped over their source's rate here, read by the metrics */
+  rateDropped: SharedArrayBuffer;
+  /** one Int32, set by the main thread when the server stops taking requests (a drain): take none */
+  closed: SharedArrayBuffer;
 }
 
 /** A cached copy the main thread serves a path from: published to workers once sealed. */
@@ -49,6 +54,8 @@ export interface PublishedCopy {
   entryId: number;
   share: Extract<SourceShare, { kind: "memfd" }>;
   identity: FileIdentity;
+  /** the memfd's inode, as the main thread's fstat saw it while it held the copy */
+  memfdIno: number;
 }
 
 /** What a transfer taken here reports to the main thread, which keeps every transfer's record. */
@@ -67,6 +74,8 @@ export interface FastStart {
   acceptedMs: number;
   /** as TransferJob has it */
   receivedAtEpoch: number;
+  /** the version served (cache.ts versionKey): the main thread counts a cache hit */
+  version: string;
 }
 
 export interface FastPathDeps {
@@ -95,6 +104,8 @@ export class FastPath {
   private readonly admission: Admission;
   private readonly rate: RequestRate;
   private readonly ids: Int32Array;
+  private readonly rateDropped: Int32Array;
+  private readonly closed: Int32Array;
   private readonly copies = new Map<string, PublishedCopy>();
   /** transfers taken here, by client address and port */
   private readonly running = new Map<string, Running>();
@@ -111,6 +122,8 @@ export class FastPath {
     this.admission = new Admission(settings.limits, new AdmissionState(settings.admission));
     this.rate = new RequestRate(settings.requestRate);
     this.ids = new Int32Array(settings.ids);
+    this.rateDropped = new Int32Array(settings.rateDropped);
+    this.closed = new Int32Array(settings.closed);
   }
 
   /** New limits (a reloaded or pushed config): the next request sees them. */
@@ -134,16 +147,20 @@ export class FastPath {
     return this.rate.summarize(now);
   }
 
-  get rateDropped(): number {
-    return this.rate.dropped;
-  }
-
   /**
    * A datagram that reached listener `listener` at `receivedAt` (this thread's clock). "forward"
-   * hands it to the main thread as it came, its rate already taken.
+   * hands it to the main thread as it came; a request's rate is then taken already.
    */
   take(bytes: Uint8Array, peer: Peer, listener: number, localAddress: string, receivedAt: number): FastVerdict {
-    if (!this.rate.allow(peer.address, receivedAt)) return "dropped";
+    // the server drains: the main thread, whose listeners are closed, lets it go
+    if (Atomics.load(this.closed, 0) !== 0) return "forward";
+    const decoded = decodePacket(bytes);
+    // what is no request (garbage, an ERROR) is the main thread's to answer or count: no rate taken
+    if (!decoded.ok || (decoded.packet.op !== Opcode.RRQ && decoded.packet.op !== Opcode.WRQ)) return "forward";
+    if (!this.rate.allow(peer.address, receivedAt)) {
+      Atomics.add(this.rateDropped, 0, 1);
+      return "dropped";
+    }
     const key = `${peer.address}|${peer.port}`;
     const running = this.running.get(key);
     if (running) {
@@ -154,9 +171,8 @@ export class FastPath {
     this.sweepForwarded(receivedAt);
     const forwardedAt = this.forwarded.get(key);
     if (forwardedAt !== undefined && receivedAt - forwardedAt < FORWARDED_MEMORY_MS) return this.forward(key, receivedAt);
-    const decoded = decodePacket(bytes);
-    if (!decoded.ok || decoded.packet.op !== Opcode.RRQ || decoded.packet.mode !== "octet") return this.forward(key, receivedAt);
     const packet = decoded.packet;
+    if (packet.op !== Opcode.RRQ || packet.mode !== "octet") return this.forward(key, receivedAt);
     const resolved = resolveRequestPath(this.settings.rootReal, packet.filename);
     if (!resolved.ok) return this.forward(key, receivedAt);
     const copy = this.copies.get(resolved.relative);
@@ -196,6 +212,7 @@ export class FastPath {
       options: negotiated.requested,
       acceptedMs: performance.now() - receivedAt,
       receivedAtEpoch,
+      version: versionKey(copy.identity),
     });
     this.running.set(key, { id, request });
     this.taken++;

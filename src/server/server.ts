@@ -22,6 +22,7 @@ import { kernelNeighbours, type Neighbours } from "../net/neighbours.ts";
 import { isWildcard } from "../net/interfaces.ts";
 import { setReusePort, steerBySource } from "../net/reuseport.ts";
 import { isIP } from "node:net";
+import { fstatSync } from "node:fs";
 import type { AdmissionLimits, SharedAdmission } from "./admission.ts";
 import { LoadBalancer, type Algorithm, type HashKey } from "./balance.ts";
 import { TransferEngine, unverifiedBudget, type EngineOptions, type RepeatVerdict, type TransferJob } from "./engine.ts";
@@ -250,9 +251,10 @@ export class TftpServer {
   private fastPath = false;
   /** sealed copies the workers were told of, as "entryId|path" */
   private readonly published = new Set<string>();
-  /** requests the workers dropped over their sources' rates, as of their last summary */
-  private workersRateDropped = 0;
-  private readonly workerRateTotals: number[] = [];
+  /** requests the workers dropped over their sources' rates (fast-path.ts counts them here) */
+  private readonly workersRateDropped = new Int32Array(new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT));
+  /** set once the server stops taking requests: the workers then take none themselves */
+  private readonly closedToRequests = new Int32Array(new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT));
   private stopped = false;
   private readonly events: ServerEvents;
   private readonly admit: Admit;
@@ -304,7 +306,7 @@ export class TftpServer {
 
   /** requests dropped over their source's rate since start */
   get requestsRateLimited(): number {
-    return this.requestRate.dropped + this.workersRateDropped;
+    return this.requestRate.dropped + Atomics.load(this.workersRateDropped, 0);
   }
 
   get addresses(): HostPort[] {
@@ -471,7 +473,10 @@ export class TftpServer {
    * finish for up to `graceMs`, then whatever is left is ended. Resolves with how many were cut.
    */
   async drain(graceMs: number): Promise<number> {
+    // from now on a worker hands every datagram here, where no listener takes it any more
+    Atomics.store(this.closedToRequests, 0, 1);
     for (const listener of this.listeners.splice(0)) listener.close();
+    if (this.takingOnWorkers && this.pool) await this.pool.unlisten();
     const deadline = performance.now() + graceMs;
     while (this.active.size > 0 && performance.now() < deadline) await Bun.sleep(50);
     const cut = this.active.size;
@@ -482,6 +487,7 @@ export class TftpServer {
   /** Stops listening and ends every transfer. */
   async stop(): Promise<void> {
     this.stopped = true;
+    Atomics.store(this.closedToRequests, 0, 1);
     if (this.rateSummaryTimer) {
       clearInterval(this.rateSummaryTimer);
       this.rateSummaryTimer = null;
@@ -686,8 +692,15 @@ export class TftpServer {
     if (!this.fastPath || !this.pool || share?.kind !== "memfd") return;
     const key = `${share.id}|${relative}`;
     if (this.published.has(key)) return;
+    let memfdIno: number;
+    try {
+      // the copy is held (this transfer reads it): its descriptor is the memfd's
+      memfdIno = fstatSync(share.fd).ino;
+    } catch {
+      return;
+    }
     this.published.add(key);
-    this.pool.publish({ relative, entryId: share.id, share, identity: source.identity });
+    this.pool.publish({ relative, entryId: share.id, share, identity: source.identity, memfdIno });
   }
 
   /**
@@ -722,6 +735,7 @@ export class TftpServer {
     };
     this.running.set(running.id, running);
     this.active.set(key, running);
+    this.cache.servedElsewhere(start.version);
   }
 
   /**
@@ -753,6 +767,8 @@ export class TftpServer {
       admission: this.admit.admission.state.buffer,
       requestRate: limits.requestRate ?? NO_REQUEST_RATE,
       ids: this.ids.buffer as SharedArrayBuffer,
+      rateDropped: this.workersRateDropped.buffer as SharedArrayBuffer,
+      closed: this.closedToRequests.buffer as SharedArrayBuffer,
     };
   }
 
@@ -780,14 +796,10 @@ export class TftpServer {
     if (!this.fastPath || !this.pool) return report(summary);
     // workers taking requests keep their sources' buckets: theirs join this one
     void this.pool.rateSummaries().then((answers) => {
-      answers.forEach(({ summary: theirs, dropped }, index) => {
-        const last = this.workerRateTotals[index] ?? 0;
-        // (a replacement worker counts from zero again)
-        this.workersRateDropped += dropped >= last ? dropped - last : dropped;
-        this.workerRateTotals[index] = dropped;
+      for (const theirs of answers) {
         summary.sources.push(...theirs.sources);
         summary.unreported += theirs.unreported;
-      });
+      }
       report(summary);
     });
   }

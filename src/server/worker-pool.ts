@@ -123,7 +123,7 @@ export class WorkerPool implements ProfiledWorkers {
   private readonly profiles = new PendingAnswers<ProfileAnswer>();
   /** what workers take themselves (fast-path.ts), for a worker started in place of one that died */
   private fastSettings: FastPathSettings | null = null;
-  private readonly rates = new PendingAnswers<{ summary: RateLimitSummary; dropped: number }>();
+  private readonly rates = new PendingAnswers<RateLimitSummary>();
   /** what workers listen on (listen), for a worker started in place of one that died */
   private listenSpecs: ListenSpec[] | null = null;
   /** answers to "listen": each worker's listen descriptors, or why it has none */
@@ -304,6 +304,12 @@ export class WorkerPool implements ProfiledWorkers {
     });
   }
 
+  /** Every worker leaves the listeners' groups (the server drains): resolves once they have. */
+  async unlisten(): Promise<void> {
+    this.listenSpecs = null;
+    await Promise.all(this.slots.map((slot) => this.listenOn(slot, [])));
+  }
+
   /** Workers take eligible requests themselves with these settings (null: none). */
   fastPath(settings: FastPathSettings | null): void {
     this.fastSettings = settings;
@@ -315,8 +321,8 @@ export class WorkerPool implements ProfiledWorkers {
     for (const slot of this.slots) this.send(slot, { type: "publish", copy });
   }
 
-  /** What each worker dropped over the request rate since the last ask, and in all. */
-  async rateSummaries(): Promise<{ summary: RateLimitSummary; dropped: number }[]> {
+  /** What each worker dropped over the request rate since the last ask. */
+  async rateSummaries(): Promise<RateLimitSummary[]> {
     return Promise.all(
       this.slots.map((slot) => {
         const { seq, answer } = this.rates.ask(slot);
@@ -370,7 +376,7 @@ export class WorkerPool implements ProfiledWorkers {
     }
     this.repeats.answerFor(null, "unknown");
     this.listens.answerFor(null, { fds: null, error: "the server stopped" });
-    this.rates.answerFor(null, { summary: { sources: [], unreported: 0 }, dropped: 0 });
+    this.rates.answerFor(null, { sources: [], unreported: 0 });
     this.profiles.answerFor(null, { profile: null, missing: "the server stopped" });
   }
 
@@ -419,7 +425,7 @@ export class WorkerPool implements ProfiledWorkers {
         slot.jobs.add(message.start.id);
         this.events.started?.(index, message.start);
       } else if (message.type === "rateSummary") {
-        this.rates.answer(message.seq, { summary: message.summary, dropped: message.dropped });
+        this.rates.answer(message.seq, message.summary);
       } else if (message.type === "listening") {
         this.listens.answer(message.seq, { fds: message.fds, error: message.error });
       } else if (message.type === "requestAgain") {
@@ -448,7 +454,7 @@ export class WorkerPool implements ProfiledWorkers {
     for (const id of lost) this.events.end(id, workerLost());
     this.repeats.answerFor(slot, "unknown");
     this.listens.answerFor(slot, { fds: null, error: "exited" });
-    this.rates.answerFor(slot, { summary: { sources: [], unreported: 0 }, dropped: 0 });
+    this.rates.answerFor(slot, { sources: [], unreported: 0 });
     this.profiles.answerFor(slot, { profile: null, missing: `exited during the profile (${slot.crash?.message ?? "exited"})` });
     if (this.stopping || slot.stopping) return;
     // a dead worker's listen sockets stay in their groups, steered to, until closed

@@ -111,7 +111,7 @@ export type FromWorker =
   | { type: "started"; start: FastStart }
   /** messages of one turn of the worker's loop ("started" and "end"), in order, as one text */
   | { type: "batch"; messages: FromWorker[] }
-  | { type: "rateSummary"; seq: number; summary: RateLimitSummary; dropped: number }
+  | { type: "rateSummary"; seq: number; summary: RateLimitSummary }
   /** the job could not start (no socket could be bound): the main thread answers the client */
   | { type: "failed"; id: number; message: string }
   /** the answer to "requestAgain" `seq`; a "superseded" transfer's "end" was posted before it */

@@ -21,7 +21,8 @@ import { profileThisThread } from "../ops/profiler.ts";
 import { TransferEngine } from "./engine.ts";
 import { ffiTransferSockets, OWN_SOCKET } from "./ffi-transport.ts";
 import { LossPlan } from "./loss.ts";
-import { FastPath, type FastPathDeps } from "./fast-path.ts";
+import { FastPath, type FastPathDeps, type PublishedCopy } from "./fast-path.ts";
+import * as fs from "node:fs";
 import { SlotPool, type SlotStats } from "./transfer-slots.ts";
 import { asText, receivedMessage, type FromWorker, type ListenSpec, type Posted, type ToWorker } from "./worker-protocol.ts";
 
@@ -154,6 +155,8 @@ function listen(seq: number, listeners: ListenSpec[]): void {
     return;
   }
   const ioLoop = loop;
+  // a new list replaces the old one (an empty one: stop taking requests, the server drains)
+  for (const socket of listenSockets.splice(0)) socket.close();
   try {
     listeners.forEach((spec, index) => {
       const socket = FfiUdpSocket.open(
@@ -214,6 +217,29 @@ function fastPathDeps(): FastPathDeps {
     started: (start) => postLater({ type: "started", start }),
     requestAgain: (id, same) => engine?.requestAgain(id, same) ?? "unknown",
   };
+}
+
+/**
+ * Maps a published copy here, now, through a descriptor of this thread's own: by the time this
+ * message is read the main thread may have closed the copy (evicted, once no transfer of its
+ * read it) and its descriptor number may name another file. The copy is mapped only if the
+ * descriptor still leads to the very memfd published (its inode); the mapping then outlives any
+ * close. False: not served here.
+ */
+function pinCopy(published: PublishedCopy): boolean {
+  const copy = copyFor(published.share, published.identity.size);
+  if (copy.bytes) return true;
+  let own: number | null = null;
+  try {
+    own = fs.openSync(`/proc/self/fd/${published.share.fd}`, "r");
+    if (fs.fstatSync(own).ino !== published.memfdIno) return false;
+    copy.bytes = published.identity.size === 0 ? new Uint8Array(0) : Bun.mmap(`/proc/self/fd/${own}`, { shared: false });
+    return true;
+  } catch {
+    return false;
+  } finally {
+    if (own !== null) fs.closeSync(own);
+  }
 }
 
 /** A transfer taken here ended (or never started): what it held goes back. */
@@ -298,11 +324,11 @@ self.onmessage = (event: MessageEvent<Posted<ToWorker>>) => {
       else fast = new FastPath(message.settings, fastPathDeps());
       return;
     case "publish":
-      fast?.publish(message.copy);
+      if (fast && pinCopy(message.copy)) fast.publish(message.copy);
       return;
     case "rateSummary": {
       const summary = fast?.summarize(performance.now()) ?? { sources: [], unreported: 0 };
-      post({ type: "rateSummary", seq: message.seq, summary, dropped: fast?.rateDropped ?? 0 });
+      post({ type: "rateSummary", seq: message.seq, summary });
       return;
     }
     case "requestAgain":

@@ -193,6 +193,17 @@ export class FileCache {
   }
 
   /** The version last seen under `path` while it is cached and ready, else null. No disk access. */
+  /**
+   * A request served from the copy of version `key` by a thread that maps it itself (a worker
+   * taking requests, fast-path.ts): a hit, and the copy is recently used.
+   */
+  servedElsewhere(key: string): void {
+    const entry = this.entries.get(key);
+    if (!entry || entry.state.kind !== "ready") return;
+    this.counters.hits++;
+    entry.lastUsed = performance.now();
+  }
+
   versionAt(path: string): { key: string; identity: FileIdentity } | null {
     const entry = this.byPath.get(path);
     return entry && entry.state.kind === "ready" ? { key: entry.key, identity: entry.identity } : null;
