@@ -7,11 +7,12 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import type { udp } from "bun";
-import { IoLoop, closeWake } from "../../../src/net/io-loop.ts";
+import type { IoLoop } from "../../../src/net/io-loop.ts";
 import { FfiUdpSocket } from "../../../src/net/udp-ffi.ts";
 import { setReusePort, steerBySource, steeringProgram } from "../../../src/net/reuseport.ts";
 import { socketFd } from "../../../src/net/sockopt.ts";
 import { waitFor } from "../../helpers/raw.ts";
+import { openTestLoop } from "../../helpers/io-loop.ts";
 
 const closers: (() => void)[] = [];
 afterEach(() => {
@@ -19,14 +20,7 @@ afterEach(() => {
 });
 
 function openLoop(): IoLoop {
-  const loop = IoLoop.open();
-  if (!loop) throw new Error("no epoll loop on this machine");
-  loop.holds = 1;
-  closers.push(() => {
-    loop.close();
-    closeWake(loop.wakeFd);
-  });
-  return loop;
+  return openTestLoop(closers);
 }
 
 async function bunSocket(hostname: string, port = 0, heard: number[] = []): Promise<udp.Socket<"uint8array">> {

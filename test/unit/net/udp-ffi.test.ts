@@ -7,9 +7,10 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import type { udp } from "bun";
-import { IoLoop, wakeLoop, closeWake } from "../../../src/net/io-loop.ts";
+import { type IoLoop, wakeLoop } from "../../../src/net/io-loop.ts";
 import { FfiUdpSocket, MAX_BATCHES_PER_DRAIN, SocketBuffers, SocketName, ipv6Bytes, type Datagram } from "../../../src/net/udp-ffi.ts";
 import { waitFor } from "../../helpers/raw.ts";
+import { openTestLoop } from "../../helpers/io-loop.ts";
 
 interface Heard {
   bytes: Uint8Array;
@@ -23,15 +24,7 @@ afterEach(() => {
 });
 
 function openLoop(): IoLoop {
-  const loop = IoLoop.open();
-  if (!loop) throw new Error("no epoll loop on this machine");
-  // a test's loop turns while the test waits: keep its sleeps short
-  loop.holds = 1;
-  closers.push(() => {
-    loop.close();
-    closeWake(loop.wakeFd);
-  });
-  return loop;
+  return openTestLoop(closers);
 }
 
 async function bunPeer(hostname = "127.0.0.1"): Promise<{ socket: udp.Socket<"uint8array">; heard: Heard[] }> {
