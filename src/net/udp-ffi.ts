@@ -151,9 +151,14 @@ export class ReceivedName {
     return true;
   }
 
+  /** its address as text (no SocketName: nothing parsed back into bytes) */
+  get address(): string {
+    return nameText(this.area, this.at);
+  }
+
   /** a SocketName of its own, to answer it later */
   toName(): SocketName {
-    return new SocketName(nameText(this.area, this.at), (this.area[this.at + 2]! << 8) | this.area[this.at + 3]!);
+    return new SocketName(this.address, (this.area[this.at + 2]! << 8) | this.area[this.at + 3]!);
   }
 }
 

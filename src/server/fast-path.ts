@@ -20,12 +20,13 @@ import { negotiate, type NegotiationLimits } from "../protocol/options.ts";
 import { Opcode } from "../protocol/packet.ts";
 import { resolveRequestPath } from "../storage/resolve.ts";
 import { versionKey } from "../storage/cache.ts";
-import type { FileIdentity, SourceShare } from "../storage/source.ts";
+import { atVersion, type FileIdentity, type SourceShare } from "../storage/source.ts";
 import { Admission, TRANSFER_MEMORY_BYTES, type AdmissionLimits } from "./admission.ts";
 import { AdmissionState } from "./admission-state.ts";
 import type { TransferJob } from "./engine.ts";
 import { RequestRate, type RateLimitSummary, type RequestRateLimits } from "./request-rate.ts";
-import type { Peer } from "./transport.ts";
+import { retransmitPolicy } from "./transfer.ts";
+import { peerKey, sameDatagram, type Peer } from "./transport.ts";
 
 /** What a worker needs to take requests itself; sent by the main thread (null: take none). */
 export interface FastPathSettings {
@@ -161,10 +162,10 @@ export class FastPath {
       Atomics.add(this.rateDropped, 0, 1);
       return "dropped";
     }
-    const key = `${peer.address}|${peer.port}`;
+    const key = peerKey(peer);
     const running = this.running.get(key);
     if (running) {
-      const verdict = this.deps.requestAgain(running.id, sameBytes(running.request, bytes));
+      const verdict = this.deps.requestAgain(running.id, sameDatagram(running.request, bytes));
       if (verdict === "answered" || verdict === "ignored") return "taken";
       // superseded, or ended meanwhile: a new request, below
     }
@@ -194,10 +195,7 @@ export class FastPath {
       blksize: negotiated.blksize,
       windowsize: negotiated.windowsize,
       oack: negotiated.oack,
-      retransmit:
-        negotiated.timeoutMs === null
-          ? { timeoutMs: this.settings.timeoutMs, fixed: false, retries: this.settings.retries }
-          : { timeoutMs: negotiated.timeoutMs, fixed: true, retries: this.settings.retries },
+      retransmit: retransmitPolicy(negotiated.timeoutMs, this.settings.timeoutMs, this.settings.retries),
       receivedAtEpoch,
     };
     this.deps.started({
@@ -235,15 +233,7 @@ export class FastPath {
     } catch {
       return false;
     }
-    return (
-      stat !== null &&
-      stat.isFile() &&
-      stat.dev === identity.dev &&
-      stat.ino === identity.ino &&
-      stat.size === identity.size &&
-      stat.mtimeMs === identity.mtimeMs &&
-      stat.ctimeMs === identity.ctimeMs
-    );
+    return stat !== null && stat.isFile() && atVersion(identity, stat);
   }
 
   private sweepForwarded(now: number): void {
@@ -251,10 +241,4 @@ export class FastPath {
     this.lastSweep = now;
     for (const [key, at] of this.forwarded) if (now - at >= FORWARDED_MEMORY_MS) this.forwarded.delete(key);
   }
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }

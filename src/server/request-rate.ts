@@ -55,6 +55,11 @@ export class RequestRate {
     this.limits = limits;
   }
 
+  /** the limits as they are now */
+  get current(): RequestRateLimits {
+    return this.limits;
+  }
+
   get enabled(): boolean {
     return this.limits.perSecond > 0;
   }

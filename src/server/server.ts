@@ -29,8 +29,8 @@ import { TransferEngine, unverifiedBudget, type EngineOptions, type RepeatVerdic
 import type { LossPlan } from "./loss.ts";
 import { SharedTransferSocket, type BatchPolicy } from "./shared-socket.ts";
 import type { BufferSizes } from "../net/sockopt.ts";
-import type { Lifetimes, RetransmitPolicy, TransferOutcome } from "./transfer.ts";
-import { openListener, probeGso, type Listener, type Peer } from "./transport.ts";
+import { retransmitPolicy, type Lifetimes, type TransferOutcome } from "./transfer.ts";
+import { openListener, peerKey, probeGso, sameDatagram, type Listener, type Peer } from "./transport.ts";
 import type { IoLoopKind } from "./worker-protocol.ts";
 import { WorkerPool, type WorkerExit } from "./worker-pool.ts";
 import { refusalKindOf, type RefusalKind, type RefusalRecord } from "./refusal-record.ts";
@@ -206,16 +206,6 @@ interface Running {
   request: Uint8Array;
 }
 
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
-function peerKey(peer: Peer): string {
-  return `${peer.address}|${peer.port}`;
-}
-
 const NO_REQUEST_RATE: RequestRateLimits = { perSecond: 0, burst: 1 };
 /** no transfer slots: every transfer's socket has buffers of its own */
 const NO_SLOTS: SlotPoolSettings = { preallocate: 0, min: 0, max: 0, idleMs: 0 };
@@ -243,8 +233,6 @@ export class TftpServer {
   private readonly ids = new Int32Array(new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT));
   /** the root's real path, once the pipeline is built */
   private rootReal: string | null = null;
-  /** the admission limits as they are now (reconfigure changes them) */
-  private limits: ServerOptions["limits"];
   /** the workers are in the listen sockets' groups (requestsOnWorkers) */
   private takingOnWorkers = false;
   /** the workers take eligible requests themselves (fast-path.ts) */
@@ -280,7 +268,6 @@ export class TftpServer {
   ) {
     this.events = deps.events ?? {};
     this.cache = deps.cache ?? new FileCache(options.cacheBytes);
-    this.limits = options.limits;
     this.admit = new Admit(options, deps.sharedAdmission ?? null, {
       down: (error) => this.events.sharedAdmissionDown?.(error),
       up: () => this.events.sharedAdmissionUp?.(),
@@ -552,7 +539,7 @@ export class TftpServer {
    * would then be told its TID is unknown).
    */
   private requestAgain(running: Running, bytes: Uint8Array, begin: () => void): void {
-    const same = sameBytes(running.request, bytes);
+    const same = sameDatagram(running.request, bytes);
     const decide = (verdict: RepeatVerdict): void => {
       if (verdict !== "superseded" && verdict !== "unknown") return;
       // the end record came first (finish freed the port), unless another request took it since
@@ -663,7 +650,7 @@ export class TftpServer {
       blksize: negotiated.blksize,
       windowsize: negotiated.windowsize,
       oack: negotiated.oack,
-      retransmit: this.retransmitPolicy(negotiated.timeoutMs),
+      retransmit: retransmitPolicy(negotiated.timeoutMs, this.options.timeoutMs, this.options.retries),
       receivedAtEpoch,
     };
     this.active.set(key, running);
@@ -757,15 +744,14 @@ export class TftpServer {
       !this.deps.metadata &&
       !this.deps.sharedAdmission;
     if (!eligible) return null;
-    const limits = this.limits;
     return {
       rootReal: this.rootReal!,
       negotiation: { blksizeMax: o.blksizeMax, windowsizeMax: o.windowsizeMax, windowBytesMax: o.windowBytesMax, uploadMax: o.uploadMax },
       timeoutMs: o.timeoutMs,
       retries: o.retries,
-      limits,
+      limits: this.admit.limits,
       admission: this.admit.admission.state.buffer,
-      requestRate: limits.requestRate ?? NO_REQUEST_RATE,
+      requestRate: this.requestRate.current,
       ids: this.ids.buffer as SharedArrayBuffer,
       rateDropped: this.workersRateDropped.buffer as SharedArrayBuffer,
       closed: this.closedToRequests.buffer as SharedArrayBuffer,
@@ -824,18 +810,11 @@ export class TftpServer {
    */
   reconfigure(change: { limits?: ServerOptions["limits"]; remap?: RemapRule[] }): void {
     if (change.limits) {
-      this.limits = change.limits;
       this.admit.setLimits(change.limits);
       this.requestRate.setLimits(change.limits.requestRate ?? NO_REQUEST_RATE);
     }
     if (change.remap && this.pipeline) this.pipeline.remap = change.remap;
     this.updateFastPath();
-  }
-
-  private retransmitPolicy(clientTimeoutMs: number | null): RetransmitPolicy {
-    return clientTimeoutMs === null
-      ? { timeoutMs: this.options.timeoutMs, fixed: false, retries: this.options.retries }
-      : { timeoutMs: clientTimeoutMs, fixed: true, retries: this.options.retries };
   }
 
   private finish(id: number): Running | null {

@@ -80,6 +80,14 @@ export interface RetransmitPolicy {
 }
 
 /**
+ * A transfer's retransmit policy: the timeout the client fixed (RFC 2349, no backoff), else
+ * the server's own starting timeout.
+ */
+export function retransmitPolicy(clientTimeoutMs: number | null, serverTimeoutMs: number, retries: number): RetransmitPolicy {
+  return clientTimeoutMs === null ? { timeoutMs: serverTimeoutMs, fixed: false, retries } : { timeoutMs: clientTimeoutMs, fixed: true, retries };
+}
+
+/**
  * How many times its usual patience a client-paced transfer out of credit waits for its client
  * (RetransmitPolicy.clientPaced): its wait costs a slot, never a datagram.
  */

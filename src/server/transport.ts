@@ -16,6 +16,18 @@ import { GSO_MAX_BYTES, GSO_MAX_SEGMENTS, setBufferSizes, sendUnsegmented, setDo
 import { TokenBucket } from "./token-bucket.ts";
 import type { BatchPolicy, SharedSocket } from "./shared-socket.ts";
 
+/** A client's address and port as one key: its requests and its transfer are told apart by it. */
+export function peerKey(peer: Peer): string {
+  return `${peer.address}|${peer.port}`;
+}
+
+/** Whether a request is the very datagram of an earlier one (a client sending it again). */
+export function sameDatagram(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 export interface Peer {
   address: string;
   port: number;

@@ -112,7 +112,7 @@ export class WorkerPool implements ProfiledWorkers {
   private readonly slots: Slot[] = [];
   /** transfers handed to each worker index since start (a replacement continues the count) */
   private readonly dispatched: number[] = [];
-  /** requests each worker took from the listen ports (listen), for tests and metrics */
+  /** requests each worker took from the listen ports (listen), as the tests read them */
   private readonly taken: number[] = [];
   /** of those, the transfers each worker started itself (fast-path.ts) */
   private readonly startedThere: number[] = [];
@@ -360,7 +360,7 @@ export class WorkerPool implements ProfiledWorkers {
             slot.stopping = true;
             const timer = setTimeout(resolve, 2000);
             slot.worker.addEventListener("message", (event: MessageEvent<Posted<FromWorker>>) => {
-              // ("stopped" travels as an object: only a transfer's end is text)
+              // ("stopped" travels as an object: only a transfer's messages are text)
               if (typeof event.data !== "string" && event.data.type === "stopped") {
                 clearTimeout(timer);
                 resolve();

@@ -29,14 +29,15 @@ export interface WorkerInit {
 export type IoLoopKind = "epoll" | "bun";
 
 /**
- * What travels between the threads: a message, or its JSON text. The two messages of every
- * transfer ("read" to a worker, "end" from it) go as text: cloning their object graphs cost the
- * main thread about 10 µs more per transfer in a storm (postMessage was a third of its
- * JavaScript time there). Their fields are numbers, strings, booleans and plain objects.
+ * What travels between the threads: a message, or its JSON text. The messages of every
+ * transfer ("read" to a worker; "end", "started" and their "batch" from it) go as text: cloning
+ * their object graphs cost the main thread about 10 µs more per transfer in a storm
+ * (postMessage was a third of its JavaScript time there). Their fields are numbers, strings,
+ * booleans and plain objects.
  */
 export type Posted<T> = T | string;
 
-/** A message as the text it travels as (a transfer's "read" and "end"). */
+/** A message as the text it travels as (a transfer's messages). */
 export function asText<T extends ToWorker | FromWorker>(message: T): Posted<T> {
   return JSON.stringify(message);
 }

@@ -13,6 +13,7 @@ import { FillProgress, followingSource } from "../storage/copy-progress.ts";
 import { setDiskIo } from "../storage/disk-io.ts";
 import { borrowedFdSource, type FileIdentity, type FileSource, type SourceShare } from "../storage/source.ts";
 import { IoLoop } from "../net/io-loop.ts";
+import { now } from "../net/turn-clock.ts";
 import { WakeGate } from "../net/wake-gate.ts";
 import { FfiUdpSocket, SocketBuffers } from "../net/udp-ffi.ts";
 import { setBufferSizes } from "../net/sockopt.ts";
@@ -165,8 +166,9 @@ function listen(seq: number, listeners: ListenSpec[]): void {
         spec.port,
         { receiveBatch: LISTEN_BATCH, receiveBytes: LISTEN_BYTES, sendBatch: 1, batchesPerDrain: LISTEN_BATCHES_PER_TURN },
         (datagram, from) => {
-          const receivedAt = performance.now();
-          const peer = { address: from.toName().address, port: datagram.port };
+          // (the turn's clock, as the engine reads it: one reading for the whole batch)
+          const receivedAt = now();
+          const peer = { address: from.address, port: datagram.port };
           const verdict = fast ? fast.take(datagram.bytes, peer, index, spec.address, receivedAt) : "forward";
           if (verdict !== "forward") return;
           post({

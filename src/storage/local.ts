@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import { diskFiller, versionKey, type FileCache } from "./cache.ts";
 import { ErrorCode, refuse, type Refusal } from "./refusal.ts";
 import { openForRead } from "./resolve.ts";
-import { identityOf, type FileSource } from "./source.ts";
+import { atVersion, type FileSource } from "./source.ts";
 
 /** The name the file cache knows a path by: one cache serves several roots (per-network rules). */
 export function cachePath(rootReal: string, relative: string): string {
@@ -65,6 +65,6 @@ async function openHeld(cache: FileCache, rootReal: string, relative: string): P
   } catch {
     return null;
   }
-  if (!stat?.isFile() || versionKey(identityOf(stat)) !== held.key) return null;
+  if (!stat?.isFile() || !atVersion(held.identity, stat)) return null;
   return cache.acquire(held.key, held.identity, null);
 }

@@ -75,6 +75,16 @@ export function sameVersion(identity: FileIdentity, stat: { size: number; mtimeM
   return stat.ctimeMs === identity.ctimeMs || stat.nlink === 0;
 }
 
+/**
+ * Whether a stat of a path finds the very version `identity` describes (same device, inode,
+ * size, mtime and ctime): a cached copy of it may be served for that path.
+ */
+export function atVersion(identity: FileIdentity, stat: { dev: number; ino: number; size: number; mtimeMs: number; ctimeMs: number }): boolean {
+  return (
+    stat.ino === identity.ino && stat.dev === identity.dev && stat.size === identity.size && stat.mtimeMs === identity.mtimeMs && stat.ctimeMs === identity.ctimeMs
+  );
+}
+
 /** The version of a file a stat describes. */
 export function identityOf(stat: fs.Stats): FileIdentity {
   return { dev: stat.dev, ino: stat.ino, size: stat.size, mtimeMs: stat.mtimeMs, ctimeMs: stat.ctimeMs };

@@ -20,7 +20,7 @@ export interface SharedAdmissionEvents {
 
 export class Admit {
   readonly admission: Admission;
-  private limits: LimitSettings;
+  private current: LimitSettings;
   /** the shared admission failed its last request: the outage was reported */
   private sharedDown = false;
 
@@ -30,17 +30,22 @@ export class Admit {
     private readonly events: SharedAdmissionEvents = {},
   ) {
     this.admission = new Admission(settings.limits);
-    this.limits = settings.limits;
+    this.current = settings.limits;
   }
 
   setLimits(limits: LimitSettings): void {
-    this.limits = limits;
+    this.current = limits;
     this.admission.setLimits(limits);
+  }
+
+  /** the limits as they are now (setLimits changes them) */
+  get limits(): LimitSettings {
+    return this.current;
   }
 
   /** The code a request over a limit gets: dropped, the ROM retries later; "busy" tells it now (some firmware gives up on an ERROR). */
   get limitCode(): number | null {
-    return this.limits.onLimit === "busy" ? ErrorCode.NOT_DEFINED : null;
+    return this.current.onLimit === "busy" ? ErrorCode.NOT_DEFINED : null;
   }
 
   /** Admits a transfer of `file` (below the root) for `address`, or says why not. */
@@ -78,7 +83,7 @@ export class Admit {
   /** Asks the shared admission; reports an outage once, and its end. */
   private async askShared(shared: SharedAdmission, address: string): Promise<SharedVerdict> {
     const verdict: SharedVerdict = await shared
-      .acquire(address, this.limits)
+      .acquire(address, this.current)
       .catch((error: unknown) => ({ ok: false, refusal: "unavailable", error: (error as Error).message }));
     const down = !verdict.ok && verdict.refusal === "unavailable";
     if (down && !this.sharedDown) this.events.down?.(verdict.error);
