@@ -56,6 +56,9 @@ function describe(r: Received): string {
   }
 }
 
+/** host:port of every ephemeral port a RawPeer of this process was given (RawPeer.open) */
+const portsHad = new Set<string>();
+
 export class RawPeer {
   private readonly queue: Received[] = [];
   private readonly waiters: Waiter[] = [];
@@ -66,8 +69,30 @@ export class RawPeer {
 
   private constructor(readonly host: string) {}
 
-  /** Binds a UDP socket on `host` (loopback: "127.0.0.1" or "::1"), ephemeral port unless given. */
+  /**
+   * Binds a UDP socket on `host` (loopback: "127.0.0.1" or "::1"), ephemeral port unless given.
+   * An ephemeral port is one no earlier peer of this process had: a server still resending to
+   * an earlier test's client must not find this peer there (its datagrams would be taken for
+   * answers, and a request from a port whose transfer runs is rightly ignored as a stray).
+   */
   static async open(host = "127.0.0.1", port = 0): Promise<RawPeer> {
+    if (port !== 0) return RawPeer.bind(host, port);
+    const rejected: RawPeer[] = [];
+    try {
+      for (;;) {
+        const peer = await RawPeer.bind(host, 0);
+        if (!portsHad.has(`${host}:${peer.port}`)) {
+          portsHad.add(`${host}:${peer.port}`);
+          return peer;
+        }
+        rejected.push(peer);
+      }
+    } finally {
+      for (const peer of rejected) peer.close();
+    }
+  }
+
+  private static async bind(host: string, port: number): Promise<RawPeer> {
     const peer = new RawPeer(host);
     peer.socket = await Bun.udpSocket({
       hostname: host,
