@@ -99,6 +99,20 @@ function windowPoolIndex(windowsize: number): number {
   return windowsize === 1 ? 0 : 1 + randomInt(windowsize);
 }
 
+type CreateTransfer = (channel: TransferChannel, onEnd: (outcome: TransferOutcome) => void, sharedPort: boolean) => Transfer;
+
+/** a transfer's place, filled once it is made: its channel's handler reads it */
+interface TransferSlot {
+  transfer: Transfer | null;
+}
+
+const DONE = Promise.resolve();
+
+/** The sharedSockets key of a local address's shared port `index`, with DF or without. */
+function sharedKey(address: string, dontFragment: boolean, index: number): string {
+  return `${address}|${dontFragment ? "df" : ""}|${index}`;
+}
+
 /** Windows above this many bytes get a bigger socket send buffer than the kernel default. */
 const BIG_WINDOW_BYTES = 128 * 1024;
 /** an IPv4 header without options and a UDP header */
@@ -112,6 +126,8 @@ export class TransferEngine {
   private readonly sharedSockets = new Map<string, Promise<SharedSocket>>();
   /** the shared sockets once open, for an end that cannot wait (abort) */
   private readonly openShared = new Set<SharedSocket>();
+  /** the shared sockets once open, by sharedSockets key: a transfer joins one without waiting */
+  private readonly sharedReady = new Map<string, SharedSocket>();
   /** the window pool's ports once open, by sharedSockets key: closed by sweep() once idle */
   private readonly windowPorts = new Map<string, SharedSocket>();
   private stopped = false;
@@ -191,6 +207,7 @@ export class TransferEngine {
     this.transfers.clear();
     for (const socket of this.sharedSockets.values()) (await socket.catch(() => null))?.close();
     this.sharedSockets.clear();
+    this.sharedReady.clear();
     this.windowPorts.clear();
   }
 
@@ -209,21 +226,27 @@ export class TransferEngine {
    * Opens the job's channel and runs the transfer `create` makes on it; when no channel can be
    * opened, `giveBack` releases what the job holds (its file or upload) and the error goes up.
    */
-  private async begin(
-    job: TransferJob,
-    create: (channel: TransferChannel, onEnd: (outcome: TransferOutcome) => void, sharedPort: boolean) => Transfer,
-    giveBack: () => void,
-  ): Promise<void> {
+  private begin(job: TransferJob, create: CreateTransfer, giveBack: () => void): Promise<void> {
     if (!this.holdUnverified(job)) {
       giveBack();
       this.onEnd(job.id, DROPPED);
-      return;
+      return DONE;
     }
-    let transfer: Transfer | null = null;
+    const slot: TransferSlot = { transfer: null };
+    const handler: PacketHandler = (bytes) => slot.transfer?.handle(bytes);
+    // A port already open is joined in this task: in a storm, a request read in a batch of many
+    // is answered when the batch's sends leave, not after the whole drain of the listen socket.
+    const opened = this.channelAtOnce(job, handler);
+    if (!opened) return this.beginOnceOpen(job, slot, handler, create, giveBack);
+    this.launch(job, slot, create, opened);
+    return DONE;
+  }
+
+  private async beginOnceOpen(job: TransferJob, slot: TransferSlot, handler: PacketHandler, create: CreateTransfer, giveBack: () => void): Promise<void> {
     let opened: OpenedChannel;
     this.opening.add(job.id);
     try {
-      opened = await this.openChannel(job, (bytes) => transfer?.handle(bytes));
+      opened = await this.openChannel(job, handler);
     } catch (error) {
       this.forgetUnverified(job);
       giveBack();
@@ -231,7 +254,12 @@ export class TransferEngine {
     } finally {
       this.opening.delete(job.id);
     }
-    transfer = create(opened.channel, (outcome) => this.ended(job, outcome), opened.shared);
+    this.launch(job, slot, create, opened);
+  }
+
+  private launch(job: TransferJob, slot: TransferSlot, create: CreateTransfer, opened: OpenedChannel): void {
+    const transfer = create(opened.channel, (outcome) => this.ended(job, outcome), opened.shared);
+    slot.transfer = transfer;
     this.run(job.id, transfer);
   }
 
@@ -296,6 +324,7 @@ export class TransferEngine {
       if (socket.transfers > 0) continue;
       this.windowPorts.delete(key);
       this.sharedSockets.delete(key);
+      this.sharedReady.delete(key);
       this.openShared.delete(socket);
       socket.close();
     }
@@ -320,6 +349,20 @@ export class TransferEngine {
   }
 
   /** The job's channel; with a loss plan (a test switch), losing what the plan picks both ways. */
+  /**
+   * The channel bindChannel would give, when no socket has to be opened for it (the listen
+   * port, or a shared port open already); else null, and bindChannel opens one.
+   */
+  private channelAtOnce(job: TransferJob, handler: PacketHandler): OpenedChannel | null {
+    if (this.loss || this.stopped) return null;
+    const listenPort = this.listenPorts.get(job.localAddress);
+    if (listenPort) return { channel: listenPort.attachReplacing(job.peer, handler), shared: true };
+    if (this.options.transferSockets !== "shared" || job.windowsize * (job.blksize + 4) > BIG_WINDOW_BYTES) return null;
+    const key = sharedKey(job.localAddress, this.fitsMtu(job.localAddress, job.blksize), windowPoolIndex(job.windowsize));
+    const channel = this.sharedReady.get(key)?.attach(job.peer, handler);
+    return channel ? { channel, shared: true } : null;
+  }
+
   private async openChannel(job: TransferJob, handler: PacketHandler): Promise<OpenedChannel> {
     const loss = this.loss;
     if (!loss) return this.bindChannel(job, handler);
@@ -364,7 +407,7 @@ export class TransferEngine {
    * without.
    */
   private sharedSocket(address: string, dontFragment: boolean, index: number): Promise<SharedSocket> {
-    const key = `${address}|${dontFragment ? "df" : ""}|${index}`;
+    const key = sharedKey(address, dontFragment, index);
     let socket = this.sharedSockets.get(key);
     if (!socket) {
       const buffers = { receive: this.options.receiveBufferBytes, send: this.options.sendBufferBytes };
@@ -374,6 +417,7 @@ export class TransferEngine {
       socket.then(
         (open) => {
           this.openShared.add(open);
+          this.sharedReady.set(key, open);
           if (index > 0) this.windowPorts.set(key, open);
         },
         () => this.sharedSockets.delete(key),
