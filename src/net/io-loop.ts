@@ -42,6 +42,8 @@ export class IoLoop {
   private readonly eventsAt: number;
   private readonly eventView: DataView;
   private readonly readers = new Map<number, Readable>();
+  /** descriptors drained first in a turn (watch) */
+  private readonly firstFds = new Set<number>();
   private readonly pending = new Set<Flushable>();
   private readonly counter = new BigUint64Array(1);
   private scheduled = false;
@@ -87,8 +89,13 @@ export class IoLoop {
     return new IoLoop(lib, layout, epfd, wakeFd, gate);
   }
 
-  /** Calls `reader.drain()` whenever `fd` has datagrams waiting. */
-  watch(fd: number, reader: Readable): void {
+  /**
+   * Calls `reader.drain()` whenever `fd` has datagrams waiting; `first`: before the sockets
+   * watched without it, in every turn both are ready (a listen socket: a request waiting is a
+   * client waiting for its first packet, while a running transfer's client has a window in
+   * flight).
+   */
+  watch(fd: number, reader: Readable, first = false): void {
     const event = new Uint8Array(new ArrayBuffer(this.layout.epollEventBytes));
     const view = new DataView(event.buffer);
     view.setUint32(0, EPOLLIN, true);
@@ -97,11 +104,13 @@ export class IoLoop {
       throw new Error(`epoll_ctl(ADD, ${fd}) failed: errno ${this.lib.errno()}`);
     }
     this.readers.set(fd, reader);
+    if (first) this.firstFds.add(fd);
     this.schedule();
   }
 
   unwatch(fd: number): void {
     if (!this.readers.delete(fd)) return;
+    this.firstFds.delete(fd);
     // (closing the descriptor would drop it from the set too; a socket closed later may not be)
     this.lib.epoll_ctl(this.epfd, EPOLL_CTL_DEL, fd, ptr(this.events));
   }
@@ -134,6 +143,7 @@ export class IoLoop {
     this.flushAll();
     this.closed = true;
     this.readers.clear();
+    this.firstFds.clear();
     this.lib.close(this.epfd);
   }
 
@@ -157,7 +167,18 @@ export class IoLoop {
     const dataAt = this.layout.epollDataOffset;
     beginTurn();
     try {
-      for (let i = 0; i < ready; i++) this.readers.get(this.eventView.getUint32(i * stride + dataAt, true))?.drain();
+      if (this.firstFds.size > 0) {
+        for (let i = 0; i < ready; i++) {
+          const fd = this.eventView.getUint32(i * stride + dataAt, true);
+          if (this.firstFds.has(fd)) this.readers.get(fd)?.drain();
+        }
+        for (let i = 0; i < ready; i++) {
+          const fd = this.eventView.getUint32(i * stride + dataAt, true);
+          if (!this.firstFds.has(fd)) this.readers.get(fd)?.drain();
+        }
+      } else {
+        for (let i = 0; i < ready; i++) this.readers.get(this.eventView.getUint32(i * stride + dataAt, true))?.drain();
+      }
       this.flushAll();
     } finally {
       endTurn();

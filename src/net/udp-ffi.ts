@@ -52,8 +52,8 @@ export const MAX_BATCHES_PER_DRAIN = 4;
 /** A peer's socket address, encoded once and compared as integers per datagram. */
 export class SocketName {
   /** the sockaddr as the kernel takes it */
-  readonly bytes = new Uint8Array(new ArrayBuffer(SOCKADDR_IN6_BYTES));
-  /** its first 32 bytes as words, to copy into a send slot */
+  readonly bytes: Uint8Array;
+  /** its first 32 bytes as words, to copy into a send slot (the same memory as `bytes`) */
   readonly words: Uint32Array;
   readonly length: number;
   /** an IPv4 address as one unsigned integer, as Datagram.v4 has it; -1 for IPv6 */
@@ -63,29 +63,54 @@ export class SocketName {
     readonly address: string,
     readonly port: number,
   ) {
-    const family = isIP(address);
-    if (family === 0) throw new Error(`not an IP address: ${address}`);
-    const view = new DataView(this.bytes.buffer);
+    const memory = new ArrayBuffer(32);
+    this.bytes = new Uint8Array(memory, 0, SOCKADDR_IN6_BYTES);
+    this.words = new Uint32Array(memory);
+    const view = new DataView(memory);
     view.setUint16(2, port, false);
-    if (family === 4) {
+    // (a dotted quad is read by hand: a name is made per transfer, and isIP's pattern cost more than the rest)
+    const v4 = ipv4Word(address);
+    if (v4 >= 0) {
       view.setUint16(0, AF_INET, true);
-      const octets = address.split(".").map(Number);
-      this.bytes.set(octets, 4);
+      view.setUint32(4, v4, false);
       this.length = SOCKADDR_IN_BYTES;
-      this.v4 = ((octets[0]! << 24) | (octets[1]! << 16) | (octets[2]! << 8) | octets[3]!) >>> 0;
+      this.v4 = v4;
     } else {
+      if (isIP(address) !== 6) throw new Error(`not an IP address: ${address}`);
       view.setUint16(0, AF_INET6, true);
       this.bytes.set(ipv6Bytes(address), 8);
       this.length = SOCKADDR_IN6_BYTES;
       this.v4 = -1;
     }
-    this.words = new Uint32Array(8);
-    new Uint8Array(this.words.buffer).set(this.bytes);
   }
 
   get family(): 4 | 6 {
     return this.length === SOCKADDR_IN_BYTES ? 4 : 6;
   }
+}
+
+/** A dotted-quad IPv4 address as one unsigned integer, or -1 when `address` is none (as isIPv4 judges). */
+export function ipv4Word(address: string): number {
+  let word = 0;
+  let octet = -1;
+  let dots = 0;
+  for (let i = 0; i < address.length; i++) {
+    const c = address.charCodeAt(i);
+    if (c === 46) {
+      if (octet < 0 || dots === 3) return -1;
+      word = word * 256 + octet;
+      octet = -1;
+      dots++;
+    } else if (c >= 48 && c <= 57) {
+      // no leading zero: "01" is no octet
+      if (octet === 0) return -1;
+      octet = octet < 0 ? c - 48 : octet * 10 + c - 48;
+      if (octet > 255) return -1;
+    } else {
+      return -1;
+    }
+  }
+  return octet < 0 || dots !== 3 ? -1 : word * 256 + octet;
 }
 
 /** The 16 bytes of an IPv6 address (an embedded IPv4 tail included). */
@@ -176,6 +201,8 @@ export interface FfiUdpOptions {
   sendBatch: number;
   /** receive batches one drain reads at most (MAX_BATCHES_PER_DRAIN when absent) */
   batchesPerDrain?: number;
+  /** drained before the loop's other sockets in a turn (IoLoop.watch) */
+  first?: boolean;
 }
 
 /** An error carrying the errno name the port-range search tells apart (net/port-range-bind.ts). */
@@ -317,7 +344,7 @@ export class FfiUdpSocket implements Readable, Flushable {
     this.txIov = buffers.txIov;
     this.txControl = buffers.txControl;
     this.txControlAt = buffers.txControlAt;
-    loop.watch(fd, this);
+    loop.watch(fd, this, this.options.first ?? false);
   }
 
   /**

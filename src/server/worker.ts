@@ -164,7 +164,7 @@ function listen(seq: number, listeners: ListenSpec[]): void {
         ioLoop,
         spec.address,
         spec.port,
-        { receiveBatch: LISTEN_BATCH, receiveBytes: LISTEN_BYTES, sendBatch: 1, batchesPerDrain: LISTEN_BATCHES_PER_TURN },
+        { receiveBatch: LISTEN_BATCH, receiveBytes: LISTEN_BYTES, sendBatch: 1, batchesPerDrain: LISTEN_BATCHES_PER_TURN, first: true },
         (datagram, from) => {
           // (the turn's clock, as the engine reads it: one reading for the whole batch)
           const receivedAt = now();

@@ -8,7 +8,8 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import type { udp } from "bun";
 import { type IoLoop, wakeLoop } from "../../../src/net/io-loop.ts";
-import { FfiUdpSocket, MAX_BATCHES_PER_DRAIN, SocketBuffers, SocketName, ipv6Bytes, type Datagram } from "../../../src/net/udp-ffi.ts";
+import { isIPv4 } from "node:net";
+import { FfiUdpSocket, MAX_BATCHES_PER_DRAIN, SocketBuffers, SocketName, ipv4Word, ipv6Bytes, type Datagram } from "../../../src/net/udp-ffi.ts";
 import { waitFor } from "../../helpers/raw.ts";
 import { openTestLoop } from "../../helpers/io-loop.ts";
 
@@ -68,6 +69,13 @@ describe("SocketName", () => {
 
   test("not an address: a clear error", () => {
     expect(() => new SocketName("boot.example", 69)).toThrow("not an IP address: boot.example");
+    expect(() => new SocketName("10.0.0.256", 69)).toThrow("not an IP address: 10.0.0.256");
+  });
+
+  test("a dotted quad is read as isIPv4 judges it", () => {
+    const cases = ["1.2.3.4", "127.0.0.1", "255.255.255.255", "0.0.0.0", "256.1.1.1", "01.2.3.4", "10.0.0.010", "1.2.3", "1.2.3.4.5", "1..2.3", "1.2.3.", ".1.2.3", "a.b.c.d", "", "1.2.3.4 ", "::1", "1.2.3.-4"];
+    for (const address of cases) expect([address, ipv4Word(address) >= 0]).toEqual([address, isIPv4(address)]);
+    expect(ipv4Word("192.168.1.200")).toBe(0xc0a801c8);
   });
 });
 
@@ -253,6 +261,25 @@ describe("IoLoop", () => {
     expect(seen.length).toBe(MAX_BATCHES_PER_DRAIN + 2);
     // what the first datagram's handler scheduled ran after one drain's worth, not after all
     expect(handledBefore).toBe(MAX_BATCHES_PER_DRAIN);
+  });
+
+  test("a socket watched first is drained first in a turn where others are ready too (a listen socket before transfers)", async () => {
+    async function order(firstOnLater: boolean): Promise<string[]> {
+      const loop = openLoop();
+      const handled: string[] = [];
+      const earlier = FfiUdpSocket.open(loop, "127.0.0.1", 0, OPTIONS, () => handled.push("earlier"));
+      const later = FfiUdpSocket.open(loop, "127.0.0.1", 0, { ...OPTIONS, first: firstOnLater }, () => handled.push("later"));
+      const peer = FfiUdpSocket.open(loop, "127.0.0.1", 0, OPTIONS, () => {});
+      closers.push(() => earlier.close(), () => later.close(), () => peer.close());
+      // both datagrams are waiting before the loop's next turn (this thread runs it)
+      peer.enqueue(new Uint8Array([0, 4, 0, 1]), new SocketName("127.0.0.1", earlier.port));
+      peer.enqueue(new Uint8Array([0, 4, 0, 2]), new SocketName("127.0.0.1", later.port));
+      peer.flush();
+      await waitFor(() => handled.length === 2, 2000, "both datagrams");
+      return handled;
+    }
+    expect(await order(false)).toEqual(["earlier", "later"]);
+    expect(await order(true)).toEqual(["later", "earlier"]);
   });
 
   test("a loop asleep in epoll_wait in a worker wakes for a message when its wake descriptor is written", async () => {
