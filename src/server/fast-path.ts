@@ -27,6 +27,7 @@ import type { TransferJob } from "./engine.ts";
 import { RequestRate, type RateLimitSummary, type RequestRateLimits } from "./request-rate.ts";
 import { retransmitPolicy } from "./transfer.ts";
 import { peerKey, sameDatagram, type Peer } from "./transport.ts";
+import { textOfBytes } from "./worker-protocol.ts";
 
 /** What a worker needs to take requests itself; sent by the main thread (null: take none). */
 export interface FastPathSettings {
@@ -65,8 +66,8 @@ export interface FastStart {
   peer: Peer;
   /** index of the listener it came to */
   listener: number;
-  /** the request datagram (the same bytes again are the same request resent) */
-  request: number[];
+  /** the request datagram, a character per byte (the same bytes again are the same request resent) */
+  request: string;
   file: string;
   blksize: number;
   windowsize: number;
@@ -113,6 +114,9 @@ export class FastPath {
   /** clients whose last request went to the main thread, and when */
   private readonly forwarded = new Map<string, number>();
   private lastSweep = 0;
+  /** the turn whose stats `stats` holds (its clock), and those stats by path (null: none) */
+  private statsAt = -1;
+  private readonly stats = new Map<string, fs.Stats | null>();
   /** requests taken here since start */
   taken = 0;
 
@@ -177,7 +181,7 @@ export class FastPath {
     const resolved = resolveRequestPath(this.settings.rootReal, packet.filename);
     if (!resolved.ok) return this.forward(key, receivedAt);
     const copy = this.copies.get(resolved.relative);
-    if (!copy || !this.unchanged(`${this.settings.rootReal}/${resolved.relative}`, copy.identity)) return this.forward(key, receivedAt);
+    if (!copy || !this.unchanged(`${this.settings.rootReal}/${resolved.relative}`, copy.identity, receivedAt)) return this.forward(key, receivedAt);
     if (this.admission.admit(peer.address, resolved.relative, TRANSFER_MEMORY_BYTES) !== null) return this.forward(key, receivedAt);
     const release = (): void => this.admission.release(peer.address, resolved.relative, TRANSFER_MEMORY_BYTES);
     const negotiated = negotiate(packet, this.settings.negotiation, copy.identity.size);
@@ -202,7 +206,7 @@ export class FastPath {
       id,
       peer,
       listener,
-      request: [...request],
+      request: textOfBytes(request),
       file: resolved.relative,
       blksize: negotiated.blksize,
       windowsize: negotiated.windowsize,
@@ -226,12 +230,24 @@ export class FastPath {
     return "forward";
   }
 
-  private unchanged(path: string, identity: FileIdentity): boolean {
-    let stat: fs.Stats | null;
-    try {
-      stat = this.deps.stat ? this.deps.stat(path) : (fs.statSync(path, { throwIfNoEntry: false }) ?? null);
-    } catch {
-      return false;
+  /**
+   * Whether `path` still is the version `identity` names. One stat per path serves every request
+   * read in the same turn (`receivedAt`, the turn's clock), as one batch arriving together: a
+   * file replaced during a turn is seen from the next one, a millisecond or so later.
+   */
+  private unchanged(path: string, identity: FileIdentity, receivedAt: number): boolean {
+    if (receivedAt !== this.statsAt) {
+      this.stats.clear();
+      this.statsAt = receivedAt;
+    }
+    let stat = this.stats.get(path);
+    if (stat === undefined) {
+      try {
+        stat = this.deps.stat ? this.deps.stat(path) : (fs.statSync(path, { throwIfNoEntry: false }) ?? null);
+      } catch {
+        stat = null;
+      }
+      this.stats.set(path, stat);
     }
     return stat !== null && stat.isFile() && atVersion(identity, stat);
   }

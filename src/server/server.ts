@@ -31,7 +31,7 @@ import { SharedTransferSocket, type BatchPolicy } from "./shared-socket.ts";
 import type { BufferSizes } from "../net/sockopt.ts";
 import { retransmitPolicy, type Lifetimes, type TransferOutcome } from "./transfer.ts";
 import { openListener, peerKey, probeGso, sameDatagram, type Listener, type Peer } from "./transport.ts";
-import type { IoLoopKind } from "./worker-protocol.ts";
+import { bytesOfText, type IoLoopKind } from "./worker-protocol.ts";
 import { WorkerPool, type WorkerExit } from "./worker-pool.ts";
 import { refusalKindOf, type RefusalKind, type RefusalRecord } from "./refusal-record.ts";
 import { RequestRate, type RateLimitSummary, type RequestRateLimits } from "./request-rate.ts";
@@ -718,7 +718,7 @@ export class TftpServer {
       source: null,
       engine,
       release: () => {},
-      request: Uint8Array.from(start.request),
+      request: bytesOfText(start.request),
     };
     this.running.set(running.id, running);
     this.active.set(key, running);

@@ -46,6 +46,17 @@ export function receivedMessage<T>(data: Posted<T>): T {
   return typeof data === "string" ? (JSON.parse(data) as T) : data;
 }
 
+/** Bytes as text a message can carry (JSON): a character per byte; bytesOfText reverses it. */
+export function textOfBytes(bytes: Uint8Array): string {
+  let text = "";
+  for (let i = 0; i < bytes.length; i++) text += String.fromCharCode(bytes[i]!);
+  return text;
+}
+
+export function bytesOfText(text: string): Uint8Array {
+  return Buffer.from(text, "latin1");
+}
+
 /** A worker's thread as the kernel knows it: /proc/PID/task/<tid> */
 export interface WorkerThread {
   tid: number | null;

@@ -14,6 +14,7 @@ import { AdmissionState } from "../../../src/server/admission-state.ts";
 import { Admission } from "../../../src/server/admission.ts";
 import type { TransferJob } from "../../../src/server/engine.ts";
 import { FastPath, type FastPathSettings, type FastStart, type PublishedCopy } from "../../../src/server/fast-path.ts";
+import { bytesOfText } from "../../../src/server/worker-protocol.ts";
 
 const ROOT = "/srv/tftp";
 const IDENTITY = { dev: 2049, ino: 77, size: 300_000, mtimeMs: 1_700_000_000_000, ctimeMs: 1_700_000_000_500 };
@@ -125,6 +126,27 @@ describe("taken here", () => {
     expect(h.fast.take(rrq("boot/kernel", []), PEER, 0, "127.0.0.1", performance.now())).toBe("taken");
     expect(h.repeats[1]).toEqual({ id: 1, same: false });
     expect(h.jobs.map((j) => j.id)).toEqual([1, 2]);
+  });
+});
+
+describe("one stat per turn", () => {
+  test("requests read in one turn share a stat of their path; the next turn stats again and sees a change", () => {
+    const h = harness();
+    const turn = performance.now();
+    expect(h.fast.take(rrq(), PEER, 0, "127.0.0.1", turn)).toBe("taken");
+    expect(h.fast.take(rrq(), { ...PEER, port: 40002 }, 0, "127.0.0.1", turn)).toBe("taken");
+    expect(h.statted).toHaveLength(1);
+    h.disk.stat = statOf({ ...IDENTITY, mtimeMs: IDENTITY.mtimeMs + 1000 });
+    expect(h.fast.take(rrq(), { ...PEER, port: 40003 }, 0, "127.0.0.1", turn + 1)).toBe("forward");
+    expect(h.statted).toHaveLength(2);
+    expect(h.jobs).toHaveLength(2);
+  });
+
+  test("the request reaches the main thread byte for byte, whatever its bytes", () => {
+    const h = harness();
+    const request = rrq("boot/kernel", [["blksize", "1468"], ["x\u00e9\u00ff", "\u0080"]]);
+    expect(h.fast.take(request, PEER, 0, "127.0.0.1", performance.now())).toBe("taken");
+    expect([...bytesOfText(h.started[0]!.request)]).toEqual([...request]);
   });
 });
 
