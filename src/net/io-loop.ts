@@ -18,8 +18,8 @@ import { beginTurn, endTurn, now } from "./turn-clock.ts";
 import type { WakeGate } from "./wake-gate.ts";
 
 export interface Readable {
-  /** reads every datagram that is waiting (ready per epoll) */
-  drain(): void;
+  /** reads the datagrams that are waiting (ready per epoll), at most `maxBatches` receives of them */
+  drain(maxBatches?: number): void;
 }
 
 export interface Flushable {
@@ -53,6 +53,10 @@ export class IoLoop {
   /** batch.batch_timeout: the longest a queued datagram waits within a turn */
   batchTimeoutMs = 1;
   private oldestQueuedAt = 0;
+  /** runs at the end of every turn, after its sends */
+  afterTurn: (() => void) | null = null;
+  /** runs before a sleep with no end (no transfers here): the last chance to hand work on */
+  beforeLongSleep: (() => void) | null = null;
   private readonly turnBound = (): void => this.turn();
 
   private constructor(
@@ -91,9 +95,9 @@ export class IoLoop {
 
   /**
    * Calls `reader.drain()` whenever `fd` has datagrams waiting; `first`: before the sockets
-   * watched without it, in every turn both are ready (a listen socket: a request waiting is a
-   * client waiting for its first packet, while a running transfer's client has a window in
-   * flight).
+   * watched without it, in every turn both are ready, and those then read one batch only (a
+   * listen socket: a request waiting is a client waiting for its first packet, while a running
+   * transfer's client has a window in flight).
    */
   watch(fd: number, reader: Readable, first = false): void {
     const event = new Uint8Array(new ArrayBuffer(this.layout.epollEventBytes));
@@ -160,6 +164,7 @@ export class IoLoop {
     this.flushAll();
     let wait = this.holds > 0 ? IDLE_WAIT_MS : -1;
     if (this.gate && !this.gate.maySleep()) wait = 0;
+    if (wait < 0) this.beforeLongSleep?.();
     const ready = this.lib.epoll_wait(this.epfd, this.eventsAt, MAX_EVENTS, wait);
     this.gate?.awake();
     if (ready < 0 && this.lib.errno() !== EINTR) throw new Error(`epoll_wait failed: errno ${this.lib.errno()}`);
@@ -168,23 +173,31 @@ export class IoLoop {
     beginTurn();
     try {
       if (this.firstFds.size > 0) {
+        let firstRead = false;
         for (let i = 0; i < ready; i++) {
           const fd = this.eventView.getUint32(i * stride + dataAt, true);
-          if (this.firstFds.has(fd)) this.readers.get(fd)?.drain();
+          if (!this.firstFds.has(fd)) continue;
+          this.readers.get(fd)?.drain();
+          firstRead = true;
         }
+        // While requests keep coming (a storm's), the others read one batch a turn: the next
+        // requests wait for that batch, not for whole drains of every transfer socket.
+        const batches = firstRead ? 1 : undefined;
         for (let i = 0; i < ready; i++) {
           const fd = this.eventView.getUint32(i * stride + dataAt, true);
-          if (!this.firstFds.has(fd)) this.readers.get(fd)?.drain();
+          if (!this.firstFds.has(fd)) this.readers.get(fd)?.drain(batches);
         }
       } else {
         for (let i = 0; i < ready; i++) this.readers.get(this.eventView.getUint32(i * stride + dataAt, true))?.drain();
       }
       this.flushAll();
+      this.afterTurn?.();
     } finally {
       endTurn();
     }
     // sockets only of the wake descriptor: the thread has nothing here to wait for
     if (this.readers.size > 1) this.schedule();
+    else this.beforeLongSleep?.();
   }
 
   private flushAll(): void {
