@@ -93,6 +93,13 @@ const SCENARIOS: Scenario[] = [
 const PROBE_FILE = "probe.bin";
 /** Small requests every server answers before it is measured (measure(): warm, not cold). */
 const WARM_REQUESTS = 50;
+/**
+ * Probe transfers in a storm's own shape before the storm is measured (--warm-storm): a
+ * thousand clients at once take paths that fifty requests one at a time never warm (a JIT's
+ * optimizing tiers compile after thousands of calls, and until then compete with the server
+ * for the CPU).
+ */
+const WARM_STORM_TRANSFERS = 10_000;
 
 // ───────────────────────────── options ─────────────────────────────
 
@@ -128,6 +135,8 @@ interface Options {
   out: string | null;
   /** --scaling: the boot storm against 1..CPUs transfer engines instead of the peer table */
   scaling: boolean;
+  /** --warm-storm: probe transfers in the scenario's shape before a storm is measured (0: none) */
+  warmStorm: number;
 }
 
 const USAGE = `usage: bun build/bench-peers.ts [options]
@@ -159,6 +168,10 @@ the same load generator (tftpd bench) and prints one table; writes build/BENCH.m
                        our server keeps the product's default limits
   --run-timeout S      hard limit on one load-generator run (default 300); "timeout" if hit
   --settle S           pause between runs (default 1.5)
+  --warm-storm N       before each storm is measured, N transfers of the 4 KiB probe file in
+                       the storm's shape (its concurrency, block size, window, tsize and
+                       source addresses), unmeasured, on every server (default ${WARM_STORM_TRANSFERS};
+                       0: none, the storm then meets code compiled for 50 requests only)
   --verify             have the load generator compare every download with the file
   --repeat N          runs per server and scenario, each on a fresh server, in rounds of one
                        run per server (every other round in reverse order); the table shows
@@ -182,6 +195,7 @@ function parseOptions(argv: string[]): Options {
   const o: Options = {
     scenarios: SCENARIOS, servers: [...SERVER_NAMES], quick: false, oursFromSource: false, before: null, build: false,
     benchCmd: null, runTimeoutS: 300, settleS: 1.5, verify: false, pin: "auto", repeat: null, out: join(REPO, "build/BENCH.md"), scaling: false,
+    warmStorm: WARM_STORM_TRANSFERS,
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -211,6 +225,7 @@ function parseOptions(argv: string[]): Options {
       case "--before": o.before = resolve(value()); break;
       case "--run-timeout": o.runTimeoutS = num(1); break;
       case "--settle": o.settleS = num(0); break;
+      case "--warm-storm": o.warmStorm = Math.floor(num(0)); break;
       case "--repeat": o.repeat = Math.floor(num(1)); break;
       case "--bench-cmd": o.benchCmd = value().trim().split(/\s+/); break;
       case "--lean-client": o.benchCmd = [leanClient()]; OURS_CONFIG = DEFAULT_LIMITS; manySources = true; break;
@@ -722,6 +737,19 @@ function effective(s: Scenario, quick: boolean): { concurrency: number; total: n
   return { total, concurrency: Math.min(s.concurrency, total) };
 }
 
+/** The probe file in storm `s`'s shape: its concurrency (at most 1,000), protocol flags and sources. */
+function warmStormArgs(s: Scenario, total: number): string[] {
+  const protocol: string[] = [];
+  for (let i = 0; i < s.flags.length; i++) {
+    const flag = s.flags[i]!;
+    if (flag === "--tsize") protocol.push(flag);
+    else if (flag === "--blksize" || flag === "--windowsize") protocol.push(flag, s.flags[++i]!);
+  }
+  const concurrency = Math.min(s.concurrency, 1000, total);
+  const sources = manySources ? ["--sources", String(LEAN_SOURCES)] : [];
+  return ["--concurrency", String(concurrency), "--total", String(total), "--file", PROBE_FILE, ...protocol, ...sources];
+}
+
 function benchArgs(s: Scenario, quick: boolean, root: string, verify: boolean): string[] {
   const { concurrency, total } = effective(s, quick);
   const sources = manySources && !s.single ? ["--sources", String(LEAN_SOURCES)] : [];
@@ -768,6 +796,7 @@ async function measure(
       const why = warm.json ? JSON.stringify(warm.json.failures) : warm.detail;
       say(`  ${serverLabel(spec.name)}: warm-up transfer failed: ${why}`);
     }
+    if (!s.single && o.warmStorm > 0) await runBench(loadgen, target, warmStormArgs(s, o.warmStorm), 120, loadCpu);
     const idle0 = machineBusySeconds();
     await sleep(o.settleS * 1000);
     const background = o.settleS > 0 ? (machineBusySeconds() - idle0) / o.settleS : null;
@@ -1135,7 +1164,7 @@ async function main(): Promise<number> {
     "",
     "## How it was measured",
     "",
-    "- Every server runs on 127.0.0.1 and is started afresh for each scenario (so peak memory and CPU belong to that scenario), answers one 4 KiB probe transfer, 50 more of it one at a time and one unmeasured warm-up transfer of the scenario's file with the scenario's options (page cache, file caches and compiled code warm for every server, as for a long-running daemon), then the load generator runs once with a hard time limit of " +
+    `- Every server runs on 127.0.0.1 and is started afresh for each scenario (so peak memory and CPU belong to that scenario), answers one 4 KiB probe transfer, 50 more of it one at a time and one unmeasured warm-up transfer of the scenario's file with the scenario's options, and before a storm ${o.warmStorm > 0 ? `${o.warmStorm} unmeasured transfers of the probe file in the storm's shape (its concurrency up to 1,000, its block size, window, tsize and source addresses: the paths a thousand clients at once take, which fifty requests one at a time leave to a JIT's first tiers)` : "no storm-shaped warm-up (--warm-storm 0): a JIT's optimizing tiers then compile during the storm"} (page cache, file caches and compiled code warm for every server, as for a long-running daemon), then the load generator runs once with a hard time limit of ` +
       `${o.runTimeoutS} s ("timeout" when hit). ${o.settleS} s pause between runs. Files are random bytes generated at run time in a temporary root; the page cache is warm for every server.`,
     "- goodput, transfers/s, p99 first response (request sent → first OACK/DATA/ERROR back) and failures come from the load generator's JSON. The lean client (build/loadgen.c) also reports when that reply reached the session's socket by the kernel's receive time stamp (\"arrived\" in the notes): its own lateness in reading replies (in a storm, a thousand requests are sent before any reply is read) counts in the first figure, not in this one.",
     "- server CPU by thread (notes): utime+stime of each live thread of the server (/proc/PID/task/TID/stat) over the run, summed by thread name: the transfer workers and file I/O threads (Worker), the main thread (the binary's name), and the runtime's own (JIT compiler threads, garbage collector helpers, the allocator's scavenger).",
