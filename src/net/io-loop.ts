@@ -18,8 +18,8 @@ import { beginTurn, endTurn, now } from "./turn-clock.ts";
 import type { WakeGate } from "./wake-gate.ts";
 
 export interface Readable {
-  /** reads the datagrams that are waiting (ready per epoll), at most `maxBatches` receives of them */
-  drain(maxBatches?: number): void;
+  /** reads every datagram that is waiting (ready per epoll) */
+  drain(): void;
 }
 
 export interface Flushable {
@@ -95,9 +95,9 @@ export class IoLoop {
 
   /**
    * Calls `reader.drain()` whenever `fd` has datagrams waiting; `first`: before the sockets
-   * watched without it, in every turn both are ready, and those then read one batch only (a
-   * listen socket: a request waiting is a client waiting for its first packet, while a running
-   * transfer's client has a window in flight).
+   * watched without it, in every turn both are ready (a listen socket: a request waiting is a
+   * client waiting for its first packet, while a running transfer's client has a window in
+   * flight).
    */
   watch(fd: number, reader: Readable, first = false): void {
     const event = new Uint8Array(new ArrayBuffer(this.layout.epollEventBytes));
@@ -173,19 +173,13 @@ export class IoLoop {
     beginTurn();
     try {
       if (this.firstFds.size > 0) {
-        let firstRead = false;
         for (let i = 0; i < ready; i++) {
           const fd = this.eventView.getUint32(i * stride + dataAt, true);
-          if (!this.firstFds.has(fd)) continue;
-          this.readers.get(fd)?.drain();
-          firstRead = true;
+          if (this.firstFds.has(fd)) this.readers.get(fd)?.drain();
         }
-        // While requests keep coming (a storm's), the others read one batch a turn: the next
-        // requests wait for that batch, not for whole drains of every transfer socket.
-        const batches = firstRead ? 1 : undefined;
         for (let i = 0; i < ready; i++) {
           const fd = this.eventView.getUint32(i * stride + dataAt, true);
-          if (!this.firstFds.has(fd)) this.readers.get(fd)?.drain(batches);
+          if (!this.firstFds.has(fd)) this.readers.get(fd)?.drain();
         }
       } else {
         for (let i = 0; i < ready; i++) this.readers.get(this.eventView.getUint32(i * stride + dataAt, true))?.drain();

@@ -468,8 +468,9 @@ export class FfiUdpSocket implements Readable, Flushable {
     this.dropped += count - sent;
   }
 
-  drain(maxBatches = this.options.batchesPerDrain ?? MAX_BATCHES_PER_DRAIN): void {
+  drain(): void {
     const { receiveBatch, receiveBytes } = this.options;
+    const maxBatches = this.options.batchesPerDrain ?? MAX_BATCHES_PER_DRAIN;
     const words = this.rxWords;
     const data = this.rxData;
     const received = this.received;

@@ -282,22 +282,6 @@ describe("IoLoop", () => {
     expect(await order(true)).toEqual(["later", "earlier"]);
   });
 
-  test("while a socket watched first has datagrams, the others read one batch a turn", async () => {
-    const loop = openLoop();
-    let others = 0;
-    let othersWhenNextTaskRan = -1;
-    const first = FfiUdpSocket.open(loop, "127.0.0.1", 0, { ...OPTIONS, first: true }, () => setImmediate(() => (othersWhenNextTaskRan = others)));
-    const other = FfiUdpSocket.open(loop, "127.0.0.1", 0, { receiveBatch: 1, receiveBytes: 64, sendBatch: 16 }, () => others++);
-    const peer = FfiUdpSocket.open(loop, "127.0.0.1", 0, OPTIONS, () => {});
-    closers.push(() => first.close(), () => other.close(), () => peer.close());
-    for (let i = 0; i < 3; i++) peer.enqueue(new Uint8Array([0, 4, 0, i]), new SocketName("127.0.0.1", other.port));
-    peer.enqueue(new Uint8Array([0, 1, 0, 0]), new SocketName("127.0.0.1", first.port));
-    peer.flush();
-    await waitFor(() => others === 3, 2000, "the other socket's datagrams");
-    // the turn that read the first socket's datagram read one of the other's three, then ended
-    expect(othersWhenNextTaskRan).toBe(1);
-  });
-
   test("afterTurn runs after every turn that read something; beforeLongSleep before a sleep with no transfers", async () => {
     const loop = openLoop();
     const seen: string[] = [];
