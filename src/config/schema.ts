@@ -557,9 +557,9 @@ const io = section({
 
 const network = section({
   requests_on_workers: bool()
-    .default(false)
+    .default(true)
     .describe(
-      "The transfer workers (network.epoll) take the listen ports' requests themselves: each joins the listen sockets through SO_REUSEPORT and the kernel steers every client address to one worker (a classic BPF program). An octet read of a file already served from the cache starts on the worker that took it, with no hand-over; every other request goes to the main thread's request path as before. Only where no policy depends on the client (no allow/deny, tftp.rules, remap rules, unique_root, generated files or fleet); elsewhere the workers hand every request over. false (the default until it measures better in every storm): the main thread takes every request and hands each transfer to a worker",
+      "The transfer workers (network.epoll) take the listen ports' requests themselves: each joins the listen sockets through SO_REUSEPORT and the kernel steers every client address to one worker (a classic BPF program). An octet read of a file already served from the cache starts on the worker that took it, with no hand-over; every other request goes to the main thread's request path as before. Only where no policy depends on the client (no allow/deny, tftp.rules, remap rules, unique_root, generated files or fleet); elsewhere the workers hand every request over. false: the main thread takes every request and hands each transfer to a worker",
     ),
   epoll: bool()
     .default(true)
