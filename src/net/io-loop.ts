@@ -53,10 +53,6 @@ export class IoLoop {
   /** batch.batch_timeout: the longest a queued datagram waits within a turn */
   batchTimeoutMs = 1;
   private oldestQueuedAt = 0;
-  /** runs at the end of every turn, after its sends */
-  afterTurn: (() => void) | null = null;
-  /** runs before a sleep with no end (no transfers here): the last chance to hand work on */
-  beforeLongSleep: (() => void) | null = null;
   private readonly turnBound = (): void => this.turn();
 
   private constructor(
@@ -164,7 +160,6 @@ export class IoLoop {
     this.flushAll();
     let wait = this.holds > 0 ? IDLE_WAIT_MS : -1;
     if (this.gate && !this.gate.maySleep()) wait = 0;
-    if (wait < 0) this.beforeLongSleep?.();
     const ready = this.lib.epoll_wait(this.epfd, this.eventsAt, MAX_EVENTS, wait);
     this.gate?.awake();
     if (ready < 0 && this.lib.errno() !== EINTR) throw new Error(`epoll_wait failed: errno ${this.lib.errno()}`);
@@ -185,13 +180,11 @@ export class IoLoop {
         for (let i = 0; i < ready; i++) this.readers.get(this.eventView.getUint32(i * stride + dataAt, true))?.drain();
       }
       this.flushAll();
-      this.afterTurn?.();
     } finally {
       endTurn();
     }
     // sockets only of the wake descriptor: the thread has nothing here to wait for
     if (this.readers.size > 1) this.schedule();
-    else this.beforeLongSleep?.();
   }
 
   private flushAll(): void {

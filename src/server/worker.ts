@@ -30,32 +30,21 @@ import { asText, receivedMessage, type FromWorker, type ListenSpec, type Posted,
 declare const self: Worker;
 
 /**
- * Messages that may wait a little (a transfer's start record and its end): they leave together,
- * as one text, so that a storm wakes the main thread once per OUTBOX_WAIT_MS rather than once
- * per transfer or per turn (each post and wake took this thread's CPU from the requests still
- * waiting for their first packet). On the epoll loop they leave at the end of the first turn
- * OUTBOX_WAIT_MS after the last post, or before the loop sleeps with no transfers; elsewhere at
- * the end of the task. Any other message sends them first: the order between the threads holds.
+ * Messages that may wait for the end of this turn (a transfer's start record and its end): they
+ * leave together, as one text, so that a storm wakes the main thread once per turn of this
+ * loop rather than once per transfer (each wake took the CPU from this thread). Any other
+ * message sends them first: the order between the threads holds.
  */
 const outbox: FromWorker[] = [];
-const OUTBOX_WAIT_MS = 1;
-/** more than this many waiting leave at once */
-const OUTBOX_MOST = 512;
-let outboxPostedAt = 0;
 
 function flushOutbox(): void {
   if (outbox.length === 0) return;
   const messages = outbox.splice(0);
-  outboxPostedAt = performance.now();
   self.postMessage(messages.length === 1 ? asText(messages[0]!) : asText<FromWorker>({ type: "batch", messages }));
 }
 
-function flushOutboxIfDue(): void {
-  if (outbox.length > 0 && (outbox.length > OUTBOX_MOST || performance.now() - outboxPostedAt >= OUTBOX_WAIT_MS)) flushOutbox();
-}
-
 function postLater(message: FromWorker): void {
-  if (outbox.length === 0 && !loop) queueMicrotask(flushOutbox);
+  if (outbox.length === 0) queueMicrotask(flushOutbox);
   outbox.push(message);
 }
 
@@ -293,10 +282,6 @@ self.onmessage = (event: MessageEvent<Posted<ToWorker>>) => {
       const pinError = cpus ? pinThisThread(cpus) : null;
       gate = new WakeGate(message.init.wakeGate);
       loop = ioLoop === "epoll" ? IoLoop.open(gate) : null;
-      if (loop) {
-        loop.afterTurn = flushOutboxIfDue;
-        loop.beforeLongSleep = flushOutbox;
-      }
       // (Bun's sockets allocate their own buffers: slots are the epoll loop's)
       slots = loop ? new SlotPool(() => new SocketBuffers(OWN_SOCKET), message.init.transferSlots) : null;
       engine = new TransferEngine(

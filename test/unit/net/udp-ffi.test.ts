@@ -282,30 +282,6 @@ describe("IoLoop", () => {
     expect(await order(true)).toEqual(["later", "earlier"]);
   });
 
-  test("afterTurn runs after every turn that read something; beforeLongSleep before a sleep with no transfers", async () => {
-    const loop = openLoop();
-    const seen: string[] = [];
-    loop.afterTurn = () => seen.push("turn");
-    loop.beforeLongSleep = () => {
-      seen.push("sleep");
-      // (this thread is the test's: it must not sleep until another thread wakes it)
-      loop.holds = 1;
-      wakeLoop(loop.wakeFd);
-    };
-    const socket = FfiUdpSocket.open(loop, "127.0.0.1", 0, OPTIONS, () => seen.push("datagram"));
-    const peer = FfiUdpSocket.open(loop, "127.0.0.1", 0, OPTIONS, () => {});
-    closers.push(() => socket.close(), () => peer.close());
-    peer.enqueue(new Uint8Array([0, 4, 0, 1]), new SocketName("127.0.0.1", socket.port));
-    peer.flush();
-    await waitFor(() => seen.includes("datagram"), 2000, "the datagram");
-    await Bun.sleep(5);
-    expect(seen.slice(seen.indexOf("datagram"), seen.indexOf("datagram") + 2)).toEqual(["datagram", "turn"]);
-    expect(seen).not.toContain("sleep");
-    // no transfers held: the next turn would sleep until woken, and says so first
-    loop.holds = 0;
-    await waitFor(() => seen.includes("sleep"), 2000, "the hook before a long sleep");
-  });
-
   test("a loop asleep in epoll_wait in a worker wakes for a message when its wake descriptor is written", async () => {
     const source = `
       import { IoLoop } from ${JSON.stringify(new URL("../../../src/net/io-loop.ts", import.meta.url).pathname)};
