@@ -236,9 +236,21 @@ export class TransferEngine {
     const handler: PacketHandler = (bytes) => slot.transfer?.handle(bytes);
     // A port already open is joined in this task: in a storm, a request read in a batch of many
     // is answered when the batch's sends leave, not after the whole drain of the listen socket.
-    const opened = this.channelAtOnce(job, handler);
+    let opened: OpenedChannel | null;
+    try {
+      opened = this.channelAtOnce(job, handler);
+    } catch (error) {
+      this.forgetUnverified(job);
+      giveBack();
+      return Promise.reject(error);
+    }
     if (!opened) return this.beginOnceOpen(job, slot, handler, create, giveBack);
-    this.launch(job, slot, create, opened);
+    try {
+      this.launch(job, slot, create, opened);
+    } catch (error) {
+      // as from the path that waits: the caller's rejection handler, not its caller's stack
+      return Promise.reject(error);
+    }
     return DONE;
   }
 
