@@ -233,8 +233,11 @@ export default defineCommand({
         await server.stop();
       } else {
         stopping = true;
-        log.info({ signal, active: server.activeTransfers, grace_ms: STOP_GRACE_MS }, "stopping");
-        const cut = await server.drain(STOP_GRACE_MS);
+        const active = server.activeTransfers;
+        // no request is taken from here on (drain's first step), before anyone can read that it stops
+        const draining = server.drain(STOP_GRACE_MS);
+        log.info({ signal, active, grace_ms: STOP_GRACE_MS }, "stopping");
+        const cut = await draining;
         if (cut > 0) log.warn({ cut }, "transfers still running at the end of the grace period were ended");
       }
       ops?.stop(true);

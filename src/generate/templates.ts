@@ -99,9 +99,12 @@ export class Templates {
 /** "NAME:LINE: message" of a LiquidJS error (its token names the line), else "NAME: message". */
 function located(name: string, error: unknown): string {
   const e = error as { message?: string; token?: { getPosition?: () => [number, number]; file?: string } };
-  const message = String(e.message ?? error)
-    .split("\n")[0]!
-    .replace(/(, line:\d+, col:\d+)?(, file:[^,]*)?$/, "");
+  const text = String(e.message ?? error);
+  // Includes or renders nested without end may exhaust the thread's stack before the memory or
+  // time limit: that is the nesting limit, said as the other limits are.
+  const message = text.includes("Maximum call stack size exceeded")
+    ? "nesting limit exceeded (includes or renders nested too deep)"
+    : text.split("\n")[0]!.replace(/(, line:\d+, col:\d+)?(, file:[^,]*)?$/, "");
   const at = e.token?.getPosition?.();
   const file = e.token?.file || name;
   return at ? `${file}:${at[0]}: ${message}` : `${file}: ${message}`;

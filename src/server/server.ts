@@ -456,8 +456,9 @@ export class TftpServer {
   }
 
   /**
-   * Graceful stop: no new requests are taken (the listeners close), running transfers may
-   * finish for up to `graceMs`, then whatever is left is ended. Resolves with how many were cut.
+   * Graceful stop: no new requests are taken (the listeners close, before this first yields),
+   * running transfers may finish for up to `graceMs`, then whatever is left is ended. Resolves
+   * with how many were cut.
    */
   async drain(graceMs: number): Promise<number> {
     // from now on a worker hands every datagram here, where no listener takes it any more
