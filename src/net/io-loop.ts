@@ -163,28 +163,22 @@ export class IoLoop {
     const ready = this.lib.epoll_wait(this.epfd, this.eventsAt, MAX_EVENTS, wait);
     this.gate?.awake();
     if (ready < 0 && this.lib.errno() !== EINTR) throw new Error(`epoll_wait failed: errno ${this.lib.errno()}`);
-    const stride = this.layout.epollEventBytes;
-    const dataAt = this.layout.epollDataOffset;
     beginTurn();
     try {
-      if (this.firstFds.size > 0) {
-        for (let i = 0; i < ready; i++) {
-          const fd = this.eventView.getUint32(i * stride + dataAt, true);
-          if (this.firstFds.has(fd)) this.readers.get(fd)?.drain();
-        }
-        for (let i = 0; i < ready; i++) {
-          const fd = this.eventView.getUint32(i * stride + dataAt, true);
-          if (!this.firstFds.has(fd)) this.readers.get(fd)?.drain();
-        }
-      } else {
-        for (let i = 0; i < ready; i++) this.readers.get(this.eventView.getUint32(i * stride + dataAt, true))?.drain();
-      }
+      if (this.firstFds.size > 0) for (let i = 0; i < ready; i++) this.drainIf(i, true);
+      for (let i = 0; i < ready; i++) this.drainIf(i, false);
       this.flushAll();
     } finally {
       endTurn();
     }
     // sockets only of the wake descriptor: the thread has nothing here to wait for
     if (this.readers.size > 1) this.schedule();
+  }
+
+  /** Drains the reader of ready event `i` if it is (or is not) one drained first. */
+  private drainIf(i: number, first: boolean): void {
+    const fd = this.eventView.getUint32(i * this.layout.epollEventBytes + this.layout.epollDataOffset, true);
+    if (this.firstFds.has(fd) === first) this.readers.get(fd)?.drain();
   }
 
   private flushAll(): void {

@@ -233,20 +233,19 @@ export class TransferEngine {
       return DONE;
     }
     const slot: TransferSlot = { transfer: null };
-    const handler: PacketHandler = (bytes) => slot.transfer?.handle(bytes);
-    // A port already open is joined in this task: in a storm, a request read in a batch of many
-    // is answered when the batch's sends leave, not after the whole drain of the listen socket.
-    let opened: OpenedChannel | null;
+    let opening: OpenedChannel | Promise<OpenedChannel>;
     try {
-      opened = this.channelAtOnce(job, handler);
+      opening = this.openChannel(job, (bytes) => slot.transfer?.handle(bytes));
     } catch (error) {
       this.forgetUnverified(job);
       giveBack();
       return Promise.reject(error);
     }
-    if (!opened) return this.beginOnceOpen(job, slot, handler, create, giveBack);
+    // A port open already is joined in this task: in a storm, a request read in a batch of many
+    // is answered when the batch's sends leave, not after the whole drain of the listen socket.
+    if (opening instanceof Promise) return this.beginOnceOpen(job, slot, opening, create, giveBack);
     try {
-      this.launch(job, slot, create, opened);
+      this.launch(job, slot, create, opening);
     } catch (error) {
       // as from the path that waits: the caller's rejection handler, not its caller's stack
       return Promise.reject(error);
@@ -254,11 +253,17 @@ export class TransferEngine {
     return DONE;
   }
 
-  private async beginOnceOpen(job: TransferJob, slot: TransferSlot, handler: PacketHandler, create: CreateTransfer, giveBack: () => void): Promise<void> {
+  private async beginOnceOpen(
+    job: TransferJob,
+    slot: TransferSlot,
+    opening: Promise<OpenedChannel>,
+    create: CreateTransfer,
+    giveBack: () => void,
+  ): Promise<void> {
     let opened: OpenedChannel;
     this.opening.add(job.id);
     try {
-      opened = await this.openChannel(job, handler);
+      opened = await opening;
     } catch (error) {
       this.forgetUnverified(job);
       giveBack();
@@ -360,26 +365,16 @@ export class TransferEngine {
     this.onEnd(job.id, outcome);
   }
 
-  /** The job's channel; with a loss plan (a test switch), losing what the plan picks both ways. */
   /**
-   * The channel bindChannel would give, when no socket has to be opened for it (the listen
-   * port, or a shared port open already); else null, and bindChannel opens one.
+   * The job's channel; with a loss plan (a test switch), losing what the plan picks both ways.
+   * At once where no socket has to be opened for it (bindChannel).
    */
-  private channelAtOnce(job: TransferJob, handler: PacketHandler): OpenedChannel | null {
-    if (this.loss || this.stopped) return null;
-    const listenPort = this.listenPorts.get(job.localAddress);
-    if (listenPort) return { channel: listenPort.attachReplacing(job.peer, handler), shared: true };
-    if (this.options.transferSockets !== "shared" || job.windowsize * (job.blksize + 4) > BIG_WINDOW_BYTES) return null;
-    const key = sharedKey(job.localAddress, this.fitsMtu(job.localAddress, job.blksize), windowPoolIndex(job.windowsize));
-    const channel = this.sharedReady.get(key)?.attach(job.peer, handler);
-    return channel ? { channel, shared: true } : null;
-  }
-
-  private async openChannel(job: TransferJob, handler: PacketHandler): Promise<OpenedChannel> {
+  private openChannel(job: TransferJob, handler: PacketHandler): OpenedChannel | Promise<OpenedChannel> {
     const loss = this.loss;
     if (!loss) return this.bindChannel(job, handler);
-    const opened = await this.bindChannel(job, loss.incoming(handler));
-    return { channel: loss.outgoing(opened.channel), shared: opened.shared };
+    const lossy = (opened: OpenedChannel): OpenedChannel => ({ channel: loss.outgoing(opened.channel), shared: opened.shared });
+    const opening = this.bindChannel(job, loss.incoming(handler));
+    return opening instanceof Promise ? opening.then(lossy) : lossy(opening);
   }
 
   /**
@@ -391,20 +386,31 @@ export class TransferEngine {
    * use: a forger who cannot see the transfer's first packet must send to every port of the
    * pool to reach it once, and draws on average one block per datagram forged, as on the
    * lock-step port. Windows too big to batch well (BIG_WINDOW_BYTES) get a port of their own.
+   * The listen port and a shared port open already are joined at once; a socket still to be
+   * opened is waited for.
    */
-  private async bindChannel(job: TransferJob, handler: PacketHandler): Promise<OpenedChannel> {
+  private bindChannel(job: TransferJob, handler: PacketHandler): OpenedChannel | Promise<OpenedChannel> {
     // tftp.single_port: every transfer on the port its request came to, windows included
     const listenPort = this.listenPorts.get(job.localAddress);
     if (listenPort) return { channel: listenPort.attachReplacing(job.peer, handler), shared: true };
     const dontFragment = this.fitsMtu(job.localAddress, job.blksize);
+    if (this.options.transferSockets !== "shared" || job.windowsize * (job.blksize + 4) > BIG_WINDOW_BYTES) {
+      return this.ownChannel(job, handler, dontFragment);
+    }
+    const index = windowPoolIndex(job.windowsize);
+    // The same client port twice at once (a client reusing its port) needs a socket of its own.
+    const join = (shared: SharedSocket): OpenedChannel | Promise<OpenedChannel> => {
+      const channel = shared.attach(job.peer, handler);
+      return channel ? { channel, shared: true } : this.ownChannel(job, handler, dontFragment);
+    };
+    const ready = this.sharedReady.get(sharedKey(job.localAddress, dontFragment, index));
+    return ready ? join(ready) : this.sharedSocket(job.localAddress, dontFragment, index).then(join);
+  }
+
+  /** A socket of the job's own. */
+  private async ownChannel(job: TransferJob, handler: PacketHandler, dontFragment: boolean): Promise<OpenedChannel> {
     const stride = job.blksize + 4;
     const windowBytes = job.windowsize * stride;
-    if (this.options.transferSockets === "shared" && windowBytes <= BIG_WINDOW_BYTES) {
-      const shared = await this.sharedSocket(job.localAddress, dontFragment, windowPoolIndex(job.windowsize));
-      // The same client port twice at once (a client reusing its port) needs a socket of its own.
-      const channel = shared.attach(job.peer, handler);
-      if (channel) return { channel, shared: true };
-    }
     const sendBuffer = windowBytes > BIG_WINDOW_BYTES ? Math.min(this.options.sendBufferBytes, windowBytes * 2) : 0;
     const segment = this.options.gso && job.windowsize > 1 ? stride : 0;
     // (where the kernel refuses GSO the channel sends a window as before: the server said so at start)
