@@ -108,7 +108,7 @@ interface TransferSlot {
 
 const DONE = Promise.resolve();
 
-/** The sharedSockets key of a local address's shared port `index`, with DF or without. */
+/** The key of a local address's shared port `index`, with DF or without. */
 function sharedKey(address: string, dontFragment: boolean, index: number): string {
   return `${address}|${dontFragment ? "df" : ""}|${index}`;
 }
@@ -123,12 +123,11 @@ export class TransferEngine {
   /** jobs whose socket is being opened: their first packet is about to go out */
   private readonly opening = new Set<number>();
   private sweeper: ReturnType<typeof setInterval> | null = null;
-  private readonly sharedSockets = new Map<string, Promise<SharedSocket>>();
-  /** the shared sockets once open, for an end that cannot wait (abort) */
-  private readonly openShared = new Set<SharedSocket>();
-  /** the shared sockets once open, by sharedSockets key: a transfer joins one without waiting */
+  /** shared sockets still opening (Bun's sockets), by sharedKey */
+  private readonly sharedOpening = new Map<string, Promise<SharedSocket>>();
+  /** the shared sockets once open, by sharedKey: a transfer joins one without waiting */
   private readonly sharedReady = new Map<string, SharedSocket>();
-  /** the window pool's ports once open, by sharedSockets key: closed by sweep() once idle */
+  /** the window pool's ports once open, by sharedKey: closed by sweep() once idle */
   private readonly windowPorts = new Map<string, SharedSocket>();
   private stopped = false;
   /**
@@ -205,10 +204,12 @@ export class TransferEngine {
     this.sweeper = null;
     for (const transfer of [...this.transfers.values()]) transfer.cancel(reason);
     this.transfers.clear();
-    for (const socket of this.sharedSockets.values()) (await socket.catch(() => null))?.close();
-    this.sharedSockets.clear();
+    const opening = [...this.sharedOpening.values()];
+    this.sharedOpening.clear();
+    for (const socket of this.sharedReady.values()) socket.close();
     this.sharedReady.clear();
     this.windowPorts.clear();
+    for (const socket of opening) (await socket.catch(() => null))?.close();
   }
 
   /**
@@ -219,7 +220,7 @@ export class TransferEngine {
     this.stopped = true;
     for (const transfer of [...this.transfers.values()]) transfer.cancel(reason);
     this.transfers.clear();
-    for (const socket of this.openShared) socket.close();
+    for (const socket of this.sharedReady.values()) socket.close();
   }
 
   /**
@@ -340,9 +341,7 @@ export class TransferEngine {
     for (const [key, socket] of this.windowPorts) {
       if (socket.transfers > 0) continue;
       this.windowPorts.delete(key);
-      this.sharedSockets.delete(key);
       this.sharedReady.delete(key);
-      this.openShared.delete(socket);
       socket.close();
     }
   }
@@ -386,8 +385,8 @@ export class TransferEngine {
    * use: a forger who cannot see the transfer's first packet must send to every port of the
    * pool to reach it once, and draws on average one block per datagram forged, as on the
    * lock-step port. Windows too big to batch well (BIG_WINDOW_BYTES) get a port of their own.
-   * The listen port and a shared port open already are joined at once; a socket still to be
-   * opened is waited for.
+   * The listen port and a shared port open already are joined at once, and so is a socket the
+   * loop opens with plain system calls (the epoll loop's); one of Bun's is waited for.
    */
   private bindChannel(job: TransferJob, handler: PacketHandler): OpenedChannel | Promise<OpenedChannel> {
     // tftp.single_port: every transfer on the port its request came to, windows included
@@ -403,19 +402,19 @@ export class TransferEngine {
       const channel = shared.attach(job.peer, handler);
       return channel ? { channel, shared: true } : this.ownChannel(job, handler, dontFragment);
     };
-    const ready = this.sharedReady.get(sharedKey(job.localAddress, dontFragment, index));
-    return ready ? join(ready) : this.sharedSocket(job.localAddress, dontFragment, index).then(join);
+    const shared = this.sharedSocket(job.localAddress, dontFragment, index);
+    return shared instanceof Promise ? shared.then(join) : join(shared);
   }
 
   /** A socket of the job's own. */
-  private async ownChannel(job: TransferJob, handler: PacketHandler, dontFragment: boolean): Promise<OpenedChannel> {
+  private ownChannel(job: TransferJob, handler: PacketHandler, dontFragment: boolean): OpenedChannel | Promise<OpenedChannel> {
     const stride = job.blksize + 4;
     const windowBytes = job.windowsize * stride;
     const sendBuffer = windowBytes > BIG_WINDOW_BYTES ? Math.min(this.options.sendBufferBytes, windowBytes * 2) : 0;
     const segment = this.options.gso && job.windowsize > 1 ? stride : 0;
     // (where the kernel refuses GSO the channel sends a window as before: the server said so at start)
-    const channel = await this.sockets.openChannel(job.localAddress, job.peer, this.options.portRange, handler, sendBuffer, segment, dontFragment);
-    return { channel, shared: false };
+    const channel = this.sockets.openChannel(job.localAddress, job.peer, this.options.portRange, handler, sendBuffer, segment, dontFragment);
+    return channel instanceof Promise ? channel.then((own) => ({ channel: own, shared: false })) : { channel, shared: false };
   }
 
   /**
@@ -424,24 +423,35 @@ export class TransferEngine {
    * the interface's MTU share ports with DF, the others (blocks left to be fragmented) ports
    * without.
    */
-  private sharedSocket(address: string, dontFragment: boolean, index: number): Promise<SharedSocket> {
+  private sharedSocket(address: string, dontFragment: boolean, index: number): SharedSocket | Promise<SharedSocket> {
     const key = sharedKey(address, dontFragment, index);
-    let socket = this.sharedSockets.get(key);
-    if (!socket) {
-      const buffers = { receive: this.options.receiveBufferBytes, send: this.options.sendBufferBytes };
-      // the window pool's ports carry windows: one GSO message each (network.zero_copy)
-      socket = this.sockets.openShared(address, this.options.portRange, this.options.batch, buffers, dontFragment, this.options.gso && index > 0);
-      this.sharedSockets.set(key, socket);
-      socket.then(
-        (open) => {
-          this.openShared.add(open);
-          this.sharedReady.set(key, open);
-          if (index > 0) this.windowPorts.set(key, open);
-        },
-        () => this.sharedSockets.delete(key),
-      );
+    const ready = this.sharedReady.get(key);
+    if (ready) return ready;
+    const pending = this.sharedOpening.get(key);
+    if (pending) return pending;
+    const buffers = { receive: this.options.receiveBufferBytes, send: this.options.sendBufferBytes };
+    // the window pool's ports carry windows: one GSO message each (network.zero_copy)
+    const socket = this.sockets.openShared(address, this.options.portRange, this.options.batch, buffers, dontFragment, this.options.gso && index > 0);
+    if (!(socket instanceof Promise)) {
+      this.sharedOpened(key, index, socket);
+      return socket;
     }
+    this.sharedOpening.set(key, socket);
+    // (settled before the callers' own reactions run: they find it ready)
+    socket.then(
+      (open) => {
+        if (this.sharedOpening.get(key) !== socket) return;
+        this.sharedOpening.delete(key);
+        this.sharedOpened(key, index, open);
+      },
+      () => this.sharedOpening.delete(key),
+    );
     return socket;
+  }
+
+  private sharedOpened(key: string, index: number, socket: SharedSocket): void {
+    this.sharedReady.set(key, socket);
+    if (index > 0) this.windowPorts.set(key, socket);
   }
 
   /** Whether a DATA packet of `blksize` from `address` (IPv4) fits its interface's MTU whole. */

@@ -82,7 +82,7 @@ class FfiSharedSocket implements SharedSocket {
   ) {}
 
   /** `io`: what it sends and receives through, shared with the loop's other shared ports */
-  static async open(
+  static open(
     loop: IoLoop,
     io: SocketBuffers,
     address: string,
@@ -91,11 +91,9 @@ class FfiSharedSocket implements SharedSocket {
     buffers: { receive: number; send: number },
     dontFragment: boolean,
     segments = false,
-  ): Promise<FfiSharedSocket> {
+  ): FfiSharedSocket {
     const shared = new FfiSharedSocket(loop, batch, segments);
-    shared.socket = await bindInPortRange(address, range, async (port) =>
-      FfiUdpSocket.open(loop, address, port, io, (datagram, from) => shared.receive(datagram, from)),
-    );
+    shared.socket = bindInPortRange(address, range, (port) => FfiUdpSocket.open(loop, address, port, io, (datagram, from) => shared.receive(datagram, from)));
     setBufferSizes(shared.socket, buffers.receive, buffers.send);
     if (dontFragment) setDontFragment(shared.socket);
     return shared;
@@ -236,11 +234,11 @@ export function ffiTransferSockets(loop: IoLoop, batch: BatchPolicy, slots: Slot
   return {
     openShared: (address, range, batch, buffers, dontFragment, segments) =>
       FfiSharedSocket.open(loop, sharedBuffers(), address, range, batch, buffers, dontFragment, segments),
-    async openChannel(localAddress, peer, range, handler, sendBufferBytes = 0, segmentBytes = 0, dontFragment = false) {
+    openChannel(localAddress, peer, range, handler, sendBufferBytes = 0, segmentBytes = 0, dontFragment = false) {
       const channel = new FfiTransferChannel(loop, new SocketName(peer.address, peer.port), handler, slots);
       const buffers = slots ? slots.take() : OWN_SOCKET;
       try {
-        channel.socket = await bindInPortRange(localAddress, range, async (port) =>
+        channel.socket = bindInPortRange(localAddress, range, (port) =>
           FfiUdpSocket.open(loop, localAddress, port, buffers, (datagram, from) => channel.receive(datagram, from)),
         );
       } catch (error) {

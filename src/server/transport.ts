@@ -270,8 +270,8 @@ export interface TransferSockets {
     buffers: { receive: number; send: number },
     dontFragment: boolean,
     segments: boolean,
-  ): Promise<SharedSocket>;
-  /** a port of the transfer's own */
+  ): SharedSocket | Promise<SharedSocket>;
+  /** a port of the transfer's own (at once where opening one waits for nothing: the epoll loop's) */
   openChannel(
     localAddress: string,
     peer: Peer,
@@ -280,8 +280,11 @@ export interface TransferSockets {
     sendBufferBytes?: number,
     segmentBytes?: number,
     dontFragment?: boolean,
-  ): Promise<TransferChannel & { readonly segmented: boolean }>;
+  ): OwnChannel | Promise<OwnChannel>;
 }
+
+/** A transfer's channel on a port of its own. */
+export type OwnChannel = TransferChannel & { readonly segmented: boolean };
 
 /**
  * Whether sockets on `address` take UDP GSO (setsockopt UDP_SEGMENT), asked of a throwaway

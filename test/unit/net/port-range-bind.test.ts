@@ -59,10 +59,12 @@ test("a range with every port taken is tried once per port, then refused with th
   const range = await freeRange(3);
   for (let port = range.low; port <= range.high; port++) await bindUdp("127.0.0.1", port);
   const asked: number[] = [];
-  const attempt = bindInPortRange("127.0.0.1", range, (port) => {
-    asked.push(port);
-    return bindUdp("127.0.0.1", port);
-  });
+  // (Bun refuses a taken port at once or by a rejection: the caller's await sees either)
+  const attempt = (async () =>
+    bindInPortRange("127.0.0.1", range, (port) => {
+      asked.push(port);
+      return bindUdp("127.0.0.1", port);
+    }))();
   await expect(attempt).rejects.toThrow(`no free transfer port in ${range.low}:${range.high} on 127.0.0.1`);
   expect(asked.toSorted()).toEqual([range.low, range.low + 1, range.high]);
 });
@@ -87,4 +89,31 @@ test("sockets opened one after another start at different ports of the range", a
   }
   expect(ports.size).toBeGreaterThan(1);
   for (const port of ports) expect(port >= range.low && port <= range.high).toBe(true);
+});
+
+/** A bind that answers at once, as the epoll loop's sockets do: `taken` ports throw EADDRINUSE. */
+function bindAtOnce(taken: Set<number>, asked: number[]) {
+  return (port: number): { port: number } => {
+    asked.push(port);
+    if (taken.has(port)) throw Object.assign(new Error(`bind 127.0.0.1:${port} failed: EADDRINUSE`), { code: "EADDRINUSE" });
+    return { port };
+  };
+}
+
+test("a bind that answers at once is answered at once, past the taken ports, with no promise", () => {
+  const range = { low: 41_000, high: 41_003 };
+  const asked: number[] = [];
+  const bound = bindInPortRange("127.0.0.1", range, bindAtOnce(new Set([41_000, 41_001, 41_003]), asked));
+  expect(bound).not.toBeInstanceOf(Promise);
+  expect(bound).toEqual({ port: 41_002 });
+  expect(asked.at(-1)).toBe(41_002);
+});
+
+test("a bind that answers at once, with every port taken, throws at once with the range named", () => {
+  const range = { low: 41_100, high: 41_102 };
+  const asked: number[] = [];
+  expect(() => bindInPortRange("127.0.0.1", range, bindAtOnce(new Set([41_100, 41_101, 41_102]), asked))).toThrow(
+    "no free transfer port in 41100:41102 on 127.0.0.1",
+  );
+  expect(asked.toSorted()).toEqual([41_100, 41_101, 41_102]);
 });

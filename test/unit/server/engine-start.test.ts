@@ -1,11 +1,13 @@
 /**
  * How soon a transfer starts (TransferEngine.begin): on a shared port already open it runs in
  * the very task that asked for it, so a request read in a batch of many is answered with that
- * batch's sends; a socket still to be opened is waited for. Real sockets on loopback, raw
- * clients.
+ * batch's sends; so does one whose socket the epoll loop opens (plain system calls); one of
+ * Bun's sockets still to be opened is waited for. Real sockets on loopback, raw clients.
  */
 import { afterEach, expect, test } from "bun:test";
 import { TransferEngine, type EngineOptions, type TransferJob } from "../../../src/server/engine.ts";
+import { ffiTransferSockets } from "../../../src/server/ffi-transport.ts";
+import { openTestLoop } from "../../helpers/io-loop.ts";
 import type { TransferOutcome } from "../../../src/server/transfer.ts";
 import { memorySource } from "../../../src/storage/source.ts";
 import { patternBytes } from "../../helpers/files.ts";
@@ -13,18 +15,23 @@ import { ack, peerTracker } from "../../helpers/raw.ts";
 
 const peers = peerTracker();
 const engines: TransferEngine[] = [];
+const closers: (() => void)[] = [];
 afterEach(async () => {
   for (const engine of engines.splice(0)) await engine.stop();
+  for (const close of closers.splice(0).reverse()) close();
   peers.closeAll();
 });
 
-function engine(transferSockets: EngineOptions["transferSockets"]): { engine: TransferEngine; ends: Map<number, TransferOutcome> } {
+const BATCH = { size: 64, enabled: true };
+
+/** An engine on Bun's sockets, or (`epoll`) on those of an epoll loop of this thread. */
+function engine(transferSockets: EngineOptions["transferSockets"], epoll = false): { engine: TransferEngine; ends: Map<number, TransferOutcome> } {
   const ends = new Map<number, TransferOutcome>();
   const made = new TransferEngine(
     {
       portRange: null,
       transferSockets,
-      batch: { size: 64, enabled: true },
+      batch: BATCH,
       gso: false,
       receiveBufferBytes: 0,
       sendBufferBytes: 0,
@@ -33,6 +40,7 @@ function engine(transferSockets: EngineOptions["transferSockets"]): { engine: Tr
     },
     null,
     (id, outcome) => ends.set(id, outcome),
+    epoll ? ffiTransferSockets(openTestLoop(closers), BATCH) : undefined,
   );
   engines.push(made);
   return { engine: made, ends };
@@ -85,4 +93,29 @@ test("a socket per transfer: each transfer waits for its own socket to open", as
   await opening;
   expect(own.active).toBe(2);
   expect((await other.nextData(1)).packet.data.length).toBe(100);
+});
+
+test("the epoll loop's sockets open in the task that asks: a new shared port, a window pool port, a socket per transfer", async () => {
+  const bytes = patternBytes(700, 5);
+  const { engine: shared, ends } = engine("shared", true);
+  const lockStep = await peers.open();
+  void shared.startRead(job(1, lockStep.port), memorySource(bytes));
+  expect(shared.active).toBe(1);
+  const windowed = await peers.open();
+  void shared.startRead({ ...job(2, windowed.port), windowsize: 4 }, memorySource(bytes));
+  expect(shared.active).toBe(2);
+  const { engine: own } = engine("per-transfer", true);
+  const alone = await peers.open();
+  void own.startRead(job(3, alone.port), memorySource(bytes));
+  expect(own.active).toBe(1);
+  // real transfers, served to the end (one packet per request until the client answers: read-transfer.ts)
+  for (const client of [lockStep, windowed, alone]) {
+    const one = await client.nextData(1);
+    client.send(ack(1), one.port, one.address);
+    const two = await client.nextData(2);
+    expect(two.packet.data.length).toBe(700 - 512);
+    client.send(ack(2), two.port, two.address);
+  }
+  await Bun.sleep(50);
+  expect([ends.get(1)?.result, ends.get(2)?.result]).toEqual(["ok", "ok"]);
 });
