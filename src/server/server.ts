@@ -15,7 +15,7 @@ import type { RemapRule } from "../storage/remap.ts";
 import { realRoot } from "../storage/resolve.ts";
 import type { MetadataCache } from "../storage/metadata.ts";
 import type { RemoteFiles } from "../storage/remote.ts";
-import type { FileSource } from "../storage/source.ts";
+import type { FileIdentity, FileSource, SourceShare } from "../storage/source.ts";
 import type { UploadPolicy } from "../storage/upload.ts";
 import { formatHostPort, type HostPort, type PortRange } from "../net/address.ts";
 import { kernelNeighbours, type Neighbours } from "../net/neighbours.ts";
@@ -239,6 +239,8 @@ export class TftpServer {
   private fastPath = false;
   /** sealed copies the workers were told of, as "entryId|path" */
   private readonly published = new Set<string>();
+  /** a path served while its copy was still filling, by cache entry: told to the workers once sealed */
+  private readonly publishOnSeal = new Map<number, { relative: string; identity: FileIdentity }>();
   /** requests the workers dropped over their sources' rates (fast-path.ts counts them here) */
   private readonly workersRateDropped = new Int32Array(new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT));
   /** set once the server stops taking requests: the workers then take none themselves */
@@ -338,9 +340,18 @@ export class TftpServer {
         const pool = this.pool;
         this.unfollowCache = this.cache.follow({
           progress: (entryId, readable) => pool.progress(entryId, readable),
-          filled: (entryId, fd, size) => pool.filled(entryId, fd, size),
-          failed: (entryId, reason) => pool.fillFailed(entryId, reason),
+          filled: (entryId, fd, size) => {
+            pool.filled(entryId, fd, size);
+            const waiting = this.publishOnSeal.get(entryId);
+            this.publishOnSeal.delete(entryId);
+            if (waiting) this.publishCopy(waiting.relative, { kind: "memfd", id: entryId, fd }, waiting.identity);
+          },
+          failed: (entryId, reason) => {
+            this.publishOnSeal.delete(entryId);
+            pool.fillFailed(entryId, reason);
+          },
           released: (entryId) => {
+            this.publishOnSeal.delete(entryId);
             pool.release(entryId);
             for (const key of this.published) if (key.startsWith(`${entryId}|`)) this.published.delete(key);
           },
@@ -674,21 +685,34 @@ export class TftpServer {
     if (packet.mode === "octet") this.publish(accepted.file, source);
   }
 
-  /** A path served from a sealed cached copy: workers taking requests may serve it from now on. */
+  /**
+   * A path served from a cached copy: workers taking requests may serve it from now on, or,
+   * while the copy still fills (a large file's first reader), from the moment it is sealed, so
+   * that the file's next request is already theirs.
+   */
   private publish(relative: string, source: FileSource): void {
     const share = source.share;
-    if (!this.fastPath || !this.pool || share?.kind !== "memfd") return;
+    if (!this.fastPath || !this.pool) return;
+    if (share?.kind === "filling") {
+      if (!this.publishOnSeal.has(share.id)) this.publishOnSeal.set(share.id, { relative, identity: source.identity });
+      return;
+    }
+    if (share?.kind === "memfd") this.publishCopy(relative, share, source.identity);
+  }
+
+  /** `share`'s copy is held (a transfer reads it, or it is being sealed): its descriptor is the memfd's. */
+  private publishCopy(relative: string, share: Extract<SourceShare, { kind: "memfd" }>, identity: FileIdentity): void {
+    if (!this.pool) return;
     const key = `${share.id}|${relative}`;
     if (this.published.has(key)) return;
     let memfdIno: number;
     try {
-      // the copy is held (this transfer reads it): its descriptor is the memfd's
       memfdIno = fstatSync(share.fd).ino;
     } catch {
       return;
     }
     this.published.add(key);
-    this.pool.publish({ relative, entryId: share.id, share, identity: source.identity, memfdIno });
+    this.pool.publish({ relative, entryId: share.id, share, identity, memfdIno });
   }
 
   /**

@@ -5,7 +5,8 @@
  * none is lost on the way to the request path; with a worker killed, its replacement takes its
  * share again and every download still succeeds; curl, a real client, is served the same way.
  * A file the main thread served from a sealed cached copy is then served by the workers
- * themselves (fast-path.ts), with the same record; a changed file, an admission over a limit
+ * themselves (fast-path.ts), with the same record (a file too large to wait for its copy, from
+ * the moment the copy is sealed); a changed file, an admission over a limit
  * the main thread's transfers count toward, and a request sent again all come out as on the
  * main thread's road.
  */
@@ -123,6 +124,25 @@ describe("requests on workers", () => {
     }
     expect(s.records.map((r) => r.client.split(":")[0]).sort()).toEqual(["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"]);
   });
+
+  test("a file too large to wait for its copy: the copy is published once sealed, and the file's next request is a worker's", async () => {
+    const root = dir("tftpd-row-sealed-");
+    // past WAIT_FOR_FILL_MAX_BYTES: the first reader streams the copy as it fills
+    const big = new Uint8Array(17 * 1024 * 1024).map((_, i) => (i * 13 + 1) & 0xff);
+    writeFileSync(join(root, "big.bin"), big);
+    const s = await serve(root);
+    const fetch = async (last: number): Promise<void> => {
+      const peer = await RawPeer.open(`127.0.0.${last}`);
+      peers.push(peer);
+      const got = await download(peer, s.port, "big.bin", { host: "127.0.0.1", options: [["blksize", "8192"], ["windowsize", "8"]], timeoutMs: 3000 });
+      expect(got.bytes.length).toBe(big.length);
+      expect(Buffer.compare(got.bytes, big)).toBe(0);
+    };
+    await fetch(2); // the main thread's road, from the copy as it fills
+    expect(s.pool.transfersStartedThere).toEqual([0, 0]);
+    await fetch(3);
+    expect(s.pool.transfersStartedThere.reduce((a, b) => a + b)).toBe(1);
+  }, 30_000);
 
   test("a file changed since its copy was published goes the main thread's road, and the new version is served", async () => {
     const root = dir("tftpd-row-changed-");
