@@ -36,6 +36,8 @@ const EFD_CLOEXEC = 0x80000;
 const MAX_EVENTS = 64;
 /** Longest sleep while transfers run, so their timers fire at most this late. */
 export const IDLE_WAIT_MS = 2;
+/** How long a loop waits with nothing running and nothing arriving before its idle work (onIdle). */
+export const IDLE_WORK_AFTER_MS = 250;
 
 export class IoLoop {
   private readonly events: Uint8Array;
@@ -52,6 +54,14 @@ export class IoLoop {
   holds = 0;
   /** batch.batch_timeout: the longest a queued datagram waits within a turn */
   batchTimeoutMs = 1;
+  /**
+   * Runs once the loop has had no transfer running and no datagram arriving for
+   * IDLE_WORK_AFTER_MS after datagrams came: work that would otherwise fall on the next
+   * request. (Asleep in epoll_wait, the thread runs no timers, its runtime's own included.)
+   */
+  onIdle: (() => void) | null = null;
+  /** datagrams arrived since the loop last ran onIdle */
+  private busySinceIdle = false;
   private oldestQueuedAt = 0;
   private readonly turnBound = (): void => this.turn();
 
@@ -159,10 +169,16 @@ export class IoLoop {
     // what timers and messages queued since the last turn leaves before any sleep
     this.flushAll();
     let wait = this.holds > 0 ? IDLE_WAIT_MS : -1;
+    const idleWorkDue = wait < 0 && this.busySinceIdle && this.onIdle !== null;
+    if (idleWorkDue) wait = IDLE_WORK_AFTER_MS;
     if (this.gate && !this.gate.maySleep()) wait = 0;
     const ready = this.lib.epoll_wait(this.epfd, this.eventsAt, MAX_EVENTS, wait);
     this.gate?.awake();
     if (ready < 0 && this.lib.errno() !== EINTR) throw new Error(`epoll_wait failed: errno ${this.lib.errno()}`);
+    if (ready === 0 && idleWorkDue && wait === IDLE_WORK_AFTER_MS && this.holds === 0) {
+      this.busySinceIdle = false;
+      this.onIdle?.();
+    }
     beginTurn();
     try {
       if (this.firstFds.size > 0) for (let i = 0; i < ready; i++) this.drainIf(i, true);
@@ -178,7 +194,9 @@ export class IoLoop {
   /** Drains the reader of ready event `i` if it is (or is not) one drained first. */
   private drainIf(i: number, first: boolean): void {
     const fd = this.eventView.getUint32(i * this.layout.epollEventBytes + this.layout.epollDataOffset, true);
-    if (this.firstFds.has(fd) === first) this.readers.get(fd)?.drain();
+    if (this.firstFds.has(fd) !== first) return;
+    if (fd !== this.wakeFd) this.busySinceIdle = true;
+    this.readers.get(fd)?.drain();
   }
 
   private flushAll(): void {

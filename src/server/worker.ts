@@ -282,6 +282,10 @@ self.onmessage = (event: MessageEvent<Posted<ToWorker>>) => {
       const pinError = cpus ? pinThisThread(cpus) : null;
       gate = new WakeGate(message.init.wakeGate);
       loop = ioLoop === "epoll" ? IoLoop.open(gate) : null;
+      // The last transfers' garbage is collected once they are over, not by the next request's
+      // allocations in front of its first packet: a server idle for 1.5 s after a 100 MiB
+      // transfer answered its next request 1-2 ms later without this (build/bench-peers.ts 5a-5c).
+      if (loop) loop.onIdle = () => Bun.gc(true);
       // (Bun's sockets allocate their own buffers: slots are the epoll loop's)
       slots = loop ? new SlotPool(() => new SocketBuffers(OWN_SOCKET), message.init.transferSlots) : null;
       engine = new TransferEngine(

@@ -7,7 +7,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import type { udp } from "bun";
-import { type IoLoop, wakeLoop } from "../../../src/net/io-loop.ts";
+import { IDLE_WORK_AFTER_MS, type IoLoop, wakeLoop } from "../../../src/net/io-loop.ts";
 import { isIPv4 } from "node:net";
 import { FfiUdpSocket, MAX_BATCHES_PER_DRAIN, SocketBuffers, SocketName, ipv4Word, ipv6Bytes, type Datagram } from "../../../src/net/udp-ffi.ts";
 import { waitFor } from "../../helpers/raw.ts";
@@ -280,6 +280,35 @@ describe("IoLoop", () => {
     }
     expect(await order(false)).toEqual(["earlier", "later"]);
     expect(await order(true)).toEqual(["later", "earlier"]);
+  });
+
+  test("onIdle runs a quarter second after the last datagram when nothing runs, and not while transfers run", async () => {
+    const loop = openLoop();
+    const idleAt: number[] = [];
+    loop.onIdle = () => {
+      idleAt.push(performance.now());
+      // (this test's thread is the loop's: with nothing running its next turn would sleep until a datagram)
+      loop.holds = 1;
+    };
+    let heard = 0;
+    const socket = FfiUdpSocket.open(loop, "127.0.0.1", 0, OPTIONS, () => heard++);
+    const peer = FfiUdpSocket.open(loop, "127.0.0.1", 0, OPTIONS, () => {});
+    closers.push(() => socket.close(), () => peer.close());
+    const to = new SocketName("127.0.0.1", socket.port);
+    // a transfer running: the loop keeps short sleeps and is never idle
+    peer.enqueue(new Uint8Array([0, 4, 0, 1]), to);
+    peer.flush();
+    await waitFor(() => heard === 1, 2000, "the first datagram");
+    await Bun.sleep(IDLE_WORK_AFTER_MS + 150);
+    expect(idleAt).toEqual([]);
+    // nothing running: IDLE_WORK_AFTER_MS after the last datagram
+    loop.holds = 0;
+    const sentAt = performance.now();
+    peer.enqueue(new Uint8Array([0, 4, 0, 2]), to);
+    peer.flush();
+    await waitFor(() => idleAt.length === 1, 2000, "the idle work");
+    expect(heard).toBe(2);
+    expect(idleAt[0]! - sentAt).toBeGreaterThanOrEqual(IDLE_WORK_AFTER_MS - 5);
   });
 
   test("a loop asleep in epoll_wait in a worker wakes for a message when its wake descriptor is written", async () => {
