@@ -72,6 +72,38 @@ describe("tables", () => {
 });
 
 describe("two threads, one state", () => {
+  test("a thread that finds the lock held long sleeps on it (the word says so) and takes it once let go", async () => {
+    const state = AdmissionState.create(16);
+    const source = `
+      import { AdmissionState } from ${JSON.stringify(new URL("../../../src/server/admission-state.ts", import.meta.url).pathname)};
+      self.onmessage = (e) => {
+        const state = new AdmissionState(e.data.buffer);
+        const flags = new Int32Array(e.data.flags);
+        state.locked(() => {
+          Atomics.store(flags, 0, 1);
+          // held while the other thread asks, and long past its spins
+          const until = performance.now() + 30;
+          while (performance.now() < until) {}
+          // what the lock word says now: 2 once a thread sleeps on it
+          Atomics.store(flags, 1, Atomics.load(new Int32Array(e.data.buffer), 0));
+          state.total = 7;
+        });
+      };
+    `;
+    const file = `${process.env.TMPDIR ?? "/tmp"}/admission-lock-${process.pid}.ts`;
+    await Bun.write(file, source);
+    const worker = new Worker(file);
+    cleanups.push(() => worker.terminate());
+    const flags = new Int32Array(new SharedArrayBuffer(8));
+    worker.postMessage({ buffer: state.buffer, flags: flags.buffer });
+    await waitFor(() => Atomics.load(flags, 0) === 1, 10_000, "the worker holding the lock");
+    const seen = state.locked(() => state.total);
+    expect(seen).toBe(7);
+    expect(Atomics.load(flags, 1)).toBe(2);
+    // let go by the last holder: free again
+    expect(Atomics.load(new Int32Array(state.buffer), 0)).toBe(0);
+  });
+
   test("a worker and this thread admitting at once never pass maxTotal or maxPerIp between them", async () => {
     const state = AdmissionState.create(1000);
     const limits = { maxTotal: 500, maxPerIp: 40, maxPerClient: 1000 };
