@@ -11,7 +11,7 @@ import { openTestLoop } from "../../helpers/io-loop.ts";
 import type { TransferOutcome } from "../../../src/server/transfer.ts";
 import { memorySource } from "../../../src/storage/source.ts";
 import { patternBytes } from "../../helpers/files.ts";
-import { ack, peerTracker } from "../../helpers/raw.ts";
+import { ack, peerTracker, type RawPeer } from "../../helpers/raw.ts";
 
 const peers = peerTracker();
 const engines: TransferEngine[] = [];
@@ -59,6 +59,15 @@ function job(id: number, port: number): TransferJob {
   };
 }
 
+/** Takes a 700-byte file's two blocks (one ACKed before the next comes) and ACKs the last. */
+async function downloadTwoBlocks(client: RawPeer): Promise<void> {
+  const one = await client.nextData(1);
+  client.send(ack(1), one.port, one.address);
+  const two = await client.nextData(2);
+  expect(two.packet.data.length).toBe(700 - 512);
+  client.send(ack(2), two.port, two.address);
+}
+
 test("a shared port open already: the transfer runs before startRead returns; the first one waited for the port", async () => {
   const { engine: shared, ends } = engine("shared");
   const bytes = patternBytes(700, 4);
@@ -72,13 +81,7 @@ test("a shared port open already: the transfer runs before startRead returns; th
   void shared.startRead(job(2, second.port), memorySource(bytes));
   expect(shared.active).toBe(2);
   // both are real transfers on the one port, served to the end
-  for (const client of [first, second]) {
-    const one = await client.nextData(1);
-    client.send(ack(1), one.port, one.address);
-    const two = await client.nextData(2);
-    expect(two.packet.data.length).toBe(700 - 512);
-    client.send(ack(2), two.port, two.address);
-  }
+  for (const client of [first, second]) await downloadTwoBlocks(client);
   await Bun.sleep(50);
   expect([ends.get(1)?.result, ends.get(2)?.result]).toEqual(["ok", "ok"]);
 });
@@ -109,13 +112,7 @@ test("the epoll loop's sockets open in the task that asks: a new shared port, a 
   void own.startRead(job(3, alone.port), memorySource(bytes));
   expect(own.active).toBe(1);
   // real transfers, served to the end (one packet per request until the client answers: read-transfer.ts)
-  for (const client of [lockStep, windowed, alone]) {
-    const one = await client.nextData(1);
-    client.send(ack(1), one.port, one.address);
-    const two = await client.nextData(2);
-    expect(two.packet.data.length).toBe(700 - 512);
-    client.send(ack(2), two.port, two.address);
-  }
+  for (const client of [lockStep, windowed, alone]) await downloadTwoBlocks(client);
   await Bun.sleep(50);
   expect([ends.get(1)?.result, ends.get(2)?.result]).toEqual(["ok", "ok"]);
 });
