@@ -168,14 +168,12 @@ export class IoLoop {
     if (this.closed) return;
     // what timers and messages queued since the last turn leaves before any sleep
     this.flushAll();
-    let wait = this.holds > 0 ? IDLE_WAIT_MS : -1;
-    const idleWorkDue = wait < 0 && this.busySinceIdle && this.onIdle !== null;
-    if (idleWorkDue) wait = IDLE_WORK_AFTER_MS;
+    let wait = this.holds > 0 ? IDLE_WAIT_MS : this.busySinceIdle && this.onIdle ? IDLE_WORK_AFTER_MS : -1;
     if (this.gate && !this.gate.maySleep()) wait = 0;
     const ready = this.lib.epoll_wait(this.epfd, this.eventsAt, MAX_EVENTS, wait);
     this.gate?.awake();
     if (ready < 0 && this.lib.errno() !== EINTR) throw new Error(`epoll_wait failed: errno ${this.lib.errno()}`);
-    if (ready === 0 && idleWorkDue && wait === IDLE_WORK_AFTER_MS && this.holds === 0) {
+    if (ready === 0 && wait === IDLE_WORK_AFTER_MS) {
       this.busySinceIdle = false;
       this.onIdle?.();
     }

@@ -53,8 +53,8 @@ export class AdmissionState {
    * Runs `body` holding the lock: 0 free, 1 held, 2 held with a thread asleep on it (a futex
    * mutex through Atomics.wait / notify). A holder keeps it for a few table probes, so a thread
    * that finds it held spins a little first; past that the holder is not running (the threads
-   * may share a CPU, and a holder preempted by the waiter would otherwise be spun against for a
-   * whole time slice, 1.7 ms measured), so it sleeps until the holder lets go.
+   * may share a CPU, and a holder preempted by the waiter would otherwise be spun against for
+   * the waiter's whole time slice), so it sleeps until the holder lets go.
    */
   locked<T>(body: () => T): T {
     const cells = this.cells;

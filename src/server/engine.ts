@@ -108,6 +108,11 @@ interface TransferSlot {
 
 const DONE = Promise.resolve();
 
+/** `next` of a value that is here now, or of a promised one once it comes (a socket opened at once, or by Bun). */
+function whenOpen<T, U>(value: T | Promise<T>, next: (value: T) => U | Promise<U>): U | Promise<U> {
+  return value instanceof Promise ? value.then(next) : next(value);
+}
+
 /** The key of a local address's shared port `index`, with DF or without. */
 function sharedKey(address: string, dontFragment: boolean, index: number): string {
   return `${address}|${dontFragment ? "df" : ""}|${index}`;
@@ -371,9 +376,7 @@ export class TransferEngine {
   private openChannel(job: TransferJob, handler: PacketHandler): OpenedChannel | Promise<OpenedChannel> {
     const loss = this.loss;
     if (!loss) return this.bindChannel(job, handler);
-    const lossy = (opened: OpenedChannel): OpenedChannel => ({ channel: loss.outgoing(opened.channel), shared: opened.shared });
-    const opening = this.bindChannel(job, loss.incoming(handler));
-    return opening instanceof Promise ? opening.then(lossy) : lossy(opening);
+    return whenOpen(this.bindChannel(job, loss.incoming(handler)), (opened) => ({ channel: loss.outgoing(opened.channel), shared: opened.shared }));
   }
 
   /**
@@ -402,8 +405,7 @@ export class TransferEngine {
       const channel = shared.attach(job.peer, handler);
       return channel ? { channel, shared: true } : this.ownChannel(job, handler, dontFragment);
     };
-    const shared = this.sharedSocket(job.localAddress, dontFragment, index);
-    return shared instanceof Promise ? shared.then(join) : join(shared);
+    return whenOpen(this.sharedSocket(job.localAddress, dontFragment, index), join);
   }
 
   /** A socket of the job's own. */
@@ -414,7 +416,7 @@ export class TransferEngine {
     const segment = this.options.gso && job.windowsize > 1 ? stride : 0;
     // (where the kernel refuses GSO the channel sends a window as before: the server said so at start)
     const channel = this.sockets.openChannel(job.localAddress, job.peer, this.options.portRange, handler, sendBuffer, segment, dontFragment);
-    return channel instanceof Promise ? channel.then((own) => ({ channel: own, shared: false })) : { channel, shared: false };
+    return whenOpen(channel, (own) => ({ channel: own, shared: false }));
   }
 
   /**

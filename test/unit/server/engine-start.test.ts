@@ -107,12 +107,12 @@ test("the epoll loop's sockets open in the task that asks: a new shared port, a 
   const windowed = await peers.open();
   void shared.startRead({ ...job(2, windowed.port), windowsize: 4 }, memorySource(bytes));
   expect(shared.active).toBe(2);
-  const { engine: own } = engine("per-transfer", true);
+  const { engine: own, ends: ownEnds } = engine("per-transfer", true);
   const alone = await peers.open();
   void own.startRead(job(3, alone.port), memorySource(bytes));
   expect(own.active).toBe(1);
   // real transfers, served to the end (one packet per request until the client answers: read-transfer.ts)
   for (const client of [lockStep, windowed, alone]) await downloadTwoBlocks(client);
   await Bun.sleep(50);
-  expect([ends.get(1)?.result, ends.get(2)?.result]).toEqual(["ok", "ok"]);
+  expect([ends.get(1)?.result, ends.get(2)?.result, ownEnds.get(3)?.result]).toEqual(["ok", "ok", "ok"]);
 });
