@@ -21,7 +21,9 @@ import type { BenchResult } from "../../../src/bench/tally.ts";
 
 setDefaultTimeout(120_000);
 
-const TRANSFERS = 4000;
+// enough that the collections the pool saves stand out of the run-to-run spread of both
+// threads' collections (at 4000, 12–15 against 14–17; at 8000, 20–23 against 28–31)
+const TRANSFERS = 8000;
 const CONCURRENCY = 32;
 const PREALLOCATED = 64;
 let root = "";
