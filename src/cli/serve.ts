@@ -10,6 +10,7 @@ import { readTestSwitches, type TestSwitches } from "../config/test-switches.ts"
 import { joinFleet } from "../cluster/node.ts";
 import { TransferTally } from "../cluster/heartbeat.ts";
 import { createLogger, flushLogs } from "../log.ts";
+import { keepHelperThreadsNice } from "../net/helper-threads.ts";
 import { expandListenAddresses } from "../net/interfaces.ts";
 import { systemAccounts } from "../ops/accounts.ts";
 import type { ServerMetrics } from "../ops/metrics.ts";
@@ -105,6 +106,8 @@ function flagOverrides(
 
 /** How long running transfers may finish after SIGTERM (the unit's TimeoutStopSec is 20 s). */
 const STOP_GRACE_MS = 15_000;
+/** how often the runtime's background threads are looked over for new ones (runtime_threads_nice) */
+const HELPER_THREADS_EVERY_MS = 1000;
 
 /** Exits 1 with one line per error on stderr. */
 function exitWith(errors: string[]): never {
@@ -184,6 +187,9 @@ export default defineCommand({
     }
     for (const line of unhonouredSettings(config)) log.warn(line);
     logTransferEngine(log, server, options.ioLoop ?? "bun");
+    const helperThreads = keepHelperThreadsNice(config.performance.cpu.runtime_threads_nice, HELPER_THREADS_EVERY_MS, (why) =>
+      log.warn({ reason: why }, "performance.cpu.runtime_threads_nice: the runtime's background threads keep the server's priority"),
+    );
     let ops: NodeEndpoint | null = null;
     if (config.metrics.enabled) {
       try {
@@ -240,6 +246,7 @@ export default defineCommand({
         const cut = await draining;
         if (cut > 0) log.warn({ cut }, "transfers still running at the end of the grace period were ended");
       }
+      helperThreads.stop();
       ops?.stop(true);
       await http?.stop();
       await fleet.stop();

@@ -429,6 +429,11 @@ const performance = section({
       .describe(
         'Pin each transfer worker\'s thread to a CPU (sched_setaffinity): "auto" gives worker i the i-th CPU from the last one this process may use when two CPUs are left over (for the main thread, interrupts and the rest; so not with the default worker_threads), else leaves it to the kernel; "none" leaves it to the kernel; a CPU list ([0,1,2] or "0-3,8") is shared out round robin. CPUs this process may not use are left out, said in one line',
       ),
+    runtime_threads_nice: intIn(0, 19)
+      .default(19)
+      .describe(
+        "Nice value of the runtime's background threads (JavaScriptCore's JIT compilers and heap warm-up, set through setpriority and looked over each second, as the runtime replaces them after idle spells): at 19 a compile runs whenever a CPU would idle and never holds up a thread with packets to answer; 0 leaves them at the server's priority",
+      ),
     thread_pool_size: intIn(1, 4096).default(4).describe("The most threads the file I/O pool may have: it has min(io.io_threads, this)"),
     worker_threads: autoOrInt(1, 1024)
       .prefault("auto")

@@ -2,7 +2,8 @@
  * CPU affinity of one thread (performance.cpu.affinity): sched_setaffinity(0, …) through
  * bun:ffi pins the calling thread only, so each transfer worker pins itself, within the CPUs
  * this process may use (usableCpus); where libc or that list is out of reach, nothing is
- * pinned and the caller says so.
+ * pinned and the caller says so. Also the nice value of one thread (setThreadNice), which
+ * helper-threads.ts gives the runtime's background threads.
  */
 import { dlopen, FFIType, ptr } from "bun:ffi";
 import { readFileSync } from "node:fs";
@@ -13,8 +14,12 @@ const CPU_SET_BYTES = 128;
 
 interface AffinityLibc {
   sched_setaffinity(pid: number, size: number, mask: number): number;
+  setpriority(which: number, who: number, nice: number): number;
   gettid(): number;
 }
+
+/** setpriority's `which` for one process, or (given a thread id) one thread on Linux */
+const PRIO_PROCESS = 0;
 
 let libc: AffinityLibc | null | undefined;
 
@@ -23,10 +28,12 @@ function affinityLibc(): AffinityLibc | null {
   try {
     const { symbols: s } = dlopen("libc.so.6", {
       sched_setaffinity: { args: [FFIType.i32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
+      setpriority: { args: [FFIType.i32, FFIType.u32, FFIType.i32], returns: FFIType.i32 },
       gettid: { args: [], returns: FFIType.i32 },
     });
     libc = {
       sched_setaffinity: (pid, size, mask) => s.sched_setaffinity(pid, size, mask),
+      setpriority: (which, who, nice) => s.setpriority(which, who, nice),
       gettid: () => s.gettid(),
     };
   } catch {
@@ -88,6 +95,17 @@ export function pinThisThread(cpus: readonly number[]): string | null {
   }
   if (lib.sched_setaffinity(0, CPU_SET_BYTES, ptr(mask)) === 0) return null;
   return `sched_setaffinity failed (errno ${netLibc()?.errno() ?? "unknown"})`;
+}
+
+/**
+ * Sets the nice value of thread `tid` of this process (a higher value yields the CPU to the
+ * others; raising it needs no privilege). Returns null when done, else why not.
+ */
+export function setThreadNice(tid: number, nice: number): string | null {
+  const lib = affinityLibc();
+  if (!lib) return "libc is out of reach";
+  if (lib.setpriority(PRIO_PROCESS, tid, nice) === 0) return null;
+  return `setpriority failed (errno ${netLibc()?.errno() ?? "unknown"})`;
 }
 
 export type AffinitySetting = "auto" | "none" | readonly number[];

@@ -138,7 +138,7 @@ describe("defaults", () => {
 describe("seed guide", () => {
   test("a file with every seed-guide block validates", () => {
     const c = ok(load({ file: writeConfig(SEED_GUIDE) }));
-    expect(c.performance.cpu).toEqual({ affinity: "auto", thread_pool_size: 256, worker_threads: 16 });
+    expect(c.performance.cpu).toEqual({ affinity: "auto", runtime_threads_nice: 19, thread_pool_size: 256, worker_threads: 16 });
     expect(c.performance.memory.cache_size).toBe(32 * 1024 ** 3);
     expect(c.cache.type).toBe("distributed");
     expect(c.cache.redis.nodes).toEqual(["redis-1:6379", "redis-2:6379", "redis-3:6379"]);
