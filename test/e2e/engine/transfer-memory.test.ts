@@ -173,7 +173,13 @@ describe("the memory budget, configured (tftpd serve)", () => {
     expect(budget / T).toBe(8);
     const held = [];
     for (let i = 0; i < 8; i++) held.push(await halfOpen(server.port, `f${i % 6}.img`));
+    // the reservations are taken before the first packet leaves; a worker tells the main thread
+    // (which keeps the transfer table) that a transfer started once that packet is out
     let m = await metrics();
+    for (const deadline = performance.now() + 2000; value(m, "tftpd_active_transfers") !== 8 && performance.now() < deadline; ) {
+      await Bun.sleep(20);
+      m = await metrics();
+    }
     expect(value(m, "tftpd_transfer_memory_bytes")).toBe(budget);
     expect(value(m, "tftpd_transfer_memory_budget_bytes")).toBe(budget);
     expect(value(m, "tftpd_active_transfers")).toBe(8);
