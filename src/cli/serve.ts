@@ -106,8 +106,6 @@ function flagOverrides(
 
 /** How long running transfers may finish after SIGTERM (the unit's TimeoutStopSec is 20 s). */
 const STOP_GRACE_MS = 15_000;
-/** how often the runtime's background threads are looked over for new ones (runtime_threads_nice) */
-const HELPER_THREADS_EVERY_MS = 1000;
 
 /** Exits 1 with one line per error on stderr. */
 function exitWith(errors: string[]): never {
@@ -187,7 +185,7 @@ export default defineCommand({
     }
     for (const line of unhonouredSettings(config)) log.warn(line);
     logTransferEngine(log, server, options.ioLoop ?? "bun");
-    const helperThreads = keepHelperThreadsNice(config.performance.cpu.runtime_threads_nice, HELPER_THREADS_EVERY_MS, (why) =>
+    const helperThreads = keepHelperThreadsNice(config.performance.cpu.runtime_threads_nice, (why) =>
       log.warn({ reason: why }, "performance.cpu.runtime_threads_nice: the runtime's background threads keep the server's priority"),
     );
     let ops: NodeEndpoint | null = null;

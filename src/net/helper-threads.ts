@@ -36,6 +36,9 @@ export function helperThreadIds(taskDir = "/proc/self/task"): number[] {
   return found;
 }
 
+/** how often the threads are looked over for new ones */
+const LOOK_OVER_EVERY_MS = 1000;
+
 export interface HelperThreadPriority {
   stop(): void;
 }
@@ -45,7 +48,7 @@ export interface HelperThreadPriority {
  * a thread could not be set (the server runs on as it would without the setting).
  * Nice 0 does nothing: the threads keep the server's priority.
  */
-export function keepHelperThreadsNice(nice: number, everyMs: number, refused: (why: string) => void): HelperThreadPriority {
+export function keepHelperThreadsNice(nice: number, refused: (why: string) => void, everyMs = LOOK_OVER_EVERY_MS): HelperThreadPriority {
   if (nice === 0) return { stop: () => {} };
   let done = new Set<number>();
   let said = false;
