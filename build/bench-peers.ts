@@ -47,6 +47,8 @@ const LIFTED_LIMITS = { limits: { max_connections_per_ip: 100000, max_connection
  * real PXE clients have one each: with it our server runs on the product's default limits.
  */
 const LEAN_SOURCES = 2000;
+/** the scenarios --lean-client runs: the closed-loop storms */
+const LEAN_SCENARIOS = ["1", "1u", "2"];
 const DEFAULT_LIMITS = { limits: {} };
 let OURS_CONFIG: BenchConfig = LIFTED_LIMITS;
 /** --lean-client: sessions from LEAN_SOURCES addresses, our server on DEFAULT_LIMITS */
@@ -164,7 +166,8 @@ the same load generator (tftpd bench) and prints one table; writes build/BENCH.m
                        generator to the others (sharing them when none is left); writes
                        build/BENCH-scaling.md unless --out says otherwise
   --lean-client        load generator build/loadgen.c (compiled with cc into .bench/): closed-
-                       loop scenarios only (1, 1u, 2); uses about a third of the CPU of tftpd
+                       loop storms only (1, 1u, 2; the others are left out, or refused when
+                       --scenarios names them); uses about a third of the CPU of tftpd
                        bench, so on a small machine the storms measure the servers, not the
                        client; its sessions send from ${LEAN_SOURCES} addresses of 127.0.0.0/8, so
                        our server keeps the product's default limits
@@ -200,6 +203,7 @@ function parseOptions(argv: string[]): Options {
     benchCmd: null, runTimeoutS: 300, settleS: 1.5, verify: false, pin: "auto", repeat: null, out: join(REPO, "build/BENCH.md"), scaling: false,
     warmStorm: WARM_STORM_TRANSFERS,
   };
+  let scenariosGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     const eq = arg.indexOf("=");
@@ -242,6 +246,7 @@ function parseOptions(argv: string[]): Options {
         const ids = value().split(",").map((s) => s.trim().toLowerCase()).filter(Boolean);
         for (const id of ids) if (!SCENARIOS.some((s) => s.id === id)) die(`--scenarios: unknown scenario "${id}" (have ${SCENARIOS.map((s) => s.id).join(",")})`);
         o.scenarios = SCENARIOS.filter((s) => ids.includes(s.id));
+        scenariosGiven = true;
         break;
       }
       case "--servers": {
@@ -256,6 +261,18 @@ function parseOptions(argv: string[]): Options {
         break;
       }
       default: die(`unknown option ${arg} (see --help)`);
+    }
+  }
+  if (manySources) {
+    // build/loadgen.c keeps a set number of sessions going (no --burst or --rate), and the
+    // one-at-a-time scenarios would send all their requests from one address, past the
+    // product's default request rate that our server keeps under --lean-client
+    const others = o.scenarios.filter((s) => !LEAN_SCENARIOS.includes(s.id));
+    if (others.length > 0) {
+      const ids = others.map((s) => s.id).join(", ");
+      if (scenariosGiven) die(`--lean-client runs the storms ${LEAN_SCENARIOS.join(", ")} only; leave ${ids} out of --scenarios`);
+      process.stderr.write(`bench-peers: --lean-client: scenarios ${ids} left out (it runs the storms ${LEAN_SCENARIOS.join(", ")} only)\n`);
+      o.scenarios = o.scenarios.filter((s) => !others.includes(s));
     }
   }
   if (o.scenarios.length === 0) die("no scenario selected");
