@@ -19,7 +19,7 @@ import { describeFsError } from "../client/sink.ts";
 import { fdLimitProblem, FD_MARGIN, openFileLimit, parseBenchFlags, UsageError } from "../bench/options.ts";
 import { formatAmplification, measureAmplification } from "../bench/amplification.ts";
 import { Bench, sha256OfFile } from "../bench/run.ts";
-import { keepHelperThreadsNice } from "../net/helper-threads.ts";
+import { keepHelperThreadsNice, LOWEST_NICE } from "../net/helper-threads.ts";
 import { type BenchResult, formatHuman } from "../bench/tally.ts";
 import { repeatedFlag, unknownOption } from "./args.ts";
 import { transferArgs } from "./get.ts";
@@ -191,7 +191,7 @@ export default defineCommand({
     // The runtime's compiler threads yield to the thread that reads the replies, as the server's
     // do (performance.cpu.runtime_threads_nice): a compile running here must not count in the
     // server's first response. Where that cannot be set, the bench runs as it would without.
-    const helperThreads = keepHelperThreadsNice(19, () => {});
+    const helperThreads = keepHelperThreadsNice(LOWEST_NICE, () => {});
     const result = await bench.run();
     helperThreads.stop();
     clearProgress();

@@ -8,6 +8,7 @@ import { z } from "zod";
 import { BYTE_SIZE_HINT, describeValue, formatByteSize, parseByteSize } from "./bytes.ts";
 import { safeParseCidr, safeParseHostPort, safeParseListenAddress, type ParseResult, type PortRange } from "../net/address.ts";
 import { parseCpuList, type AffinitySetting } from "../net/affinity.ts";
+import { LOWEST_NICE } from "../net/helper-threads.ts";
 import { parseUserSpec } from "../ops/privilege.ts";
 import { BLKSIZE_MAX, BLKSIZE_MIN, KNOWN_OPTIONS, TIMEOUT_MAX, WINDOWSIZE_MAX, WINDOWSIZE_MIN } from "../protocol/options.ts";
 import { DATA_HEADER_SIZE } from "../protocol/packet.ts";
@@ -429,8 +430,8 @@ const performance = section({
       .describe(
         'Pin each transfer worker\'s thread to a CPU (sched_setaffinity): "auto" gives worker i the i-th CPU from the last one this process may use when two CPUs are left over (for the main thread, interrupts and the rest; so not with the default worker_threads), else leaves it to the kernel; "none" leaves it to the kernel; a CPU list ([0,1,2] or "0-3,8") is shared out round robin. CPUs this process may not use are left out, said in one line',
       ),
-    runtime_threads_nice: intIn(0, 19)
-      .default(19)
+    runtime_threads_nice: intIn(0, LOWEST_NICE)
+      .default(LOWEST_NICE)
       .describe(
         "Nice value of the runtime's background threads (JavaScriptCore's JIT compilers and heap warm-up, set through setpriority and looked over each second, as the runtime replaces them after idle spells): at 19 a compile runs whenever a CPU would idle and never holds up a thread with packets to answer; 0 leaves them at the server's priority",
       ),

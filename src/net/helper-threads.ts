@@ -11,29 +11,20 @@
  * Collector threads keep the server's priority: a collection the main thread or a worker waits
  * for must not wait longer.
  */
-import { readdirSync, readFileSync } from "node:fs";
 import { setThreadNice } from "./affinity.ts";
+import { readTaskFiles } from "./tasks.ts";
+
+/** The lowest priority a thread can have: what the server gives these threads by default, and the bench its own. */
+export const LOWEST_NICE = 19;
 
 /** names (/proc/self/task/TID/comm) of the runtime's threads whose work can wait */
 export const HELPER_THREAD_NAMES: ReadonlySet<string> = new Set(["JITWorker", "JSCWarmUp"]);
 
-/** The ids of this process's threads named in HELPER_THREAD_NAMES (none where /proc is out of reach). */
+/** The ids of this process's threads named in HELPER_THREAD_NAMES. */
 export function helperThreadIds(taskDir = "/proc/self/task"): number[] {
-  let tids: string[];
-  try {
-    tids = readdirSync(taskDir);
-  } catch {
-    return [];
-  }
-  const found: number[] = [];
-  for (const tid of tids) {
-    try {
-      if (HELPER_THREAD_NAMES.has(readFileSync(`${taskDir}/${tid}/comm`, "utf8").trimEnd())) found.push(Number(tid));
-    } catch {
-      // the thread ended between the listing and the read
-    }
-  }
-  return found;
+  return readTaskFiles("comm", taskDir)
+    .filter((task) => HELPER_THREAD_NAMES.has(task.text.trimEnd()))
+    .map((task) => Number(task.tid));
 }
 
 /** how often the threads are looked over for new ones */

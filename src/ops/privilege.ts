@@ -9,7 +9,8 @@
  * change only the calling thread, leaving worker threads as root. The drop is checked in
  * every thread (/proc/self/task) rather than trusted.
  */
-import { accessSync, constants, readdirSync, readFileSync } from "node:fs";
+import { accessSync, constants } from "node:fs";
+import { readTaskFiles } from "../net/tasks.ts";
 import { dirname, resolve } from "node:path";
 import type { Logger } from "../log.ts";
 import type { AccountDirectory } from "./accounts.ts";
@@ -146,23 +147,10 @@ export function dropPrivileges(target: { uid: number; gid: number }): void {
 
 /** Ids of the threads (tasks) of this process whose uids, gids or supplementary groups are not exactly these. */
 export function threadsNotRunningAs(uid: number, gid: number, taskDir = "/proc/self/task"): string[] {
-  let tids: string[];
-  try {
-    tids = readdirSync(taskDir);
-  } catch {
-    return []; // no /proc: process.getuid and friends are all there is to check
-  }
-  const wrong: string[] = [];
-  for (const tid of tids) {
-    let status: string;
-    try {
-      status = readFileSync(`${taskDir}/${tid}/status`, "utf8");
-    } catch {
-      continue; // the thread ended meanwhile
-    }
-    if (!statusRunsAs(status, uid, gid)) wrong.push(tid);
-  }
-  return wrong;
+  // no /proc: no threads listed, and process.getuid and friends are all there is to check
+  return readTaskFiles("status", taskDir)
+    .filter((task) => !statusRunsAs(task.text, uid, gid))
+    .map((task) => task.tid);
 }
 
 /** Whether a /proc status text shows uid (real, effective, saved, fs), gid likewise, and no other group. */
